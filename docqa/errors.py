@@ -1,0 +1,52 @@
+"""Typed errors. Each carries a message a user can act on; the CLI prints it on one line."""
+
+from __future__ import annotations
+
+
+class DocQAError(Exception):
+    """Base class for every error docqa raises on purpose."""
+
+
+class ModelLoadError(DocQAError):
+    """A model checkpoint could not be found, downloaded or loaded."""
+
+
+class UnsupportedModelError(ModelLoadError):
+    """The checkpoint loads, but its architecture is not one docqa can use for this role."""
+
+
+class IndexError_(DocQAError):
+    """Base class for problems with an index on disk."""
+
+
+class IndexNotFoundError(IndexError_):
+    """The named index does not exist."""
+
+
+class IndexMismatchError(IndexError_):
+    """The index was built with another model or settings than the ones requested."""
+
+
+class IndexLockedError(IndexError_):
+    """Another process is writing to the index."""
+
+
+class IndexCorruptError(IndexError_):
+    """The index on disk cannot be read and cannot be repaired automatically."""
+
+
+class InputFileError(DocQAError):
+    """One input file cannot be read or rendered. The message names the file and the reason."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+class NoResultsError(DocQAError):
+    """A question found nothing to answer from (empty index, or no page matched)."""
+
+
+class SourceChangedError(DocQAError):
+    """A cited page's source file changed or vanished since it was indexed."""
