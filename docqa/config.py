@@ -1,0 +1,37 @@
+"""Where indexes live and the knobs of a run, with environment overrides."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_INDEX = "default"
+
+
+def docqa_home() -> Path:
+    """The folder that holds `indexes/`: $DOCQA_HOME, else the current directory."""
+    return Path(os.environ.get("DOCQA_HOME") or os.getcwd())
+
+
+def index_path(name_or_path: str | os.PathLike[str] | None) -> Path:
+    """`indexes/<name>` under docqa_home(); a value containing a path separator is a path."""
+    value = os.fspath(name_or_path) if name_or_path is not None else DEFAULT_INDEX
+    if os.sep in value or (os.altsep and os.altsep in value) or value in (".", ".."):
+        return Path(value).expanduser().absolute()
+    return docqa_home() / "indexes" / value
+
+
+@dataclass(frozen=True)
+class IngestSettings:
+    """Per-run ingest knobs; None means the default of the index's model family."""
+
+    model: str | None = None
+    device: str | None = None
+    batch_size: int = 4
+    image_edge: int | None = None
+    sync: bool = False
+    chunk_pages: int = 8  # PDF pages rendered per pdftoppm call: bounds memory on huge files
+    render_timeout_s: int = int(os.environ.get("DOCQA_RENDER_TIMEOUT", "120"))
+    save_every_s: float = 60.0  # how often the candidate index is checkpointed during long runs
+    progress: bool = False

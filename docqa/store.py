@@ -1,0 +1,280 @@
+"""The index's SQLite database (via sqlite-utils): documents, pages, meta, schema migrations.
+
+The SQLite transaction is the index's one commit point: a document and all its pages become
+visible together, or not at all.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import sqlite_utils
+
+from .errors import IndexCorruptError
+
+DB_NAME = "docqa.db"
+SCHEMA_VERSION = 1
+BUSY_TIMEOUT_MS = 30_000
+
+
+def path_key(path: Path | str) -> bytes:
+    """The exact bytes of a file name (non-UTF-8 names included): the documents' unique key."""
+    return os.fsencode(path)
+
+
+def display_path(key: bytes) -> str:
+    return key.decode("utf-8", errors="backslashreplace")
+
+
+@dataclass(frozen=True)
+class DocumentRecord:
+    id: int
+    path: str
+    key: bytes
+    sha256: str
+    size: int
+    mtime: float
+    kind: str
+    pages: int
+
+
+@dataclass(frozen=True)
+class NewPage:
+    number: int
+    width: int
+    height: int
+    vec_offset: int
+    vec_count: int
+
+
+@dataclass(frozen=True)
+class PageTable:
+    """Committed pages in vector-file order, as arrays (what search needs, fetched in one query)."""
+
+    page_ids: np.ndarray
+    offsets: np.ndarray
+    counts: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.page_ids)
+
+    def rows_to_pages(self, rows: np.ndarray) -> np.ndarray:
+        """Position in this table of the page owning each vector row, or -1 for rows no page owns."""
+        position = np.searchsorted(self.offsets, rows, side="right") - 1
+        safe = np.clip(position, 0, None)
+        owned = (position >= 0) & (rows < self.offsets[safe] + self.counts[safe])
+        return np.where(owned, position, -1)
+
+
+def _migration_1(db: sqlite_utils.Database) -> None:
+    db["meta"].create({"key": str, "value": str}, pk="key")
+    db["documents"].create(
+        {
+            "id": int,
+            "path_key": bytes,
+            "path": str,
+            "sha256": str,
+            "size": int,
+            "mtime": float,
+            "kind": str,
+            "pages": int,
+            "metadata": str,
+            "indexed_at": float,
+        },
+        pk="id",
+        not_null=["path_key", "path", "sha256", "kind", "pages"],
+    )
+    db["documents"].create_index(["path_key"], unique=True)
+    db["documents"].create_index(["sha256"])
+    db["pages"].create(
+        {
+            "id": int,
+            "document_id": int,
+            "number": int,
+            "width": int,
+            "height": int,
+            "vec_offset": int,
+            "vec_count": int,
+        },
+        pk="id",
+        foreign_keys=[("document_id", "documents", "id")],
+        not_null=["document_id", "number", "vec_offset", "vec_count"],
+    )
+    db["pages"].create_index(["document_id", "number"], unique=True)
+    db["pages"].create_index(["vec_offset"])
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migration_1]
+
+
+class Store:
+    """Documents, pages and metadata of one index."""
+
+    def __init__(self, directory: Path) -> None:
+        self.path = directory / DB_NAME
+        try:
+            connection = sqlite3.connect(
+                self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False
+            )
+            self.db = sqlite_utils.Database(connection)
+            self.db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            self.db.execute("PRAGMA foreign_keys = ON")
+            if self.db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                self.db.enable_wal()
+        except sqlite3.DatabaseError as error:
+            raise IndexCorruptError(f"{self.path}: not a readable docqa database ({error})") from error
+
+    @property
+    def schema_version(self) -> int:
+        return int(self.db.execute("PRAGMA user_version").fetchone()[0])
+
+    def migrate(self) -> None:
+        """Apply pending numbered migrations, each in its own transaction."""
+        version = self.schema_version
+        if version > SCHEMA_VERSION:
+            raise IndexCorruptError(
+                f"{self.path}: made by a newer docqa (schema {version} > {SCHEMA_VERSION}); upgrade docqa"
+            )
+        for number in range(version + 1, SCHEMA_VERSION + 1):
+            with self.transaction():
+                MIGRATIONS[number - 1](self.db)
+                self.db.execute(f"PRAGMA user_version = {number}")
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """One atomic write (BEGIN IMMEDIATE, so writers queue instead of failing later)."""
+        connection = self.db.conn
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            connection.rollback()
+            raise
+        connection.commit()
+
+    # --- meta -----------------------------------------------------------------------------
+    def get_meta(self, key: str) -> str | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchone()
+        return None if row is None else row[0]
+
+    def set_meta(self, key: str, value: str) -> None:
+        """Set one meta value; call inside a transaction."""
+        self.db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", [key, value])
+
+    def get_json(self, key: str) -> dict | None:
+        value = self.get_meta(key)
+        return None if value is None else json.loads(value)
+
+    # --- documents --------------------------------------------------------------------------
+    def document(self, path: Path) -> DocumentRecord | None:
+        rows = self._documents("WHERE path_key = ?", [path_key(path)])
+        return rows[0] if rows else None
+
+    def documents_under(self, paths: Iterable[Path]) -> list[DocumentRecord]:
+        """Documents whose file is one of `paths` or lies below one of them."""
+        found: dict[int, DocumentRecord] = {}
+        for path in paths:
+            key = path_key(path)
+            prefix = key.rstrip(b"/") + b"/"
+            for record in self._documents(
+                "WHERE path_key = ? OR substr(path_key, 1, ?) = ?", [key, len(prefix), prefix]
+            ):
+                found[record.id] = record
+        return sorted(found.values(), key=lambda record: record.key)
+
+    def all_documents(self) -> list[DocumentRecord]:
+        return self._documents("", [])
+
+    def _documents(self, where: str, params: list) -> list[DocumentRecord]:
+        sql = (
+            "SELECT id, path, path_key, sha256, size, mtime, kind, pages FROM documents "
+            f"{where} ORDER BY path_key"
+        )
+        return [DocumentRecord(*row) for row in self.db.execute(sql, params).fetchall()]
+
+    def put_document(
+        self,
+        path: Path,
+        *,
+        sha256: str,
+        size: int,
+        mtime: float,
+        kind: str,
+        pages: list[NewPage],
+        metadata: dict | None = None,
+    ) -> tuple[int, list[tuple[int, int]]]:
+        """Insert a document with its pages, replacing any document at the same path.
+
+        Call inside a transaction. Returns the new document id and the (offset, count) vector
+        ranges of the replaced pages, which the caller drops from the candidate index.
+        """
+        key = path_key(path)
+        old = self.db.execute("SELECT id FROM documents WHERE path_key = ?", [key]).fetchone()
+        replaced = self.delete_documents([old[0]]) if old else []
+        cursor = self.db.execute(
+            "INSERT INTO documents (path_key, path, sha256, size, mtime, kind, pages, metadata, indexed_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [key, display_path(key), sha256, size, mtime, kind, len(pages),
+             json.dumps(metadata or {}), time.time()],
+        )
+        document_id = int(cursor.lastrowid)
+        self.db.conn.executemany(
+            "INSERT INTO pages (document_id, number, width, height, vec_offset, vec_count)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            [(document_id, p.number, p.width, p.height, p.vec_offset, p.vec_count) for p in pages],
+        )
+        return document_id, replaced
+
+    def delete_documents(self, document_ids: list[int]) -> list[tuple[int, int]]:
+        """Delete documents and their pages (inside a transaction); returns their vector ranges."""
+        if not document_ids:
+            return []
+        marks = ",".join("?" * len(document_ids))
+        ranges = self.db.execute(
+            f"SELECT vec_offset, vec_count FROM pages WHERE document_id IN ({marks})", document_ids
+        ).fetchall()
+        self.db.execute(f"DELETE FROM pages WHERE document_id IN ({marks})", document_ids)
+        self.db.execute(f"DELETE FROM documents WHERE id IN ({marks})", document_ids)
+        return [(int(offset), int(count)) for offset, count in ranges]
+
+    # --- pages ------------------------------------------------------------------------------
+    def page_table(self) -> PageTable:
+        rows = self.db.execute(
+            "SELECT id, vec_offset, vec_count FROM pages ORDER BY vec_offset"
+        ).fetchall()
+        array = np.array(rows, dtype=np.int64).reshape(-1, 3)
+        return PageTable(page_ids=array[:, 0], offsets=array[:, 1], counts=array[:, 2])
+
+    def vector_end(self) -> int:
+        """One past the last vector row any committed page uses."""
+        row = self.db.execute("SELECT MAX(vec_offset + vec_count) FROM pages").fetchone()
+        return int(row[0] or 0)
+
+    def pages_with_documents(self, page_ids: list[int]) -> dict[int, dict]:
+        """Page and document fields for many pages in one query, keyed by page id."""
+        if not page_ids:
+            return {}
+        marks = ",".join("?" * len(page_ids))
+        sql = (
+            "SELECT pages.id, pages.number, pages.document_id, documents.path, documents.sha256,"
+            " documents.kind FROM pages JOIN documents ON documents.id = pages.document_id"
+            f" WHERE pages.id IN ({marks})"
+        )
+        fields = ("page_id", "page", "document_id", "path", "sha256", "kind")
+        return {row[0]: dict(zip(fields, row)) for row in self.db.execute(sql, page_ids).fetchall()}
+
+    def counts(self) -> tuple[int, int]:
+        documents = self.db.execute("SELECT COUNT(*) FROM documents").fetchone()[0]
+        pages = self.db.execute("SELECT COUNT(*) FROM pages").fetchone()[0]
+        return int(documents), int(pages)
+
+    def close(self) -> None:
+        self.db.conn.close()
