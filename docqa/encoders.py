@@ -1,0 +1,308 @@
+"""Retriever stage: page images and queries in, late-interaction multi-vectors out (ColPali family).
+
+Three families, all native transformers classes, chosen from the checkpoint's config (never its name):
+
+=============== ========================== ============== =========================================
+family          model class                CPU / GPU edge vectors per A4 page at those edges
+=============== ========================== ============== =========================================
+colmodernvbert  ColModernVBertForRetrieval 1024 / 2048    355 (2x2 tiles + global) / 885 (4x3 + 1)
+colqwen2        ColQwen2ForRetrieval       672 / 896      421 / 749 (one per 28 px square + prompt)
+colpali         ColPaliForRetrieval        448 / 448      1030 (fixed 448 px square)
+=============== ========================== ============== =========================================
+
+``image_edge`` is the one resolution knob: each page is resized so its longest edge is ``image_edge``
+and the processor is set up not to go beyond it. Resolution is the biggest speed lever on a CPU
+(measured on 2 cores, real-size random weights, fp32): ColModernVBert costs ~2.8 s per 512 px tile,
+so 1024 px (5 tiles) is ~16 s/page against ~47 s at 2048; a 2B ColQwen2 costs ~19 s/page at 261
+vectors and ~61 s at 750, so 672 px keeps it near 30 s/page. On a GPU the defaults go to the
+resolutions the models were trained for (2048 px tiles; ColQwen2's 768-token budget); measured on an
+H200 in bf16, batches of 8 A4 pages, random weights: ColModernVBert 2048 px ~0.31 s/page (CPU-side
+tiling dominates), ColQwen2 896 px ~67 ms/page, ColPali ~63 ms/page.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from huggingface_hub import constants as hub_constants
+from huggingface_hub import get_session, is_offline_mode, try_to_load_from_cache
+from PIL import Image
+from transformers import (
+    AutoConfig,
+    ColModernVBertForRetrieval,
+    ColModernVBertProcessor,
+    ColPaliForRetrieval,
+    ColPaliProcessor,
+    ColQwen2ForRetrieval,
+    ColQwen2Processor,
+    PreTrainedConfig,
+    PreTrainedModel,
+    ProcessorMixin,
+)
+
+from docqa.errors import ModelLoadError, UnsupportedModelError
+
+DEFAULT_CPU_RETRIEVER = "ModernVBERT/colmodernvbert-merged"
+DEFAULT_GPU_RETRIEVER = "vidore/colqwen2-v1.0-hf"
+
+LOAD_FIX = "pass --model /path/to/local/checkpoint, or set HF_HUB_OFFLINE=1 with the model in the Hugging Face cache"
+_HUB_PROBE_TIMEOUT_S = 3.0
+_VOLATILE_CONFIG_KEYS = frozenset({"transformers_version", "dtype", "torch_dtype"})
+
+
+def _tiles_up_to_edge(processor: ProcessorMixin, image_edge: int) -> int:
+    """Idefics3-style tiling: cap the resize at ``image_edge``, snapped to a whole number of tiles."""
+    image_processor = processor.image_processor
+    tile = image_processor.max_image_size["longest_edge"]
+    edge = max(tile, round(image_edge / tile) * tile)
+    image_processor.size = {"longest_edge": edge}
+    return edge
+
+
+def _pixels_up_to_edge(processor: ProcessorMixin, image_edge: int) -> int:
+    """Qwen2-VL dynamic resolution: allow every page that fits in an ``image_edge`` square (min_pixels stays)."""
+    image_processor = processor.image_processor
+    size = {key: value for key, value in dict(image_processor.size).items() if value is not None}
+    image_processor.size = {**size, "longest_edge": image_edge * image_edge}
+    return image_edge
+
+
+def _fixed_square(processor: ProcessorMixin, image_edge: int) -> int:
+    """PaliGemma sees a fixed square whatever the page size; ``image_edge`` only sizes what it is given."""
+    return image_edge
+
+
+@dataclass(frozen=True)
+class _Family:
+    model_class: type[PreTrainedModel]
+    processor_class: type[ProcessorMixin]
+    cpu_image_edge: int
+    gpu_image_edge: int
+    set_image_edge: Callable[[ProcessorMixin, int], int]
+    forward_kwargs: dict[str, object] = field(default_factory=dict)
+
+
+_FAMILIES: dict[str, _Family] = {
+    "colmodernvbert": _Family(ColModernVBertForRetrieval, ColModernVBertProcessor, 1024, 2048, _tiles_up_to_edge),
+    "colqwen2": _Family(ColQwen2ForRetrieval, ColQwen2Processor, 672, 896, _pixels_up_to_edge, {"use_cache": False}),
+    "colpali": _Family(ColPaliForRetrieval, ColPaliProcessor, 448, 448, _fixed_square, {"use_cache": False}),
+}
+
+
+def default_device() -> str:
+    """``"cuda"`` when a GPU is usable, else ``"cpu"``."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _is_gpu(device: str) -> bool:
+    return device.startswith("cuda")
+
+
+def default_retriever(device: str) -> str:
+    """The retriever checkpoint to use when the user names none: small on a CPU, strongest on a GPU."""
+    return DEFAULT_GPU_RETRIEVER if _is_gpu(device) else DEFAULT_CPU_RETRIEVER
+
+
+def default_image_edge(family: str, device: str) -> int:
+    """Default longest page edge in pixels for ``family`` on ``device`` (see the module docstring)."""
+    if family not in _FAMILIES:
+        raise UnsupportedModelError(f"unknown retriever family {family!r}; supported: {', '.join(_FAMILIES)}")
+    spec = _FAMILIES[family]
+    return spec.gpu_image_edge if _is_gpu(device) else spec.cpu_image_edge
+
+
+def _family_spec(family: str, model: str) -> _Family:
+    if family not in _FAMILIES:
+        raise UnsupportedModelError(
+            f"{model} is not a retriever docqa can use: its model type is {family!r}, supported are "
+            f"{', '.join(_FAMILIES)} (e.g. {DEFAULT_CPU_RETRIEVER} or {DEFAULT_GPU_RETRIEVER})"
+        )
+    return _FAMILIES[family]
+
+
+@dataclass(frozen=True)
+class EncoderStamp:
+    """What an index records about the model that built it."""
+
+    model: str  # the id/path as the user gave it (local folders: absolute path)
+    family: str  # "colmodernvbert" | "colqwen2" | "colpali" (from config.model_type)
+    config_hash: str  # sha256 of the model config's canonical JSON (stable across loads)
+    dtype: str  # e.g. "float32"
+    image_edge: int  # longest page edge in pixels fed to the model
+    dim: int  # embedding dimension
+
+
+def config_hash(config: PreTrainedConfig) -> str:
+    """sha256 of the config's canonical JSON, without keys that change from load to load."""
+
+    def stable(value: object) -> object:
+        if isinstance(value, dict):
+            return {key: stable(item) for key, item in value.items()
+                    if not key.startswith("_") and key not in _VOLATILE_CONFIG_KEYS}
+        if isinstance(value, list):
+            return [stable(item) for item in value]
+        return value
+
+    canonical = json.dumps(stable(json.loads(config.to_json_string(use_diff=False))), sort_keys=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _load_error(model: str, reason: str) -> ModelLoadError:
+    return ModelLoadError(f"cannot load retriever {model!r}: {reason}. To fix: {LOAD_FIX}")
+
+
+def _short_reason(error: Exception) -> str:
+    """The exception's type and the first line of its message, trimmed."""
+    text = str(error).strip()
+    first_line = text.splitlines()[0][:200].rstrip(". ") if text else ""
+    return f"{type(error).__name__}: {first_line}" if first_line else type(error).__name__
+
+
+def _hub_reachable() -> bool:
+    """One short request to the hub endpoint, so an offline machine fails in seconds, not after retries."""
+    try:
+        get_session().head(hub_constants.ENDPOINT, timeout=_HUB_PROBE_TIMEOUT_S)
+    except Exception:  # any transport failure means "not reachable"
+        return False
+    return True
+
+
+def _in_hub_cache(model: str) -> bool:
+    """Whether the hub cache holds ``model``'s config and weights (then nothing needs the network)."""
+
+    def cached(filename: str) -> bool:
+        return isinstance(try_to_load_from_cache(model, filename), str)
+
+    return cached("config.json") and (cached("model.safetensors") or cached("model.safetensors.index.json"))
+
+
+def _resolve_source(model: str) -> tuple[str, bool]:
+    """Where to load ``model`` from and whether to stay offline: ``(folder or hub id, local_files_only)``."""
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return str(path.resolve()), True
+    if path.is_absolute() or model.startswith((".", "~")) or model.count("/") > 1 or path.exists():
+        raise _load_error(model, "no such checkpoint folder")
+    try:
+        if _in_hub_cache(model):
+            return model, True
+    except Exception as error:  # huggingface_hub validates the id format here
+        raise _load_error(model, f"not a folder nor a valid hub id ({_short_reason(error)})") from error
+    if is_offline_mode():
+        raise _load_error(model, "not in the Hugging Face cache and HF_HUB_OFFLINE is set")
+    if not _hub_reachable():
+        raise _load_error(model, f"not in the Hugging Face cache and {hub_constants.ENDPOINT} is unreachable")
+    return model, False
+
+
+def _torch_dtype(dtype: str | None, device: str) -> torch.dtype:
+    name = dtype or ("bfloat16" if _is_gpu(device) else "float32")
+    resolved = getattr(torch, name, None)
+    if not isinstance(resolved, torch.dtype) or not resolved.is_floating_point:
+        raise ValueError(f"unknown dtype {name!r}; use float32, bfloat16 or float16")
+    return resolved
+
+
+def _fit_longest_edge(image: Image.Image, edge: int) -> Image.Image:
+    """``image`` as RGB with its longest side resized to ``edge`` (aspect ratio kept)."""
+    image = image.convert("RGB")
+    width, height = image.size
+    scale = edge / max(width, height)
+    if scale == 1:
+        return image
+    new_size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return image.resize(new_size, Image.Resampling.LANCZOS, reducing_gap=3.0)
+
+
+class Retriever:
+    """A loaded ColPali-family retriever: encodes pages and queries to L2-normalised multi-vectors."""
+
+    def __init__(self, model: PreTrainedModel, processor: ProcessorMixin, stamp: EncoderStamp) -> None:
+        self._model = model
+        self.processor = processor  # exposed for callers that map vectors back to image regions
+        self._forward_kwargs = _FAMILIES[stamp.family].forward_kwargs
+        self.stamp = stamp
+
+    @classmethod
+    def load(
+        cls,
+        model: str,
+        device: str | None = None,
+        dtype: str | None = None,
+        image_edge: int | None = None,
+    ) -> Retriever:
+        """Load a retriever from a local checkpoint folder or a hub id (cache first; fails fast offline).
+
+        ``device`` defaults to :func:`default_device`, ``dtype`` to float32 on CPU and bfloat16 on
+        CUDA, ``image_edge`` to :func:`default_image_edge` for the checkpoint's family. For
+        colmodernvbert ``image_edge`` is snapped to a whole number of tiles (512 px for the real
+        model); the stamp records the value actually used.
+        """
+        device = device or default_device()
+        torch_dtype = _torch_dtype(dtype, device)
+        source, local_files_only = _resolve_source(model)
+        try:
+            config = AutoConfig.from_pretrained(source, local_files_only=local_files_only)
+        except Exception as error:
+            raise _load_error(model, _short_reason(error)) from error
+        family = config.model_type
+        spec = _family_spec(family, model)
+        try:
+            network = spec.model_class.from_pretrained(source, dtype=torch_dtype, local_files_only=local_files_only)
+            processor = spec.processor_class.from_pretrained(source, local_files_only=local_files_only)
+        except Exception as error:
+            raise _load_error(model, _short_reason(error)) from error
+        network.to(device).eval()
+        edge = spec.set_image_edge(processor, image_edge or default_image_edge(family, device))
+        stamp = EncoderStamp(
+            model=source,
+            family=family,
+            config_hash=config_hash(config),
+            dtype=str(torch_dtype).removeprefix("torch."),
+            image_edge=edge,
+            dim=config.embedding_dim,
+        )
+        return cls(network, processor, stamp)
+
+    def encode_pages(self, images: list[Image.Image]) -> list[np.ndarray]:
+        """One float32 ``(n_vectors_i, dim)`` array per page image, in one batched forward pass."""
+        if not images:
+            return []
+        pages = [_fit_longest_edge(image, self.stamp.image_edge) for image in images]
+        return self._embed(self.processor.process_images(pages))
+
+    def encode_queries(self, queries: list[str]) -> list[np.ndarray]:
+        """One float32 ``(n_tokens_i, dim)`` array per query, in one batched forward pass."""
+        if not queries:
+            return []
+        return self._embed(self.processor.process_queries(list(queries)))
+
+    def score(self, query: np.ndarray, pages: list[np.ndarray]) -> np.ndarray:
+        """Reference MaxSim of one query against each page (the processor's ``score_retrieval``).
+
+        Pages are scored one at a time: ``score_retrieval`` zero-pads a batch of pages, which lifts a
+        query token whose best dot product is negative to 0 on every page shorter than the longest.
+        """
+        query_tensor = torch.from_numpy(query)
+        scores = [float(self.processor.score_retrieval([query_tensor], [torch.from_numpy(page)])[0, 0])
+                  for page in pages]
+        return np.array(scores, dtype=np.float32)
+
+    def _embed(self, batch: dict[str, torch.Tensor]) -> list[np.ndarray]:
+        """Forward ``batch``; keep each row's vectors where the attention mask is set."""
+        inputs = {name: self._to_model(tensor) for name, tensor in batch.items() if name != "labels"}
+        with torch.inference_mode():
+            embeddings = self._model(**inputs, **self._forward_kwargs).embeddings
+        keep = batch["attention_mask"].bool()
+        return [row[mask].float().cpu().numpy() for row, mask in zip(embeddings.cpu(), keep)]
+
+    def _to_model(self, tensor: torch.Tensor) -> torch.Tensor:
+        if tensor.is_floating_point():
+            return tensor.to(device=self._model.device, dtype=self._model.dtype)
+        return tensor.to(self._model.device)
