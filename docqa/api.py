@@ -1,0 +1,285 @@
+"""The facade a user imports: open an index, ingest folders, search, remove, describe it.
+
+    from docqa import DocIndex
+    index = DocIndex.open("papers", create=True)
+    index.ingest(["~/papers"])
+    for hit in index.search("quarterly revenue by region", k=5):
+        print(hit.path, hit.page, hit.score)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from . import __version__
+from .config import IngestSettings, index_path
+from .encoders import EncoderStamp, Retriever, default_device, default_retriever
+from .errors import IndexMismatchError, IndexNotFoundError
+from .index import TokenIndex, exact_top_k
+from .ingest import IngestReport, run_ingest
+from .locking import WriteLock
+from .store import NewPage, Store
+from .vectors import VectorFile
+
+BUILD_KEY = "build"
+
+
+@dataclass(frozen=True)
+class Hit:
+    rank: int
+    score: float
+    path: str
+    page: int  # 1-based
+    document_id: int
+    page_id: int
+    sha256: str
+    kind: str
+
+    def to_json(self) -> dict:
+        fields = ("rank", "score", "path", "page", "document_id", "page_id")
+        return {name: getattr(self, name) for name in fields}
+
+
+@dataclass(frozen=True)
+class IndexInfo:
+    index: str
+    model: str | None
+    documents: int
+    pages: int
+    bytes_on_disk: int
+    build: dict | None
+
+    def to_json(self) -> dict:
+        return {
+            "index": self.index,
+            "model": self.model,
+            "documents": self.documents,
+            "pages": self.pages,
+            "bytes_on_disk": self.bytes_on_disk,
+        }
+
+
+@dataclass(frozen=True)
+class RemoveReport:
+    index: str
+    removed: list[str]
+    not_found: list[str]
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+class DocIndex:
+    """One index folder: SQLite store, vector file, FAISS candidate index. Safe to read while
+    another process writes; writing methods take the index's write lock."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.store = Store(path)
+        self.store.migrate()
+        self._retriever: Retriever | None = None
+        self._vectors: VectorFile | None = None
+        self._tokens: TokenIndex | None = None
+        self._tokens_generation: str | None = None
+
+    @classmethod
+    def open(cls, name_or_path: str | os.PathLike[str] | None = None, *, create: bool = False) -> DocIndex:
+        """Open `indexes/<name>` (or a path); create it only when `create` is true."""
+        path = index_path(name_or_path)
+        if not (path / "docqa.db").exists():
+            if not create:
+                raise IndexNotFoundError(
+                    f"no index at {path}; create it with `docqa ingest PATH... --index {name_or_path or 'default'}`"
+                )
+            path.mkdir(parents=True, exist_ok=True)
+        return cls(path)
+
+    # --- build stamp and model --------------------------------------------------------------
+    @property
+    def build(self) -> dict | None:
+        return self.store.get_json(BUILD_KEY)
+
+    def retriever(self, model: str | None = None, device: str | None = None,
+                  image_edge: int | None = None) -> Retriever:
+        """The index's retriever, loaded once; refuses a model other than the one it was built with."""
+        build = self.build
+        if build is not None:
+            built = build["encoder"]
+            if model is not None and _same_model(model) != built["model"]:
+                raise IndexMismatchError(
+                    f"{self.path} was built with model {built['model']!r}; it cannot take {model!r}"
+                    " (use another --index for another model)"
+                )
+            if image_edge is not None and image_edge != built["image_edge"]:
+                raise IndexMismatchError(
+                    f"{self.path} was built at image edge {built['image_edge']} px; it cannot take {image_edge}"
+                )
+            model, image_edge = built["model"], built["image_edge"]
+        if self._retriever is None:
+            device = device or default_device()
+            retriever = Retriever.load(model or default_retriever(device), device=device, image_edge=image_edge)
+            if build is not None and retriever.stamp.config_hash != build["encoder"]["config_hash"]:
+                raise IndexMismatchError(
+                    f"the checkpoint {model!r} differs from the one {self.path} was built with"
+                    " (its config changed); re-ingest into a new index"
+                )
+            self._retriever = retriever
+        return self._retriever
+
+    def _write_build(self, stamp: EncoderStamp) -> None:
+        build = {"encoder": asdict(stamp), "docqa_version": __version__, "created": time.time()}
+        with self.store.transaction():
+            self.store.set_meta(BUILD_KEY, json.dumps(build))
+
+    # --- storage ----------------------------------------------------------------------------
+    @property
+    def vectors(self) -> VectorFile:
+        if self._vectors is None:
+            build = self.build
+            if build is None:
+                raise IndexNotFoundError(f"{self.path} has no documents yet")
+            self._vectors = VectorFile(self.path, build["encoder"]["dim"])
+        return self._vectors
+
+    @property
+    def tokens(self) -> TokenIndex:
+        """The candidate index, loaded from disk and brought up to the latest commit."""
+        generation = self.store.get_meta("generation")
+        if self._tokens is None or self._tokens_generation != generation:
+            if self._tokens is None:
+                self._tokens = TokenIndex.load(self.path, self.vectors.dim)
+            table = self.store.page_table()
+            if self._tokens is None or self._tokens.high_water > self.vectors.rows:
+                self._tokens = TokenIndex.build(table, self.vectors)
+            else:
+                self._tokens.catch_up(table, self.vectors)
+            self._tokens_generation = generation
+        return self._tokens
+
+    def _recover(self) -> None:
+        """Writer start-up: drop vector rows no commit refers to; rebuild a stale candidate index."""
+        end = self.store.vector_end()
+        self.vectors.truncate(end)
+        saved = TokenIndex.load(self.path, self.vectors.dim)
+        if saved is None or saved.high_water > end:
+            saved = TokenIndex.build(self.store.page_table(), self.vectors)
+            saved.save(self.path)
+        self._tokens = saved
+        self._tokens_generation = None  # the next access catches up with the latest commit
+
+    def save_candidates(self) -> None:
+        if self._tokens is not None:
+            self._tokens.save(self.path)
+
+    def commit_document(self, path: Path, *, sha256: str, size: int, mtime: float, kind: str,
+                        pages: list[NewPage]) -> int:
+        """Make a document and its pages visible atomically (its vectors are already appended)."""
+        self.vectors.sync()
+        with self.store.transaction():
+            document_id, replaced = self.store.put_document(
+                path, sha256=sha256, size=size, mtime=mtime, kind=kind, pages=pages
+            )
+            self._bump_generation()
+        self._forget_vectors(replaced)
+        return document_id
+
+    def delete_documents(self, document_ids: list[int]) -> int:
+        with self.store.transaction():
+            ranges = self.store.delete_documents(document_ids)
+            self._bump_generation()
+        self._forget_vectors(ranges)
+        return len(document_ids)
+
+    def _forget_vectors(self, ranges: list[tuple[int, int]]) -> None:
+        """Drop deleted pages' rows from the candidate index (they stay as garbage in the vector file)."""
+        self.tokens.remove(ranges)
+        self._tokens_generation = self.store.get_meta("generation")
+
+    def _bump_generation(self) -> None:
+        self.store.set_meta("generation", str(int(self.store.get_meta("generation") or 0) + 1))
+
+    # --- the user-facing operations ---------------------------------------------------------
+    def ingest(self, paths: Iterable[str | os.PathLike[str]], settings: IngestSettings | None = None,
+               **overrides) -> IngestReport:
+        """Index new and changed files under `paths`; see IngestSettings for the knobs."""
+        settings = settings or IngestSettings(**overrides)
+        lock = WriteLock(self.path)
+        try:
+            retriever = self.retriever(settings.model, settings.device, settings.image_edge)
+            if self.build is None:
+                self._write_build(retriever.stamp)
+            self._recover()
+            return run_ingest(self, [os.fspath(p) for p in paths], settings, retriever)
+        finally:
+            if self._vectors is not None:
+                self._vectors.close()
+            lock.close()
+
+    def search(self, query: str, k: int = 5, *, device: str | None = None) -> list[Hit]:
+        """The k pages with the highest exact MaxSim score for `query`, best first."""
+        if self.build is None:
+            return []
+        retriever = self.retriever(device=device)
+        query_vectors = retriever.encode_queries([query])[0]
+        tokens = self.tokens
+        table = self.store.page_table()
+        scored = exact_top_k(query_vectors, k, table, tokens, self.vectors)
+        details = self.store.pages_with_documents([hit.page_id for hit in scored])
+        hits: list[Hit] = []
+        for hit in scored:
+            row = details.get(hit.page_id)
+            if row is not None:  # removed by a writer since the page table was read
+                hits.append(Hit(rank=len(hits) + 1, score=hit.score, path=row["path"], page=row["page"],
+                                document_id=row["document_id"], page_id=hit.page_id,
+                                sha256=row["sha256"], kind=row["kind"]))
+        return hits
+
+    def remove(self, paths: Iterable[str | os.PathLike[str]]) -> RemoveReport:
+        """Delete the documents at `paths` (a folder removes everything under it)."""
+        lock = WriteLock(self.path)
+        try:
+            if self.build is not None:
+                self._recover()
+            removed: list[str] = []
+            not_found: list[str] = []
+            ids: list[int] = []
+            for given in paths:
+                path = Path(os.path.abspath(os.path.expanduser(os.fspath(given))))
+                matches = self.store.documents_under([path, path.resolve()])
+                if not matches:
+                    not_found.append(str(given))
+                for record in matches:
+                    if record.id not in ids:
+                        ids.append(record.id)
+                        removed.append(record.path)
+            if ids:
+                self.delete_documents(ids)
+                self.save_candidates()
+            return RemoveReport(index=str(self.path), removed=removed, not_found=not_found)
+        finally:
+            if self._vectors is not None:
+                self._vectors.close()
+            lock.close()
+
+    def info(self) -> IndexInfo:
+        documents, pages = self.store.counts()
+        build = self.build
+        size = sum(entry.stat().st_size for entry in self.path.iterdir() if entry.is_file())
+        return IndexInfo(index=str(self.path), model=build["encoder"]["model"] if build else None,
+                         documents=documents, pages=pages, bytes_on_disk=size, build=build)
+
+    def close(self) -> None:
+        if self._vectors is not None:
+            self._vectors.close()
+        self.store.close()
+
+
+def _same_model(model: str) -> str:
+    """How a model is recorded: local folders as absolute paths, hub ids as given."""
+    path = Path(model).expanduser()
+    return str(path.resolve()) if path.is_dir() else model

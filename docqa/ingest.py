@@ -1,0 +1,281 @@
+"""Ingest: walk → sniff → hash → render → encode (batched across files) → store → commit.
+
+Each document commits in one SQLite transaction after all of its pages are encoded and their
+vectors are durable, so a crash or a bad file never leaves a partial document visible.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from tqdm import tqdm
+
+from . import sources
+from .config import IngestSettings
+from .encoders import Retriever
+from .errors import InputFileError
+from .render import RenderedPage, count_pages, render_pages
+from .store import NewPage
+from .vectors import VECTOR_DTYPE
+
+if TYPE_CHECKING:
+    from .api import DocIndex
+
+
+@dataclass(frozen=True)
+class Failure:
+    path: str
+    error: str
+
+
+@dataclass
+class IngestReport:
+    index: str
+    added: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    removed: int = 0
+    failed: int = 0
+    skipped: int = 0
+    pages_added: int = 0
+    failures: list[Failure] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def fail(self, path: str, error: str) -> None:
+        self.failed += 1
+        self.failures.append(Failure(path, error))
+
+    def to_json(self) -> dict:
+        return {
+            "index": self.index,
+            "documents": {
+                "added": self.added,
+                "updated": self.updated,
+                "unchanged": self.unchanged,
+                "removed": self.removed,
+                "failed": self.failed,
+                "skipped": self.skipped,
+            },
+            "pages_added": self.pages_added,
+            "failures": [{"path": f.path, "error": f.error} for f in self.failures],
+            "seconds": round(self.seconds, 3),
+        }
+
+
+@dataclass
+class _Job:
+    """One file to (re-)index."""
+
+    path: Path
+    kind: str
+    sha256: str
+    size: int
+    mtime: float
+    page_count: int
+    replaces: bool
+    pages: list[NewPage] = field(default_factory=list)
+    error: str | None = None
+    rendered: bool = False  # every page has come out of the renderer
+
+
+_DONE = object()
+
+
+def run_ingest(
+    index: DocIndex, paths: Iterable[str | Path], settings: IngestSettings, retriever: Retriever
+) -> IngestReport:
+    """Bring the index up to date with `paths` (the caller holds the write lock)."""
+    started = time.monotonic()
+    report = IngestReport(index=str(index.path))
+    given = [Path(p).expanduser().absolute() for p in paths]
+    seen: set[Path] = set()
+    jobs = _plan(index, given, report, seen, settings.render_timeout_s)
+    if settings.sync:
+        _remove_vanished(index, given, seen, report)
+    total_pages = sum(job.page_count for job in jobs)
+    with tqdm(
+        total=total_pages, unit="page", desc="ingest", disable=not settings.progress, leave=False
+    ) as bar:
+        _encode_and_commit(index, jobs, settings, retriever, report, bar)
+    index.save_candidates()
+    report.seconds = time.monotonic() - started
+    return report
+
+
+def _plan(
+    index: DocIndex, given: list[Path], report: IngestReport, seen: set[Path], timeout_s: int
+) -> list[_Job]:
+    """Walk, sniff and hash; return the files whose content is new or changed."""
+    jobs: list[_Job] = []
+    for found in sources.walk(given):
+        if isinstance(found, tuple):
+            report.fail(str(found[0]), found[1])
+            continue
+        seen.add(found)
+        try:
+            source = sources.classify(found)
+            if source.kind is None:
+                if source.claimed:
+                    report.fail(str(found), sources.describe_content(sources.read_head(found)))
+                else:
+                    report.skipped += 1
+                continue
+            before = found.stat()
+            digest = sources.sha256_of(found)
+        except OSError as error:
+            report.fail(str(found), f"cannot read the file: {error.strerror or error}")
+            continue
+        existing = index.store.document(found)
+        if existing is not None and existing.sha256 == digest:
+            report.unchanged += 1
+            continue
+        try:
+            pages = count_pages(found, source.kind, timeout_s)
+        except InputFileError as error:
+            report.fail(error.path, error.reason)
+            continue
+        jobs.append(
+            _Job(found, source.kind, digest, before.st_size, before.st_mtime, pages, existing is not None)
+        )
+    return jobs
+
+
+def _remove_vanished(index: DocIndex, given: list[Path], seen: set[Path], report: IngestReport) -> None:
+    """--sync: drop documents under the given folders whose files are gone."""
+    resolved = [path.resolve() for path in given]
+    gone = [doc for doc in index.store.documents_under(resolved) if Path(doc.path) not in seen
+            and not Path(doc.path).exists()]
+    if gone:
+        report.removed += index.delete_documents([doc.id for doc in gone])
+
+
+def _page_stream(
+    jobs: list[_Job], settings: IngestSettings, image_edge: int
+) -> Iterator[tuple[_Job, RenderedPage | InputFileError | object]]:
+    """Every page of every job in order, then a _DONE marker per job; errors come as items."""
+    for job in jobs:
+        try:
+            for page in render_pages(
+                job.path, job.kind, image_edge,
+                chunk_pages=settings.chunk_pages, timeout_s=settings.render_timeout_s,
+            ):
+                yield job, page
+        except InputFileError as error:
+            yield job, error
+            continue
+        yield job, _DONE
+
+
+def _prefetch(items: Iterator, depth: int) -> Iterator:
+    """Run `items` in a background thread, `depth` items ahead (rendering overlaps encoding)."""
+    buffer: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    end = object()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        buffer.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            buffer.put(end)
+        except BaseException as error:  # handed to the consumer, which re-raises it
+            buffer.put(error)
+
+    worker = threading.Thread(target=produce, name="docqa-render", daemon=True)
+    worker.start()
+    try:
+        while (item := buffer.get()) is not end:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+
+
+def _encode_and_commit(
+    index: DocIndex,
+    jobs: list[_Job],
+    settings: IngestSettings,
+    retriever: Retriever,
+    report: IngestReport,
+    bar: tqdm,
+) -> None:
+    pending: list[tuple[_Job, RenderedPage]] = []
+    rendered: deque[_Job] = deque()  # jobs fully rendered, in order, awaiting commit
+    last_save = time.monotonic()
+
+    def encode_pending() -> None:
+        batch = [(job, page) for job, page in pending if job.error is None]
+        pending.clear()
+        if not batch:
+            return
+        embeddings = retriever.encode_pages([page.image for _, page in batch])
+        for (job, page), vectors in zip(batch, embeddings):
+            stored = np.asarray(vectors, dtype=VECTOR_DTYPE)
+            offset = index.vectors.append(stored)
+            index.tokens.add(offset, stored.astype(np.float32))
+            width, height = page.image.size
+            job.pages.append(NewPage(page.number, width, height, offset, len(stored)))
+        bar.update(len(batch))
+
+    def commit_rendered() -> None:
+        nonlocal last_save
+        while rendered and not any(job is rendered[0] for job, _ in pending):
+            job = rendered.popleft()
+            if job.error is None:
+                _commit(index, job, report)
+        if time.monotonic() - last_save > settings.save_every_s:
+            index.save_candidates()
+            last_save = time.monotonic()
+
+    for job, item in _prefetch(_page_stream(jobs, settings, retriever.stamp.image_edge), depth=2 * settings.batch_size):
+        if isinstance(item, RenderedPage):
+            pending.append((job, item))
+            if len(pending) >= settings.batch_size:
+                encode_pending()
+                commit_rendered()
+        elif isinstance(item, InputFileError):
+            job.error = item.reason
+            report.fail(str(job.path), item.reason)
+        else:
+            rendered.append(job)
+            commit_rendered()
+    encode_pending()
+    commit_rendered()
+
+
+def _commit(index: DocIndex, job: _Job, report: IngestReport) -> None:
+    """Make one document visible, unless its file changed while it was being read."""
+    try:
+        after = job.path.stat()
+    except OSError as error:
+        report.fail(str(job.path), f"the file vanished while being ingested ({error.strerror})")
+        return
+    if (after.st_size, after.st_mtime) != (job.size, job.mtime):
+        report.fail(str(job.path), "the file changed while being ingested; run ingest again")
+        return
+    if len(job.pages) != job.page_count:
+        report.fail(str(job.path), f"only {len(job.pages)} of {job.page_count} pages could be read")
+        return
+    index.commit_document(
+        job.path, sha256=job.sha256, size=job.size, mtime=job.mtime, kind=job.kind, pages=job.pages
+    )
+    report.pages_added += len(job.pages)
+    if job.replaces:
+        report.updated += 1
+    else:
+        report.added += 1

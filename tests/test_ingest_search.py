@@ -1,0 +1,178 @@
+"""Ingest folders and search them through the library API, with a tiny real retriever."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from docqa import DocIndex
+from docqa.errors import IndexMismatchError, ModelLoadError
+from docqa.index import maxsim
+
+from documents import make_image, make_pdf, make_tiff
+
+
+@pytest.fixture()
+def corpus(tmp_path):
+    root = tmp_path / "docs"
+    make_pdf(root / "reports" / "q1.pdf", 3, title="q1")
+    make_pdf(root / "reports" / "q2.pdf", 2, title="q2")
+    make_image(root / "scans" / "receipt.png", text="receipt")
+    make_tiff(root / "scans" / "fax.tiff", 2)
+    (root / "notes.txt").write_text("not a document")
+    return root
+
+
+def _spy_encodes(index: DocIndex):
+    """Count pages the retriever encodes (wraps the real method)."""
+    retriever = index.retriever()
+    real = retriever.encode_pages
+    calls: list[int] = []
+
+    def recording(images):
+        calls.append(len(images))
+        return real(images)
+
+    retriever.encode_pages = recording
+    return calls
+
+
+def _stored_pages(index: DocIndex) -> dict[tuple[str, int], np.ndarray]:
+    rows = index.store.db.execute(
+        "SELECT documents.path, pages.number, pages.vec_offset, pages.vec_count FROM pages"
+        " JOIN documents ON documents.id = pages.document_id"
+    ).fetchall()
+    return {(path, number): index.vectors.read_rows(offset, offset + count)
+            for path, number, offset, count in rows}
+
+
+def test_ingest_counts_pages_and_skips_unchanged(corpus, retriever_checkpoint):
+    index = DocIndex.open("main", create=True)
+    report = index.ingest([corpus], model=str(retriever_checkpoint), batch_size=3)
+    assert (report.added, report.skipped, report.failed) == (4, 1, 0)
+    assert report.pages_added == 3 + 2 + 1 + 2
+    documents, pages = index.store.counts()
+    assert (documents, pages) == (4, 8)
+    per_doc = {r.path.split("/")[-1]: r.pages for r in index.store.all_documents()}
+    assert per_doc == {"q1.pdf": 3, "q2.pdf": 2, "receipt.png": 1, "fax.tiff": 2}
+
+    calls = _spy_encodes(index)
+    again = index.ingest([corpus])
+    assert (again.unchanged, again.added, again.pages_added) == (4, 0, 0)
+    assert calls == []
+
+
+def test_modified_file_is_reencoded_and_old_pages_are_gone(corpus, retriever_checkpoint):
+    index = DocIndex.open("main", create=True)
+    index.ingest([corpus], model=str(retriever_checkpoint))
+    target = corpus / "reports" / "q1.pdf"
+    old_pages = {row[0] for row in index.store.db.execute(
+        "SELECT pages.id FROM pages JOIN documents ON documents.id = pages.document_id WHERE documents.path = ?",
+        [str(target)])}
+    make_pdf(target, 5, title="q1 revised")
+    calls = _spy_encodes(index)
+    report = index.ingest([corpus])
+    assert (report.updated, report.unchanged, report.pages_added) == (1, 3, 5)
+    assert sum(calls) == 5
+    remaining = {row[0] for row in index.store.db.execute("SELECT id FROM pages")}
+    assert not old_pages & remaining
+    assert index.store.document(target).pages == 5
+    hits = index.search("q1 revised page 4", k=20)
+    assert {(h.path, h.page) for h in hits if h.path == str(target)} == {(str(target), n) for n in range(1, 6)}
+
+
+def test_search_is_exact_maxsim_and_matches_processor_scores(corpus, retriever_checkpoint):
+    index = DocIndex.open("main", create=True)
+    index.ingest([corpus], model=str(retriever_checkpoint))
+    query = "revenue by region"
+    hits = index.search(query, k=5)
+    assert [h.rank for h in hits] == [1, 2, 3, 4, 5]
+
+    stored = _stored_pages(index)
+    retriever = index.retriever()
+    query_vectors = retriever.encode_queries([query])[0]
+    keys = list(stored)
+    brute = maxsim(query_vectors, [stored[key] for key in keys])
+    order = np.argsort(-brute, kind="stable")[:5]
+    assert [(h.path, h.page) for h in hits] == [keys[i] for i in order]
+    np.testing.assert_allclose([h.score for h in hits], brute[order], atol=1e-4)
+
+    processor_scores = retriever.processor.score_retrieval(
+        [torch.from_numpy(query_vectors)], [torch.from_numpy(stored[(h.path, h.page)]) for h in hits],
+    )[0].numpy()
+    # score_retrieval pads pages to one length with zero rows; with L2-normalised vectors a zero
+    # row can only matter if every dot product of a query token is negative, so compare per page.
+    per_page = [float(retriever.processor.score_retrieval(
+        [torch.from_numpy(query_vectors)], [torch.from_numpy(stored[(h.path, h.page)])])[0, 0]) for h in hits]
+    np.testing.assert_allclose([h.score for h in hits], per_page, atol=1e-4)
+    assert processor_scores.shape == (5,)
+
+
+def test_remove_and_sync(corpus, retriever_checkpoint):
+    index = DocIndex.open("main", create=True)
+    index.ingest([corpus], model=str(retriever_checkpoint))
+    removed = index.remove([corpus / "reports" / "q2.pdf", corpus / "nothing.pdf"])
+    assert removed.removed == [str(corpus / "reports" / "q2.pdf")]
+    assert removed.not_found == [str(corpus / "nothing.pdf")]
+    assert index.store.counts() == (3, 6)
+    assert all("q2.pdf" not in h.path for h in index.search("q2", k=10))
+
+    (corpus / "scans" / "receipt.png").unlink()
+    report = index.ingest([corpus], sync=True)
+    assert report.removed == 1 and report.added == 1  # q2.pdf comes back, receipt is gone
+    assert {r.path.split("/")[-1] for r in index.store.all_documents()} == {"q1.pdf", "q2.pdf", "fax.tiff"}
+
+    folder = index.remove([corpus / "reports"])
+    assert len(folder.removed) == 2 and index.store.counts() == (1, 2)
+
+
+def test_bad_files_are_reported_and_good_ones_indexed(corpus, retriever_checkpoint):
+    good = make_pdf(corpus / "good.pdf", 2).read_bytes()
+    (corpus / "truncated.pdf").write_bytes(good[: len(good) // 3])
+    (corpus / "page.pdf").write_text("<html><body>not a pdf</body></html>")
+    (corpus / "empty.png").write_bytes(b"")
+    (corpus / "garbage.jpg").write_bytes(b"\xff\xd8\xff" + bytes(range(256)) * 4)
+    index = DocIndex.open("main", create=True)
+    report = index.ingest([corpus], model=str(retriever_checkpoint))
+    failed = {f.path.split("/")[-1]: f.error for f in report.failures}
+    assert set(failed) == {"truncated.pdf", "page.pdf", "empty.png", "garbage.jpg"}
+    assert "HTML" in failed["page.pdf"] and "empty" in failed["empty.png"]
+    assert report.added == 5 and report.failed == 4
+    assert index.store.counts()[1] == 3 + 2 + 1 + 2 + 2
+
+
+def test_model_is_fixed_at_first_ingest(corpus, retriever_checkpoints):
+    index = DocIndex.open("main", create=True)
+    index.ingest([corpus / "scans"], model=str(retriever_checkpoints["colmodernvbert"]))
+    other = DocIndex.open("main")
+    with pytest.raises(IndexMismatchError, match="colmodernvbert"):
+        other.ingest([corpus], model=str(retriever_checkpoints["colqwen2"]))
+    assert other.store.counts() == (2, 3)
+
+
+def test_copied_checkpoint_with_same_config_at_a_new_path_is_refused(corpus, retriever_checkpoint, tmp_path):
+    index = DocIndex.open("main", create=True)
+    index.ingest([corpus / "scans"], model=str(retriever_checkpoint))
+    copy = shutil.copytree(retriever_checkpoint, tmp_path / "copy")
+    with pytest.raises(IndexMismatchError):
+        DocIndex.open("main").ingest([corpus], model=str(copy))
+
+
+def test_unloadable_model_fails_before_any_work(corpus, tmp_path):
+    index = DocIndex.open("main", create=True)
+    with pytest.raises(ModelLoadError, match="no-such-model"):
+        index.ingest([corpus], model=str(tmp_path / "no-such-model"))
+    assert index.store.counts() == (0, 0)
+
+
+@pytest.mark.parametrize("family", ["colqwen2", "colpali"])
+def test_other_retriever_families_ingest_and_search(corpus, retriever_checkpoints, family):
+    index = DocIndex.open(family, create=True)
+    report = index.ingest([corpus / "scans"], model=str(retriever_checkpoints[family]))
+    assert report.added == 2 and report.pages_added == 3
+    hits = index.search("receipt", k=3)
+    assert len(hits) == 3 and hits[0].score >= hits[-1].score
+    assert index.info().model == str(retriever_checkpoints[family])
