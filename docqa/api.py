@@ -9,17 +9,20 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import sqlite3
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from . import __version__
 from .config import IngestSettings, index_path
 from .encoders import EncoderStamp, Retriever, default_device, default_retriever
-from .errors import IndexMismatchError, IndexNotFoundError
+from .errors import IndexLockedError, IndexMismatchError, IndexNotFoundError, StorageFullError
 from .index import TokenIndex, exact_top_k
 from .ingest import IngestReport, run_ingest
 from .locking import WriteLock
@@ -85,7 +88,7 @@ class DocIndex:
         self._retriever: Retriever | None = None
         self._vectors: VectorFile | None = None
         self._tokens: TokenIndex | None = None
-        self._tokens_generation: str | None = None
+        self._tokens_state: tuple[str | None, str | None] | None = None
 
     @classmethod
     def open(cls, name_or_path: str | os.PathLike[str] | None = None, *, create: bool = False) -> DocIndex:
@@ -97,7 +100,9 @@ class DocIndex:
                     f"no index at {path}; create it with `docqa ingest PATH... --index {name_or_path or 'default'}`"
                 )
             path.mkdir(parents=True, exist_ok=True)
-        return cls(path)
+        index = cls(path)
+        index._recover_if_idle()
+        return index
 
     # --- build stamp and model --------------------------------------------------------------
     @property
@@ -149,28 +154,67 @@ class DocIndex:
     @property
     def tokens(self) -> TokenIndex:
         """The candidate index, loaded from disk and brought up to the latest commit."""
-        generation = self.store.get_meta("generation")
-        if self._tokens is None or self._tokens_generation != generation:
-            if self._tokens is None:
+        state = (self.store.get_meta("generation"), self.store.get_meta("vector_epoch"))
+        if self._tokens is None or self._tokens_state != state:
+            if self._tokens is None or (self._tokens_state or state)[1] != state[1]:
+                # First use, or a writer dropped vector rows this copy may hold: start from disk.
                 self._tokens = TokenIndex.load(self.path, self.vectors.dim)
             table = self.store.page_table()
             if self._tokens is None or self._tokens.high_water > self.vectors.rows:
                 self._tokens = TokenIndex.build(table, self.vectors)
             else:
                 self._tokens.catch_up(table, self.vectors)
-            self._tokens_generation = generation
+            self._tokens_state = state
         return self._tokens
 
     def _recover(self) -> None:
-        """Writer start-up: drop vector rows no commit refers to; rebuild a stale candidate index."""
+        """Writer start-up: drop vector rows no commit refers to; rebuild a stale candidate index.
+
+        Rows past the last commit were written by a process that died; dropping them changes
+        what a row number may hold, so readers are told through the `vector_epoch` meta value.
+        """
         end = self.store.vector_end()
-        self.vectors.truncate(end)
+        for stale in self.path.glob(".tokens-*.tmp"):
+            stale.unlink(missing_ok=True)
         saved = TokenIndex.load(self.path, self.vectors.dim)
-        if saved is None or saved.high_water > end:
+        if self.vectors.rows > end or saved is None or saved.high_water > end:
+            self.vectors.truncate(end)
+            with self.store.transaction():
+                self.store.set_meta("vector_epoch", str(int(self.store.get_meta("vector_epoch") or 0) + 1))
             saved = TokenIndex.build(self.store.page_table(), self.vectors)
             saved.save(self.path)
         self._tokens = saved
-        self._tokens_generation = None  # the next access catches up with the latest commit
+        self._tokens_state = None  # the next access catches up with the latest commit
+
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        """Hold the write lock; recover from any crash of an earlier writer first."""
+        lock = WriteLock(self.path)
+        try:
+            if self.build is not None:
+                self._recover()
+            yield
+        except (OSError, sqlite3.OperationalError) as error:
+            if not _is_storage_full(error):
+                raise
+            raise StorageFullError(
+                f"{self.path}: out of disk space, or a write failed ({error}); everything committed"
+                " before this point is intact; free some space and run the command again"
+            ) from error
+        finally:
+            if self._vectors is not None:
+                self._vectors.close()
+            lock.close()
+
+    def _recover_if_idle(self) -> None:
+        """On open: repair what a crashed writer left, unless a writer is running right now."""
+        if self.build is None:
+            return
+        try:
+            with self._writing():
+                pass
+        except (IndexLockedError, OSError):
+            pass  # a live writer (or a read-only folder): readers only see committed pages anyway
 
     def save_candidates(self) -> None:
         if self._tokens is not None:
@@ -198,7 +242,6 @@ class DocIndex:
     def _forget_vectors(self, ranges: list[tuple[int, int]]) -> None:
         """Drop deleted pages' rows from the candidate index (they stay as garbage in the vector file)."""
         self.tokens.remove(ranges)
-        self._tokens_generation = self.store.get_meta("generation")
 
     def _bump_generation(self) -> None:
         self.store.set_meta("generation", str(int(self.store.get_meta("generation") or 0) + 1))
@@ -208,17 +251,11 @@ class DocIndex:
                **overrides) -> IngestReport:
         """Index new and changed files under `paths`; see IngestSettings for the knobs."""
         settings = settings or IngestSettings(**overrides)
-        lock = WriteLock(self.path)
-        try:
+        with self._writing():
             retriever = self.retriever(settings.model, settings.device, settings.image_edge)
             if self.build is None:
                 self._write_build(retriever.stamp)
-            self._recover()
             return run_ingest(self, [os.fspath(p) for p in paths], settings, retriever)
-        finally:
-            if self._vectors is not None:
-                self._vectors.close()
-            lock.close()
 
     def search(self, query: str, k: int = 5, *, device: str | None = None) -> list[Hit]:
         """The k pages with the highest exact MaxSim score for `query`, best first."""
@@ -241,13 +278,10 @@ class DocIndex:
 
     def remove(self, paths: Iterable[str | os.PathLike[str]]) -> RemoveReport:
         """Delete the documents at `paths` (a folder removes everything under it)."""
-        lock = WriteLock(self.path)
-        try:
-            if self.build is not None:
-                self._recover()
-            removed: list[str] = []
-            not_found: list[str] = []
-            ids: list[int] = []
+        removed: list[str] = []
+        not_found: list[str] = []
+        ids: list[int] = []
+        with self._writing():
             for given in paths:
                 path = Path(os.path.abspath(os.path.expanduser(os.fspath(given))))
                 matches = self.store.documents_under([path, path.resolve()])
@@ -260,11 +294,7 @@ class DocIndex:
             if ids:
                 self.delete_documents(ids)
                 self.save_candidates()
-            return RemoveReport(index=str(self.path), removed=removed, not_found=not_found)
-        finally:
-            if self._vectors is not None:
-                self._vectors.close()
-            lock.close()
+        return RemoveReport(index=str(self.path), removed=removed, not_found=not_found)
 
     def info(self) -> IndexInfo:
         documents, pages = self.store.counts()
@@ -283,3 +313,9 @@ def _same_model(model: str) -> str:
     """How a model is recorded: local folders as absolute paths, hub ids as given."""
     path = Path(model).expanduser()
     return str(path.resolve()) if path.is_dir() else model
+
+
+def _is_storage_full(error: OSError | sqlite3.OperationalError) -> bool:
+    if isinstance(error, sqlite3.OperationalError):
+        return "full" in str(error) or "disk I/O error" in str(error)
+    return error.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)

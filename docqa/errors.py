@@ -50,3 +50,7 @@ class NoResultsError(DocQAError):
 
 class SourceChangedError(DocQAError):
     """A cited page's source file changed or vanished since it was indexed."""
+
+
+class StorageFullError(IndexError_):
+    """The disk (or a file-size limit) ran out while writing; the index is intact at its last commit."""

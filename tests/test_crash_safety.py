@@ -1,0 +1,140 @@
+"""kill -9 during ingest at 23 points across walking, hashing, rendering, encoding, storing and
+index saving. After each kill: the index opens; every page has its vectors and every vector row
+belongs to a committed page; no partial document is visible; re-running the same ingest
+completes; and the result equals an uninterrupted run's."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from crash_harness import KillPoint, in_child, single_threaded
+from documents import make_image, make_pdf, make_tiff
+
+SETTINGS = {"batch_size": 2, "chunk_pages": 2, "image_edge": 512, "save_every_s": 0.0}
+
+KILL_POINTS = [
+    KillPoint("docqa.sources", "classify", 1, "before", "walk"),
+    KillPoint("docqa.sources", "classify", 3, "after", "walk"),
+    KillPoint("docqa.sources", "sha256_of", 1, "before", "hash"),
+    KillPoint("docqa.sources", "sha256_of", 4, "after", "hash"),
+    KillPoint("docqa.ingest", "count_pages", 2, "before", "walk"),
+    KillPoint("docqa.render", "convert_from_path", 1, "before", "render"),
+    KillPoint("docqa.render", "convert_from_path", 3, "after", "render"),
+    KillPoint("docqa.encoders", "Retriever.encode_pages", 1, "before", "encode"),
+    KillPoint("docqa.encoders", "Retriever.encode_pages", 2, "after", "encode"),
+    KillPoint("docqa.encoders", "Retriever.encode_pages", 4, "before", "encode"),
+    KillPoint("docqa.index", "TokenIndex.add", 3, "after", "encode"),
+    KillPoint("docqa.vectors", "VectorFile.append", 1, "after", "store"),
+    KillPoint("docqa.vectors", "VectorFile.append", 6, "before", "store"),
+    KillPoint("docqa.vectors", "VectorFile.sync", 1, "after", "store"),
+    KillPoint("docqa.vectors", "VectorFile.sync", 3, "before", "store"),
+    KillPoint("docqa.store", "Store.put_document", 1, "after", "store"),  # inside the transaction
+    KillPoint("docqa.store", "Store.put_document", 3, "before", "store"),
+    KillPoint("docqa.api", "DocIndex._forget_vectors", 1, "after", "store"),  # just committed
+    KillPoint("docqa.api", "DocIndex._forget_vectors", 4, "after", "store"),
+    KillPoint("docqa.index", "TokenIndex.save", 1, "before", "save"),
+    KillPoint("docqa.index", "faiss.serialize_index", 2, "after", "save"),
+    KillPoint("docqa.index", "os.replace", 1, "before", "save"),  # temp file written, not renamed
+    KillPoint("docqa.index", "os.replace", 3, "after", "save"),
+]
+
+
+def _ingest(index_dir: Path, corpus: Path, model: str) -> dict:
+    from docqa.api import DocIndex
+
+    return DocIndex.open(index_dir, create=True).ingest([corpus], model=model, **SETTINGS).to_json()
+
+
+def _raw_invariants(index_dir: Path) -> dict:
+    """What a crashed writer left, read before anything repairs it."""
+    db = sqlite3.connect(index_dir / "docqa.db")
+    build = db.execute("SELECT value FROM meta WHERE key = 'build'").fetchone()
+    dim = json.loads(build[0])["encoder"]["dim"] if build else 1
+    vector_file = index_dir / "vectors.f16"
+    rows = vector_file.stat().st_size // (2 * dim) if vector_file.exists() else 0
+    pages = db.execute("SELECT document_id, number, vec_offset, vec_count FROM pages").fetchall()
+    documents = db.execute("SELECT id, pages FROM documents").fetchall()
+    numbers: dict[int, list[int]] = {}
+    for document_id, number, _, _ in pages:
+        numbers.setdefault(document_id, []).append(number)
+    return {
+        "pages_have_vectors": all(offset + count <= rows and count > 0 for _, _, offset, count in pages),
+        "whole_documents": all(sorted(numbers.get(doc, [])) == list(range(1, n + 1)) for doc, n in documents),
+    }
+
+
+def _state(index_dir: Path) -> dict:
+    """Open the index as a reader would and describe it: coverage of vector rows and the score of
+    every page for fixed random queries (through the FAISS candidate search)."""
+    from docqa.api import DocIndex
+    from docqa.index import exact_top_k
+
+    index = DocIndex.open(index_dir)
+    documents = [(d.path, d.sha256, d.pages) for d in index.store.all_documents()]
+    if index.build is None:
+        return {"documents": documents, "covered": True, "scores": []}
+    table = index.store.page_table()
+    ends = table.offsets + table.counts
+    covered = bool(
+        len(table) == 0 or (table.offsets[0] == 0 and np.all(table.offsets[1:] == ends[:-1])
+                            and ends[-1] == index.vectors.rows)
+    )
+    rng = np.random.default_rng(0)
+    scores = []
+    for _ in range(3):
+        query = rng.standard_normal((6, index.vectors.dim)).astype(np.float32)
+        hits = exact_top_k(query, len(table), table, index.tokens, index.vectors)
+        details = index.store.pages_with_documents([hit.page_id for hit in hits])
+        scores.append({(details[h.page_id]["path"], details[h.page_id]["page"]): h.score for h in hits})
+    return {"documents": documents, "covered": covered, "scores": scores}
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("crash-corpus")
+    make_pdf(root / "a.pdf", 3, title="alpha")
+    make_pdf(root / "b.pdf", 5, title="beta")
+    make_image(root / "c.png", text="gamma")
+    make_tiff(root / "d.tiff", 2)
+    return root
+
+
+@pytest.fixture(scope="module")
+def reference(corpus, tmp_path_factory, retriever_checkpoints) -> dict:
+    index_dir = tmp_path_factory.mktemp("reference") / "index"
+    model = str(retriever_checkpoints["colmodernvbert"])
+    run = in_child(partial(_ingest, index_dir, corpus, model), before=single_threaded)
+    assert run.exit_code == 0 and run.value["documents"]["added"] == 4
+    return in_child(partial(_state, index_dir), before=single_threaded).value
+
+
+@pytest.mark.parametrize("point", KILL_POINTS, ids=str)
+def test_kill_9_never_corrupts_the_index(point, corpus, reference, tmp_path, retriever_checkpoints):
+    index_dir = tmp_path / "index"
+    model = str(retriever_checkpoints["colmodernvbert"])
+
+    crashed = in_child(partial(_ingest, index_dir, corpus, model), kill=point, before=single_threaded)
+    assert crashed.killed, f"{point} was never reached"
+
+    raw = in_child(partial(_raw_invariants, index_dir)).value
+    assert raw == {"pages_have_vectors": True, "whole_documents": True}
+    after_crash = in_child(partial(_state, index_dir), before=single_threaded).value
+    assert after_crash["covered"], "vector rows that no committed page owns survived reopening"
+    committed = {path for path, _, _ in after_crash["documents"]}
+    for scores in after_crash["scores"]:
+        assert {path for path, _ in scores} == committed  # search sees exactly the committed documents
+
+    rerun = in_child(partial(_ingest, index_dir, corpus, model), before=single_threaded)
+    assert rerun.exit_code == 0 and rerun.value["documents"]["failed"] == 0
+    final = in_child(partial(_state, index_dir), before=single_threaded).value
+    assert final["documents"] == reference["documents"]
+    assert final["covered"]
+    for got, expected in zip(final["scores"], reference["scores"]):
+        assert got.keys() == expected.keys()
+        np.testing.assert_allclose([got[key] for key in expected], list(expected.values()), atol=1e-3)
