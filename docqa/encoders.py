@@ -33,6 +33,7 @@ import torch
 from huggingface_hub import constants as hub_constants
 from huggingface_hub import get_session, is_offline_mode, try_to_load_from_cache
 from PIL import Image
+from transformers.utils import logging as hf_logging
 from transformers import (
     AutoConfig,
     ColModernVBertForRetrieval,
@@ -245,6 +246,7 @@ class Retriever:
         model); the stamp records the value actually used.
         """
         device = device or default_device()
+        hf_logging.disable_progress_bar()  # docqa draws its own progress; keep stderr readable
         torch_dtype = _torch_dtype(dtype, device)
         source, local_files_only = _resolve_source(model)
         try:
