@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 DEFAULT_INDEX = "default"
@@ -32,6 +32,6 @@ class IngestSettings:
     image_edge: int | None = None
     sync: bool = False
     chunk_pages: int = 8  # PDF pages rendered per pdftoppm call: bounds memory on huge files
-    render_timeout_s: int = int(os.environ.get("DOCQA_RENDER_TIMEOUT", "120"))
+    render_timeout_s: float = field(default_factory=lambda: float(os.environ.get("DOCQA_RENDER_TIMEOUT", "120")))
     save_every_s: float = 60.0  # how often the candidate index is checkpointed during long runs
     progress: bool = False

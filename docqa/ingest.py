@@ -49,9 +49,10 @@ class IngestReport:
     failures: list[Failure] = field(default_factory=list)
     seconds: float = 0.0
 
-    def fail(self, path: str, error: str) -> None:
+    def fail(self, path: Path | str, error: str) -> None:
+        """Record a file that could not be indexed (its name made printable, whatever its bytes)."""
         self.failed += 1
-        self.failures.append(Failure(path, error))
+        self.failures.append(Failure(sources.printable(path), error))
 
     def to_json(self) -> dict:
         return {
@@ -111,27 +112,27 @@ def run_ingest(
 
 
 def _plan(
-    index: DocIndex, given: list[Path], report: IngestReport, seen: set[Path], timeout_s: int
+    index: DocIndex, given: list[Path], report: IngestReport, seen: set[Path], timeout_s: float
 ) -> list[_Job]:
     """Walk, sniff and hash; return the files whose content is new or changed."""
     jobs: list[_Job] = []
     for found in sources.walk(given):
         if isinstance(found, tuple):
-            report.fail(str(found[0]), found[1])
+            report.fail(found[0], found[1])
             continue
         seen.add(found)
         try:
             source = sources.classify(found)
             if source.kind is None:
                 if source.claimed:
-                    report.fail(str(found), sources.describe_content(sources.read_head(found)))
+                    report.fail(found, sources.describe_content(sources.read_head(found)))
                 else:
                     report.skipped += 1
                 continue
             before = found.stat()
             digest = sources.sha256_of(found)
         except OSError as error:
-            report.fail(str(found), f"cannot read the file: {error.strerror or error}")
+            report.fail(found, f"cannot read the file: {error.strerror or error}")
             continue
         existing = index.store.document(found)
         if existing is not None and existing.sha256 == digest:
@@ -250,7 +251,7 @@ def _encode_and_commit(
                 commit_rendered()
         elif isinstance(item, InputFileError):
             job.error = item.reason
-            report.fail(str(job.path), item.reason)
+            report.fail(job.path, item.reason)
         else:
             rendered.append(job)
             commit_rendered()
@@ -263,13 +264,13 @@ def _commit(index: DocIndex, job: _Job, report: IngestReport) -> None:
     try:
         after = job.path.stat()
     except OSError as error:
-        report.fail(str(job.path), f"the file vanished while being ingested ({error.strerror})")
+        report.fail(job.path, f"the file vanished while being ingested ({error.strerror})")
         return
     if (after.st_size, after.st_mtime) != (job.size, job.mtime):
-        report.fail(str(job.path), "the file changed while being ingested; run ingest again")
+        report.fail(job.path, "the file changed while being ingested; run ingest again")
         return
     if len(job.pages) != job.page_count:
-        report.fail(str(job.path), f"only {len(job.pages)} of {job.page_count} pages could be read")
+        report.fail(job.path, f"only {len(job.pages)} of {job.page_count} pages could be read")
         return
     index.commit_document(
         job.path, sha256=job.sha256, size=job.size, mtime=job.mtime, kind=job.kind, pages=job.pages

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-import warnings
+import struct
+import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,13 +17,23 @@ from pdf2image.exceptions import (
     PDFPopplerTimeoutError,
     PDFSyntaxError,
 )
-from PIL import Image, ImageOps, ImageSequence, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import DocQAError, InputFileError
-from .sources import IMAGE, PDF
+from .sources import IMAGE, PDF, printable
 
 DEFAULT_CHUNK_PAGES = 8
-DEFAULT_TIMEOUT_S = 120
+DEFAULT_TIMEOUT_S = 120.0
+# Decompression-bomb guard: an image declaring more pixels than Pillow's default warning threshold
+# (268 MB as RGB) is refused from its header, before anything is decoded.
+MAX_IMAGE_PIXELS = 89_478_485
+# The formats sources.sniff accepts; Pillow's other (riskier, rarer) decoders are never tried.
+IMAGE_FORMATS = ("PNG", "JPEG", "TIFF", "BMP", "WEBP")
+# What Pillow raises on corrupt or hostile image data: it has no single error type.
+_DECODE_ERRORS = (
+    OSError, ValueError, SyntaxError, TypeError, EOFError, KeyError, IndexError, struct.error,
+    ZeroDivisionError, Image.DecompressionBombError,
+)
 
 
 class PopplerMissingError(DocQAError):
@@ -34,12 +46,12 @@ class RenderedPage:
     image: Image.Image  # RGB, longest edge <= the requested edge
 
 
-def count_pages(path: Path, kind: str, timeout_s: int = DEFAULT_TIMEOUT_S) -> int:
+def count_pages(path: Path, kind: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> int:
     """Number of pages of a PDF or (multi-frame) image, without rendering it."""
     if kind == PDF:
-        return _pdf_page_count(path, timeout_s)
+        return _pdf_page_count(path, _Clock(path, timeout_s))
     with _open_image(path) as image:
-        return _frame_count(image)
+        return _frame_count(path, image)
 
 
 def render_pages(
@@ -49,36 +61,70 @@ def render_pages(
     *,
     first_page: int = 1,
     chunk_pages: int = DEFAULT_CHUNK_PAGES,
-    timeout_s: int = DEFAULT_TIMEOUT_S,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
 ) -> Iterator[RenderedPage]:
     """Yield the pages of `path` from `first_page` on, each fitted into an `image_edge` square.
 
-    PDFs are rendered `chunk_pages` at a time, so a 1,000-page file never sits in memory whole.
-    Raises InputFileError (path + reason) for anything unreadable.
+    PDFs are rendered `chunk_pages` at a time, so a 1,000-page file never sits in memory whole;
+    `timeout_s` bounds the poppler time of the whole file (time spent by the consumer between
+    pages does not count). Raises InputFileError (path + reason) for anything unreadable.
     """
     if kind == PDF:
-        yield from _render_pdf(path, image_edge, first_page, chunk_pages, timeout_s)
+        yield from _render_pdf(path, image_edge, first_page, chunk_pages, _Clock(path, timeout_s))
     elif kind == IMAGE:
         yield from _render_image(path, image_edge, first_page)
     else:
-        raise InputFileError(str(path), f"unsupported file type {kind!r}")
+        raise InputFileError(printable(path), f"unsupported file type {kind!r}")
 
 
-def _pdf_page_count(path: Path, timeout_s: int) -> int:
+class _Clock:
+    """The time one file's poppler calls may take, all of them together."""
+
+    def __init__(self, path: Path, timeout_s: float) -> None:
+        self.path = path
+        self.timeout_s = timeout_s
+        self.spent = 0.0
+
+    @contextmanager
+    def running(self, what: str) -> Iterator[float]:
+        """Time one call; yields the seconds left, and turns a poppler timeout into InputFileError."""
+        left = self.timeout_s - self.spent
+        if left <= 0:
+            raise self._expired(what)
+        started = time.monotonic()
+        try:
+            yield left
+        except PDFPopplerTimeoutError as error:
+            raise self._expired(what) from error
+        finally:
+            self.spent += time.monotonic() - started
+
+    def _expired(self, what: str) -> InputFileError:
+        return InputFileError(
+            printable(self.path),
+            f"{what} took longer than {self.timeout_s:g} s, the limit per file"
+            " (raise it with DOCQA_RENDER_TIMEOUT if the file is just slow)",
+        )
+
+
+def _poppler_missing() -> PopplerMissingError:
+    return PopplerMissingError(
+        "poppler is not installed (pdfinfo/pdftoppm not found): install it, e.g. "
+        "`apt-get install poppler-utils` or `brew install poppler`"
+    )
+
+
+def _pdf_page_count(path: Path, clock: _Clock) -> int:
     try:
-        info = pdfinfo_from_path(str(path), timeout=timeout_s)
+        with clock.running("reading the PDF") as left:
+            info = pdfinfo_from_path(str(path), timeout=left)
     except (PDFInfoNotInstalledError, FileNotFoundError) as error:
-        raise PopplerMissingError(
-            "poppler is not installed (pdfinfo/pdftoppm not found): install it, e.g. "
-            "`apt-get install poppler-utils` or `brew install poppler`"
-        ) from error
-    except PDFPopplerTimeoutError as error:
-        raise InputFileError(str(path), f"reading the PDF took longer than {timeout_s} s") from error
+        raise _poppler_missing() from error
     except (PDFPageCountError, PDFSyntaxError, ValueError) as error:
-        raise InputFileError(str(path), _poppler_reason(str(error))) from error
+        raise InputFileError(printable(path), _poppler_reason(str(error))) from error
     pages = int(info.get("Pages", 0) or 0)
     if pages < 1:
-        raise InputFileError(str(path), "the PDF has no pages")
+        raise InputFileError(printable(path), "the PDF has no pages")
     return pages
 
 
@@ -86,70 +132,98 @@ def _poppler_reason(message: str) -> str:
     lowered = message.lower()
     if "incorrect password" in lowered or "encrypted" in lowered:
         return "the PDF is encrypted with a password"
+    if "couldn't open file" in lowered:
+        return "cannot read the file (it vanished, or permission denied)"
     for line in message.splitlines():
-        line = line.strip()
-        if line.startswith("Syntax Error") or line.startswith("Internal Error") or "Error" in line:
-            return f"the PDF cannot be read ({line[:200]})"
-    return "the PDF cannot be read (poppler could not parse it)"
+        if "Error" in line:
+            return f"the PDF is damaged or truncated (poppler: {line.strip()[:200]})"
+    return "the PDF is damaged or truncated (poppler could not parse it)"
 
 
 def _render_pdf(
-    path: Path, image_edge: int, first_page: int, chunk_pages: int, timeout_s: int
+    path: Path, image_edge: int, first_page: int, chunk_pages: int, clock: _Clock
 ) -> Iterator[RenderedPage]:
-    total = _pdf_page_count(path, timeout_s)
+    total = _pdf_page_count(path, clock)
     for start in range(first_page, total + 1, chunk_pages):
         end = min(start + chunk_pages - 1, total)
         try:
-            images = convert_from_path(
-                str(path), first_page=start, last_page=end, size=image_edge, timeout=timeout_s
-            )
-        except PDFPopplerTimeoutError as error:
+            with clock.running("rendering the PDF") as left:
+                images = convert_from_path(
+                    str(path), first_page=start, last_page=end, size=image_edge, timeout=left
+                )
+                pages = [
+                    RenderedPage(start + offset, _fit(_to_rgb(image), image_edge))
+                    for offset, image in enumerate(images)
+                ]
+        except (PDFInfoNotInstalledError, FileNotFoundError) as error:
+            raise _poppler_missing() from error
+        except (PDFPageCountError, PDFSyntaxError, *_DECODE_ERRORS) as error:
+            raise InputFileError(printable(path), _poppler_reason(str(error))) from error
+        if len(pages) != end - start + 1:
             raise InputFileError(
-                str(path), f"rendering pages {start}-{end} took longer than {timeout_s} s"
-            ) from error
-        except (PDFPageCountError, PDFSyntaxError, ValueError, OSError) as error:
-            raise InputFileError(str(path), _poppler_reason(str(error))) from error
-        if len(images) != end - start + 1:
-            raise InputFileError(
-                str(path),
-                f"pages {start}-{end} could not be rendered (got {len(images)} of {end - start + 1};"
+                printable(path),
+                f"pages {start}-{end} could not be rendered (got {len(pages)} of {end - start + 1};"
                 " the PDF may be truncated or damaged)",
             )
-        for offset, image in enumerate(images):
-            yield RenderedPage(start + offset, _fit(_to_rgb(image), image_edge))
-        del images
+        yield from pages
+        del images, pages  # free this chunk before the next one is rendered
 
 
 def _open_image(path: Path) -> Image.Image:
+    """Open an image lazily (header only), refusing decompression bombs before any decoding."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            return Image.open(path)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        raise InputFileError(
-            str(path), f"the image is too large to decode safely ({error})"
-        ) from error
+        image = Image.open(path, formats=IMAGE_FORMATS)
     except UnidentifiedImageError as error:
-        raise InputFileError(str(path), "the image cannot be decoded") from error
-    except OSError as error:
-        raise InputFileError(str(path), f"cannot read the image: {error}") from error
+        raise InputFileError(
+            printable(path), "the image cannot be decoded (damaged, or not really an image)"
+        ) from error
+    except _DECODE_ERRORS as error:
+        raise InputFileError(printable(path), _image_reason(error)) from error
+    try:
+        _check_pixels(path, image)
+    except InputFileError:
+        image.close()
+        raise
+    return image
 
 
-def _frame_count(image: Image.Image) -> int:
-    return int(getattr(image, "n_frames", 1)) if image.format == "TIFF" else 1
+def _check_pixels(path: Path, image: Image.Image) -> None:
+    width, height = image.size
+    if width * height > MAX_IMAGE_PIXELS:
+        raise InputFileError(
+            printable(path),
+            f"the image is too large to decode safely ({width} x {height} pixels, over the limit of"
+            f" {MAX_IMAGE_PIXELS:,}; a decompression bomb, or a scan to downsample first)",
+        )
+
+
+def _image_reason(error: Exception) -> str:
+    if isinstance(error, Image.DecompressionBombError):
+        return f"the image is too large to decode safely ({error})"
+    if isinstance(error, OSError) and error.errno is not None:  # the file, not its content
+        return f"cannot read the image: {error.strerror}"
+    return f"the image is damaged or truncated ({type(error).__name__}: {str(error)[:200]})"
+
+
+def _frame_count(path: Path, image: Image.Image) -> int:
+    if image.format != "TIFF":
+        return 1
+    try:
+        return int(image.n_frames)
+    except _DECODE_ERRORS as error:
+        raise InputFileError(printable(path), _image_reason(error)) from error
 
 
 def _render_image(path: Path, image_edge: int, first_page: int) -> Iterator[RenderedPage]:
     with _open_image(path) as image:
-        frames = _frame_count(image)
-        try:
-            for number, frame in enumerate(ImageSequence.Iterator(image), start=1):
-                if number > frames:
-                    break
-                if number >= first_page:
-                    yield RenderedPage(number, _fit(_to_rgb(ImageOps.exif_transpose(frame)), image_edge))
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
-            raise InputFileError(str(path), f"the image cannot be decoded: {error}") from error
+        for number in range(first_page, _frame_count(path, image) + 1):
+            try:
+                image.seek(number - 1)
+                _check_pixels(path, image)
+                page = RenderedPage(number, _fit(_to_rgb(ImageOps.exif_transpose(image)), image_edge))
+            except _DECODE_ERRORS as error:
+                raise InputFileError(printable(path), _image_reason(error)) from error
+            yield page
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

@@ -16,8 +16,9 @@ _IMAGE_SIGNATURES: tuple[tuple[bytes, str], ...] = (
     (b"\xff\xd8\xff", "jpeg"),
     (b"II*\x00", "tiff"),
     (b"MM\x00*", "tiff"),
-    (b"BM", "bmp"),
 )
+# A BMP starts with "BM" (as does plenty of text), then a DIB header of one of these sizes.
+_BMP_HEADER_SIZES = frozenset({12, 40, 52, 56, 64, 108, 124})
 PDF_EXTENSIONS = frozenset({".pdf"})
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp"})
 _SNIFF_BYTES = 1024  # PDF readers accept the %PDF- header anywhere in the first 1 KiB
@@ -40,6 +41,8 @@ def sniff(head: bytes) -> str | None:
         return IMAGE
     if any(head.startswith(signature) for signature, _ in _IMAGE_SIGNATURES):
         return IMAGE
+    if head[:2] == b"BM" and int.from_bytes(head[14:18], "little") in _BMP_HEADER_SIZES:
+        return IMAGE
     return None
 
 
@@ -51,6 +54,11 @@ def describe_content(head: bytes) -> str:
     if lowered.startswith((b"<!doctype html", b"<html")):
         return "the content is HTML, not a PDF or an image"
     return "the content is not a PDF or a supported image (png, jpeg, tiff, bmp, webp)"
+
+
+def printable(path: Path | str) -> str:
+    """`path` as text that can always be printed or encoded as UTF-8 (undecodable bytes as \\xNN)."""
+    return os.fsencode(path).decode("utf-8", errors="backslashreplace")
 
 
 def read_head(path: Path) -> bytes:

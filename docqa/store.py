@@ -19,6 +19,7 @@ import numpy as np
 import sqlite_utils
 
 from .errors import IndexCorruptError
+from .sources import printable
 
 DB_NAME = "docqa.db"
 SCHEMA_VERSION = 1
@@ -28,10 +29,6 @@ BUSY_TIMEOUT_MS = 30_000
 def path_key(path: Path | str) -> bytes:
     """The exact bytes of a file name (non-UTF-8 names included): the documents' unique key."""
     return os.fsencode(path)
-
-
-def display_path(key: bytes) -> str:
-    return key.decode("utf-8", errors="backslashreplace")
 
 
 @dataclass(frozen=True)
@@ -222,7 +219,7 @@ class Store:
         cursor = self.db.execute(
             "INSERT INTO documents (path_key, path, sha256, size, mtime, kind, pages, metadata, indexed_at)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [key, display_path(key), sha256, size, mtime, kind, len(pages),
+            [key, printable(key), sha256, size, mtime, kind, len(pages),
              json.dumps(metadata or {}), time.time()],
         )
         document_id = int(cursor.lastrowid)
