@@ -21,7 +21,8 @@ from pathlib import Path
 
 from . import __version__
 from .config import IngestSettings, index_path
-from .encoders import EncoderStamp, Retriever, default_device, default_retriever
+from .checkpoints import default_device
+from .encoders import EncoderStamp, Retriever, default_retriever
 from .errors import IndexLockedError, IndexMismatchError, IndexNotFoundError, StorageFullError
 from .index import TokenIndex, exact_top_k
 from .ingest import IngestReport, run_ingest

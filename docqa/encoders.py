@@ -25,15 +25,11 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
-from huggingface_hub import constants as hub_constants
-from huggingface_hub import get_session, is_offline_mode, try_to_load_from_cache
 from PIL import Image
-from transformers.utils import logging as hf_logging
 from transformers import (
     AutoConfig,
     ColModernVBertForRetrieval,
@@ -46,14 +42,15 @@ from transformers import (
     PreTrainedModel,
     ProcessorMixin,
 )
+from transformers.utils import logging as hf_logging
 
-from docqa.errors import ModelLoadError, UnsupportedModelError
+from .checkpoints import default_device, is_gpu, load_error, resolve, short_reason, torch_dtype
+from .errors import UnsupportedModelError
+from .render import fit_within
 
 DEFAULT_CPU_RETRIEVER = "ModernVBERT/colmodernvbert-merged"
 DEFAULT_GPU_RETRIEVER = "vidore/colqwen2-v1.0-hf"
 
-LOAD_FIX = "pass --model /path/to/local/checkpoint, or set HF_HUB_OFFLINE=1 with the model in the Hugging Face cache"
-_HUB_PROBE_TIMEOUT_S = 3.0
 _VOLATILE_CONFIG_KEYS = frozenset({"transformers_version", "dtype", "torch_dtype"})
 
 
@@ -96,18 +93,9 @@ _FAMILIES: dict[str, _Family] = {
 }
 
 
-def default_device() -> str:
-    """``"cuda"`` when a GPU is usable, else ``"cpu"``."""
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def _is_gpu(device: str) -> bool:
-    return device.startswith("cuda")
-
-
 def default_retriever(device: str) -> str:
     """The retriever checkpoint to use when the user names none: small on a CPU, strongest on a GPU."""
-    return DEFAULT_GPU_RETRIEVER if _is_gpu(device) else DEFAULT_CPU_RETRIEVER
+    return DEFAULT_GPU_RETRIEVER if is_gpu(device) else DEFAULT_CPU_RETRIEVER
 
 
 def default_image_edge(family: str, device: str) -> int:
@@ -115,7 +103,7 @@ def default_image_edge(family: str, device: str) -> int:
     if family not in _FAMILIES:
         raise UnsupportedModelError(f"unknown retriever family {family!r}; supported: {', '.join(_FAMILIES)}")
     spec = _FAMILIES[family]
-    return spec.gpu_image_edge if _is_gpu(device) else spec.cpu_image_edge
+    return spec.gpu_image_edge if is_gpu(device) else spec.cpu_image_edge
 
 
 def _family_spec(family: str, model: str) -> _Family:
@@ -154,73 +142,6 @@ def config_hash(config: PreTrainedConfig) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def _load_error(model: str, reason: str) -> ModelLoadError:
-    return ModelLoadError(f"cannot load retriever {model!r}: {reason}. To fix: {LOAD_FIX}")
-
-
-def _short_reason(error: Exception) -> str:
-    """The exception's type and the first line of its message, trimmed."""
-    text = str(error).strip()
-    first_line = text.splitlines()[0][:200].rstrip(". ") if text else ""
-    return f"{type(error).__name__}: {first_line}" if first_line else type(error).__name__
-
-
-def _hub_reachable() -> bool:
-    """One short request to the hub endpoint, so an offline machine fails in seconds, not after retries."""
-    try:
-        get_session().head(hub_constants.ENDPOINT, timeout=_HUB_PROBE_TIMEOUT_S)
-    except Exception:  # any transport failure means "not reachable"
-        return False
-    return True
-
-
-def _in_hub_cache(model: str) -> bool:
-    """Whether the hub cache holds ``model``'s config and weights (then nothing needs the network)."""
-
-    def cached(filename: str) -> bool:
-        return isinstance(try_to_load_from_cache(model, filename), str)
-
-    return cached("config.json") and (cached("model.safetensors") or cached("model.safetensors.index.json"))
-
-
-def _resolve_source(model: str) -> tuple[str, bool]:
-    """Where to load ``model`` from and whether to stay offline: ``(folder or hub id, local_files_only)``."""
-    path = Path(model).expanduser()
-    if path.is_dir():
-        return str(path.resolve()), True
-    if path.is_absolute() or model.startswith((".", "~")) or model.count("/") > 1 or path.exists():
-        raise _load_error(model, "no such checkpoint folder")
-    try:
-        if _in_hub_cache(model):
-            return model, True
-    except Exception as error:  # huggingface_hub validates the id format here
-        raise _load_error(model, f"not a folder nor a valid hub id ({_short_reason(error)})") from error
-    if is_offline_mode():
-        raise _load_error(model, "not in the Hugging Face cache and HF_HUB_OFFLINE is set")
-    if not _hub_reachable():
-        raise _load_error(model, f"not in the Hugging Face cache and {hub_constants.ENDPOINT} is unreachable")
-    return model, False
-
-
-def _torch_dtype(dtype: str | None, device: str) -> torch.dtype:
-    name = dtype or ("bfloat16" if _is_gpu(device) else "float32")
-    resolved = getattr(torch, name, None)
-    if not isinstance(resolved, torch.dtype) or not resolved.is_floating_point:
-        raise ValueError(f"unknown dtype {name!r}; use float32, bfloat16 or float16")
-    return resolved
-
-
-def _fit_longest_edge(image: Image.Image, edge: int) -> Image.Image:
-    """``image`` as RGB with its longest side resized to ``edge`` (aspect ratio kept)."""
-    image = image.convert("RGB")
-    width, height = image.size
-    scale = edge / max(width, height)
-    if scale == 1:
-        return image
-    new_size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    return image.resize(new_size, Image.Resampling.LANCZOS, reducing_gap=3.0)
-
-
 class Retriever:
     """A loaded ColPali-family retriever: encodes pages and queries to L2-normalised multi-vectors."""
 
@@ -247,26 +168,26 @@ class Retriever:
         """
         device = device or default_device()
         hf_logging.disable_progress_bar()  # docqa draws its own progress; keep stderr readable
-        torch_dtype = _torch_dtype(dtype, device)
-        source, local_files_only = _resolve_source(model)
+        dtype_ = torch_dtype(dtype, device)
+        source, local_files_only = resolve(model, "retriever", "--model")
         try:
             config = AutoConfig.from_pretrained(source, local_files_only=local_files_only)
         except Exception as error:
-            raise _load_error(model, _short_reason(error)) from error
+            raise load_error("retriever", model, short_reason(error), "--model") from error
         family = config.model_type
         spec = _family_spec(family, model)
         try:
-            network = spec.model_class.from_pretrained(source, dtype=torch_dtype, local_files_only=local_files_only)
+            network = spec.model_class.from_pretrained(source, dtype=dtype_, local_files_only=local_files_only)
             processor = spec.processor_class.from_pretrained(source, local_files_only=local_files_only)
         except Exception as error:
-            raise _load_error(model, _short_reason(error)) from error
+            raise load_error("retriever", model, short_reason(error), "--model") from error
         network.to(device).eval()
         edge = spec.set_image_edge(processor, image_edge or default_image_edge(family, device))
         stamp = EncoderStamp(
             model=source,
             family=family,
             config_hash=config_hash(config),
-            dtype=str(torch_dtype).removeprefix("torch."),
+            dtype=str(dtype_).removeprefix("torch."),
             image_edge=edge,
             dim=config.embedding_dim,
         )
@@ -276,7 +197,7 @@ class Retriever:
         """One float32 ``(n_vectors_i, dim)`` array per page image, in one batched forward pass."""
         if not images:
             return []
-        pages = [_fit_longest_edge(image, self.stamp.image_edge) for image in images]
+        pages = [fit_within(image, self.stamp.image_edge) for image in images]
         return self._embed(self.processor.process_images(pages))
 
     def encode_queries(self, queries: list[str]) -> list[np.ndarray]:

@@ -152,7 +152,7 @@ def _render_pdf(
                     str(path), first_page=start, last_page=end, size=image_edge, timeout=left
                 )
                 pages = [
-                    RenderedPage(start + offset, _fit(_to_rgb(image), image_edge))
+                    RenderedPage(start + offset, fit_within(_to_rgb(image), image_edge))
                     for offset, image in enumerate(images)
                 ]
         except (PDFInfoNotInstalledError, FileNotFoundError) as error:
@@ -220,7 +220,7 @@ def _render_image(path: Path, image_edge: int, first_page: int) -> Iterator[Rend
             try:
                 image.seek(number - 1)
                 _check_pixels(path, image)
-                page = RenderedPage(number, _fit(_to_rgb(ImageOps.exif_transpose(image)), image_edge))
+                page = RenderedPage(number, fit_within(_to_rgb(ImageOps.exif_transpose(image)), image_edge))
             except _DECODE_ERRORS as error:
                 raise InputFileError(printable(path), _image_reason(error)) from error
             yield page
@@ -242,8 +242,9 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB") if image.mode != "RGB" else image
 
 
-def _fit(image: Image.Image, image_edge: int) -> Image.Image:
-    """Downscale (never upscale) so the longest edge is at most `image_edge`; returns a new image."""
+def fit_within(image: Image.Image, image_edge: int) -> Image.Image:
+    """A new RGB image, downscaled (never upscaled) so its longest edge is at most `image_edge`."""
+    image = _to_rgb(image)
     width, height = image.size
     scale = image_edge / max(width, height)
     if scale >= 1:
