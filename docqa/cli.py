@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from . import __version__
 from .config import DEFAULT_INDEX, IngestSettings
@@ -84,7 +85,56 @@ def build_parser() -> argparse.ArgumentParser:
     remove.add_argument("--index", default=None, help=INDEX_HELP)
     remove.add_argument("--json", action="store_true", help="print one JSON object")
     remove.set_defaults(handler=_remove)
+
+    ask = commands.add_parser(
+        "ask", help="answer a question from the best pages, citing file and page",
+        description="Retrieve the top pages for QUESTION and let a vision-language model read their "
+        "images and answer, streaming the text, then list the pages shown (* = cited by the answer). "
+        "With --image, answer about one image or PDF page without any index.",
+    )
+    ask.add_argument("question", metavar="QUESTION")
+    ask.add_argument("--index", default=None, help=INDEX_HELP)
+    ask.add_argument("-k", type=_positive_int, default=3, help="pages to retrieve (default 3)")
+    ask.add_argument("--image", metavar="FILE", help="answer about this image or PDF page instead of an index")
+    ask.add_argument("--page", type=_positive_int, default=1, help="with --image: the page of a PDF (default 1)")
+    _add_answer_options(ask)
+    ask.set_defaults(handler=_ask)
+
+    chat = commands.add_parser(
+        "chat", help="multi-turn questions over an index (also reads questions from a pipe)",
+        description="A conversation over the index: each question retrieves pages in the context of the "
+        "conversation, and earlier pages stay in view up to --max-pages images (oldest dropped first, "
+        "with a note). Commands: /pages lists the pages in context, /reset starts over, /quit leaves. "
+        "With stdin a pipe, each line is one question.",
+    )
+    chat.add_argument("--index", default=None, help=INDEX_HELP)
+    chat.add_argument("-k", type=_positive_int, default=3, help="pages to retrieve per question (default 3)")
+    chat.add_argument("--max-images", type=_positive_int, default=6,
+                      help="page images kept in the conversation (default 6; oldest dropped first)")
+    _add_answer_options(chat)
+    chat.set_defaults(handler=_chat)
+
+    describe = commands.add_parser(
+        "describe", help="caption or describe one page of a PDF or an image",
+        description="Describe one page of FILE (a PDF or an image) with the answer model; no index needed.",
+    )
+    describe.add_argument("file", metavar="FILE")
+    describe.add_argument("--page", type=_positive_int, default=1, help="the page to describe (default 1)")
+    _add_answer_options(describe, max_pages=False)
+    describe.set_defaults(handler=_describe)
     return parser
+
+
+def _add_answer_options(parser: argparse.ArgumentParser, max_pages: bool = True) -> None:
+    parser.add_argument("--answer-model", help="image-text-to-text chat model: hub id or local folder "
+                        "(default HuggingFaceTB/SmolVLM-500M-Instruct on CPU, Qwen/Qwen2.5-VL-3B-Instruct on GPU)")
+    parser.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
+    if max_pages:
+        parser.add_argument("--max-pages", type=_positive_int, default=3,
+                            help="most page images shown to the model at once (default 3; bounds CPU time)")
+    parser.add_argument("--max-new-tokens", type=_positive_int, default=256,
+                        help="longest answer in tokens (default 256)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object (chat: one per line)")
 
 
 def _positive_int(text: str) -> int:
@@ -153,6 +203,102 @@ def _remove(args: argparse.Namespace) -> int:
         for path in report.not_found:
             print(f"  not in the index: {path}", file=sys.stderr)
     return EXIT_PARTIAL if report.not_found else EXIT_OK
+
+
+def _asker(args: argparse.Namespace, with_index: bool):
+    """The answer model (and index) a question command needs."""
+    from .answer import Conversation, Generator, default_answer_model
+    from .ask import Asker
+    from .checkpoints import default_device
+
+    index = _open_index(args.index) if with_index else None
+    device = args.device or default_device()
+    generator = Generator.load(args.answer_model or default_answer_model(device), device=device)
+    max_pages = getattr(args, "max_pages", 1)
+    conversation = Conversation(max_images=getattr(args, "max_images", max_pages))
+    return Asker(generator, index, k=getattr(args, "k", 1), max_pages=max_pages,
+                 max_new_tokens=args.max_new_tokens, conversation=conversation)
+
+
+def _print_answer(stream, as_json: bool) -> None:
+    """Stream the answer's text to stdout, then the pages it was given (* = cited)."""
+    if as_json:
+        _print_json(stream.run().to_json())
+        return
+    for piece in stream:
+        print(piece, end="", flush=True)
+    print()
+    result = stream.result
+    print("\nSources (* = cited in the answer):")
+    for number, citation in enumerate(result.answer.citations, start=1):
+        score = "" if citation.score is None else f"  score {citation.score:.3f}"
+        print(f" {'*' if citation.cited else ' '}[{number}] {citation.path}, page {citation.page}{score}")
+    for note in result.notes:
+        print(f"note: {note}", file=sys.stderr)
+
+
+def _ask(args: argparse.Namespace) -> int:
+    if args.image:
+        from .ask import page_of_file
+
+        asker = _asker(args, with_index=False)
+        page = page_of_file(Path(args.image), args.page, asker.generator.max_image_edge)
+        _print_answer(asker.over_pages(args.question, [page]), args.json)
+    else:
+        _print_answer(_asker(args, with_index=True).ask(args.question), args.json)
+    return EXIT_OK
+
+
+def _describe(args: argparse.Namespace) -> int:
+    from .ask import DESCRIBE_PROMPT, page_of_file
+
+    asker = _asker(args, with_index=False)
+    page = page_of_file(Path(args.file), args.page, asker.generator.max_image_edge)
+    stream = asker.over_pages(DESCRIBE_PROMPT, [page])
+    if args.json:
+        result = stream.run()
+        _print_json({"path": page.path, "page": page.page, "description": result.answer.text,
+                     "answer_model": result.answer.model,
+                     "timings": {"generate_s": round(result.answer.generate_s, 3)}})
+    else:
+        for piece in stream:
+            print(piece, end="", flush=True)
+        print()
+    return EXIT_OK
+
+
+def _chat(args: argparse.Namespace) -> int:
+    asker = _asker(args, with_index=True)
+    interactive = sys.stdin.isatty()
+    if interactive:
+        print("docqa chat: ask about your documents. /pages lists the pages in view, /reset starts over,"
+              " /quit leaves.", file=sys.stderr)
+    while True:
+        if interactive:
+            print("> ", end="", file=sys.stderr, flush=True)
+        line = sys.stdin.readline()
+        if not line:
+            break
+        question = line.strip()
+        if not question:
+            continue
+        if question == "/quit":
+            break
+        if question == "/reset":
+            asker.conversation.reset()
+            print("conversation cleared", file=sys.stderr)
+        elif question == "/pages":
+            pages = asker.conversation.pages()
+            for page in pages:
+                print(f"  {page.path}, page {page.page}")
+            if not pages:
+                print("  (no pages in view)")
+        else:
+            try:
+                _print_answer(asker.ask(question), args.json)
+            except DocQAError as error:  # one bad turn does not end the conversation
+                print(f"docqa: error: {error}", file=sys.stderr)
+    return EXIT_OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:

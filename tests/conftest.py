@@ -33,3 +33,12 @@ def docqa_home(tmp_path, monkeypatch) -> Path:
     monkeypatch.setenv("DOCQA_HOME", str(home))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     return home
+
+
+@pytest.fixture(scope="session")
+def generator_checkpoints(tmp_path_factory) -> dict[str, Path]:
+    """Tiny answer-model checkpoints (SmolVLM-style Idefics3, Qwen2-VL), built once per session."""
+    from tiny_generators import build_generator_checkpoint
+
+    root = tmp_path_factory.mktemp("generators")
+    return {family: build_generator_checkpoint(family, root / family) for family in ("idefics3", "qwen2_vl")}

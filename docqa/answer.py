@@ -1,0 +1,453 @@
+"""Answer stage: page images in, a grounded answer with file + page citations out.
+
+No retrieval happens here: the caller hands over the pages (``PageImage``) to answer from. The
+prompt shows each page as an image preceded by its label ``[report.pdf, page 4]`` and asks for an
+answer grounded only in those pages, cited the same way. ``Generator`` wraps any transformers
+image-text-to-text checkpoint whose processor has a chat template (SmolVLM/Idefics3, Qwen2-VL,
+Qwen2.5-VL, ...), streams the answer as it is generated, and keeps multi-turn state in a
+``Conversation`` whose page images are bounded (oldest dropped first).
+
+CPU default: SmolVLM-500M-Instruct. benchmarks/answer_latency.py (real architectures, random
+weights, fp32, 2 threads pinned on an idle Xeon; pages at 1024 px = 2x2 tiles + a global view):
+
+    model  pages  TTFT   prefill  TTFT/prefill  decode
+    256M   1       5.8s   5.3s    1.11          23.7 tok/s
+    256M   3      16.9s  16.2s    1.04          20.1 tok/s
+    500M   1       6.6s   5.7s    1.15          12.0 tok/s
+    500M   3      19.4s  17.8s    1.09          11.5 tok/s
+
+Both share the same SigLIP vision encoder, which dominates prefill, so 500M costs only ~15% more
+time to the first token and half the decode speed: a 50-token answer over 3 pages takes ~24 s
+instead of ~19 s (+23%), for DocVQA ANLS 70.5 instead of 58.3 (29% fewer errors). 256M stays
+available for slow machines (``--answer-model HuggingFaceTB/SmolVLM-256M-Instruct``).
+Pages are downscaled to ``max_image_edge`` (1024 px) because prefill grows linearly with 512 px
+tiles: SmolVLM's own 2048 px would be 13 tiles per A4 page instead of 5, ~2.6x the wait.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import os
+import queue
+import re
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+from transformers.utils import logging as hf_logging
+
+from .checkpoints import default_device, load_error, resolve, short_reason, torch_dtype
+from .errors import ModelLoadError, UnsupportedModelError
+from .render import fit_within
+
+DEFAULT_CPU_ANSWER_MODEL = "HuggingFaceTB/SmolVLM-500M-Instruct"
+DEFAULT_GPU_ANSWER_MODEL = "Qwen/Qwen2.5-VL-3B-Instruct"
+DEFAULT_MAX_IMAGE_EDGE = 1024
+DEFAULT_MAX_IMAGES = 4
+
+_IDEFICS3_TYPES = {"idefics3", "smolvlm"}
+
+INSTRUCTIONS = (
+    "Answer the question using only the document pages shown below. Each page image is preceded by "
+    "its label. Cite every page you use as [file, page N], for example [report.pdf, page 4]. If the "
+    "pages do not contain the answer, say that it is not found in the pages."
+)
+
+
+def default_answer_model(device: str) -> str:
+    """The answer model docqa uses when none is named: a small one on CPU, a stronger one on GPU."""
+    return DEFAULT_GPU_ANSWER_MODEL if device.startswith("cuda") else DEFAULT_CPU_ANSWER_MODEL
+
+
+@dataclass
+class PageImage:
+    """One page to answer from: its source file, 1-based page number, retrieval score and image."""
+
+    path: str
+    page: int
+    score: float | None
+    image: Image.Image
+
+    @property
+    def label(self) -> str:
+        """How the page is named in prompts and citations, e.g. ``report.pdf, page 4``."""
+        return f"{Path(self.path).name}, page {self.page}"
+
+
+@dataclass
+class Citation:
+    """A page that was shown to the model; ``cited`` is True when the answer text refers to it."""
+
+    path: str
+    page: int
+    score: float | None
+    cited: bool
+
+
+@dataclass
+class Answer:
+    """A generated answer with one citation per page shown (in the order shown)."""
+
+    question: str
+    text: str
+    citations: list[Citation]
+    model: str
+    generate_s: float
+
+
+@dataclass
+class Turn:
+    """One question/answer exchange. ``dropped`` pages no longer have their image in the context."""
+
+    question: str
+    pages: list[PageImage]
+    answer: str
+    dropped: list[PageImage] = field(default_factory=list)
+
+
+class Conversation:
+    """Multi-turn chat state with a bound on the page images kept in context.
+
+    When the page images of all turns would exceed ``max_images``, the oldest images are dropped
+    first (their labels and the text of the turns stay) and a note is appended to ``notes``.
+    The pages of the question being asked are always shown; an earlier image of a page shown
+    again is dropped rather than repeated.
+    """
+
+    def __init__(self, max_images: int = DEFAULT_MAX_IMAGES) -> None:
+        if max_images < 0:
+            raise ValueError(f"max_images must be >= 0, got {max_images}")
+        self.max_images = max_images
+        self.turns: list[Turn] = []
+        self.notes: list[str] = []
+
+    def pages(self) -> list[PageImage]:
+        """All pages whose images are still in the context, oldest first."""
+        return [page for turn in self.turns for page in turn.pages]
+
+    def reset(self) -> None:
+        """Forget every turn and note."""
+        self.turns.clear()
+        self.notes.clear()
+
+    def make_room(self, incoming: list[PageImage]) -> list[str]:
+        """Free room for the images of ``incoming`` pages; return the notes recorded.
+
+        Earlier images of pages shown again are dropped first (the new turn shows them), then the
+        oldest images until history plus ``incoming`` fit ``max_images``.
+        """
+        again = {(page.path, page.page) for page in incoming}
+        for turn in self.turns:
+            turn.dropped += [page for page in turn.pages if (page.path, page.page) in again]
+            turn.pages = [page for page in turn.pages if (page.path, page.page) not in again]
+        return self._trim(max(self.max_images - len(incoming), 0))
+
+    def add(self, question: str, pages: list[PageImage], answer: str) -> list[str]:
+        """Record a finished turn, then enforce the image budget; return the notes recorded."""
+        self.turns.append(Turn(question, list(pages), answer))
+        return self._trim(self.max_images)
+
+    def _trim(self, limit: int) -> list[str]:
+        excess = len(self.pages()) - limit
+        dropped: list[str] = []
+        for turn in self.turns:
+            while excess > 0 and turn.pages:
+                page = turn.pages.pop(0)
+                turn.dropped.append(page)
+                dropped.append(page.label)
+                excess -= 1
+        if not dropped:
+            return []
+        note = (f"Dropped {len(dropped)} older page image(s) from the conversation to stay within "
+                f"{self.max_images} images: {'; '.join(dropped)}.")
+        self.notes.append(note)
+        return [note]
+
+
+def _user_content(pages: list[PageImage], question: str, dropped: list[PageImage] = ()) -> list[dict[str, Any]]:
+    content: list[dict[str, Any]] = []
+    for page in dropped:
+        content.append({"type": "text", "text": f"[{page.label}] (image not shown again)\n"})
+    for page in pages:
+        content.append({"type": "text", "text": f"[{page.label}]\n"})
+        content.append({"type": "image", "image": page.image})
+    content.append({"type": "text", "text": f"\nQuestion: {question}"})
+    return content
+
+
+def build_messages(conversation: Conversation | None, question: str, pages: list[PageImage]) -> list[dict]:
+    """Chat-template messages: earlier turns (with their remaining images), then the new question.
+
+    The new user turn starts with the grounding instructions, then each page as its label followed
+    by its image, then the question. Content is always a list of typed parts (SmolVLM's template
+    indexes ``content[0]``); image parts carry the PIL image under ``"image"``.
+    """
+    messages: list[dict] = []
+    for turn in conversation.turns if conversation is not None else []:
+        messages.append({"role": "user", "content": _user_content(turn.pages, turn.question, turn.dropped)})
+        messages.append({"role": "assistant", "content": [{"type": "text", "text": turn.answer}]})
+    content = [{"type": "text", "text": INSTRUCTIONS + "\n"}, *_user_content(pages, question)]
+    messages.append({"role": "user", "content": content})
+    return messages
+
+
+_PAGE_REF = re.compile(
+    r"\b(?:pages?|pgs?\.?|pp\.|p\.)\s*(\d+(?:\s*(?:,|and|&|-|–|to)\s*\d+)*)|\bp(\d+)\b", re.IGNORECASE
+)
+_BIND_BEFORE = re.compile(r"[\s,:;(\[]*\Z")  # "report.pdf, page 4", "report.pdf (p. 4)"
+_BIND_AFTER = re.compile(r"\A[\s,(\[]*(of|in|from|on)?[\s,(\[]*\Z", re.IGNORECASE)  # "page 4 of report.pdf"
+
+
+def _page_numbers(group: str) -> set[int]:
+    numbers: set[int] = set()
+    for part in re.split(r"\s*(?:,|and|&)\s*", group):
+        bounds = [int(n) for n in re.findall(r"\d+", part)]
+        if len(bounds) == 2 and bounds[0] <= bounds[1] <= bounds[0] + 50:
+            numbers.update(range(bounds[0], bounds[1] + 1))
+        else:
+            numbers.update(bounds)
+    return numbers
+
+
+def _file_mentions(text: str, names: set[str]) -> list[tuple[int, int, str, bool]]:
+    """(start, end, file name, by full name?) of each mention of a shown file, by full name or stem."""
+    found = []
+    for name in names:
+        stem = Path(name).stem
+        for alias in {name, stem} if len(stem) >= 2 else {name}:
+            pattern = r"(?<![\w.])" + re.escape(alias) + r"(?![\w]|\.\w)"
+            found += [(m.start(), m.end(), name, alias == name) for m in re.finditer(pattern, text, re.IGNORECASE)]
+    return sorted(found)
+
+
+def find_citations(text: str, pages: list[PageImage]) -> list[Citation]:
+    """One Citation per shown page (same order); ``cited`` where the answer refers to that page.
+
+    A reference is a page number ("page 4", "p. 4", "pp. 3-4", "pages 2 and 5") bound to a file
+    named right before it ("[report.pdf, page 4]") or right after it ("page 4 of report.pdf"), by
+    full name or stem. A page number with no file next to it counts only when exactly one shown
+    page has that number; a bare file name (full name, not stem) counts only when exactly one page
+    of that file was shown.
+    """
+    names = {Path(p.path).name for p in pages}
+    mentions = _file_mentions(text, names)
+    cited: set[tuple[str, int]] = set()
+    bound_mentions: set[int] = set()
+    for ref in _PAGE_REF.finditer(text):
+        numbers = _page_numbers(ref.group(1)) if ref.group(1) else {int(ref.group(2))}
+        before = [m for m in mentions if m[1] <= ref.start() and _BIND_BEFORE.search(text[m[1]:ref.start()])]
+        after = [(m, bind.group(1)) for m in mentions if m[0] >= ref.end()
+                 and (bind := _BIND_AFTER.match(text[ref.end():m[0]]))]
+        # "page 4 of report.pdf" beats "memo.pdf, page 2", which beats "page 4 (report.pdf)"
+        owner = next((m for m, word in after if word), before[-1] if before else after[0][0] if after else None)
+        if owner is not None:
+            bound_mentions.add(owner[0])
+            cited.update((owner[2], n) for n in numbers)
+            continue
+        for n in numbers:
+            matching = [p for p in pages if p.page == n]
+            if len({Path(p.path).name for p in matching}) == 1:
+                cited.add((Path(matching[0].path).name, n))
+    for start, _, name, full in mentions:
+        same_file = {p.page for p in pages if Path(p.path).name == name}
+        if full and start not in bound_mentions and len(same_file) == 1:
+            cited.add((name, next(iter(same_file))))
+    return [Citation(p.path, p.page, p.score, (Path(p.path).name, p.page) in cited) for p in pages]
+
+
+def _load_images_only_processor(processor_class: type, model: str, local_only: bool) -> Any:
+    """Load ``processor_class`` without its video processor (which needs torchvision; docqa sends no video).
+
+    transformers derives a processor's parts from its ``__init__`` signature, so a subclass whose
+    ``__init__`` takes no ``video_processor`` is built from the tokenizer and image processor alone;
+    the other saved settings (chat template, image_seq_len, ...) are passed on unchanged.
+    """
+    from transformers import AutoImageProcessor, AutoTokenizer
+
+    def __init__(self: Any, image_processor: Any = None, tokenizer: Any = None, chat_template: Any = None,
+                 **kwargs: Any) -> None:
+        processor_class.__init__(self, image_processor, tokenizer, None, chat_template=chat_template, **kwargs)
+
+    images_only = type(processor_class.__name__, (processor_class,), {"__init__": __init__})
+    saved, _ = processor_class.get_processor_dict(model, local_files_only=local_only)
+    params = inspect.signature(processor_class.__init__).parameters
+    settings = {k: v for k, v in saved.items()
+                if k in params and k not in ("self", "image_processor", "tokenizer", "video_processor")}
+    return images_only(AutoImageProcessor.from_pretrained(model, local_files_only=local_only),
+                       AutoTokenizer.from_pretrained(model, local_files_only=local_only), **settings)
+
+
+class _TokenStreamer:
+    """A generate() streamer that hands out new text after every token (not only at word ends).
+
+    The full generated sequence is re-decoded each step and only the new suffix is queued, held
+    back while it ends in an incomplete UTF-8 character; leading whitespace is dropped.
+    """
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        self.queue: queue.Queue[str | None] = queue.Queue()
+        self.ids: list[int] = []
+        self.sent = 0
+        self.prompt_seen = False
+
+    def put(self, value: Any) -> None:
+        if not self.prompt_seen:  # generate() first pushes the prompt
+            self.prompt_seen = True
+            return
+        self.ids.extend(value.reshape(-1).tolist())
+        self._flush(final=False)
+
+    def end(self) -> None:
+        self._flush(final=True)
+        self.queue.put(None)
+
+    def _flush(self, final: bool) -> None:
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True).lstrip()
+        if not final and text.endswith("\ufffd"):
+            return
+        if len(text) > self.sent:
+            self.queue.put(text[self.sent:])
+            self.sent = len(text)
+
+
+class Generator:
+    """A vision-language model that answers questions from page images, with streaming."""
+
+    def __init__(self, model: Any, processor: Any, model_id: str, max_image_edge: int) -> None:
+        self.model = model
+        self.processor = processor
+        self.model_id = model_id
+        self.max_image_edge = max_image_edge
+
+    @classmethod
+    def load(cls, model: str | os.PathLike, device: str | None = None, dtype: str | None = None,
+             max_image_edge: int = DEFAULT_MAX_IMAGE_EDGE) -> Generator:
+        """Load an image-text-to-text checkpoint (hub id or folder) for answering.
+
+        Raises ModelLoadError (naming the model, the reason and the fix) when it cannot be found or
+        loaded, UnsupportedModelError when it is not an image-text-to-text model with a chat template.
+        Hub ids are looked up in the local cache first; the network is tried only when reachable.
+        """
+        from transformers import AutoConfig
+
+        if max_image_edge < 1:
+            raise ValueError(f"max_image_edge must be a positive number of pixels, got {max_image_edge}")
+        model = str(model)
+        device = device or default_device()
+        hf_logging.disable_progress_bar()  # docqa prints its own output; keep stderr readable
+        dtype_ = torch_dtype(dtype, device)
+        source, local_only = resolve(model, "answer model", "--answer-model")
+        try:
+            config = AutoConfig.from_pretrained(source, local_files_only=local_only)
+            net, processor = cls._load_parts(source, config, dtype_, local_only)
+            net = net.to(device).eval()
+        except ModelLoadError:
+            raise
+        except (OSError, ValueError, ImportError, KeyError, RuntimeError, TypeError, AssertionError) as exc:
+            raise load_error("answer model", model, short_reason(exc), "--answer-model") from exc
+        if config.model_type in _IDEFICS3_TYPES:  # the processor would otherwise upscale to 2048 px
+            processor.image_processor.size = {"longest_edge": max_image_edge}
+        return cls(net, processor, model, max_image_edge)
+
+    @staticmethod
+    def _load_parts(model: str, config: Any, torch_dtype: Any, local_only: bool) -> tuple[Any, Any]:
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+        from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING
+        from transformers.models.auto.processing_auto import PROCESSOR_MAPPING
+
+        if type(config) not in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING:
+            raise UnsupportedModelError(
+                f"Answer model {model!r} is a {config.model_type!r} checkpoint, not an image-text-to-text "
+                f"model. Fix: pass --answer-model with a vision-language chat model such as "
+                f"{DEFAULT_CPU_ANSWER_MODEL}."
+            )
+        processor_class = PROCESSOR_MAPPING.get(type(config), None)
+        if processor_class is not None and "video_processor" in processor_class.get_attributes():
+            processor = _load_images_only_processor(processor_class, model, local_only)
+        else:
+            processor = AutoProcessor.from_pretrained(model, local_files_only=local_only)
+        if not getattr(processor, "chat_template", None):
+            raise UnsupportedModelError(
+                f"Answer model {model!r} has no chat template in its processor, so docqa cannot prompt it. "
+                f"Fix: pass --answer-model with an instruction-tuned (chat) checkpoint."
+            )
+        net = AutoModelForImageTextToText.from_pretrained(model, dtype=torch_dtype, local_files_only=local_only)
+        return net, processor
+
+    def prepare(self, conversation: Conversation | None, question: str, pages: list[PageImage]) -> dict[str, Any]:
+        """Model inputs (tensors on the model's device) for the prompt of ``question`` over ``pages``."""
+        import torch
+
+        messages = build_messages(conversation, question, pages)
+        prompt = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        images = [fit_within(part["image"], self.max_image_edge)
+                  for message in messages for part in message["content"] if part["type"] == "image"]
+        inputs = self.processor(text=[prompt], images=images or None, return_tensors="pt")
+        device, dtype = self.model.device, self.model.dtype
+        return {key: value.to(device, dtype) if value.is_floating_point() else value.to(device)
+                for key, value in inputs.items() if isinstance(value, torch.Tensor)}
+
+    def _generation_config(self, max_new_tokens: int) -> Any:
+        config = copy.deepcopy(self.model.generation_config)
+        config.update(do_sample=False, temperature=None, top_p=None, top_k=None, max_new_tokens=max_new_tokens)
+        if config.pad_token_id is None:
+            config.pad_token_id = self.processor.tokenizer.pad_token_id or self.processor.tokenizer.eos_token_id
+        return config
+
+    def stream(self, conversation: Conversation, question: str, pages: list[PageImage],
+               max_new_tokens: int = 256) -> Iterator[str]:
+        """Yield the answer's text pieces as they are generated (greedy decoding).
+
+        Older page images may be dropped from ``conversation`` first (see ``Conversation.notes``).
+        When generation finishes, the turn is appended to ``conversation``; if the caller stops
+        iterating early, generation is stopped and no turn is recorded.
+        """
+        from transformers import StoppingCriteria, StoppingCriteriaList
+
+        class _Stop(StoppingCriteria):
+            def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+                import torch
+
+                return torch.full((input_ids.shape[0],), stop.is_set(), dtype=torch.bool, device=input_ids.device)
+
+        conversation.make_room(pages)
+        inputs = self.prepare(conversation, question, pages)
+        streamer = _TokenStreamer(self.processor.tokenizer)
+        stop = threading.Event()
+        errors: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                self.model.generate(**inputs, generation_config=self._generation_config(max_new_tokens),
+                                    streamer=streamer, stopping_criteria=StoppingCriteriaList([_Stop()]))
+            except BaseException as exc:  # handed to the consumer thread below
+                errors.append(exc)
+                streamer.queue.put(None)
+
+        thread = threading.Thread(target=run, name="docqa-generate", daemon=True)
+        thread.start()
+        pieces: list[str] = []
+        try:
+            while (piece := streamer.queue.get()) is not None:
+                pieces.append(piece)
+                yield piece
+        finally:
+            stop.set()
+            thread.join()
+        if errors:
+            raise errors[0]
+        conversation.add(question, pages, "".join(pieces))
+
+    def ask(self, question: str, pages: list[PageImage], conversation: Conversation | None = None,
+            max_new_tokens: int = 256) -> Answer:
+        """Answer ``question`` from ``pages`` (non-streaming); one Citation per page, in order."""
+        conversation = conversation if conversation is not None else Conversation()
+        start = time.perf_counter()
+        text = "".join(self.stream(conversation, question, pages, max_new_tokens=max_new_tokens))
+        return Answer(question, text, find_citations(text, pages), self.model_id, time.perf_counter() - start)

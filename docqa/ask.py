@@ -1,0 +1,151 @@
+"""Ask: retrieve the best pages for a question and answer from their images, with citations.
+
+Used by `docqa ask`, `docqa chat` (one turn at a time, keeping a Conversation), `docqa describe`
+and `docqa ask --image` (one page or image, no index).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image
+
+from .answer import Answer, Conversation, Generator, PageImage, find_citations
+from .api import DocIndex
+from .errors import InputFileError, NoResultsError, SourceChangedError
+from .render import render_pages
+from .sources import classify, sha256_of
+
+DESCRIBE_PROMPT = (
+    "Describe this page: what kind of document it is, what it is about, and the key facts it"
+    " shows (names, dates, amounts, headings, figures)."
+)
+HISTORY_QUESTIONS = 2  # earlier questions added to a chat turn's retrieval query
+
+
+@dataclass
+class AskResult:
+    """An answer plus where its pages came from and how long each stage took."""
+
+    answer: Answer
+    retrieve_s: float
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return {
+            "question": self.answer.question,
+            "answer": self.answer.text,
+            "citations": [
+                {"path": c.path, "page": c.page, "score": c.score, "cited": c.cited}
+                for c in self.answer.citations
+            ],
+            "answer_model": self.answer.model,
+            "timings": {"retrieve_s": round(self.retrieve_s, 3), "generate_s": round(self.answer.generate_s, 3)},
+            "notes": self.notes,
+        }
+
+
+class AnswerStream:
+    """Iterate to get the answer's text as it is generated; `result` is set once it is done."""
+
+    def __init__(self, pieces: Iterator[str], finish: Callable[[str, float], AskResult]) -> None:
+        self._pieces = pieces
+        self._finish = finish
+        self.result: AskResult | None = None
+
+    def __iter__(self) -> Iterator[str]:
+        started = time.perf_counter()
+        text: list[str] = []
+        for piece in self._pieces:
+            text.append(piece)
+            yield piece
+        self.result = self._finish("".join(text), time.perf_counter() - started)
+
+    def run(self) -> AskResult:
+        """Generate without streaming."""
+        for _ in self:
+            pass
+        assert self.result is not None
+        return self.result
+
+
+class Asker:
+    """Questions over one index (or over given pages), one generator, one conversation."""
+
+    def __init__(self, generator: Generator, index: DocIndex | None = None, *, k: int = 3,
+                 max_pages: int = 3, max_new_tokens: int = 256, conversation: Conversation | None = None) -> None:
+        self.generator = generator
+        self.index = index
+        self.k = k
+        self.max_pages = max_pages
+        self.max_new_tokens = max_new_tokens
+        self.conversation = conversation if conversation is not None else Conversation(max_images=max_pages)
+
+    def retrieve(self, question: str) -> tuple[list[PageImage], list[str]]:
+        """The top pages for `question` (in the context of the conversation so far), as images
+        re-rendered from their source files; pages whose file changed are left out, with a note."""
+        if self.index is None:
+            raise NoResultsError("no index to search; ingest documents first or use --image FILE")
+        earlier = [turn.question for turn in self.conversation.turns[-HISTORY_QUESTIONS:]]
+        hits = self.index.search("\n".join([*earlier, question]), k=self.k)
+        if not hits:
+            raise NoResultsError(f"{self.index.path} has no pages yet; run `docqa ingest PATH...` first")
+        pages: list[PageImage] = []
+        notes: list[str] = []
+        digests: dict[str, str | None] = {}
+        for hit in hits[: self.max_pages]:
+            if hit.path not in digests:
+                try:
+                    digests[hit.path] = sha256_of(Path(hit.path))
+                except OSError:
+                    digests[hit.path] = None
+            if digests[hit.path] != hit.sha256:
+                state = "is gone" if digests[hit.path] is None else "changed"
+                notes.append(f"{hit.path} {state} since it was indexed, so page {hit.page} was not used;"
+                             " run `docqa ingest` again to update the index")
+                continue
+            image = load_page(Path(hit.path), hit.page, self.generator.max_image_edge, kind=hit.kind)
+            pages.append(PageImage(hit.path, hit.page, hit.score, image))
+        if not pages:
+            raise SourceChangedError(" ".join(notes))
+        return pages, notes
+
+    def ask(self, question: str) -> AnswerStream:
+        """Retrieve, then stream the answer; the turn joins the conversation when it finishes."""
+        started = time.perf_counter()
+        pages, notes = self.retrieve(question)
+        return self.over_pages(question, pages, retrieve_s=time.perf_counter() - started, notes=notes)
+
+    def over_pages(self, question: str, pages: list[PageImage], *, retrieve_s: float = 0.0,
+                   notes: list[str] | None = None) -> AnswerStream:
+        """Stream an answer from the given pages (no retrieval)."""
+        dropped_before = len(self.conversation.notes)
+        pieces = self.generator.stream(self.conversation, question, pages, max_new_tokens=self.max_new_tokens)
+
+        def finish(text: str, generate_s: float) -> AskResult:
+            answer = Answer(question, text, find_citations(text, pages), self.generator.model_id, generate_s)
+            return AskResult(answer, retrieve_s, [*(notes or []), *self.conversation.notes[dropped_before:]])
+
+        return AnswerStream(pieces, finish)
+
+
+def load_page(path: Path, page: int, edge: int, kind: str | None = None) -> Image.Image:
+    """Render one page (1-based) of a PDF or image file, fitted into an `edge` square."""
+    if kind is None:
+        try:
+            kind = classify(path).kind
+        except OSError as error:
+            raise InputFileError(str(path), f"cannot read the file: {error.strerror or error}") from error
+        if kind is None:
+            raise InputFileError(str(path), "not a PDF or a supported image")
+    for rendered in render_pages(path, kind, edge, first_page=page, chunk_pages=1):
+        return rendered.image
+    raise InputFileError(str(path), f"has no page {page}")
+
+
+def page_of_file(path: Path, page: int, edge: int) -> PageImage:
+    """One page of a file given on the command line (describe, ask --image)."""
+    return PageImage(str(path.absolute()), page, None, load_page(path, page, edge))
