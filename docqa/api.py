@@ -43,6 +43,7 @@ class Hit:
     page_id: int
     sha256: str
     kind: str
+    file: Path  # the file itself; `path` is for display (undecodable bytes escaped)
 
     def to_json(self) -> dict:
         fields = ("rank", "score", "path", "page", "document_id", "page_id")
@@ -274,7 +275,8 @@ class DocIndex:
             if row is not None:  # removed by a writer since the page table was read
                 hits.append(Hit(rank=len(hits) + 1, score=hit.score, path=row["path"], page=row["page"],
                                 document_id=row["document_id"], page_id=hit.page_id,
-                                sha256=row["sha256"], kind=row["kind"]))
+                                sha256=row["sha256"], kind=row["kind"],
+                                file=Path(os.fsdecode(row["path_key"]))))
         return hits
 
     def remove(self, paths: Iterable[str | os.PathLike[str]]) -> RemoveReport:

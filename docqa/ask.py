@@ -99,7 +99,7 @@ class Asker:
         for hit in hits[: self.max_pages]:
             if hit.path not in digests:
                 try:
-                    digests[hit.path] = sha256_of(Path(hit.path))
+                    digests[hit.path] = sha256_of(hit.file)
                 except OSError:
                     digests[hit.path] = None
             if digests[hit.path] != hit.sha256:
@@ -107,7 +107,7 @@ class Asker:
                 notes.append(f"{hit.path} {state} since it was indexed, so page {hit.page} was not used;"
                              " run `docqa ingest` again to update the index")
                 continue
-            image = load_page(Path(hit.path), hit.page, self.generator.max_image_edge, kind=hit.kind)
+            image = load_page(hit.file, hit.page, self.generator.max_image_edge, kind=hit.kind)
             pages.append(PageImage(hit.path, hit.page, hit.score, image))
         if not pages:
             raise SourceChangedError(" ".join(notes))

@@ -152,8 +152,7 @@ def _plan(
 def _remove_vanished(index: DocIndex, given: list[Path], seen: set[Path], report: IngestReport) -> None:
     """--sync: drop documents under the given folders whose files are gone."""
     resolved = [path.resolve() for path in given]
-    gone = [doc for doc in index.store.documents_under(resolved) if Path(doc.path) not in seen
-            and not Path(doc.path).exists()]
+    gone = [doc for doc in index.store.documents_under(resolved) if doc.file not in seen and not doc.file.exists()]
     if gone:
         report.removed += index.delete_documents([doc.id for doc in gone])
 
@@ -181,20 +180,24 @@ def _prefetch(items: Iterator, depth: int) -> Iterator:
     stop = threading.Event()
     end = object()
 
+    def put(item: object) -> bool:
+        """Hand one item over; False once the consumer has gone away."""
+        while not stop.is_set():
+            try:
+                buffer.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def produce() -> None:
         try:
             for item in items:
-                while not stop.is_set():
-                    try:
-                        buffer.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+                if not put(item):
                     return
-            buffer.put(end)
+            put(end)
         except BaseException as error:  # handed to the consumer, which re-raises it
-            buffer.put(error)
+            put(error)
 
     worker = threading.Thread(target=produce, name="docqa-render", daemon=True)
     worker.start()

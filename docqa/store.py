@@ -42,6 +42,11 @@ class DocumentRecord:
     kind: str
     pages: int
 
+    @property
+    def file(self) -> Path:
+        """The file itself (`path` is for display: undecodable bytes in it are escaped)."""
+        return Path(os.fsdecode(self.key))
+
 
 @dataclass(frozen=True)
 class NewPage:
@@ -261,11 +266,11 @@ class Store:
             return {}
         marks = ",".join("?" * len(page_ids))
         sql = (
-            "SELECT pages.id, pages.number, pages.document_id, documents.path, documents.sha256,"
-            " documents.kind FROM pages JOIN documents ON documents.id = pages.document_id"
+            "SELECT pages.id, pages.number, pages.document_id, documents.path, documents.path_key,"
+            " documents.sha256, documents.kind FROM pages JOIN documents ON documents.id = pages.document_id"
             f" WHERE pages.id IN ({marks})"
         )
-        fields = ("page_id", "page", "document_id", "path", "sha256", "kind")
+        fields = ("page_id", "page", "document_id", "path", "path_key", "sha256", "kind")
         return {row[0]: dict(zip(fields, row)) for row in self.db.execute(sql, page_ids).fetchall()}
 
     def counts(self) -> tuple[int, int]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -176,3 +177,18 @@ def test_other_retriever_families_ingest_and_search(corpus, retriever_checkpoint
     hits = index.search("receipt", k=3)
     assert len(hits) == 3 and hits[0].score >= hits[-1].score
     assert index.info().model == str(retriever_checkpoints[family])
+
+
+def test_sync_keeps_files_with_undecodable_names(tmp_path, retriever_checkpoint):
+    import os
+
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    raw = os.fsencode(folder) + b"/caf\xe9.png"
+    make_image(tmp_path / "plain.png").rename(os.fsdecode(raw))
+    index = DocIndex.open("main", create=True)
+    assert index.ingest([folder], model=str(retriever_checkpoint)).added == 1
+    again = index.ingest([folder], sync=True)
+    assert (again.removed, again.unchanged) == (0, 1)
+    (hit,) = index.search("cafe", k=1)
+    assert hit.file == Path(os.fsdecode(raw)) and "\\xe9" in hit.path
