@@ -215,8 +215,8 @@ class DocIndex:
         try:
             with self._writing():
                 pass
-        except (IndexLockedError, OSError):
-            pass  # a live writer (or a read-only folder): readers only see committed pages anyway
+        except (IndexLockedError, StorageFullError, OSError):
+            pass  # a live writer, a read-only folder or a full disk: readers see committed pages anyway
 
     def save_candidates(self) -> None:
         if self._tokens is not None:

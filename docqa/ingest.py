@@ -98,7 +98,8 @@ def run_ingest(
     report = IngestReport(index=str(index.path))
     given = [Path(p).expanduser().absolute() for p in paths]
     seen: set[Path] = set()
-    jobs = _plan(index, given, report, seen, settings.render_timeout_s)
+    with tqdm(desc="scan", unit="file", disable=not settings.progress, leave=False) as scanned:
+        jobs = _plan(index, given, report, seen, settings.render_timeout_s, scanned)
     if settings.sync:
         _remove_vanished(index, given, seen, report)
     total_pages = sum(job.page_count for job in jobs)
@@ -112,11 +113,13 @@ def run_ingest(
 
 
 def _plan(
-    index: DocIndex, given: list[Path], report: IngestReport, seen: set[Path], timeout_s: float
+    index: DocIndex, given: list[Path], report: IngestReport, seen: set[Path], timeout_s: float,
+    scanned: tqdm,
 ) -> list[_Job]:
     """Walk, sniff and hash; return the files whose content is new or changed."""
     jobs: list[_Job] = []
     for found in sources.walk(given):
+        scanned.update()
         if isinstance(found, tuple):
             report.fail(found[0], found[1])
             continue
