@@ -152,7 +152,7 @@ def _render_pdf(
                     str(path), first_page=start, last_page=end, size=image_edge, timeout=left
                 )
                 pages = [
-                    RenderedPage(start + offset, fit_within(_to_rgb(image), image_edge))
+                    RenderedPage(start + offset, fit_within(image, image_edge))
                     for offset, image in enumerate(images)
                 ]
         except (PDFInfoNotInstalledError, FileNotFoundError) as error:
@@ -220,7 +220,7 @@ def _render_image(path: Path, image_edge: int, first_page: int) -> Iterator[Rend
             try:
                 image.seek(number - 1)
                 _check_pixels(path, image)
-                page = RenderedPage(number, fit_within(_to_rgb(ImageOps.exif_transpose(image)), image_edge))
+                page = RenderedPage(number, fit_within(ImageOps.exif_transpose(image), image_edge))
             except _DECODE_ERRORS as error:
                 raise InputFileError(printable(path), _image_reason(error)) from error
             yield page

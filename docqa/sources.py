@@ -11,12 +11,7 @@ from pathlib import Path
 PDF = "pdf"
 IMAGE = "image"
 
-_IMAGE_SIGNATURES: tuple[tuple[bytes, str], ...] = (
-    (b"\x89PNG\r\n\x1a\n", "png"),
-    (b"\xff\xd8\xff", "jpeg"),
-    (b"II*\x00", "tiff"),
-    (b"MM\x00*", "tiff"),
-)
+_IMAGE_SIGNATURES: tuple[bytes, ...] = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"II*\x00", b"MM\x00*")
 # A BMP starts with "BM" (as does plenty of text), then a DIB header of one of these sizes.
 _BMP_HEADER_SIZES = frozenset({12, 40, 52, 56, 64, 108, 124})
 PDF_EXTENSIONS = frozenset({".pdf"})
@@ -39,7 +34,7 @@ def sniff(head: bytes) -> str | None:
         return PDF
     if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
         return IMAGE
-    if any(head.startswith(signature) for signature, _ in _IMAGE_SIGNATURES):
+    if head.startswith(_IMAGE_SIGNATURES):
         return IMAGE
     if head[:2] == b"BM" and int.from_bytes(head[14:18], "little") in _BMP_HEADER_SIZES:
         return IMAGE
