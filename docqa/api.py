@@ -19,16 +19,18 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
+
 from . import __version__
-from .config import IngestSettings, index_path
 from .checkpoints import default_device
+from .config import IngestSettings, index_path
 from .encoders import EncoderStamp, Retriever, default_retriever
 from .errors import IndexLockedError, IndexMismatchError, IndexNotFoundError, StorageFullError
 from .index import TokenIndex, exact_top_k
 from .ingest import IngestReport, run_ingest
 from .locking import WriteLock
-from .store import NewPage, Store
-from .vectors import VectorFile
+from .store import NewPage, PageTable, Store
+from .vectors import VECTOR_DTYPE, VectorFile
 
 BUILD_KEY = "build"
 
@@ -90,7 +92,7 @@ class DocIndex:
         self._retriever: Retriever | None = None
         self._vectors: VectorFile | None = None
         self._tokens: TokenIndex | None = None
-        self._tokens_state: tuple[str | None, str | None] | None = None
+        self._tokens_epoch: str | None = None
 
     @classmethod
     def open(cls, name_or_path: str | os.PathLike[str] | None = None, *, create: bool = False) -> DocIndex:
@@ -153,21 +155,29 @@ class DocIndex:
             self._vectors = VectorFile(self.path, build["encoder"]["dim"])
         return self._vectors
 
-    @property
-    def tokens(self) -> TokenIndex:
-        """The candidate index, loaded from disk and brought up to the latest commit."""
-        state = (self.store.get_meta("generation"), self.store.get_meta("vector_epoch"))
-        if self._tokens is None or self._tokens_state != state:
-            if self._tokens is None or (self._tokens_state or state)[1] != state[1]:
-                # First use, or a writer dropped vector rows this copy may hold: start from disk.
-                self._tokens = TokenIndex.load(self.path, self.vectors.dim)
-            table = self.store.page_table()
-            if self._tokens is None or self._tokens.high_water > self.vectors.rows:
-                self._tokens = TokenIndex.build(table, self.vectors)
-            else:
-                self._tokens.catch_up(table, self.vectors)
-            self._tokens_state = state
+    def candidates(self, table: PageTable) -> TokenIndex:
+        """The FAISS candidate index, holding at least every page of `table`.
+
+        Read `table` first, then call this: if a writer dropped vector rows since this copy was
+        loaded (`vector_epoch` changed), the copy may hold stale rows, so it is reloaded from disk;
+        rows owned by no page of `table` are ignored by search either way.
+        """
+        epoch = self.store.get_meta("vector_epoch")
+        if self._tokens is None or epoch != self._tokens_epoch:
+            self._tokens = TokenIndex.load(self.path, self.vectors.dim)
+            self._tokens_epoch = epoch
+        if self._tokens is None or self._tokens.high_water > self.vectors.rows:
+            self._tokens = TokenIndex.build(table, self.vectors)
+        else:
+            self._tokens.catch_up(table, self.vectors)
         return self._tokens
+
+    def add_vectors(self, vectors: np.ndarray) -> int:
+        """Append one page's vectors (not yet visible: commit_document does that); returns its offset."""
+        stored = np.asarray(vectors, dtype=VECTOR_DTYPE)
+        offset = self.vectors.append(stored)
+        self._tokens.add(offset, stored.astype(np.float32))
+        return offset
 
     def _recover(self) -> None:
         """Writer start-up: drop vector rows no commit refers to; rebuild a stale candidate index.
@@ -186,7 +196,7 @@ class DocIndex:
             saved = TokenIndex.build(self.store.page_table(), self.vectors)
             saved.save(self.path)
         self._tokens = saved
-        self._tokens_state = None  # the next access catches up with the latest commit
+        self._tokens_epoch = self.store.get_meta("vector_epoch")
 
     @contextmanager
     def _writing(self) -> Iterator[None]:
@@ -243,7 +253,7 @@ class DocIndex:
 
     def _forget_vectors(self, ranges: list[tuple[int, int]]) -> None:
         """Drop deleted pages' rows from the candidate index (they stay as garbage in the vector file)."""
-        self.tokens.remove(ranges)
+        self._tokens.remove(ranges)
 
     def _bump_generation(self) -> None:
         self.store.set_meta("generation", str(int(self.store.get_meta("generation") or 0) + 1))
@@ -257,6 +267,7 @@ class DocIndex:
             retriever = self.retriever(settings.model, settings.device, settings.image_edge)
             if self.build is None:
                 self._write_build(retriever.stamp)
+                self._recover()  # sets up the empty vector file and candidate index
             return run_ingest(self, [os.fspath(p) for p in paths], settings, retriever)
 
     def search(self, query: str, k: int = 5, *, device: str | None = None) -> list[Hit]:
@@ -265,9 +276,8 @@ class DocIndex:
             return []
         retriever = self.retriever(device=device)
         query_vectors = retriever.encode_queries([query])[0]
-        tokens = self.tokens
         table = self.store.page_table()
-        scored = exact_top_k(query_vectors, k, table, tokens, self.vectors)
+        scored = exact_top_k(query_vectors, k, table, self.candidates(table), self.vectors)
         details = self.store.pages_with_documents([hit.page_id for hit in scored])
         hits: list[Hit] = []
         for hit in scored:

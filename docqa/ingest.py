@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
 from tqdm import tqdm
 
 from . import sources
@@ -24,7 +23,6 @@ from .encoders import Retriever
 from .errors import InputFileError
 from .render import RenderedPage, count_pages, render_pages
 from .store import NewPage
-from .vectors import VECTOR_DTYPE
 
 if TYPE_CHECKING:
     from .api import DocIndex
@@ -232,11 +230,8 @@ def _encode_and_commit(
             return
         embeddings = retriever.encode_pages([page.image for _, page in batch])
         for (job, page), vectors in zip(batch, embeddings):
-            stored = np.asarray(vectors, dtype=VECTOR_DTYPE)
-            offset = index.vectors.append(stored)
-            index.tokens.add(offset, stored.astype(np.float32))
             width, height = page.image.size
-            job.pages.append(NewPage(page.number, width, height, offset, len(stored)))
+            job.pages.append(NewPage(page.number, width, height, index.add_vectors(vectors), len(vectors)))
         bar.update(len(batch))
 
     def commit_rendered() -> None:

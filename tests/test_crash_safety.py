@@ -89,7 +89,7 @@ def _state(index_dir: Path) -> dict:
     scores = []
     for _ in range(3):
         query = rng.standard_normal((6, index.vectors.dim)).astype(np.float32)
-        hits = exact_top_k(query, len(table), table, index.tokens, index.vectors)
+        hits = exact_top_k(query, len(table), table, index.candidates(table), index.vectors)
         details = index.store.pages_with_documents([hit.page_id for hit in hits])
         scores.append({(details[h.page_id]["path"], details[h.page_id]["page"]): h.score for h in hits})
     return {"documents": documents, "covered": covered, "scores": scores}
