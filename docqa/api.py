@@ -92,7 +92,6 @@ class DocIndex:
         self._retriever: Retriever | None = None
         self._vectors: VectorFile | None = None
         self._tokens: TokenIndex | None = None
-        self._tokens_epoch: str | None = None
 
     @classmethod
     def open(cls, name_or_path: str | os.PathLike[str] | None = None, *, create: bool = False) -> DocIndex:
@@ -148,28 +147,33 @@ class DocIndex:
     # --- storage ----------------------------------------------------------------------------
     @property
     def vectors(self) -> VectorFile:
-        if self._vectors is None:
+        """The vector file the latest commit refers to (compaction replaces it by a new one)."""
+        return self._vector_file(self.store.vector_file())
+
+    def _vector_file(self, name: str) -> VectorFile:
+        if self._vectors is None or self._vectors.path.name != name:
             build = self.build
             if build is None:
                 raise IndexNotFoundError(f"{self.path} has no documents yet")
-            self._vectors = VectorFile(self.path, build["encoder"]["dim"])
+            if self._vectors is not None:
+                self._vectors.close()
+            self._vectors = VectorFile(self.path, build["encoder"]["dim"], name)
         return self._vectors
 
-    def candidates(self, table: PageTable) -> TokenIndex:
-        """The FAISS candidate index, holding at least every page of `table`.
+    def candidates(self, table: PageTable, epoch: int, vectors: VectorFile) -> TokenIndex:
+        """The FAISS candidate index for a snapshot (`Store.snapshot`), holding every page of `table`.
 
-        Read `table` first, then call this: if a writer dropped vector rows since this copy was
-        loaded (`vector_epoch` changed), the copy may hold stale rows, so it is reloaded from disk;
-        rows owned by no page of `table` are ignored by search either way.
+        A copy made for another vector epoch numbers rows differently (rows were dropped or the
+        file compacted since), so it is replaced: by the saved index when that one matches, else
+        by one built from `vectors`. Rows owned by no page of `table` are ignored by search.
         """
-        epoch = self.store.get_meta("vector_epoch")
-        if self._tokens is None or epoch != self._tokens_epoch:
-            self._tokens = TokenIndex.load(self.path, self.vectors.dim)
-            self._tokens_epoch = epoch
-        if self._tokens is None or self._tokens.high_water > self.vectors.rows:
-            self._tokens = TokenIndex.build(table, self.vectors)
+        if self._tokens is None or self._tokens.epoch != epoch:
+            saved = TokenIndex.load(self.path, vectors.dim)
+            self._tokens = saved if saved is not None and saved.epoch == epoch else None
+        if self._tokens is None or self._tokens.high_water > vectors.rows:
+            self._tokens = TokenIndex.build(table, vectors, epoch)
         else:
-            self._tokens.catch_up(table, self.vectors)
+            self._tokens.catch_up(table, vectors)
         return self._tokens
 
     def add_vectors(self, vectors: np.ndarray) -> int:
@@ -180,23 +184,73 @@ class DocIndex:
         return offset
 
     def _recover(self) -> None:
-        """Writer start-up: drop vector rows no commit refers to; rebuild a stale candidate index.
+        """Writer start-up: drop what a crashed writer left and make the candidate index current.
 
-        Rows past the last commit were written by a process that died; dropping them changes
-        what a row number may hold, so readers are told through the `vector_epoch` meta value.
+        Rows past the last commit and vector files no commit names were written by a process that
+        died. Dropping rows changes what a row number may hold, so `vector_epoch` is bumped: readers
+        holding an older candidate index then reload it.
         """
+        current = self.vectors
+        for stale in [*self.path.glob(".tokens-*.tmp"), *self.path.glob("vectors*.f16")]:
+            if stale != current.path:
+                stale.unlink(missing_ok=True)
         end = self.store.vector_end()
-        for stale in self.path.glob(".tokens-*.tmp"):
-            stale.unlink(missing_ok=True)
-        saved = TokenIndex.load(self.path, self.vectors.dim)
-        if self.vectors.rows > end or saved is None or saved.high_water > end:
-            self.vectors.truncate(end)
-            with self.store.transaction():
-                self.store.set_meta("vector_epoch", str(int(self.store.get_meta("vector_epoch") or 0) + 1))
-            saved = TokenIndex.build(self.store.page_table(), self.vectors)
+        epoch = self.store.vector_epoch()
+        saved = TokenIndex.load(self.path, current.dim)
+        if current.rows > end or saved is None or saved.epoch != epoch or saved.high_water > end:
+            current.truncate(end)
+            epoch = self._bump_epoch()
+            saved = TokenIndex.build(self.store.page_table(), current, epoch)
             saved.save(self.path)
         self._tokens = saved
-        self._tokens_epoch = self.store.get_meta("vector_epoch")
+        self.compact_if_wasteful()  # a writer killed between an update and its compaction
+
+    def _bump_epoch(self, vector_file: str | None = None) -> int:
+        """Start a new vector epoch (optionally with a new vector file); returns it."""
+        epoch = self.store.vector_epoch() + 1
+        with self.store.transaction():
+            self.store.set_meta("vector_epoch", str(epoch))
+            if vector_file is not None:
+                self.store.set_meta("vector_file", vector_file)
+        return epoch
+
+    def compact(self) -> int:
+        """Reclaim the vector rows of replaced, removed or failed documents; returns rows freed."""
+        with self._writing():
+            return self._compact() if self.build is not None else 0
+
+    def _compact(self) -> int:
+        """Copy every committed page's rows, in order, into a new vector file; then switch to it in
+        one commit. A crash before the commit leaves the old file in charge (the new one is
+        deleted on recovery); after it, the old file is the leftover."""
+        old = self.vectors
+        table = self.store.page_table()
+        freed = old.rows - int(table.counts.sum())
+        if freed <= 0:
+            return 0
+        epoch = self.store.vector_epoch() + 1
+        new = VectorFile(self.path, old.dim, f"vectors.{epoch}.f16")
+        new.path.unlink(missing_ok=True)
+        moves = [(int(page_id), new.append(old.read_rows(int(o), int(o + c))))
+                 for page_id, o, c in zip(table.page_ids, table.offsets, table.counts)]
+        new.sync()
+        new.close()
+        with self.store.transaction():
+            self.store.set_offsets(moves)
+            self.store.set_meta("vector_epoch", str(epoch))
+            self.store.set_meta("vector_file", new.path.name)
+            self._bump_generation()
+        self._tokens = TokenIndex.build(self.store.page_table(), self.vectors, epoch)
+        self._tokens.save(self.path)
+        old.close()
+        old.path.unlink(missing_ok=True)
+        return freed
+
+    def compact_if_wasteful(self, ratio: float = 0.25) -> int:
+        """Compact (inside a write) when more than `ratio` of the vector rows are garbage."""
+        rows = self.vectors.rows
+        live = self.store.vector_rows()
+        return self._compact() if rows and (rows - live) > ratio * rows else 0
 
     @contextmanager
     def _writing(self) -> Iterator[None]:
@@ -276,8 +330,15 @@ class DocIndex:
             return []
         retriever = self.retriever(device=device)
         query_vectors = retriever.encode_queries([query])[0]
-        table = self.store.page_table()
-        scored = exact_top_k(query_vectors, k, table, self.candidates(table), self.vectors)
+        for attempt in range(3):
+            table, epoch, name = self.store.snapshot()
+            vectors = self._vector_file(name)
+            try:
+                scored = exact_top_k(query_vectors, k, table, self.candidates(table, epoch, vectors), vectors)
+                break
+            except FileNotFoundError:  # compacted into a new file since the snapshot: take a new one
+                if attempt == 2:
+                    raise
         details = self.store.pages_with_documents([hit.page_id for hit in scored])
         hits: list[Hit] = []
         for hit in scored:
@@ -306,7 +367,8 @@ class DocIndex:
                         removed.append(record.path)
             if ids:
                 self.delete_documents(ids)
-                self.save_candidates()
+                if not self.compact_if_wasteful():
+                    self.save_candidates()
         return RemoveReport(index=str(self.path), removed=removed, not_found=not_found)
 
     def info(self) -> IndexInfo:

@@ -23,8 +23,8 @@ from .store import PageTable
 from .vectors import VectorFile
 
 FILE_NAME = "tokens.faiss"
-_MAGIC = b"DOCQAFX1"
-_HEADER = struct.Struct("<8sq")  # magic, high-water row (every row below it was added)
+_MAGIC = b"DOCQAFX2"
+_HEADER = struct.Struct("<8sqq")  # magic, vector epoch, high-water row (every row below it was added)
 _TIE_MARGIN = 1e-4  # float32 summation-order slack between FAISS and our MaxSim
 _SCORE_CHUNK_ROWS = 1 << 18  # vector rows scored per matmul, bounds memory during rerank
 
@@ -57,6 +57,7 @@ class TokenIndex:
         )
         self.faiss = faiss.IndexIDMap2(quantizer)
         self.dim = dim
+        self.epoch = 0  # the vector_epoch whose row numbers this index uses
         self.high_water = 0  # every vector row below this has been added
 
     @property
@@ -82,8 +83,9 @@ class TokenIndex:
             self.add(int(offset), vectors.read_rows(int(offset), int(offset + count)))
 
     @classmethod
-    def build(cls, table: PageTable, vectors: VectorFile) -> "TokenIndex":
+    def build(cls, table: PageTable, vectors: VectorFile, epoch: int) -> "TokenIndex":
         index = cls(vectors.dim)
+        index.epoch = epoch
         index.catch_up(table, vectors)
         return index
 
@@ -93,7 +95,7 @@ class TokenIndex:
         handle, temp_name = tempfile.mkstemp(prefix=".tokens-", suffix=".tmp", dir=directory)
         try:
             with os.fdopen(handle, "wb") as temp:
-                temp.write(_HEADER.pack(_MAGIC, self.high_water))
+                temp.write(_HEADER.pack(_MAGIC, self.epoch, self.high_water))
                 temp.write(payload.tobytes())
                 temp.flush()
                 os.fsync(temp.fileno())
@@ -107,7 +109,7 @@ class TokenIndex:
         """The saved index, or None when there is none or it cannot be read (it is rebuilt)."""
         try:
             data = (directory / FILE_NAME).read_bytes()
-            magic, high_water = _HEADER.unpack_from(data)
+            magic, epoch, high_water = _HEADER.unpack_from(data)
             if magic != _MAGIC:
                 return None
             loaded = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8, offset=_HEADER.size))
@@ -117,6 +119,7 @@ class TokenIndex:
             return None
         index = cls(dim)
         index.faiss = loaded
+        index.epoch = int(epoch)
         index.high_water = int(high_water)
         return index
 

@@ -105,7 +105,8 @@ def run_ingest(
         total=total_pages, unit="page", desc="ingest", disable=not settings.progress, leave=False
     ) as bar:
         _encode_and_commit(index, jobs, settings, retriever, report, bar)
-    index.save_candidates()
+    if not index.compact_if_wasteful():
+        index.save_candidates()
     report.seconds = time.monotonic() - started
     return report
 

@@ -20,6 +20,7 @@ import sqlite_utils
 
 from .errors import IndexCorruptError
 from .sources import printable
+from .vectors import FILE_NAME as VECTOR_FILE
 
 DB_NAME = "docqa.db"
 SCHEMA_VERSION = 1
@@ -248,12 +249,35 @@ class Store:
         return [(int(offset), int(count)) for offset, count in ranges]
 
     # --- pages ------------------------------------------------------------------------------
+    def snapshot(self) -> tuple[PageTable, int, str]:
+        """The page table with the vector epoch and file name it refers to, read consistently."""
+        self.db.execute("BEGIN")
+        try:
+            return self.page_table(), self.vector_epoch(), self.vector_file()
+        finally:
+            self.db.execute("COMMIT")
+
+    def vector_epoch(self) -> int:
+        """Bumped whenever vector row numbers change meaning (rows dropped, or the file compacted)."""
+        return int(self.get_meta("vector_epoch") or 0)
+
+    def vector_file(self) -> str:
+        return self.get_meta("vector_file") or VECTOR_FILE
+
+    def set_offsets(self, moves: list[tuple[int, int]]) -> None:
+        """Point pages (page id, new offset) at their rows in a new vector file (in a transaction)."""
+        self.db.conn.executemany("UPDATE pages SET vec_offset = ? WHERE id = ?", [(o, i) for i, o in moves])
+
     def page_table(self) -> PageTable:
         rows = self.db.execute(
             "SELECT id, vec_offset, vec_count FROM pages ORDER BY vec_offset"
         ).fetchall()
         array = np.array(rows, dtype=np.int64).reshape(-1, 3)
         return PageTable(page_ids=array[:, 0], offsets=array[:, 1], counts=array[:, 2])
+
+    def vector_rows(self) -> int:
+        """How many vector rows committed pages use."""
+        return int(self.db.execute("SELECT COALESCE(SUM(vec_count), 0) FROM pages").fetchone()[0])
 
     def vector_end(self) -> int:
         """One past the last vector row any committed page uses."""

@@ -19,8 +19,8 @@ class VectorFile:
     """Rows of `dim` float16 values. Writers append and `sync()` before committing the pages that
     point at the new rows; readers only read rows that committed pages point at."""
 
-    def __init__(self, directory: Path, dim: int) -> None:
-        self.path = directory / FILE_NAME
+    def __init__(self, directory: Path, dim: int, name: str = FILE_NAME) -> None:
+        self.path = directory / name
         self.dim = dim
         self._row_bytes = dim * np.dtype(VECTOR_DTYPE).itemsize
         self._appender = None

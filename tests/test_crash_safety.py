@@ -79,7 +79,8 @@ def _state(index_dir: Path) -> dict:
     documents = [(d.path, d.sha256, d.pages) for d in index.store.all_documents()]
     if index.build is None:
         return {"documents": documents, "covered": True, "scores": []}
-    table = index.store.page_table()
+    table, epoch, _ = index.store.snapshot()
+    candidates = index.candidates(table, epoch, index.vectors)
     ends = table.offsets + table.counts
     covered = bool(
         len(table) == 0 or (table.offsets[0] == 0 and np.all(table.offsets[1:] == ends[:-1])
@@ -89,7 +90,7 @@ def _state(index_dir: Path) -> dict:
     scores = []
     for _ in range(3):
         query = rng.standard_normal((6, index.vectors.dim)).astype(np.float32)
-        hits = exact_top_k(query, len(table), table, index.candidates(table), index.vectors)
+        hits = exact_top_k(query, len(table), table, candidates, index.vectors)
         details = index.store.pages_with_documents([hit.page_id for hit in hits])
         scores.append({(details[h.page_id]["path"], details[h.page_id]["page"]): h.score for h in hits})
     return {"documents": documents, "covered": covered, "scores": scores}
@@ -138,3 +139,67 @@ def test_kill_9_never_corrupts_the_index(point, corpus, reference, tmp_path, ret
     for got, expected in zip(final["scores"], reference["scores"]):
         assert got.keys() == expected.keys()
         np.testing.assert_allclose([got[key] for key in expected], list(expected.values()), atol=1e-3)
+
+
+COMPACTION_KILL_POINTS = [
+    KillPoint("docqa.api", "DocIndex._compact", 1, "before", "compact"),
+    KillPoint("docqa.store", "Store.set_offsets", 1, "before", "compact"),  # new file written
+    KillPoint("docqa.store", "Store.set_offsets", 1, "after", "compact"),  # inside the transaction
+    KillPoint("docqa.index", "TokenIndex.build", 1, "before", "compact"),  # switched, FAISS stale
+    KillPoint("docqa.index", "TokenIndex.build", 1, "after", "compact"),  # FAISS built, not saved
+]
+
+
+def _rewrite_b(corpus: Path) -> None:
+    make_pdf(corpus / "b.pdf", 4, title="beta revised")
+
+
+@pytest.fixture(scope="module")
+def revised_reference(tmp_path_factory, retriever_checkpoints) -> tuple[Path, dict]:
+    """An uninterrupted run over the corpus, then over it with b.pdf rewritten (which compacts)."""
+    root = tmp_path_factory.mktemp("revised")
+    corpus = root / "corpus"
+    make_pdf(corpus / "a.pdf", 3, title="alpha")
+    make_pdf(corpus / "b.pdf", 5, title="beta")
+    make_image(corpus / "c.png", text="gamma")
+    model = str(retriever_checkpoints["colmodernvbert"])
+    index_dir = root / "index"
+    assert in_child(partial(_ingest, index_dir, corpus, model), before=single_threaded).exit_code == 0
+    _rewrite_b(corpus)
+    assert in_child(partial(_ingest, index_dir, corpus, model), before=single_threaded).exit_code == 0
+    return corpus, in_child(partial(_state, index_dir), before=single_threaded).value
+
+
+@pytest.mark.parametrize("point", COMPACTION_KILL_POINTS, ids=str)
+def test_kill_9_during_compaction(point, revised_reference, tmp_path, retriever_checkpoints):
+    """An update that frees over a quarter of the vector rows compacts the vector file into a new
+    one; a kill anywhere in that leaves either the old file or the new one in charge, whole."""
+    revised_corpus, reference = revised_reference
+    corpus = tmp_path / "corpus"
+    make_pdf(corpus / "a.pdf", 3, title="alpha")
+    make_pdf(corpus / "b.pdf", 5, title="beta")
+    make_image(corpus / "c.png", text="gamma")
+    index_dir = tmp_path / "index"
+    model = str(retriever_checkpoints["colmodernvbert"])
+    assert in_child(partial(_ingest, index_dir, corpus, model), before=single_threaded).exit_code == 0
+    _rewrite_b(corpus)
+
+    crashed = in_child(partial(_ingest, index_dir, corpus, model), kill=point, before=single_threaded)
+    assert crashed.killed, f"{point} was never reached"
+    assert in_child(partial(_raw_invariants, index_dir)).value == {"pages_have_vectors": True,
+                                                                   "whole_documents": True}
+    after_crash = in_child(partial(_state, index_dir), before=single_threaded).value
+    assert {Path(path).name for path, _, _ in after_crash["documents"]} == {"a.pdf", "b.pdf", "c.png"}
+    assert after_crash["covered"]
+
+    rerun = in_child(partial(_ingest, index_dir, corpus, model), before=single_threaded)
+    assert rerun.exit_code == 0
+    final = in_child(partial(_state, index_dir), before=single_threaded).value
+    assert len(list(index_dir.glob("vectors*.f16"))) == 1
+    relocate = {str(revised_corpus / name): str(corpus / name) for name in ("a.pdf", "b.pdf", "c.png")}
+    # The files are regenerated here (reportlab stamps each PDF with its own date and id), so
+    # compare names and page counts, and the scores of every page, not the content hashes.
+    assert [(p, n) for p, _, n in final["documents"]] == [(relocate[p], n) for p, _, n in reference["documents"]]
+    for got, expected in zip(final["scores"], reference["scores"]):
+        assert {(relocate[p], n) for p, n in expected} == got.keys()
+        np.testing.assert_allclose([got[(relocate[p], n)] for p, n in expected], list(expected.values()), atol=1e-3)

@@ -185,3 +185,36 @@ def test_sync_keeps_files_with_undecodable_names(tmp_path, retriever_checkpoint)
     assert (again.removed, again.unchanged) == (0, 1)
     (hit,) = index.search("cafe", k=1)
     assert hit.file == Path(os.fsdecode(raw)) and "\\xe9" in hit.path
+
+
+def test_updates_are_compacted_and_open_readers_keep_working(corpus, retriever_checkpoint, tmp_path):
+    writer = DocIndex.open("main", create=True)
+    writer.ingest([corpus], model=str(retriever_checkpoint))
+    reader = DocIndex.open("main")
+    before = {(h.path, h.page): h.score for h in reader.search("revenue", k=8)}
+    first_file = writer.vectors.path.name
+
+    make_pdf(corpus / "reports" / "q1.pdf", 2, title="q1 shorter")  # 3 of 8 pages' rows become garbage
+    writer.ingest([corpus])
+    table = writer.store.page_table()
+    ends = table.offsets + table.counts
+    assert writer.vectors.path.name != first_file and not (writer.path / first_file).exists()
+    assert table.offsets[0] == 0 and (table.offsets[1:] == ends[:-1]).all()
+    assert ends[-1] == writer.vectors.rows  # every vector row belongs to a committed page
+
+    after = {(h.path, h.page): h.score for h in reader.search("revenue", k=7)}  # reader opened before
+    fresh = {(h.path, h.page): h.score for h in DocIndex.open("main").search("revenue", k=7)}
+    assert after.keys() == fresh.keys() and all(abs(after[key] - fresh[key]) < 1e-4 for key in fresh)
+    unchanged = [key for key in before if "q1.pdf" not in key[0]]
+    assert all(abs(fresh[key] - before[key]) < 1e-4 for key in unchanged)
+
+
+def test_compact_reclaims_rows_of_removed_documents(corpus, retriever_checkpoint):
+    index = DocIndex.open("main", create=True)
+    index.ingest([corpus], model=str(retriever_checkpoint))
+    index.remove([corpus / "reports" / "q2.pdf"])  # 2 of 8 pages, mid-file: not over the 25% threshold
+    garbage = index.vectors.rows - index.store.vector_rows()
+    assert garbage > 0
+    assert index.compact() == garbage and index.vectors.rows == index.store.vector_rows()
+    assert index.compact() == 0
+    assert len(index.search("q2", k=10)) == 6
