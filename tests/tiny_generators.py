@@ -16,7 +16,9 @@ import json
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tiny_tokenizers import byte_level_bpe, train_bpe, vocab_and_merges
+
+_VOCAB_SIZE = 320  # learned tokens besides the special ones
 
 # The chat template shipped with HuggingFaceTB/SmolVLM-*-Instruct (chat_template.json).
 SMOLVLM_CHAT_TEMPLATE = (
@@ -46,16 +48,6 @@ QWEN2_VL_CHAT_TEMPLATE = (
     "{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 
-_CORPUS = [
-    "The quarterly report shows revenue of 4.2 million dollars, up 12 percent from last year.",
-    "Answer the question using only the pages shown. Cite each page as [report.pdf, page 4].",
-    "If the pages do not contain the answer, say that it was not found in the pages.",
-    "Invoice number 2041 is due on 14 March 2024; the total amount is 1,250.00 EUR.",
-    "Table 3 lists the population of each city, and figure 2 plots the annual rainfall.",
-    "What is the name of the author? Who signed the contract? When was the meeting held?",
-    "0123456789 ,.;:!?()[]{}<>-_/\\'\"@#$%&*+= abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ",
-]
-
 # SmolVLM-style Idefics3 text (SmolLM2) and vision (SigLIP base, patch 16, 512 px tiles) sizes.
 _IDEFICS3_SIZES = {
     "tiny": dict(
@@ -82,27 +74,6 @@ _IDEFICS3_SIZES = {
 }
 
 
-def _train_bpe(special_tokens: list[str], vocab_size: int = 320) -> Tokenizer:
-    """Train a tiny byte-level BPE tokenizer on a fixed corpus (deterministic, ~0.05 s)."""
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size + len(special_tokens),
-        special_tokens=special_tokens,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(_CORPUS * 4, trainer=trainer)
-    return tok
-
-
-def _vocab_and_merges(tok: Tokenizer) -> tuple[dict[str, int], list[tuple[str, str]]]:
-    """Vocab and merges (as tuples, which the transformers BPE wrappers require) of a trained BPE."""
-    state = json.loads(tok.to_str())["model"]
-    return state["vocab"], [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in state["merges"]]
-
-
 def _padded_vocab(n_tokens: int, wanted: int | None) -> int:
     """Model vocab size: the real one when given (must hold the tokenizer), else n rounded up to 8."""
     size = wanted if wanted is not None else -(-n_tokens // 8) * 8
@@ -125,7 +96,7 @@ def _build_idefics3(out_dir: Path, size: str) -> None:
     specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<fake_token_around_image>", "<image>",
                 "<global-img>", "<end_of_utterance>", *row_col]
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=_train_bpe(specials),
+        tokenizer_object=train_bpe(byte_level_bpe(), specials, _VOCAB_SIZE + len(specials)),
         bos_token="<|im_start|>", eos_token="<end_of_utterance>", pad_token="<|im_end|>",
         unk_token="<|endoftext|>", extra_special_tokens=specials[3:],
     )
@@ -161,7 +132,7 @@ def _build_qwen2_vl(out_dir: Path) -> None:
 
     specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
                 "<|image_pad|>", "<|video_pad|>"]
-    vocab, merges = _vocab_and_merges(_train_bpe(specials))
+    vocab, merges = vocab_and_merges(train_bpe(byte_level_bpe(), specials, _VOCAB_SIZE + len(specials)))
     tokenizer = Qwen2Tokenizer(vocab=vocab, merges=merges, eos_token="<|im_end|>", pad_token="<|endoftext|>",
                                extra_special_tokens=specials[1:])
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in specials}

@@ -12,11 +12,11 @@ run a page in tens of milliseconds. ``size="real"`` builds the published archite
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Callable
 
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from tiny_tokenizers import byte_level_bpe, train_bpe, vocab_and_merges
+from tokenizers import Tokenizer, processors
 from transformers import (
     ColModernVBertConfig,
     ColModernVBertForRetrieval,
@@ -38,37 +38,11 @@ from transformers import (
 )
 
 SIZES = ("tiny", "real")
-
-_CORPUS = [
-    "Quarterly revenue grew by 12 percent compared with the same period last year.",
-    "Figure 3 shows the distribution of response times across all regions.",
-    "The invoice total, including tax, is due within thirty days of receipt.",
-    "What is the maximum operating temperature of the pump described on page 4?",
-    "Table 2: annual energy consumption (MWh) by building, 2019-2023.",
-    "Section 5.1 explains how to reset the device to its factory settings.",
-    "Describe the image. Question: Query: which chart compares costs and benefits?",
-]
-
-
-def _train_bpe(tokenizer: Tokenizer, special_tokens: list[str], vocab_size: int = 600) -> tuple[dict, list]:
-    """Train ``tokenizer``'s pipeline on a small corpus; return its BPE vocab and merges (as tuples)."""
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=special_tokens,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tokenizer.train_from_iterator(_CORPUS * 4, trainer)
-    model = json.loads(tokenizer.to_str())["model"]
-    return model["vocab"], [tuple(merge) for merge in model["merges"]]
-
+_VOCAB_SIZE = 600
 
 def _modernbert_tokenizer(special_tokens: list[str]) -> Tokenizer:
     """A trained byte-level BPE that wraps each text in [CLS] ... [SEP], as ModernBERT's does."""
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    _train_bpe(tokenizer, special_tokens)
+    tokenizer = train_bpe(byte_level_bpe(), special_tokens, _VOCAB_SIZE)
     cls_sep = [(token, tokenizer.token_to_id(token)) for token in ("[CLS]", "[SEP]")]
     tokenizer.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]", special_tokens=cls_sep
@@ -119,7 +93,7 @@ def _colqwen2(size: str) -> tuple[PreTrainedModel, ProcessorMixin]:
     """ColQwen2: Qwen2-VL (14 px patches merged 2x2 into one token per 28 px square)."""
     specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
                 "<|image_pad|>", "<|video_pad|>"]
-    vocab, merges = _train_bpe(Qwen2Tokenizer().backend_tokenizer, specials)
+    vocab, merges = vocab_and_merges(train_bpe(Qwen2Tokenizer().backend_tokenizer, specials, _VOCAB_SIZE))
     tokenizer = Qwen2Tokenizer(vocab=vocab, merges=merges, additional_special_tokens=specials[1:])
     image_processor = Qwen2VLImageProcessorPil(min_pixels=4 * 28 * 28, max_pixels=768 * 28 * 28)
     processor = ColQwen2Processor(image_processor=image_processor, tokenizer=tokenizer)
@@ -150,7 +124,7 @@ def _colqwen2(size: str) -> tuple[PreTrainedModel, ProcessorMixin]:
 def _colpali(size: str) -> tuple[PreTrainedModel, ProcessorMixin]:
     """ColPali: PaliGemma (SigLIP on a fixed 448 px square, Gemma text); the processor adds <loc>/<seg> tokens."""
     specials = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>", "<image>"]
-    vocab, merges = _train_bpe(GemmaTokenizer().backend_tokenizer, specials)
+    vocab, merges = vocab_and_merges(train_bpe(GemmaTokenizer().backend_tokenizer, specials, _VOCAB_SIZE))
     tokenizer = GemmaTokenizer(vocab=vocab, merges=merges)
     patch_size = 14 if size == "real" else 56
     image_processor = SiglipImageProcessorPil(size={"height": 448, "width": 448})
