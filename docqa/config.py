@@ -6,6 +6,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .render import DEFAULT_CHUNK_PAGES, DEFAULT_TIMEOUT_S
+
 DEFAULT_INDEX = "default"
 
 
@@ -31,7 +33,9 @@ class IngestSettings:
     batch_size: int = 4
     image_edge: int | None = None
     sync: bool = False
-    chunk_pages: int = 8  # PDF pages rendered per pdftoppm call: bounds memory on huge files
-    render_timeout_s: float = field(default_factory=lambda: float(os.environ.get("DOCQA_RENDER_TIMEOUT", "120")))
+    chunk_pages: int = DEFAULT_CHUNK_PAGES  # PDF pages per pdftoppm call: bounds memory on huge files
+    render_timeout_s: float = field(  # poppler time allowed per file
+        default_factory=lambda: float(os.environ.get("DOCQA_RENDER_TIMEOUT", DEFAULT_TIMEOUT_S))
+    )
     save_every_s: float = 60.0  # how often the candidate index is checkpointed during long runs
     progress: bool = False

@@ -82,7 +82,6 @@ class _Job:
     replaces: bool
     pages: list[NewPage] = field(default_factory=list)
     error: str | None = None
-    rendered: bool = False  # every page has come out of the renderer
 
 
 _DONE = object()
@@ -245,7 +244,8 @@ def _encode_and_commit(
             index.save_candidates()
             last_save = time.monotonic()
 
-    for job, item in _prefetch(_page_stream(jobs, settings, retriever.stamp.image_edge), depth=2 * settings.batch_size):
+    pages = _page_stream(jobs, settings, retriever.stamp.image_edge)
+    for job, item in _prefetch(pages, depth=2 * settings.batch_size):
         if isinstance(item, RenderedPage):
             pending.append((job, item))
             if len(pending) >= settings.batch_size:
