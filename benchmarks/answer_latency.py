@@ -29,10 +29,11 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # docqa, and the checkpoint factories of the tests
 
 from docqa.answer import DEFAULT_MAX_IMAGE_EDGE, Conversation, Generator, PageImage  # noqa: E402
-from tests.tiny_generators import build_generator_checkpoint  # noqa: E402
+from tiny_generators import build_generator_checkpoint  # noqa: E402
 
 SIZES = {"256m": "real", "500m": "real500m"}
 QUESTION = "What is the total amount due on the invoice?"
@@ -59,7 +60,7 @@ def printable_only(generator: Generator) -> None:
     tokenizer = generator.processor.tokenizer
     special = set(tokenizer.all_special_ids)
     printable = [i for i in range(len(tokenizer)) if i not in special
-                 and (text := tokenizer.decode([i])).strip() and "\ufffd" not in text]
+                 and (text := tokenizer.decode([i], skip_special_tokens=True)).strip() and "\ufffd" not in text]
     weight = generator.model.get_output_embeddings().weight
     keep = weight[printable].clone()
     with torch.no_grad():
