@@ -15,18 +15,28 @@ from documents import make_image, make_pdf
 SETTINGS = {"batch_size": 1, "image_edge": 512}
 
 
-def _slow_encoding() -> None:
-    """Make the writer slow enough for the others to overlap it."""
+def _slow_encoding(started: Path) -> None:
+    """Make the writer slow enough for the others to overlap it; touch `started` once it encodes
+    (it holds the write lock by then)."""
     from docqa.encoders import Retriever
 
     single_threaded()
     real = Retriever.encode_pages
 
     def slow(self, images):
+        started.touch()
         time.sleep(0.15)
         return real(self, images)
 
     Retriever.encode_pages = slow
+
+
+def _wait_for(path: Path, timeout_s: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path} never appeared")
+        time.sleep(0.02)
 
 
 def _ingest(index_dir: Path, paths: list[Path], model: str) -> dict:
@@ -35,17 +45,15 @@ def _ingest(index_dir: Path, paths: list[Path], model: str) -> dict:
     return DocIndex.open(index_dir, create=True).ingest(paths, model=model, **SETTINGS).to_json()
 
 
-def _search_until(index_dir: Path, deadline: float) -> dict:
-    """Search over and over while the writer runs; every hit must belong to a whole document."""
+def _search_while_writing(index_dir: Path, started: Path, stop: Path) -> dict:
+    """One long-lived reader searching over and over while the writer runs (from its first encode
+    until `stop` appears); every hit must belong to a whole document."""
     from docqa.api import DocIndex
 
+    index = DocIndex.open(index_dir)
+    _wait_for(started)
     searches, seen_counts, partial_documents = 0, [], []
-    while time.monotonic() < deadline:
-        try:
-            index = DocIndex.open(index_dir)
-        except Exception:  # the writer has not created the index yet
-            time.sleep(0.05)
-            continue
+    while not stop.exists():
         hits = index.search("page", k=100)
         pages: dict[str, set[int]] = {}
         for hit in hits:
@@ -55,7 +63,6 @@ def _search_until(index_dir: Path, deadline: float) -> dict:
                               if path not in declared or numbers != set(range(1, declared[path] + 1))]
         seen_counts.append(len(pages))
         searches += 1
-        index.close()
     return {"searches": searches, "seen": seen_counts, "partial": partial_documents}
 
 
@@ -71,9 +78,12 @@ def test_searches_during_ingest_see_only_whole_committed_documents(tmp_path, ret
     model = str(retriever_checkpoint)
     in_child(partial(_ingest, index_dir, [corpus / "doc0.pdf"], model), before=single_threaded)  # index exists
 
-    writer = spawn(partial(_ingest, index_dir, [corpus], model), before=_slow_encoding)
-    reader = spawn(partial(_search_until, index_dir, time.monotonic() + 6), before=single_threaded)
-    written, read = writer.wait(), reader.wait()
+    started, stop = tmp_path / "started", tmp_path / "stop"
+    writer = spawn(partial(_ingest, index_dir, [corpus], model), before=partial(_slow_encoding, started))
+    reader = spawn(partial(_search_while_writing, index_dir, started, stop), before=single_threaded)
+    written = writer.wait()
+    stop.touch()
+    read = reader.wait()
     assert written.exit_code == 0 and written.value["documents"]["added"] == 7
     assert read.value["searches"] >= 3
     assert read.value["partial"] == []
@@ -91,14 +101,15 @@ def test_second_writer_gets_a_clear_message(tmp_path, retriever_checkpoint):
         from docqa.api import DocIndex
         from docqa.errors import IndexLockedError
 
-        time.sleep(1.0)  # let the first writer take the lock
+        _wait_for(started)  # the first writer holds the lock from before its first encode
         try:
             DocIndex.open(index_dir).ingest([corpus / "doc5.pdf"])
         except IndexLockedError as error:
             return str(error)
         return "no error"
 
-    first = spawn(partial(_ingest, index_dir, [corpus], model), before=_slow_encoding)
+    started = tmp_path / "started"
+    first = spawn(partial(_ingest, index_dir, [corpus], model), before=partial(_slow_encoding, started))
     second = in_child(second_writer, before=single_threaded)
     assert first.wait().exit_code == 0
     assert "another docqa process" in second.value and "is writing to this index" in second.value
