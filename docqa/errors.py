@@ -15,23 +15,23 @@ class UnsupportedModelError(ModelLoadError):
     """The checkpoint loads, but its architecture is not one docqa can use for this role."""
 
 
-class IndexError_(DocQAError):
+class DocIndexError(DocQAError):
     """Base class for problems with an index on disk."""
 
 
-class IndexNotFoundError(IndexError_):
+class IndexNotFoundError(DocIndexError):
     """The named index does not exist."""
 
 
-class IndexMismatchError(IndexError_):
+class IndexMismatchError(DocIndexError):
     """The index was built with another model or settings than the ones requested."""
 
 
-class IndexLockedError(IndexError_):
+class IndexLockedError(DocIndexError):
     """Another process is writing to the index."""
 
 
-class IndexCorruptError(IndexError_):
+class IndexCorruptError(DocIndexError):
     """The index on disk cannot be read and cannot be repaired automatically."""
 
 
@@ -52,5 +52,5 @@ class SourceChangedError(DocQAError):
     """A cited page's source file changed or vanished since it was indexed."""
 
 
-class StorageFullError(IndexError_):
+class StorageFullError(DocIndexError):
     """The disk (or a file-size limit) ran out while writing; the index is intact at its last commit."""
