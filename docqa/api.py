@@ -205,13 +205,11 @@ class DocIndex:
         self._tokens = saved
         self.compact_if_wasteful()  # a writer killed between an update and its compaction
 
-    def _bump_epoch(self, vector_file: str | None = None) -> int:
-        """Start a new vector epoch (optionally with a new vector file); returns it."""
+    def _bump_epoch(self) -> int:
+        """Start a new vector epoch; returns it."""
         epoch = self.store.vector_epoch() + 1
         with self.store.transaction():
             self.store.set_meta("vector_epoch", str(epoch))
-            if vector_file is not None:
-                self.store.set_meta("vector_file", vector_file)
         return epoch
 
     def compact(self) -> int:
@@ -239,7 +237,6 @@ class DocIndex:
             self.store.set_offsets(moves)
             self.store.set_meta("vector_epoch", str(epoch))
             self.store.set_meta("vector_file", new.path.name)
-            self._bump_generation()
         self._tokens = TokenIndex.build(self.store.page_table(), self.vectors, epoch)
         self._tokens.save(self.path)
         old.close()
@@ -294,23 +291,18 @@ class DocIndex:
             document_id, replaced = self.store.put_document(
                 path, sha256=sha256, size=size, mtime=mtime, kind=kind, pages=pages
             )
-            self._bump_generation()
         self._forget_vectors(replaced)
         return document_id
 
     def delete_documents(self, document_ids: list[int]) -> int:
         with self.store.transaction():
             ranges = self.store.delete_documents(document_ids)
-            self._bump_generation()
         self._forget_vectors(ranges)
         return len(document_ids)
 
     def _forget_vectors(self, ranges: list[tuple[int, int]]) -> None:
         """Drop deleted pages' rows from the candidate index (they stay as garbage in the vector file)."""
         self._tokens.remove(ranges)
-
-    def _bump_generation(self) -> None:
-        self.store.set_meta("generation", str(int(self.store.get_meta("generation") or 0) + 1))
 
     # --- the user-facing operations ---------------------------------------------------------
     def ingest(self, paths: Iterable[str | os.PathLike[str]], settings: IngestSettings | None = None,
