@@ -24,6 +24,7 @@ class VectorFile:
         self.dim = dim
         self._row_bytes = dim * np.dtype(VECTOR_DTYPE).itemsize
         self._appender = None
+        self._mapped: np.ndarray | None = None  # reused while the file keeps its length
 
     @property
     def rows(self) -> int:
@@ -70,14 +71,17 @@ class VectorFile:
         return np.asarray(self._map()[start:stop], dtype=np.float32)
 
     def _map(self) -> np.ndarray:
+        """The file's rows, memory-mapped once per file length (not once per read)."""
         if self._appender is not None:
             self._appender.flush()
         rows = self.rows
-        if rows == 0:
-            return np.zeros((0, self.dim), dtype=VECTOR_DTYPE)
-        return np.memmap(self.path, dtype=VECTOR_DTYPE, mode="r", shape=(rows, self.dim))
+        if self._mapped is None or len(self._mapped) != rows:
+            self._mapped = (np.memmap(self.path, dtype=VECTOR_DTYPE, mode="r", shape=(rows, self.dim))
+                            if rows else np.zeros((0, self.dim), dtype=VECTOR_DTYPE))
+        return self._mapped
 
     def close(self) -> None:
+        self._mapped = None
         if self._appender is not None:
             self._appender.close()
             self._appender = None
