@@ -29,7 +29,7 @@ from .errors import IndexLockedError, IndexMismatchError, IndexNotFoundError, St
 from .index import TokenIndex, exact_top_k
 from .ingest import IngestReport, run_ingest
 from .locking import WriteLock
-from .store import NewPage, PageTable, Store
+from .store import DB_NAME, NewPage, PageTable, Store
 from .vectors import VECTOR_DTYPE, VectorFile
 
 BUILD_KEY = "build"
@@ -97,7 +97,7 @@ class DocIndex:
     def open(cls, name_or_path: str | os.PathLike[str] | None = None, *, create: bool = False) -> DocIndex:
         """Open `indexes/<name>` (or a path); create it only when `create` is true."""
         path = index_path(name_or_path)
-        if not (path / "docqa.db").exists():
+        if not (path / DB_NAME).exists():
             if not create:
                 raise IndexNotFoundError(
                     f"no index at {path}; create it with `docqa ingest PATH... --index {name_or_path or 'default'}`"
@@ -344,24 +344,20 @@ class DocIndex:
 
     def remove(self, paths: Iterable[str | os.PathLike[str]]) -> RemoveReport:
         """Delete the documents at `paths` (a folder removes everything under it)."""
-        removed: list[str] = []
+        matched: dict[int, str] = {}  # document id -> path, in the order found
         not_found: list[str] = []
-        ids: list[int] = []
         with self._writing():
             for given in paths:
                 path = Path(os.path.abspath(os.path.expanduser(os.fspath(given))))
                 matches = self.store.documents_under([path, path.resolve()])
                 if not matches:
                     not_found.append(str(given))
-                for record in matches:
-                    if record.id not in ids:
-                        ids.append(record.id)
-                        removed.append(record.path)
-            if ids:
-                self.delete_documents(ids)
+                matched.update((record.id, record.path) for record in matches)
+            if matched:
+                self.delete_documents(list(matched))
                 if not self.compact_if_wasteful():
                     self.save_candidates()
-        return RemoveReport(index=str(self.path), removed=removed, not_found=not_found)
+        return RemoveReport(index=str(self.path), removed=list(matched.values()), not_found=not_found)
 
     def info(self) -> IndexInfo:
         documents, pages = self.store.counts()
