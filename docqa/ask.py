@@ -51,9 +51,11 @@ class AskResult:
 class AnswerStream:
     """Iterate to get the answer's text as it is generated; `result` is set once it is done."""
 
-    def __init__(self, pieces: Iterator[str], finish: Callable[[str, float], AskResult]) -> None:
+    def __init__(self, pieces: Iterator[str], finish: Callable[[str, float], AskResult],
+                 pages: list[PageImage] | None = None) -> None:
         self._pieces = pieces
         self._finish = finish
+        self.pages = pages or []  # the pages shown to the model, in citation order
         self.result: AskResult | None = None
 
     def __iter__(self) -> Iterator[str]:
@@ -129,7 +131,7 @@ class Asker:
             answer = Answer(question, text, find_citations(text, pages), self.generator.model_id, generate_s)
             return AskResult(answer, retrieve_s, [*(notes or []), *self.conversation.notes[dropped_before:]])
 
-        return AnswerStream(pieces, finish)
+        return AnswerStream(pieces, finish, pages)
 
 
 def load_page(path: Path, page: int, edge: int, kind: str | None = None) -> Image.Image:

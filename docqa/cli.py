@@ -69,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--index", default=None, help=INDEX_HELP)
     search.add_argument("-k", type=_positive_int, default=5, help="number of pages to return (default 5)")
     search.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
+    search.add_argument("--heatmaps", metavar="DIR", help="write one PNG per result into DIR: the page with "
+                        "where the query matches drawn over it and the strongest region boxed")
     search.add_argument("--json", action="store_true", help="print the results as one JSON object")
     search.set_defaults(handler=_search)
 
@@ -97,6 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("-k", type=_positive_int, default=3, help="pages to retrieve (default 3)")
     ask.add_argument("--image", metavar="FILE", help="answer about this image or PDF page instead of an index")
     ask.add_argument("--page", type=_positive_int, default=1, help="with --image: the page of a PDF (default 1)")
+    ask.add_argument("--heatmaps", metavar="DIR", help="write one PNG per page shown to the model into DIR, "
+                     "boxing the region that best matches the question together with the answer")
     _add_answer_options(ask)
     ask.set_defaults(handler=_ask)
 
@@ -172,15 +176,44 @@ def _ingest(args: argparse.Namespace) -> int:
 
 
 def _search(args: argparse.Namespace) -> int:
-    hits = _open_index(args.index).search(args.query, k=args.k, device=args.device)
+    index = _open_index(args.index)
+    hits = index.search(args.query, k=args.k, device=args.device)
+    results = [hit.to_json() for hit in hits]
+    failed = 0
+    if args.heatmaps and hits:
+        from .grounding import ground_hit, heatmap_name
+
+        folder = _heatmap_folder(args.heatmaps)
+        retriever = index.retriever(device=args.device)
+        for hit, result in zip(hits, results):
+            try:
+                grounding = ground_hit(retriever, args.query, hit)
+            except DocQAError as error:
+                failed += 1
+                result.update(heatmap=None, box=None)
+                print(f"docqa: no heatmap for {hit.path} page {hit.page}: {error}", file=sys.stderr)
+                continue
+            target = folder / heatmap_name(hit.rank, hit.path, hit.page)
+            grounding.overlay().save(target)
+            result.update(heatmap=str(target), **grounding.to_json())
     if args.json:
-        _print_json({"query": args.query, "results": [hit.to_json() for hit in hits]})
+        _print_json({"query": args.query, "results": results})
     elif not hits:
         print("no pages in the index yet", file=sys.stderr)
     else:
-        for hit in hits:
-            print(f"{hit.rank:3d}. {hit.score:8.3f}  {hit.path}  page {hit.page}")
-    return EXIT_OK
+        for hit, result in zip(hits, results):
+            heatmap = f"  heatmap {result['heatmap']}" if result.get("heatmap") else ""
+            print(f"{hit.rank:3d}. {hit.score:8.3f}  {hit.path}  page {hit.page}{heatmap}")
+    return EXIT_PARTIAL if failed else EXIT_OK
+
+
+def _heatmap_folder(value: str) -> Path:
+    folder = Path(value).expanduser()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise DocQAError(f"--heatmaps {value}: cannot create the folder ({error.strerror or error})") from error
+    return folder
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -220,24 +253,54 @@ def _asker(args: argparse.Namespace, with_index: bool):
                  max_new_tokens=args.max_new_tokens, conversation=conversation)
 
 
-def _print_answer(stream, as_json: bool) -> None:
-    """Stream the answer's text to stdout, then the pages it was given (* = cited)."""
+def _print_answer(stream, as_json: bool, heatmaps: tuple[str, object] | None = None) -> None:
+    """Stream the answer's text to stdout, then the pages it was given (* = cited).
+
+    With ``heatmaps`` (folder, retriever), each page shown also gets a heatmap PNG and a box.
+    """
     if as_json:
-        _print_json(stream.run().to_json())
+        payload = stream.run().to_json()
+        if heatmaps:
+            for citation, extra in zip(payload["citations"], _answer_heatmaps(stream, *heatmaps)):
+                citation.update(extra)
+        _print_json(payload)
         return
     for piece in stream:
         print(piece, end="", flush=True)
     print()
     result = stream.result
+    extras = _answer_heatmaps(stream, *heatmaps) if heatmaps else [{} for _ in result.answer.citations]
     print("\nSources (* = cited in the answer):")
-    for number, citation in enumerate(result.answer.citations, start=1):
+    for number, (citation, extra) in enumerate(zip(result.answer.citations, extras), start=1):
         score = "" if citation.score is None else f"  score {citation.score:.3f}"
-        print(f" {'*' if citation.cited else ' '}[{number}] {citation.path}, page {citation.page}{score}")
+        heatmap = f"  heatmap {extra['heatmap']}" if extra.get("heatmap") else ""
+        print(f" {'*' if citation.cited else ' '}[{number}] {citation.path}, page {citation.page}{score}{heatmap}")
     for note in result.notes:
         print(f"note: {note}", file=sys.stderr)
 
 
+def _answer_heatmaps(stream, folder: str, retriever) -> list[dict]:
+    """Ground question + answer on each page shown; write the PNGs; the box fields per citation."""
+    from .grounding import answer_query, ground, heatmap_name
+
+    target = _heatmap_folder(folder)
+    query = answer_query(stream.result.answer.question, stream.result.answer.text)
+    extras = []
+    for rank, page in enumerate(stream.pages, start=1):
+        grounding = ground(retriever, query, page.image)
+        path = target / heatmap_name(rank, page.path, page.page)
+        grounding.overlay().save(path)
+        extras.append({"heatmap": str(path), **grounding.to_json()})
+    return extras
+
+
 def _ask(args: argparse.Namespace) -> int:
+    if args.heatmaps and args.image:
+        raise DocQAError("--heatmaps needs an index (its retriever draws them); it cannot be used with --image")
+    if args.heatmaps:
+        asker = _asker(args, with_index=True)
+        _print_answer(asker.ask(args.question), args.json, (args.heatmaps, asker.index.retriever(device=args.device)))
+        return EXIT_OK
     if args.image:
         from .ask import page_of_file
 

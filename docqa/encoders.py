@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -143,13 +144,18 @@ def config_hash(config: PreTrainedConfig) -> str:
 
 
 class Retriever:
-    """A loaded ColPali-family retriever: encodes pages and queries to L2-normalised multi-vectors."""
+    """A loaded ColPali-family retriever: encodes pages and queries to L2-normalised multi-vectors.
+
+    Safe to share between threads: forward passes take turns (one model instance serves a whole
+    server; concurrent callers queue rather than load a second copy).
+    """
 
     def __init__(self, model: PreTrainedModel, processor: ProcessorMixin, stamp: EncoderStamp) -> None:
         self._model = model
         self.processor = processor  # exposed for callers that map vectors back to image regions
         self._forward_kwargs = _FAMILIES[stamp.family].forward_kwargs
         self.stamp = stamp
+        self._lock = threading.Lock()
 
     @classmethod
     def load(
@@ -198,13 +204,27 @@ class Retriever:
         if not images:
             return []
         pages = [fit_within(image, self.stamp.image_edge) for image in images]
-        return self._embed(self.processor.process_images(pages))
+        with self._lock:
+            return self._embed(self.processor.process_images(pages))
+
+    def encode_page_with_inputs(self, image: Image.Image) -> tuple[np.ndarray, dict[str, torch.Tensor]]:
+        """One page's ``(n_tokens, dim)`` vectors together with the processor inputs they came from.
+
+        Every token is kept (one page, no padding), so row ``i`` of the vectors is token ``i`` of
+        ``inputs["input_ids"][0]``: what grounding needs to know which rows are image patches and
+        how the processor laid them out (tiles, merged grid, fixed square).
+        """
+        page = fit_within(image, self.stamp.image_edge)
+        with self._lock:
+            inputs = self.processor.process_images([page])
+            return self._embed(inputs)[0], inputs
 
     def encode_queries(self, queries: list[str]) -> list[np.ndarray]:
         """One float32 ``(n_tokens_i, dim)`` array per query, in one batched forward pass."""
         if not queries:
             return []
-        return self._embed(self.processor.process_queries(list(queries)))
+        with self._lock:
+            return self._embed(self.processor.process_queries(list(queries)))
 
     def score(self, query: np.ndarray, pages: list[np.ndarray]) -> np.ndarray:
         """Reference MaxSim of one query against each page (the processor's ``score_retrieval``).
