@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import sqlite3
@@ -25,14 +26,22 @@ from . import __version__
 from .checkpoints import default_device
 from .config import IngestSettings, index_path
 from .encoders import EncoderStamp, Retriever, default_retriever
-from .errors import IndexLockedError, IndexMismatchError, IndexNotFoundError, StorageFullError
-from .index import TokenIndex, exact_top_k
+from .errors import (
+    IndexLockedError,
+    IndexMismatchError,
+    IndexNotFoundError,
+    ModelRequiredError,
+    QueryError,
+    StorageFullError,
+)
+from .index import ScoredPage, TokenIndex, brute_force_top_k, exact_top_k
 from .ingest import IngestReport, run_ingest
 from .locking import WriteLock
-from .store import DB_NAME, NewPage, PageTable, Store
+from .store import DB_NAME, NewPage, PageFilter, PageTable, Store, check_metadata_key
 from .vectors import VECTOR_DTYPE, VectorFile
 
 BUILD_KEY = "build"
+EMBEDDINGS_KIND = "embeddings"  # documents added with add_embeddings (no file behind them)
 
 
 @dataclass(frozen=True)
@@ -112,12 +121,24 @@ class DocIndex:
     def build(self) -> dict | None:
         return self.store.get_json(BUILD_KEY)
 
+    @property
+    def dim(self) -> int | None:
+        """The vectors' dimension, fixed by the first ingest or add (None while the index is empty)."""
+        build = self.build
+        return None if build is None else int(build.get("dim") or build["encoder"]["dim"])
+
     def retriever(self, model: str | None = None, device: str | None = None,
                   image_edge: int | None = None) -> Retriever:
         """The index's retriever, loaded once; refuses a model other than the one it was built with."""
         build = self.build
         if build is not None:
             built = build["encoder"]
+            if built is None:
+                raise ModelRequiredError(
+                    f"{self.path} holds embeddings given through add_embeddings, not made by a model, so it"
+                    " cannot encode text or pages; search it with DocIndex.search_embeddings, or ingest"
+                    " into another --index"
+                )
             if model is not None and _same_model(model) != built["model"]:
                 raise IndexMismatchError(
                     f"{self.path} was built with model {built['model']!r}; it cannot take {model!r}"
@@ -139,8 +160,10 @@ class DocIndex:
             self._retriever = retriever
         return self._retriever
 
-    def _write_build(self, stamp: EncoderStamp) -> None:
-        build = {"encoder": asdict(stamp), "docqa_version": __version__, "created": time.time()}
+    def _write_build(self, stamp: EncoderStamp | None, dim: int) -> None:
+        """Record what builds this index: the model's stamp, or None for given embeddings of `dim`."""
+        build = {"encoder": None if stamp is None else asdict(stamp), "dim": dim,
+                 "docqa_version": __version__, "created": time.time()}
         with self.store.transaction():
             self.store.set_meta(BUILD_KEY, json.dumps(build))
 
@@ -157,7 +180,7 @@ class DocIndex:
                 raise IndexNotFoundError(f"{self.path} has no documents yet")
             if self._vectors is not None:
                 self._vectors.close()
-            self._vectors = VectorFile(self.path, build["encoder"]["dim"], name)
+            self._vectors = VectorFile(self.path, self.dim, name)
         return self._vectors
 
     def candidates(self, table: PageTable, epoch: int, vectors: VectorFile) -> TokenIndex:
@@ -284,12 +307,12 @@ class DocIndex:
             self._tokens.save(self.path)
 
     def commit_document(self, path: Path, *, sha256: str, size: int, mtime: float, kind: str,
-                        pages: list[NewPage]) -> int:
+                        pages: list[NewPage], metadata: dict | None = None) -> int:
         """Make a document and its pages visible atomically (its vectors are already appended)."""
         self.vectors.sync()
         with self.store.transaction():
             document_id, replaced = self.store.put_document(
-                path, sha256=sha256, size=size, mtime=mtime, kind=kind, pages=pages
+                path, sha256=sha256, size=size, mtime=mtime, kind=kind, pages=pages, metadata=metadata
             )
         self._forget_vectors(replaced)
         return document_id
@@ -312,25 +335,88 @@ class DocIndex:
         with self._writing():
             retriever = self.retriever(settings.model, settings.device, settings.image_edge)
             if self.build is None:
-                self._write_build(retriever.stamp)
+                self._write_build(retriever.stamp, retriever.stamp.dim)
                 self._recover()  # sets up the empty vector file and candidate index
+            for key in settings.tags:
+                check_metadata_key(key)
             return run_ingest(self, [os.fspath(p) for p in paths], settings, retriever)
 
-    def search(self, query: str, k: int = 5, *, device: str | None = None) -> list[Hit]:
-        """The k pages with the highest exact MaxSim score for `query`, best first."""
+    def add_embeddings(self, path: str, pages: list[np.ndarray], *, metadata: dict | None = None) -> int:
+        """Add one document whose pages are the given (n_i, dim) multi-vectors; returns its id.
+
+        `path` is the document's label (it need not exist on disk); a document already at `path` is
+        replaced. The first add to a new index fixes `dim` and records that no model built the index.
+        """
+        arrays = [np.asarray(page) for page in pages]
+        if not arrays or any(a.ndim != 2 or len(a) == 0 or a.shape[1] != arrays[0].shape[1] for a in arrays):
+            raise ValueError("pages must be a non-empty list of (n_i, dim) arrays with n_i >= 1 and one dim")
+        if not all(np.isfinite(a).all() for a in arrays):
+            raise ValueError("page vectors must be finite numbers")
+        for key in metadata or {}:
+            check_metadata_key(key)
+        dim = arrays[0].shape[1]
+        with self._writing():
+            if self.build is None:
+                self._write_build(None, dim)
+                self._recover()
+            elif dim != self.dim:
+                raise IndexMismatchError(f"{self.path} holds {self.dim}-dimensional vectors; got {dim}")
+            digest = hashlib.sha256()
+            new_pages = []
+            for number, vectors in enumerate(arrays, start=1):
+                digest.update(np.ascontiguousarray(vectors, dtype=VECTOR_DTYPE).tobytes())
+                new_pages.append(NewPage(number, 0, 0, self.add_vectors(vectors), len(vectors)))
+            document_id = self.commit_document(Path(path), sha256=digest.hexdigest(), size=0, mtime=time.time(),
+                                               kind=EMBEDDINGS_KIND, pages=new_pages, metadata=metadata)
+            if not self.compact_if_wasteful():
+                self.save_candidates()
+        return document_id
+
+    def search(self, query: str, k: int = 5, *, device: str | None = None, exact: bool = False,
+               where: dict | None = None, path: str | None = None) -> list[Hit]:
+        """The k pages that best match `query` (MaxSim), best first; see `search_embeddings`."""
+        if not query.strip():
+            raise QueryError("the query is empty; give the words to search for")
         if self.build is None:
             return []
-        retriever = self.retriever(device=device)
-        query_vectors = retriever.encode_queries([query])[0]
+        query_vectors = self.retriever(device=device).encode_queries([query])[0]
+        return self.search_embeddings(query_vectors, k, exact=exact, where=where, path=path)
+
+    def search_embeddings(self, query: np.ndarray, k: int = 10, *, exact: bool = False,
+                          where: dict | None = None, path: str | None = None) -> list[Hit]:
+        """The k pages with the highest MaxSim for a (n_tokens, dim) query multi-vector, best first.
+
+        `exact` scores every page (brute force). `where` keeps documents whose metadata has every
+        given key=value; `path` keeps documents whose path matches the glob. A filtered search
+        returns k pages whenever k pages match.
+        """
+        query = np.asarray(query, dtype=np.float32)
+        if self.build is None:
+            return []
+        if query.ndim != 2 or query.shape[1] != self.dim or len(query) == 0:
+            raise QueryError(f"the query must be a (n_tokens, {self.dim}) array, got shape {query.shape}")
+        try:
+            page_filter = PageFilter(dict(where or {}), path)
+        except ValueError as error:
+            raise QueryError(str(error)) from error
         for attempt in range(3):
-            table, epoch, name = self.store.snapshot()
+            table, epoch, name, allowed = self.store.snapshot(page_filter)
             vectors = self._vector_file(name)
             try:
-                scored = exact_top_k(query_vectors, k, table, self.candidates(table, epoch, vectors), vectors)
+                if allowed is not None:
+                    scored = brute_force_top_k(query, k, table.subset(np.isin(table.page_ids, allowed)), vectors)
+                elif exact:
+                    scored = brute_force_top_k(query, k, table, vectors)
+                else:
+                    scored = exact_top_k(query, k, table, self.candidates(table, epoch, vectors), vectors)
                 break
             except FileNotFoundError:  # compacted into a new file since the snapshot: take a new one
                 if attempt == 2:
                     raise
+        return self._hits(scored)
+
+    def _hits(self, scored: list[ScoredPage]) -> list[Hit]:
+        """Ranked hits with their documents' fields, fetched in one query."""
         details = self.store.pages_with_documents([hit.page_id for hit in scored])
         hits: list[Hit] = []
         for hit in scored:
@@ -363,7 +449,7 @@ class DocIndex:
         documents, pages = self.store.counts()
         build = self.build
         size = sum(entry.stat().st_size for entry in self.path.iterdir() if entry.is_file())
-        return IndexInfo(index=str(self.path), model=build["encoder"]["model"] if build else None,
+        return IndexInfo(index=str(self.path), model=(build["encoder"] or {}).get("model") if build else None,
                          documents=documents, pages=pages, bytes_on_disk=size, build=build)
 
     def close(self) -> None:

@@ -78,13 +78,16 @@ class Asker:
     """Questions over one index (or over given pages), one generator, one conversation."""
 
     def __init__(self, generator: Generator, index: DocIndex | None = None, *, k: int = 3,
-                 max_pages: int = 3, max_new_tokens: int = 256, conversation: Conversation | None = None) -> None:
+                 max_pages: int = 3, max_new_tokens: int = 256, conversation: Conversation | None = None,
+                 where: dict | None = None, path: str | None = None) -> None:
         self.generator = generator
         self.index = index
         self.k = k
         self.max_pages = max_pages
         self.max_new_tokens = max_new_tokens
         self.conversation = conversation if conversation is not None else Conversation(max_images=max_pages)
+        self.where = where or {}  # search filters: document tags that must hold, and a path glob
+        self.path = path
 
     def retrieve(self, question: str) -> tuple[list[PageImage], list[str]]:
         """The top pages for `question` (in the context of the conversation so far), as images
@@ -92,7 +95,7 @@ class Asker:
         if self.index is None:
             raise NoResultsError("no index to search; ingest documents first or use --image FILE")
         earlier = [turn.question for turn in self.conversation.turns[-HISTORY_QUESTIONS:]]
-        hits = self.index.search("\n".join([*earlier, question]), k=self.k)
+        hits = self.index.search("\n".join([*earlier, question]), k=self.k, where=self.where, path=self.path)
         if not hits:
             raise NoResultsError(f"{self.index.path} has no pages yet; run `docqa ingest PATH...` first")
         pages: list[PageImage] = []

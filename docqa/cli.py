@@ -55,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("--batch-size", type=_positive_int, default=4, help="pages per forward pass (default 4)")
     ingest.add_argument("--image-edge", type=_positive_int, help="longest page edge in pixels fed to the "
                         "retriever (default per model family; fixed at the first ingest)")
+    ingest.add_argument("--tag", action="append", type=_key_value, default=[], metavar="KEY=VALUE",
+                        help="store this tag on every document added or updated (repeatable); filter on it "
+                        "with search/ask --where")
     ingest.add_argument("--sync", action="store_true",
                         help="also remove indexed documents whose files are gone from the given folders")
     ingest.add_argument("--json", action="store_true", help="print one JSON summary on stdout")
@@ -69,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--index", default=None, help=INDEX_HELP)
     search.add_argument("-k", type=_positive_int, default=5, help="number of pages to return (default 5)")
     search.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
+    search.add_argument("--exact", action="store_true",
+                        help="score every page by brute-force MaxSim instead of using the candidate index")
+    _add_filter_options(search)
     search.add_argument("--heatmaps", metavar="DIR", help="write one PNG per result into DIR: the page with "
                         "where the query matches drawn over it and the strongest region boxed")
     search.add_argument("--json", action="store_true", help="print the results as one JSON object")
@@ -99,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("-k", type=_positive_int, default=3, help="pages to retrieve (default 3)")
     ask.add_argument("--image", metavar="FILE", help="answer about this image or PDF page instead of an index")
     ask.add_argument("--page", type=_positive_int, default=1, help="with --image: the page of a PDF (default 1)")
+    _add_filter_options(ask)
     ask.add_argument("--heatmaps", metavar="DIR", help="write one PNG per page shown to the model into DIR, "
                      "boxing the region that best matches the question together with the answer")
     _add_answer_options(ask)
@@ -115,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("-k", type=_positive_int, default=3, help="pages to retrieve per question (default 3)")
     chat.add_argument("--max-images", type=_positive_int, default=6,
                       help="page images kept in the conversation (default 6; oldest dropped first)")
+    _add_filter_options(chat)
     _add_answer_options(chat)
     chat.set_defaults(handler=_chat)
 
@@ -141,6 +149,20 @@ def _add_answer_options(parser: argparse.ArgumentParser, max_pages: bool = True)
     parser.add_argument("--json", action="store_true", help="print one JSON object (chat: one per line)")
 
 
+def _add_filter_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--where", action="append", type=_key_value, default=[], metavar="KEY=VALUE",
+                        help="only documents tagged KEY=VALUE (see ingest --tag; repeatable, all must hold)")
+    parser.add_argument("--path", metavar="GLOB",
+                        help="only documents whose path matches GLOB (* matches across folders, e.g. '*/2024/*.pdf')")
+
+
+def _key_value(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key or '"' in key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE with a non-empty key without double quotes, got {text!r}")
+    return key, value
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -162,7 +184,8 @@ def _print_json(payload: dict) -> None:
 def _ingest(args: argparse.Namespace) -> int:
     index = _open_index(args.index, create=True)
     settings = IngestSettings(model=args.model, device=args.device, batch_size=args.batch_size,
-                              image_edge=args.image_edge, sync=args.sync, progress=sys.stderr.isatty())
+                              image_edge=args.image_edge, sync=args.sync, tags=dict(args.tag),
+                              progress=sys.stderr.isatty())
     report = index.ingest(args.paths, settings)
     if args.json:
         _print_json(report.to_json())
@@ -177,7 +200,8 @@ def _ingest(args: argparse.Namespace) -> int:
 
 def _search(args: argparse.Namespace) -> int:
     index = _open_index(args.index)
-    hits = index.search(args.query, k=args.k, device=args.device)
+    hits = index.search(args.query, k=args.k, device=args.device, exact=args.exact,
+                         where=dict(args.where), path=args.path)
     results = [hit.to_json() for hit in hits]
     failed = 0
     if args.heatmaps and hits:
@@ -250,7 +274,8 @@ def _asker(args: argparse.Namespace, with_index: bool):
     max_pages = getattr(args, "max_pages", 1)
     conversation = Conversation(max_images=getattr(args, "max_images", max_pages))
     return Asker(generator, index, k=getattr(args, "k", 1), max_pages=max_pages,
-                 max_new_tokens=args.max_new_tokens, conversation=conversation)
+                 max_new_tokens=args.max_new_tokens, conversation=conversation,
+                 where=dict(getattr(args, "where", [])), path=getattr(args, "path", None))
 
 
 def _print_answer(stream, as_json: bool, heatmaps: tuple[str, object] | None = None) -> None:

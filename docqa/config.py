@@ -33,6 +33,7 @@ class IngestSettings:
     batch_size: int = 4
     image_edge: int | None = None
     sync: bool = False
+    tags: dict[str, str] = field(default_factory=dict)  # stored on every document this run adds or updates
     chunk_pages: int = DEFAULT_CHUNK_PAGES  # PDF pages per pdftoppm call: bounds memory on huge files
     render_timeout_s: float = field(  # poppler time allowed per file
         default_factory=lambda: float(os.environ.get("DOCQA_RENDER_TIMEOUT", DEFAULT_TIMEOUT_S))

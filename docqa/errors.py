@@ -27,6 +27,10 @@ class IndexMismatchError(DocIndexError):
     """The index was built with another model or settings than the ones requested."""
 
 
+class ModelRequiredError(DocIndexError):
+    """A text query or ingest was asked of an index built from given embeddings (no model built it)."""
+
+
 class IndexLockedError(DocIndexError):
     """Another process is writing to the index."""
 
@@ -42,6 +46,10 @@ class InputFileError(DocQAError):
         super().__init__(f"{path}: {reason}")
         self.path = path
         self.reason = reason
+
+
+class QueryError(DocQAError, ValueError):
+    """A search request that cannot be run as given (empty query, wrong shape, bad filter)."""
 
 
 class NoResultsError(DocQAError):

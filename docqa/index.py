@@ -130,6 +130,35 @@ class ScoredPage:
     score: float
 
 
+def brute_force_top_k(query: np.ndarray, k: int, table: PageTable, vectors: VectorFile,
+                      chunk_rows: int = _SCORE_CHUNK_ROWS) -> list[ScoredPage]:
+    """The k pages of `table` with the highest MaxSim, by scoring every page (best first; ties: lower
+    page id). Pages are read a chunk of about `chunk_rows` vector rows at a time, so memory stays bounded."""
+    if k < 1 or len(table) == 0:
+        return []
+    query = np.ascontiguousarray(query, dtype=np.float32)
+    scores = np.empty(len(table), dtype=np.float32)
+    ends = np.cumsum(table.counts)
+    start = 0
+    while start < len(table):
+        stop = max(start + 1, int(np.searchsorted(ends, ends[start] - table.counts[start] + chunk_rows, "right")))
+        scores[start:stop] = maxsim(query, vectors.read(table.offsets[start:stop], table.counts[start:stop]))
+        start = stop
+    best = _top_positions(scores, table.page_ids, k)
+    return [ScoredPage(int(table.page_ids[p]), float(scores[p])) for p in best]
+
+
+def _top_positions(scores: np.ndarray, page_ids: np.ndarray, k: int) -> np.ndarray:
+    """Positions of the k highest scores, best first, ties broken by the lower page id."""
+    if len(scores) > k:
+        kth = np.partition(scores, len(scores) - k)[len(scores) - k]
+        keep = np.flatnonzero(scores >= kth)
+    else:
+        keep = np.arange(len(scores))
+    order = np.lexsort((page_ids[keep], -scores[keep]))
+    return keep[order[:k]]
+
+
 def exact_top_k(
     query: np.ndarray, k: int, table: PageTable, tokens: TokenIndex, vectors: VectorFile
 ) -> list[ScoredPage]:

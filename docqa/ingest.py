@@ -80,6 +80,7 @@ class _Job:
     mtime: float
     page_count: int
     replaces: bool
+    metadata: dict
     pages: list[NewPage] = field(default_factory=list)
     error: str | None = None
 
@@ -96,7 +97,7 @@ def run_ingest(
     given = [Path(p).expanduser().absolute() for p in paths]
     seen: set[Path] = set()
     with tqdm(desc="scan", unit="file", disable=not settings.progress, leave=False) as scanned:
-        jobs = _plan(index, given, report, seen, settings.render_timeout_s, scanned)
+        jobs = _plan(index, given, report, seen, settings.render_timeout_s, scanned, settings.tags)
     if settings.sync:
         _remove_vanished(index, given, seen, report)
     total_pages = sum(job.page_count for job in jobs)
@@ -112,9 +113,10 @@ def run_ingest(
 
 def _plan(
     index: DocIndex, given: list[Path], report: IngestReport, seen: set[Path], timeout_s: float,
-    scanned: tqdm,
+    scanned: tqdm, tags: dict[str, str],
 ) -> list[_Job]:
-    """Walk, sniff and hash; return the files whose content is new or changed."""
+    """Walk, sniff and hash; return the files whose content is new or changed (unchanged files
+    only get `tags` added to their metadata)."""
     jobs: list[_Job] = []
     for found in sources.walk(given):
         scanned.update()
@@ -138,14 +140,18 @@ def _plan(
         existing = index.store.document(found)
         if existing is not None and existing.sha256 == digest:
             report.unchanged += 1
+            if tags:
+                with index.store.transaction():
+                    index.store.merge_metadata(existing.id, tags)
             continue
         try:
             pages = count_pages(found, source.kind, timeout_s)
         except InputFileError as error:
             report.fail(error.path, error.reason)
             continue
+        metadata = {**(index.store.metadata(existing.id) if existing else {}), **tags}  # an update keeps its tags
         jobs.append(
-            _Job(found, source.kind, digest, before.st_size, before.st_mtime, pages, existing is not None)
+            _Job(found, source.kind, digest, before.st_size, before.st_mtime, pages, existing is not None, metadata)
         )
     return jobs
 
@@ -275,7 +281,8 @@ def _commit(index: DocIndex, job: _Job, report: IngestReport) -> None:
         report.fail(job.path, f"only {len(job.pages)} of {job.page_count} pages could be read")
         return
     index.commit_document(
-        job.path, sha256=job.sha256, size=job.size, mtime=job.mtime, kind=job.kind, pages=job.pages
+        job.path, sha256=job.sha256, size=job.size, mtime=job.mtime, kind=job.kind, pages=job.pages,
+        metadata=job.metadata,
     )
     report.pages_added += len(job.pages)
     if job.replaces:

@@ -12,7 +12,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -69,12 +69,55 @@ class PageTable:
     def __len__(self) -> int:
         return len(self.page_ids)
 
+    def subset(self, keep: np.ndarray) -> PageTable:
+        """The pages where the boolean mask `keep` is set, in the same order."""
+        return PageTable(self.page_ids[keep], self.offsets[keep], self.counts[keep])
+
     def rows_to_pages(self, rows: np.ndarray) -> np.ndarray:
         """Position in this table of the page owning each vector row, or -1 for rows no page owns."""
         position = np.searchsorted(self.offsets, rows, side="right") - 1
         safe = np.clip(position, 0, None)
         owned = (position >= 0) & (rows < self.offsets[safe] + self.counts[safe])
         return np.where(owned, position, -1)
+
+
+@dataclass(frozen=True)
+class PageFilter:
+    """Which documents a search may return: every `where` tag must hold and the path must match `path`
+    (a glob, as SQLite's GLOB: `*`, `?`, `[...]`, case-sensitive). Empty means everything."""
+
+    where: dict[str, object] = field(default_factory=dict)
+    path: str | None = None
+
+    def __post_init__(self) -> None:
+        for key in self.where:
+            check_metadata_key(key)
+
+    def __bool__(self) -> bool:
+        return bool(self.where) or self.path is not None
+
+    def sql(self) -> tuple[str, list]:
+        """A WHERE clause over `documents` and its parameters."""
+        clauses, params = [], []
+        for key, value in self.where.items():
+            clauses.append("CAST(json_extract(documents.metadata, ?) AS TEXT) = CAST(? AS TEXT)")
+            params += [_json_path(key), value]
+        if self.path is not None:
+            clauses.append("documents.path GLOB ?")
+            params.append(self.path)
+        return " AND ".join(clauses) or "1", params
+
+
+def _json_path(key: str) -> str:
+    """The SQLite JSON path of a top-level key, quoted so dots and spaces in it are taken literally."""
+    check_metadata_key(key)
+    return f'$."{key}"'
+
+
+def check_metadata_key(key: str) -> None:
+    """Metadata keys are non-empty and free of double quotes (which SQLite JSON paths cannot escape)."""
+    if not isinstance(key, str) or not key or '"' in key:
+        raise ValueError(f"metadata key {key!r} must be a non-empty string without double quotes")
 
 
 def _migration_1(db: sqlite_utils.Database) -> None:
@@ -226,7 +269,7 @@ class Store:
             "INSERT INTO documents (path_key, path, sha256, size, mtime, kind, pages, metadata, indexed_at)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [key, printable(key), sha256, size, mtime, kind, len(pages),
-             json.dumps(metadata or {}), time.time()],
+             json.dumps(metadata or {}, ensure_ascii=False), time.time()],
         )
         document_id = int(cursor.lastrowid)
         self.db.conn.executemany(
@@ -249,13 +292,36 @@ class Store:
         return [(int(offset), int(count)) for offset, count in ranges]
 
     # --- pages ------------------------------------------------------------------------------
-    def snapshot(self) -> tuple[PageTable, int, str]:
-        """The page table with the vector epoch and file name it refers to, read consistently."""
+    def snapshot(self, page_filter: PageFilter | None = None) -> tuple[PageTable, int, str, np.ndarray | None]:
+        """The page table with the vector epoch and file name it refers to, read consistently, and
+        (with a filter) the ids of the pages it allows."""
         self.db.execute("BEGIN")
         try:
-            return self.page_table(), self.vector_epoch(), self.vector_file()
+            allowed = self.page_ids_where(page_filter) if page_filter else None
+            return self.page_table(), self.vector_epoch(), self.vector_file(), allowed
         finally:
             self.db.execute("COMMIT")
+
+    def page_ids_where(self, page_filter: PageFilter) -> np.ndarray:
+        """Ids of the pages whose document passes `page_filter`."""
+        where, params = page_filter.sql()
+        rows = self.db.execute(
+            f"SELECT pages.id FROM pages JOIN documents ON documents.id = pages.document_id WHERE {where}", params
+        ).fetchall()
+        return np.array([row[0] for row in rows], dtype=np.int64)
+
+    def metadata(self, document_id: int) -> dict:
+        row = self.db.execute("SELECT metadata FROM documents WHERE id = ?", [document_id]).fetchone()
+        return json.loads(row[0] or "{}") if row else {}
+
+    def merge_metadata(self, document_id: int, tags: dict[str, object]) -> bool:
+        """Add `tags` to a document's metadata (inside a transaction); False when nothing changed."""
+        current = self.metadata(document_id)
+        merged = {**current, **tags}
+        if merged == current:
+            return False
+        self.db.execute("UPDATE documents SET metadata = ? WHERE id = ?", [json.dumps(merged, ensure_ascii=False), document_id])
+        return True
 
     def vector_epoch(self) -> int:
         """Bumped whenever vector row numbers change meaning (rows dropped, or the file compacted)."""

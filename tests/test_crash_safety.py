@@ -79,7 +79,7 @@ def _state(index_dir: Path) -> dict:
     documents = [(d.path, d.sha256, d.pages) for d in index.store.all_documents()]
     if index.build is None:
         return {"documents": documents, "covered": True, "scores": []}
-    table, epoch, _ = index.store.snapshot()
+    table, epoch, _, _ = index.store.snapshot()
     candidates = index.candidates(table, epoch, index.vectors)
     ends = table.offsets + table.counts
     covered = bool(

@@ -1,0 +1,132 @@
+"""Bring-your-own embeddings (add_embeddings / search_embeddings), exact mode and filters."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from docqa import DocIndex
+from docqa.errors import IndexMismatchError, ModelRequiredError, QueryError
+
+from documents import make_image, make_pdf
+
+DIM = 16
+
+
+def _unit(rng: np.random.Generator, rows: int, dim: int = DIM) -> np.ndarray:
+    vectors = rng.standard_normal((rows, dim)).astype(np.float32)
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def _reference(index: DocIndex, query: np.ndarray, k: int, keep=lambda path, metadata: True) -> list[tuple[str, int]]:
+    """Brute-force MaxSim over every stored page, straight from SQLite and the vector file."""
+    rows = index.store.db.execute(
+        "SELECT documents.path, documents.metadata, pages.number, pages.vec_offset, pages.vec_count, pages.id"
+        " FROM pages JOIN documents ON documents.id = pages.document_id"
+    ).fetchall()
+    import json
+
+    scored = []
+    for path, metadata, number, offset, count, page_id in rows:
+        if keep(path, json.loads(metadata)):
+            page = index.vectors.read_rows(offset, offset + count)
+            scored.append((-float((query @ page.T).max(axis=1).sum()), page_id, path, number))
+    return [(path, number) for _, _, path, number in sorted(scored)[:k]]
+
+
+@pytest.fixture()
+def filled(tmp_path):
+    rng = np.random.default_rng(3)
+    index = DocIndex.open(tmp_path / "emb", create=True)
+    for number in range(30):
+        pages = [_unit(rng, int(rng.integers(2, 12))) for _ in range(int(rng.integers(1, 4)))]
+        index.add_embeddings(f"/corpus/{'a' if number % 3 else 'b'}/doc{number}.pdf", pages,
+                             metadata={"year": str(2020 + number % 4), "team": "x" if number % 2 else "y"})
+    return index, rng
+
+
+def test_first_add_fixes_dim_and_records_no_model(filled):
+    index, rng = filled
+    assert index.build["encoder"] is None and index.dim == DIM
+    assert index.info().model is None
+    with pytest.raises(IndexMismatchError):
+        index.add_embeddings("/x.pdf", [_unit(rng, 3, DIM + 1)])
+    with pytest.raises(ModelRequiredError, match="search_embeddings"):
+        index.search("revenue")
+    with pytest.raises(ModelRequiredError):
+        index.ingest(["/nonexistent"])
+
+
+@pytest.mark.parametrize("exact", [False, True])
+def test_search_embeddings_equals_brute_force(filled, exact):
+    index, rng = filled
+    for _ in range(10):
+        query = _unit(rng, int(rng.integers(1, 8)))
+        hits = index.search_embeddings(query, k=7, exact=exact)
+        assert [(hit.path, hit.page) for hit in hits] == _reference(index, query, 7)
+        assert [hit.rank for hit in hits] == list(range(1, 8))
+        assert all(a.score >= b.score for a, b in zip(hits, hits[1:]))
+
+
+def test_filters_return_only_matching_pages_and_k_of_them(filled):
+    index, rng = filled
+    query = _unit(rng, 5)
+    cases = [
+        ({"year": "2021"}, None, lambda p, m: m["year"] == "2021"),
+        ({"year": "2021", "team": "x"}, None, lambda p, m: m["year"] == "2021" and m["team"] == "x"),
+        ({}, "/corpus/b/*", lambda p, m: p.startswith("/corpus/b/")),
+        ({"team": "y"}, "*/a/*", lambda p, m: m["team"] == "y" and "/a/" in p),
+        ({"year": "1999"}, None, lambda p, m: False),
+    ]
+    for where, glob, keep in cases:
+        expected = _reference(index, query, 1000, keep)
+        for k in (1, 4, 100):
+            hits = index.search_embeddings(query, k=k, where=where, path=glob)
+            assert [(hit.path, hit.page) for hit in hits] == expected[:k]
+
+
+def test_replacing_and_removing_documents(filled):
+    index, rng = filled
+    target = _unit(rng, 4)
+    index.add_embeddings("/corpus/a/doc1.pdf", [target, _unit(rng, 3)], metadata={"year": "1999"})
+    hits = index.search_embeddings(target, k=1)
+    assert (hits[0].path, hits[0].page) == ("/corpus/a/doc1.pdf", 1)
+    assert [h.path for h in index.search_embeddings(target, k=50, where={"year": "1999"})] == ["/corpus/a/doc1.pdf"] * 2
+    index.remove(["/corpus/a/doc1.pdf"])
+    assert all(hit.path != "/corpus/a/doc1.pdf" for hit in index.search_embeddings(target, k=100))
+
+
+def test_bad_queries_and_inputs_are_refused(filled):
+    index, rng = filled
+    with pytest.raises(QueryError):
+        index.search_embeddings(np.zeros((0, DIM)))
+    with pytest.raises(QueryError):
+        index.search_embeddings(_unit(rng, 2, DIM + 2))
+    with pytest.raises(QueryError):
+        index.search_embeddings(_unit(rng, 2), where={'bad"key': "1"})
+    with pytest.raises(ValueError):
+        index.add_embeddings("/y.pdf", [])
+    with pytest.raises(ValueError):
+        index.add_embeddings("/y.pdf", [np.full((2, DIM), np.nan)])
+
+
+def test_ingest_tags_filter_search_and_survive_updates(tmp_path, retriever_checkpoint):
+    docs = tmp_path / "docs"
+    make_pdf(docs / "2023" / "report.pdf", 2, title="report")
+    make_image(docs / "2024" / "scan.png", text="scan")
+    index = DocIndex.open("tagged", create=True)
+    index.ingest([docs / "2023"], model=str(retriever_checkpoint), tags={"year": "2023", "kind": "report"})
+    index.ingest([docs / "2024"], tags={"year": "2024"})
+    only_2023 = index.search("report", k=10, where={"year": "2023"})
+    assert {hit.path for hit in only_2023} == {str(docs / "2023" / "report.pdf")} and len(only_2023) == 2
+    assert [hit.path for hit in index.search("report", k=10, path="*/2024/*")] == [str(docs / "2024" / "scan.png")]
+    assert index.search("report", k=10, where={"year": "2023", "kind": "scan"}) == []
+    # an unchanged file takes new tags without re-encoding; a changed one keeps its old tags
+    index.ingest([docs / "2024"], tags={"team": "ops"})
+    assert len(index.search("scan", k=10, where={"year": "2024", "team": "ops"})) == 1
+    make_pdf(docs / "2023" / "report.pdf", 3, title="revised")
+    index.ingest([docs / "2023"])
+    assert len(index.search("report", k=10, where={"kind": "report"})) == 3
+    exact = index.search("report", k=3, exact=True)
+    assert [(h.page_id, round(h.score, 4)) for h in exact] == [(h.page_id, round(h.score, 4))
+                                                              for h in index.search("report", k=3)]
