@@ -1,6 +1,6 @@
 """docqa: OCR-free document retrieval and question answering over PDFs and page images.
 
-The public API is imported lazily so that `import docqa.index` (or `docqa --help`) does not pay
+The public API is imported lazily so that `import docqa.index.store` (or `docqa --help`) does not pay
 for importing torch and transformers.
 """
 

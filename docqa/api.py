@@ -34,11 +34,11 @@ from .errors import (
     QueryError,
     StorageFullError,
 )
-from .index import ScoredPage, TokenIndex, brute_force_top_k, exact_top_k
+from .index.search import ScoredPage, TokenIndex, brute_force_top_k, exact_top_k
 from .ingest import IngestReport, run_ingest
-from .locking import WriteLock
-from .store import DB_NAME, NewPage, PageFilter, PageTable, Store, check_metadata_key
-from .vectors import VECTOR_DTYPE, VectorFile
+from .index.locking import WriteLock
+from .index.store import DB_NAME, NewPage, PageFilter, PageTable, Store, check_metadata_key
+from .index.vectors import VECTOR_DTYPE, VectorFile
 
 BUILD_KEY = "build"
 EMBEDDINGS_KIND = "embeddings"  # documents added with add_embeddings (no file behind them)

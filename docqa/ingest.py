@@ -22,7 +22,7 @@ from .config import IngestSettings
 from .encoders import Retriever
 from .errors import InputFileError
 from .render import RenderedPage, count_pages, render_pages
-from .store import NewPage
+from .index.store import NewPage
 
 if TYPE_CHECKING:
     from .api import DocIndex

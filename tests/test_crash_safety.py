@@ -29,19 +29,19 @@ KILL_POINTS = [
     KillPoint("docqa.encoders", "Retriever.encode_pages", 1, "before", "encode"),
     KillPoint("docqa.encoders", "Retriever.encode_pages", 2, "after", "encode"),
     KillPoint("docqa.encoders", "Retriever.encode_pages", 4, "before", "encode"),
-    KillPoint("docqa.index", "TokenIndex.add", 3, "after", "encode"),
-    KillPoint("docqa.vectors", "VectorFile.append", 1, "after", "store"),
-    KillPoint("docqa.vectors", "VectorFile.append", 6, "before", "store"),
-    KillPoint("docqa.vectors", "VectorFile.sync", 1, "after", "store"),
-    KillPoint("docqa.vectors", "VectorFile.sync", 3, "before", "store"),
-    KillPoint("docqa.store", "Store.put_document", 1, "after", "store"),  # inside the transaction
-    KillPoint("docqa.store", "Store.put_document", 3, "before", "store"),
+    KillPoint("docqa.index.search", "TokenIndex.add", 3, "after", "encode"),
+    KillPoint("docqa.index.vectors", "VectorFile.append", 1, "after", "store"),
+    KillPoint("docqa.index.vectors", "VectorFile.append", 6, "before", "store"),
+    KillPoint("docqa.index.vectors", "VectorFile.sync", 1, "after", "store"),
+    KillPoint("docqa.index.vectors", "VectorFile.sync", 3, "before", "store"),
+    KillPoint("docqa.index.store", "Store.put_document", 1, "after", "store"),  # inside the transaction
+    KillPoint("docqa.index.store", "Store.put_document", 3, "before", "store"),
     KillPoint("docqa.api", "DocIndex._forget_vectors", 1, "after", "store"),  # just committed
     KillPoint("docqa.api", "DocIndex._forget_vectors", 4, "after", "store"),
-    KillPoint("docqa.index", "TokenIndex.save", 1, "before", "save"),
-    KillPoint("docqa.index", "faiss.serialize_index", 2, "after", "save"),
-    KillPoint("docqa.index", "os.replace", 1, "before", "save"),  # temp file written, not renamed
-    KillPoint("docqa.index", "os.replace", 3, "after", "save"),
+    KillPoint("docqa.index.search", "TokenIndex.save", 1, "before", "save"),
+    KillPoint("docqa.index.search", "faiss.serialize_index", 2, "after", "save"),
+    KillPoint("docqa.index.search", "os.replace", 1, "before", "save"),  # temp file written, not renamed
+    KillPoint("docqa.index.search", "os.replace", 3, "after", "save"),
 ]
 
 
@@ -73,7 +73,7 @@ def _state(index_dir: Path) -> dict:
     """Open the index as a reader would and describe it: coverage of vector rows and the score of
     every page for fixed random queries (through the FAISS candidate search)."""
     from docqa.api import DocIndex
-    from docqa.index import exact_top_k
+    from docqa.index.search import exact_top_k
 
     index = DocIndex.open(index_dir)
     documents = [(d.path, d.sha256, d.pages) for d in index.store.all_documents()]
@@ -143,10 +143,10 @@ def test_kill_9_never_corrupts_the_index(point, corpus, reference, tmp_path, ret
 
 COMPACTION_KILL_POINTS = [
     KillPoint("docqa.api", "DocIndex._compact", 1, "before", "compact"),
-    KillPoint("docqa.store", "Store.set_offsets", 1, "before", "compact"),  # new file written
-    KillPoint("docqa.store", "Store.set_offsets", 1, "after", "compact"),  # inside the transaction
-    KillPoint("docqa.index", "TokenIndex.build", 1, "before", "compact"),  # switched, FAISS stale
-    KillPoint("docqa.index", "TokenIndex.build", 1, "after", "compact"),  # FAISS built, not saved
+    KillPoint("docqa.index.store", "Store.set_offsets", 1, "before", "compact"),  # new file written
+    KillPoint("docqa.index.store", "Store.set_offsets", 1, "after", "compact"),  # inside the transaction
+    KillPoint("docqa.index.search", "TokenIndex.build", 1, "before", "compact"),  # switched, FAISS stale
+    KillPoint("docqa.index.search", "TokenIndex.build", 1, "after", "compact"),  # FAISS built, not saved
 ]
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from docqa.index import TokenIndex, exact_top_k, maxsim
-from docqa.store import PageTable
-from docqa.vectors import VectorFile
+from docqa.index.search import TokenIndex, exact_top_k, maxsim
+from docqa.index.store import PageTable
+from docqa.index.vectors import VectorFile
 
 
 def _normalised(rng: np.random.Generator, rows: int, dim: int) -> np.ndarray:

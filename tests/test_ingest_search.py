@@ -10,7 +10,7 @@ import pytest
 
 from docqa import DocIndex
 from docqa.errors import IndexMismatchError, ModelLoadError
-from docqa.index import maxsim
+from docqa.index.search import maxsim
 
 from documents import make_image, make_pdf, make_tiff
 

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import sqlite_utils
 
-from .errors import IndexCorruptError
-from .sources import printable
+from ..errors import IndexCorruptError
+from ..sources import printable
 from .vectors import FILE_NAME as VECTOR_FILE
 
 DB_NAME = "docqa.db"
