@@ -62,3 +62,11 @@ class SourceChangedError(DocQAError):
 
 class StorageFullError(DocIndexError):
     """The disk (or a file-size limit) ran out while writing; the index is intact at its last commit."""
+
+
+class QrelsError(DocQAError):
+    """A relevance-judgment file (qrels) cannot be read; the message names the file and line."""
+
+
+class MissingDependencyError(DocQAError):
+    """An optional dependency is not installed; the message says how to install it."""
