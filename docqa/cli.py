@@ -134,6 +134,23 @@ def build_parser() -> argparse.ArgumentParser:
     describe.add_argument("--page", type=_positive_int, default=1, help="the page to describe (default 1)")
     _add_answer_options(describe, max_pages=False)
     describe.set_defaults(handler=_describe)
+
+    evaluate = commands.add_parser(
+        "eval", help="measure retrieval quality on judged queries (nDCG@5/10, recall@k, MRR@k)",
+        description="Run every query of QRELS through the index and print nDCG@5, nDCG@10, recall@k "
+        "and MRR@k averaged over queries (nDCG gain = grade, log2 discount, ideal DCG from all relevant "
+        "pages). QRELS is a JSONL file of {\"query\": str, \"relevant\": [{\"path\", \"page\", "
+        "\"grade\"}]} lines, or a folder in BEIR layout (queries, qrels, optional corpus) as ViDoRe "
+        "publishes it. Relevant pages that match no indexed page are counted and named.",
+    )
+    evaluate.add_argument("qrels", metavar="QRELS", help="JSONL file or BEIR folder of judged queries")
+    evaluate.add_argument("--index", default=None, help=INDEX_HELP)
+    evaluate.add_argument("-k", type=_positive_int, default=10, help="cut-off for recall@k and MRR@k (default 10)")
+    evaluate.add_argument("--exact", action="store_true",
+                          help="also evaluate exact (brute-force MaxSim) search, to see what the default costs")
+    evaluate.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
+    evaluate.add_argument("--json", action="store_true", help="print one JSON object")
+    evaluate.set_defaults(handler=_eval)
     return parser
 
 
@@ -353,6 +370,27 @@ def _describe(args: argparse.Namespace) -> int:
             print(piece, end="", flush=True)
         print()
     return EXIT_OK
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from .eval import evaluate_index, read_qrels
+
+    qrels = read_qrels(args.qrels)
+    report = evaluate_index(_open_index(args.index), qrels, k=args.k, exact=args.exact, device=args.device)
+    if args.json:
+        _print_json(report.to_json())
+    else:
+        print(f"{report.index}: {len(qrels.queries)} queries from {report.qrels}, k={report.k},"
+              " nDCG gain = grade")
+        print(f"{'mode':8} {'nDCG@5':>7} {'nDCG@10':>8} {f'recall@{report.k}':>10} {f'MRR@{report.k}':>8}"
+              f" {'search s':>9}")
+        for mode, result in report.modes.items():
+            m = result.metrics
+            print(f"{mode:8} {m.ndcg_at_5:7.4f} {m.ndcg_at_10:8.4f} {m.recall_at_k:10.4f} {m.mrr_at_k:8.4f}"
+                  f" {result.search_s:9.3f}")
+        for note in report.notes:
+            print(f"note: {note}", file=sys.stderr)
+    return EXIT_PARTIAL if report.unmatched else EXIT_OK
 
 
 def _chat(args: argparse.Namespace) -> int:

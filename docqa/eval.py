@@ -1,6 +1,6 @@
-"""Retrieval evaluation: read judged queries (qrels) and score rankings of pages against them.
+"""Retrieval evaluation: read judged queries (qrels), run them through an index, score the rankings.
 
-Three parts, in this order:
+Four parts, in this order:
 
 - metrics: pure functions over a ranking (a list of page keys, best first) and the query's graded
   relevant pages. nDCG uses linear gain (gain = grade, as trec_eval, BEIR and ViDoRe do) and a log2
@@ -9,6 +9,8 @@ Three parts, in this order:
   folder in BEIR layout (``queries``, ``qrels``, optional ``corpus``; JSONL, TSV or parquet) as
   ViDoRe publishes it.
 - `DocumentMatcher`: finds the indexed document a judgment names.
+- `evaluate_index`: match the judged pages to indexed pages, encode the queries in batches with
+  the index's retriever, search each (default mode, and exact mode when asked), average the metrics.
 """
 
 from __future__ import annotations
@@ -17,11 +19,20 @@ import csv
 import json
 import math
 import os
+import time
 from collections.abc import Hashable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .errors import MissingDependencyError, QrelsError
+from .errors import DocIndexError, MissingDependencyError, QrelsError
+
+if TYPE_CHECKING:
+    from .api import DocIndex
+
+NDCG_CUTOFFS = (5, 10)
+QUERY_BATCH = 8  # queries per forward pass of the retriever
+NOTE_EXAMPLES = 5  # unmatched judgments named in the notes (all are counted)
 
 
 # --- metrics ------------------------------------------------------------------------------------
@@ -398,3 +409,96 @@ def _resolved(path: Path) -> Path:
         return path.resolve()
     except (OSError, RuntimeError):
         return path
+
+
+# --- running an index over qrels ----------------------------------------------------------------
+@dataclass
+class ModeResult:
+    metrics: Metrics
+    search_s: float  # searching only; query encoding is timed once, for all modes, in EvalReport
+
+    def to_json(self) -> dict:
+        return {**self.metrics.to_json(), "search_s": round(self.search_s, 4)}
+
+
+@dataclass
+class EvalReport:
+    index: str
+    qrels: str
+    k: int
+    modes: dict[str, ModeResult]  # "default", and "exact" when asked
+    encode_s: float
+    judgments: int
+    unmatched: list[str] = field(default_factory=list)  # "PATH page N (where): why", one per judgment
+    without_relevant: int = 0
+
+    @property
+    def notes(self) -> list[str]:
+        notes = []
+        if self.unmatched:
+            shown = "; ".join(self.unmatched[:NOTE_EXAMPLES])
+            more = f"; and {len(self.unmatched) - NOTE_EXAMPLES} more" if len(self.unmatched) > NOTE_EXAMPLES else ""
+            notes.append(f"{len(self.unmatched)} of {self.judgments} relevant pages are not in the index"
+                         f" (counted as never retrieved): {shown}{more}")
+        if self.without_relevant:
+            notes.append(f"{self.without_relevant} queries have no relevant page and are left out")
+        return notes
+
+    def to_json(self) -> dict:
+        return {"index": self.index, "qrels": self.qrels, "k": self.k, "gain": "grade",
+                **{mode: result.to_json() for mode, result in self.modes.items()},
+                "encode_s": round(self.encode_s, 4), "judgments": self.judgments,
+                "unmatched_judgments": len(self.unmatched),
+                "queries_without_relevant": self.without_relevant, "notes": self.notes}
+
+
+def evaluate_index(index: DocIndex, qrels: Qrels, *, k: int = 10, exact: bool = False,
+                   device: str | None = None) -> EvalReport:
+    """Search every judged query (top max(k, 10), so nDCG@10 is always defined) and score it.
+
+    Judged pages that match no indexed page stay in each query's relevant set (they count against
+    recall and the ideal DCG) and are listed in the report's notes.
+    """
+    if index.build is None:
+        raise DocIndexError(f"{index.path} has no documents yet; ingest some before evaluating")
+    matcher = DocumentMatcher(IndexedDocument(r.id, r.file, r.pages) for r in index.store.all_documents())
+    grades: list[dict[Hashable, float]] = []
+    unmatched: list[str] = []
+    for judged in qrels.queries:
+        graded: dict[Hashable, float] = {}
+        for judgment in judged.relevant:
+            key = _page_key(matcher, judgment, qrels.base)
+            if isinstance(key, str):
+                unmatched.append(f"{judgment.path} page {judgment.page} ({judged.where}): {key}")
+                key = ("unmatched", judgment.path, judgment.page)  # never in a ranking
+            graded[key] = max(judgment.grade, graded.get(key, 0.0))
+        grades.append(graded)
+
+    depth = max(k, *NDCG_CUTOFFS)
+    retriever = index.retriever(device=device)
+    started = time.perf_counter()
+    texts = [judged.query for judged in qrels.queries]
+    vectors = [v for start in range(0, len(texts), QUERY_BATCH)
+               for v in retriever.encode_queries(texts[start:start + QUERY_BATCH])]
+    encode_s = time.perf_counter() - started
+
+    modes: dict[str, ModeResult] = {}
+    for mode in ("default", "exact") if exact else ("default",):
+        started = time.perf_counter()
+        rankings = [[(hit.document_id, hit.page)
+                     for hit in index.search_embeddings(query, k=depth, exact=mode == "exact")]
+                    for query in vectors]
+        modes[mode] = ModeResult(score_rankings(rankings, grades, k), time.perf_counter() - started)
+    return EvalReport(index=str(index.path), qrels=str(qrels.source), k=k, modes=modes, encode_s=encode_s,
+                      judgments=sum(len(judged.relevant) for judged in qrels.queries), unmatched=unmatched,
+                      without_relevant=qrels.without_relevant)
+
+
+def _page_key(matcher: DocumentMatcher, judgment: Judgment, base: Path) -> tuple[int, int] | str:
+    """(document id, page) of an indexed page, or why the judgment names none."""
+    found = matcher.find(judgment.path, base)
+    if isinstance(found, str):
+        return found
+    if judgment.page > found.pages:
+        return f"{found.file} has {found.pages} page(s)"
+    return (found.id, judgment.page)

@@ -1,14 +1,18 @@
-"""Evaluation: metrics against a hand computation, qrels readers (JSONL, BEIR folders), page matching."""
+"""Evaluation: metrics against a hand computation, qrels readers (JSONL, BEIR folders), page matching,
+and `docqa eval` end to end with a tiny real retriever."""
 
 from __future__ import annotations
 
 import json
 import math
+import re
 import sys
 from pathlib import Path
 
 import pytest
 
+from docqa import DocIndex
+from docqa.cli import main
 from docqa.errors import MissingDependencyError, QrelsError
 from docqa.eval import (
     DocumentMatcher,
@@ -21,6 +25,8 @@ from docqa.eval import (
     reciprocal_rank_at,
     score_rankings,
 )
+
+from documents import make_image, make_pdf
 
 
 # --- metrics: a known answer worked out by hand -------------------------------------------------
@@ -90,6 +96,7 @@ def test_ideal_dcg_counts_relevant_pages_beyond_the_cutoff():
 
 # --- JSONL reader -------------------------------------------------------------------------------
 def _write_lines(path: Path, lines: list) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join((line if isinstance(line, str) else json.dumps(line)) + "\n" for line in lines))
     return path
 
@@ -251,3 +258,74 @@ def test_document_matcher(tmp_path):
     assert matcher.find("nothing", base) == "no indexed document matches"
     assert matcher.find(str(tmp_path / "elsewhere" / "invoice.pdf"), base) == "no indexed document at that path"
     assert matcher.find("other/invoice.pdf", base) == "no indexed document matches"
+
+
+# --- the command, end to end with a tiny real retriever -----------------------------------------
+def test_eval_command_matches_metrics_computed_from_search(tmp_path, capsys, retriever_checkpoint):
+    docs = tmp_path / "docs"
+    q1, q2 = make_pdf(docs / "reports" / "q1.pdf", 3, title="q1"), make_pdf(docs / "q2.pdf", 2, title="q2")
+    receipt = make_image(docs / "scans" / "receipt.png", text="receipt")
+    index_dir = str(tmp_path / "idx")
+    assert main(["ingest", str(docs), "--index", index_dir, "--model", str(retriever_checkpoint)]) == 0
+    queries = ["q1 page 2", "receipt total", "revenue line 3"]
+    qrels = _write_lines(tmp_path / "judged" / "qrels.jsonl", [
+        {"query": queries[0], "relevant": [{"path": "../docs/reports/q1.pdf", "page": 2, "grade": 2},
+                                           {"path": "q2.pdf", "page": 1, "grade": 1}]},
+        {"query": queries[1], "relevant": [{"path": str(receipt), "page": 1}]},
+        {"query": queries[2], "relevant": [{"path": "reports/q1.pdf", "page": 3, "grade": 3},
+                                           {"path": "missing.pdf", "page": 1},
+                                           {"path": "q2.pdf", "page": 9}]},
+        {"query": "judged, but nothing relevant", "relevant": []},
+    ])
+    capsys.readouterr()
+    code = main(["eval", str(qrels), "--index", index_dir, "-k", "3", "--exact", "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert code == 1  # finished, but two judgments name no indexed page
+    assert set(report) == {"index", "qrels", "k", "gain", "default", "exact", "encode_s", "judgments",
+                           "unmatched_judgments", "queries_without_relevant", "notes"}
+    assert (report["k"], report["judgments"], report["unmatched_judgments"], report["queries_without_relevant"]) \
+        == (3, 6, 2, 1)
+    assert "missing.pdf page 1" in report["notes"][0] and f"{q2} has 2 page(s)" in report["notes"][0]
+
+    # The same numbers from DocIndex.search, one query at a time, with the judgments mapped by hand.
+    index = DocIndex.open(index_dir)
+    grades = [{(str(q1), 2): 2, (str(q2), 1): 1}, {(str(receipt), 1): 1},
+              {(str(q1), 3): 3, ("missing.pdf", 1): 1, ("q2.pdf", 9): 1}]
+    for mode in ("default", "exact"):
+        rankings = [[(hit.path, hit.page) for hit in index.search(query, k=10, exact=mode == "exact")]
+                    for query in queries]
+        expected = score_rankings(rankings, grades, k=3).to_json()
+        assert set(report[mode]) == set(expected) | {"search_s"}
+        assert {key: report[mode][key] for key in expected} == pytest.approx(expected, abs=1e-9)
+    assert 0 < report["default"]["ndcg@10"] < 1  # 2 of 6 relevant pages can never be found
+
+
+def test_eval_command_on_a_beir_folder_and_its_errors(tmp_path, capsys, retriever_checkpoint):
+    docs = tmp_path / "pages"  # ViDoRe corpus images saved as <corpus-id>.png, then ingested
+    for corpus_id in range(3):
+        make_image(docs / f"{corpus_id}.png", text=f"page {corpus_id}")
+    index_dir = str(tmp_path / "idx")
+    assert main(["ingest", str(docs), "--index", index_dir, "--model", str(retriever_checkpoint)]) == 0
+    beir = tmp_path / "beir"
+    (beir / "qrels").mkdir(parents=True)
+    _write_lines(beir / "queries.jsonl", [{"_id": "1", "text": "page 0"}, {"_id": "2", "text": "page 2"}])
+    (beir / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n1\t0\t1\n2\t2\t1\n2\t1\t1\n")
+    capsys.readouterr()
+    assert main(["eval", str(beir), "--index", index_dir]) == 0  # every corpus id names an indexed page
+    out = capsys.readouterr().out
+    assert "2 queries" in out and re.search(r"^default +[01]\.\d{4} +[01]\.\d{4} +[01]\.\d{4} +[01]\.\d{4}", out, re.M)
+
+    def fails(*argv: str) -> str:
+        code = main(list(argv))
+        err = capsys.readouterr().err
+        assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
+        return err
+
+    assert "no such file or folder" in fails("eval", str(tmp_path / "nope.jsonl"), "--index", index_dir)
+    bad = _write_lines(tmp_path / "bad.jsonl", [{"query": "q", "relevant": []}, "{oops"])
+    assert f"{bad}:2: not valid JSON" in fails("eval", str(bad), "--index", index_dir)
+    assert "no judged queries" in fails("eval", str(_write_lines(tmp_path / "empty.jsonl", [])), "--index", index_dir)
+    good = _write_lines(tmp_path / "good.jsonl", [{"query": "q", "relevant": [{"path": "0.png"}]}])
+    assert "no index" in fails("eval", str(good), "--index", str(tmp_path / "no-such-index"))
+    DocIndex.open(str(tmp_path / "empty-idx"), create=True).close()
+    assert "has no documents yet" in fails("eval", str(good), "--index", str(tmp_path / "empty-idx"))
