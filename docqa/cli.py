@@ -383,11 +383,11 @@ def _eval(args: argparse.Namespace) -> int:
         print(f"{report.index}: {len(qrels.queries)} queries from {report.qrels}, k={report.k},"
               " nDCG gain = grade")
         print(f"{'mode':8} {'nDCG@5':>7} {'nDCG@10':>8} {f'recall@{report.k}':>10} {f'MRR@{report.k}':>8}"
-              f" {'search s':>9}")
+              f" {'p50 ms':>8}")
         for mode, result in report.modes.items():
             m = result.metrics
             print(f"{mode:8} {m.ndcg_at_5:7.4f} {m.ndcg_at_10:8.4f} {m.recall_at_k:10.4f} {m.mrr_at_k:8.4f}"
-                  f" {result.search_s:9.3f}")
+                  f" {result.latency_ms_p50:8.1f}")
         for note in report.notes:
             print(f"note: {note}", file=sys.stderr)
     return EXIT_PARTIAL if report.unmatched else EXIT_OK

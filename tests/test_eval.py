@@ -295,7 +295,7 @@ def test_eval_command_matches_metrics_computed_from_search(tmp_path, capsys, ret
         rankings = [[(hit.path, hit.page) for hit in index.search(query, k=10, exact=mode == "exact")]
                     for query in queries]
         expected = score_rankings(rankings, grades, k=3).to_json()
-        assert set(report[mode]) == set(expected) | {"search_s"}
+        assert set(report[mode]) == set(expected) | {"search_s", "latency_ms_p50"}
         assert {key: report[mode][key] for key in expected} == pytest.approx(expected, abs=1e-9)
     assert 0 < report["default"]["ndcg@10"] < 1  # 2 of 6 relevant pages can never be found
 
