@@ -408,7 +408,7 @@ class DocumentMatcher:
 def _resolved(path: Path) -> Path:
     try:
         return path.resolve()
-    except (OSError, RuntimeError):
+    except (OSError, RuntimeError, ValueError):  # unreadable, a symlink loop, a NUL in the name
         return path
 
 

@@ -258,6 +258,7 @@ def test_document_matcher(tmp_path):
     assert matcher.find("nothing", base) == "no indexed document matches"
     assert matcher.find(str(tmp_path / "elsewhere" / "invoice.pdf"), base) == "no indexed document at that path"
     assert matcher.find("other/invoice.pdf", base) == "no indexed document matches"
+    assert matcher.find("bad\x00name.pdf", base) == "no indexed document matches"  # not an exception
 
 
 # --- the command, end to end with a tiny real retriever -----------------------------------------
