@@ -10,10 +10,12 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+import numpy as np
 
 from tqdm import tqdm
 
@@ -70,7 +72,7 @@ class IngestReport:
 
 
 @dataclass
-class _Job:
+class Job:
     """One file to (re-)index."""
 
     path: Path
@@ -84,14 +86,27 @@ class _Job:
     pages: list[NewPage] = field(default_factory=list)
     error: str | None = None
 
+    def store_page(self, index: DocIndex, number: int, width: int, height: int, vectors: np.ndarray) -> None:
+        """Append one encoded page's vectors (invisible until commit_job) and remember where they are."""
+        self.pages.append(NewPage(number, width, height, index.add_vectors(vectors), len(vectors)))
+
+
+# Renders and encodes the planned jobs, storing pages and committing each finished job with
+# commit_job: the local pipeline below, or docqa.cluster's on Ray.
+Pipeline = Callable[["DocIndex", list[Job], IngestSettings, IngestReport, tqdm], None]
 
 _DONE = object()
 
 
 def run_ingest(
-    index: DocIndex, paths: Iterable[str | Path], settings: IngestSettings, retriever: Retriever
+    index: DocIndex, paths: Iterable[str | Path], settings: IngestSettings, retriever: Retriever | None,
+    *, pipeline: Pipeline | None = None,
 ) -> IngestReport:
-    """Bring the index up to date with `paths` (the caller holds the write lock)."""
+    """Bring the index up to date with `paths` (the caller holds the write lock).
+
+    Planning (walk, sniff, hash, skip unchanged), --sync and the report are the same whoever
+    encodes: `pipeline` (default: render and encode here with `retriever`).
+    """
     started = time.monotonic()
     report = IngestReport(index=str(index.path))
     given = [Path(p).expanduser().absolute() for p in paths]
@@ -104,7 +119,10 @@ def run_ingest(
     with tqdm(
         total=total_pages, unit="page", desc="ingest", disable=not settings.progress, leave=False
     ) as bar:
-        _encode_and_commit(index, jobs, settings, retriever, report, bar)
+        if pipeline is None:
+            _encode_and_commit(index, jobs, settings, retriever, report, bar)
+        else:
+            pipeline(index, jobs, settings, report, bar)
     if not index.compact_if_wasteful():
         index.save_candidates()
     report.seconds = time.monotonic() - started
@@ -114,10 +132,10 @@ def run_ingest(
 def _plan(
     index: DocIndex, given: list[Path], report: IngestReport, seen: set[Path], timeout_s: float,
     scanned: tqdm, tags: dict[str, str],
-) -> list[_Job]:
+) -> list[Job]:
     """Walk, sniff and hash; return the files whose content is new or changed (unchanged files
     only get `tags` added to their metadata)."""
-    jobs: list[_Job] = []
+    jobs: list[Job] = []
     for found in sources.walk(given):
         scanned.update()
         if isinstance(found, tuple):
@@ -151,7 +169,7 @@ def _plan(
             continue
         metadata = {**(index.store.metadata(existing.id) if existing else {}), **tags}  # an update keeps its tags
         jobs.append(
-            _Job(found, source.kind, digest, before.st_size, before.st_mtime, pages, existing is not None, metadata)
+            Job(found, source.kind, digest, before.st_size, before.st_mtime, pages, existing is not None, metadata)
         )
     return jobs
 
@@ -165,8 +183,8 @@ def _remove_vanished(index: DocIndex, given: list[Path], seen: set[Path], report
 
 
 def _page_stream(
-    jobs: list[_Job], settings: IngestSettings, image_edge: int
-) -> Iterator[tuple[_Job, RenderedPage | InputFileError | object]]:
+    jobs: list[Job], settings: IngestSettings, image_edge: int
+) -> Iterator[tuple[Job, RenderedPage | InputFileError | object]]:
     """Every page of every job in order, then a _DONE marker per job; errors come as items."""
     for job in jobs:
         try:
@@ -219,14 +237,14 @@ def _prefetch(items: Iterator, depth: int) -> Iterator:
 
 def _encode_and_commit(
     index: DocIndex,
-    jobs: list[_Job],
+    jobs: list[Job],
     settings: IngestSettings,
     retriever: Retriever,
     report: IngestReport,
     bar: tqdm,
 ) -> None:
-    pending: list[tuple[_Job, RenderedPage]] = []
-    rendered: deque[_Job] = deque()  # jobs fully rendered, in order, awaiting commit
+    pending: list[tuple[Job, RenderedPage]] = []
+    rendered: deque[Job] = deque()  # jobs fully rendered, in order, awaiting commit
     last_save = time.monotonic()
 
     def encode_pending() -> None:
@@ -236,8 +254,7 @@ def _encode_and_commit(
             return
         embeddings = retriever.encode_pages([page.image for _, page in batch])
         for (job, page), vectors in zip(batch, embeddings):
-            width, height = page.image.size
-            job.pages.append(NewPage(page.number, width, height, index.add_vectors(vectors), len(vectors)))
+            job.store_page(index, page.number, *page.image.size, vectors)
         bar.update(len(batch))
 
     def commit_rendered() -> None:
@@ -245,7 +262,7 @@ def _encode_and_commit(
         while rendered and not any(job is rendered[0] for job, _ in pending):
             job = rendered.popleft()
             if job.error is None:
-                _commit(index, job, report)
+                commit_job(index, job, report)
         if time.monotonic() - last_save > settings.save_every_s:
             index.save_candidates()
             last_save = time.monotonic()
@@ -267,7 +284,7 @@ def _encode_and_commit(
     commit_rendered()
 
 
-def _commit(index: DocIndex, job: _Job, report: IngestReport) -> None:
+def commit_job(index: DocIndex, job: Job, report: IngestReport) -> None:
     """Make one document visible, unless its file changed while it was being read."""
     try:
         after = job.path.stat()
