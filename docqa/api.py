@@ -332,14 +332,36 @@ class DocIndex:
                **overrides) -> IngestReport:
         """Index new and changed files under `paths`; see IngestSettings for the knobs."""
         settings = settings or IngestSettings(**overrides)
+        given = [os.fspath(p) for p in paths]
+        for key in settings.tags:
+            check_metadata_key(key)
         with self._writing():
+            if settings.ray is not None:  # render and encode on Ray; this process plans and commits
+                from .cluster.ingest import RayPipeline
+
+                pipeline = RayPipeline.start(settings, self.build)
+                self._accept_stamp(pipeline.stamp)
+                return run_ingest(self, given, settings, None, pipeline=pipeline)
             retriever = self.retriever(settings.model, settings.device, settings.image_edge)
-            if self.build is None:
-                self._write_build(retriever.stamp, retriever.stamp.dim)
-                self._recover()  # sets up the empty vector file and candidate index
-            for key in settings.tags:
-                check_metadata_key(key)
-            return run_ingest(self, [os.fspath(p) for p in paths], settings, retriever)
+            self._accept_stamp(retriever.stamp)
+            return run_ingest(self, given, settings, retriever)
+
+    def _accept_stamp(self, stamp: EncoderStamp) -> None:
+        """Record the encoder of a first ingest; refuse one other than the index was built with."""
+        build = self.build
+        if build is None:
+            self._write_build(stamp, stamp.dim)
+            self._recover()  # sets up the empty vector file and candidate index
+            return
+        built = build["encoder"]
+        if built is None:
+            self.retriever()  # raises ModelRequiredError: given embeddings, no model to ingest with
+        if (stamp.model, stamp.config_hash, stamp.image_edge) != (
+                built["model"], built["config_hash"], built["image_edge"]):
+            raise IndexMismatchError(
+                f"{self.path} was built with model {built['model']!r} at image edge {built['image_edge']} px;"
+                f" it cannot take {stamp.model!r} at {stamp.image_edge} px (use another --index)"
+            )
 
     def add_embeddings(self, path: str, pages: list[np.ndarray], *, metadata: dict | None = None) -> int:
         """Add one document whose pages are the given (n_i, dim) multi-vectors; returns its id.

@@ -60,6 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "with search/ask --where")
     ingest.add_argument("--sync", action="store_true",
                         help="also remove indexed documents whose files are gone from the given folders")
+    ingest.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                        help="render and encode on a Ray cluster (ADDRESS: auto, host:6379, ray://host:10001; "
+                        "without one a local Ray is started); this process plans and commits. "
+                        'Needs pip install "docqa[ray]"')
+    ingest.add_argument("--ray-encoders", type=_positive_int, metavar="N",
+                        help="with --ray: encoder actors, one model each (default: one per GPU, else CPUs - 1)")
     ingest.add_argument("--json", action="store_true", help="print one JSON summary on stdout")
     ingest.set_defaults(handler=_ingest)
 
@@ -202,7 +208,7 @@ def _ingest(args: argparse.Namespace) -> int:
     index = _open_index(args.index, create=True)
     settings = IngestSettings(model=args.model, device=args.device, batch_size=args.batch_size,
                               image_edge=args.image_edge, sync=args.sync, tags=dict(args.tag),
-                              progress=sys.stderr.isatty())
+                              progress=sys.stderr.isatty(), ray=args.ray, ray_encoders=args.ray_encoders)
     report = index.ingest(args.paths, settings)
     if args.json:
         _print_json(report.to_json())

@@ -70,3 +70,7 @@ class QrelsError(DocQAError):
 
 class MissingDependencyError(DocQAError):
     """An optional dependency is not installed; the message says how to install it."""
+
+
+class ClusterError(DocQAError):
+    """Ray is missing or unreachable, or a distributed run or sharded search cannot go ahead."""

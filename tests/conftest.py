@@ -3,6 +3,7 @@ checkpoint folders and loaded through the same code path as hub ids) and an isol
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -42,3 +43,30 @@ def generator_checkpoints(tmp_path_factory) -> dict[str, Path]:
 
     root = tmp_path_factory.mktemp("generators")
     return {family: build_generator_checkpoint(family, root / family) for family in ("idefics3", "qwen2_vl")}
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(tmp_path_factory):
+    """A local Ray with 2 CPUs for the whole session (started once: it takes seconds).
+
+    Workers import this checkout's docqa and the tests' helpers (tests/ray_faults.py) through
+    PYTHONPATH, and find the fault-injection switch through DOCQA_TEST_DIE_ONCE.
+    """
+    import ray
+
+    tests = Path(__file__).resolve().parent
+    paths = [str(tests.parent), str(tests), os.environ.get("PYTHONPATH", "")]
+    switch = tmp_path_factory.mktemp("ray-faults") / "die-once"
+    saved = {name: os.environ.get(name) for name in ("PYTHONPATH", "DOCQA_TEST_DIE_ONCE")}
+    os.environ["PYTHONPATH"] = os.pathsep.join(path for path in paths if path)
+    os.environ["DOCQA_TEST_DIE_ONCE"] = str(switch)
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value

@@ -1,0 +1,194 @@
+"""Ingest on Ray: render as Ray Data tasks, encode in an actor pool, commit on the driver.
+
+    driver: plan (docqa.ingest: walk, sniff, hash, skip unchanged)
+      └▶ one row per document ──flat_map: render (CPU tasks)──▶ page rows (raw RGB) + an end row
+           ──map_batches: PageEncoder actors (one model each; a GPU each when the cluster has them)──▶
+      ◀── page vectors streamed back; each document committed (docqa.ingest.commit_job) once all
+          of its pages arrived, in one transaction, exactly as a local ingest does.
+
+Exactly once: Ray retries a render task or an encoder batch whose worker died, and only the output
+of a finished task reaches the driver; the driver also drops any page it already holds. A document
+whose pages did not all arrive is never committed. If the driver dies, the index keeps what was
+committed (recovery drops the rest) and a re-run skips those documents by content hash.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from types import ModuleType
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from ..checkpoints import is_gpu
+from ..config import IngestSettings
+from ..encoders import EncoderStamp, Retriever, default_retriever
+from ..errors import ClusterError, InputFileError
+from ..ingest import IngestReport, Job, commit_job
+from ..render import render_pages
+from .ray_runtime import cluster_cpus, cluster_gpus, connect
+
+# Row kinds flowing through the dataset.
+PAGE, END, ERROR = "page", "end", "error"
+STORED_DTYPE = np.float16  # what the index stores; sending it halves the transfer, values unchanged
+RETRIES = 3  # retries of the model-loading task whose worker died
+
+
+def render_document(row: dict, *, image_edge: int, chunk_pages: int, timeout_s: float) -> Iterator[dict]:
+    """Ray Data flat_map: every page of one document as raw RGB, then an END row with the page
+    count (an ERROR row instead when the file cannot be rendered)."""
+    path = os.fsdecode(row["path"])
+    pages = 0
+    try:
+        for page in render_pages(path, row["kind"], image_edge, chunk_pages=chunk_pages, timeout_s=timeout_s):
+            width, height = page.image.size
+            pages += 1
+            yield _row(row["job"], PAGE, number=page.number, width=width, height=height,
+                       image=page.image.convert("RGB").tobytes())
+    except InputFileError as error:
+        yield _row(row["job"], ERROR, error=error.reason)
+        return
+    yield _row(row["job"], END, number=pages)
+
+
+def _row(job: int, kind: str, *, number: int = 0, width: int = 0, height: int = 0,
+         image: bytes = b"", error: str = "") -> dict:
+    """One dataset row (every row has every column, so blocks share one schema)."""
+    return {"job": job, "kind": kind, "number": number, "width": width, "height": height,
+            "image": image, "error": error}
+
+
+class PageEncoder:
+    """Ray Data actor: loads the retriever once, encodes the PAGE rows of each batch, passes the
+    other rows through. Output rows carry float16 vectors as bytes plus their row count."""
+
+    def __init__(self, model: str, device: str, image_edge: int) -> None:
+        self.retriever = Retriever.load(model, device=device, image_edge=image_edge)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        is_page = batch["kind"] == PAGE
+        images = [Image.frombytes("RGB", (int(width), int(height)), data) for width, height, data
+                  in zip(batch["width"][is_page], batch["height"][is_page], batch["image"][is_page])]
+        encoded = iter(self.retriever.encode_pages(images))
+        vectors = np.empty(len(is_page), dtype=object)
+        counts = np.zeros(len(is_page), dtype=np.int64)
+        for row in np.flatnonzero(is_page):
+            page = np.asarray(next(encoded), dtype=STORED_DTYPE)
+            vectors[row], counts[row] = page.tobytes(), len(page)
+        vectors[~is_page] = b""
+        return {"job": batch["job"], "kind": batch["kind"], "number": batch["number"],
+                "width": batch["width"], "height": batch["height"], "error": batch["error"],
+                "vectors": vectors, "count": counts}
+
+
+def _load_stamp(model: str, device: str, image_edge: int | None) -> EncoderStamp:
+    """On a worker like the encoders' own: load the model once, for the stamp the index records."""
+    return Retriever.load(model, device=device, image_edge=image_edge).stamp
+
+
+@dataclass
+class _Arrivals:
+    """What the driver holds of one document until it commits."""
+
+    job: Job
+    numbers: set[int] = field(default_factory=set)
+    rendered: int | None = None  # pages the render task produced, once its END row arrived
+
+    @property
+    def complete(self) -> bool:
+        return self.rendered is not None and len(self.numbers) == self.rendered
+
+
+@dataclass
+class RayPipeline:
+    """An ingest pipeline (docqa.ingest.Pipeline) that renders and encodes on a Ray cluster."""
+
+    ray: ModuleType
+    stamp: EncoderStamp
+    device: str
+    encoders: int
+    gpus_per_encoder: float
+
+    @classmethod
+    def start(cls, settings: IngestSettings, build: dict | None) -> RayPipeline:
+        """Connect to Ray, pick the device and actor count, and load the model once on a worker
+        (fails fast, before any file is planned, if it cannot load there)."""
+        ray = connect(settings.ray)
+        gpus = cluster_gpus(ray)
+        device = settings.device or ("cuda" if gpus else "cpu")
+        if is_gpu(device) and not gpus:
+            raise ClusterError(f"--device {device} asked for, but the Ray cluster has no GPU")
+        encoded_by = (build or {}).get("encoder") or {}
+        model = settings.model or encoded_by.get("model") or default_retriever(device)
+        image_edge = settings.image_edge or encoded_by.get("image_edge")
+        gpus_per_encoder = 1.0 if is_gpu(device) else 0.0
+        encoders = settings.ray_encoders or (gpus if gpus_per_encoder else max(1, cluster_cpus(ray) - 1))
+        loader = ray.remote(num_cpus=1, num_gpus=gpus_per_encoder, max_retries=RETRIES)(_load_stamp)
+        stamp = ray.get(loader.remote(model, device, image_edge))
+        return cls(ray, stamp, device, encoders, gpus_per_encoder)
+
+    def __call__(self, index, jobs: list[Job], settings: IngestSettings, report: IngestReport,
+                 bar: tqdm) -> None:
+        if not jobs:
+            return
+        waiting = {number: _Arrivals(job) for number, job in enumerate(jobs)}
+        last_save = time.monotonic()
+        for batch in self._dataset(jobs, settings).iter_batches(batch_size=None, batch_format="numpy"):
+            for row in range(len(batch["job"])):
+                arrivals = waiting.get(int(batch["job"][row]))
+                if arrivals is None:  # already committed or failed: a duplicate from a retry
+                    continue
+                bar.update(self._take(index, arrivals, batch, row, report))
+                if arrivals.job.error is not None or arrivals.complete:
+                    del waiting[int(batch["job"][row])]
+                    if arrivals.job.error is None:
+                        arrivals.job.pages.sort(key=lambda page: page.number)
+                        commit_job(index, arrivals.job, report)
+            if time.monotonic() - last_save > settings.save_every_s:
+                index.save_candidates()
+                last_save = time.monotonic()
+        for arrivals in waiting.values():
+            report.fail(arrivals.job.path, f"{len(arrivals.numbers)} of {arrivals.job.page_count} pages came "
+                        "back from the cluster; run ingest again")
+
+    def _take(self, index, arrivals: _Arrivals, batch: dict[str, np.ndarray], row: int,
+              report: IngestReport) -> int:
+        """Apply one row to its document; returns the number of new pages stored (0 or 1)."""
+        kind = batch["kind"][row]
+        job = arrivals.job
+        if kind == ERROR:
+            job.error = str(batch["error"][row])
+            report.fail(job.path, job.error)
+        elif kind == END:
+            arrivals.rendered = int(batch["number"][row])
+        elif int(batch["number"][row]) not in arrivals.numbers:
+            number = int(batch["number"][row])
+            vectors = np.frombuffer(batch["vectors"][row], dtype=STORED_DTYPE).reshape(
+                int(batch["count"][row]), self.stamp.dim)
+            job.store_page(index, number, int(batch["width"][row]), int(batch["height"][row]), vectors)
+            arrivals.numbers.add(number)
+            return 1
+        return 0
+
+    def _dataset(self, jobs: list[Job], settings: IngestSettings):
+        """The lazy Ray Data pipeline over `jobs` (nothing runs until the driver iterates it)."""
+        documents = [{"job": number, "path": os.fsencode(job.path), "kind": job.kind}
+                     for number, job in enumerate(jobs)]
+        dataset = self.ray.data.from_items(documents, override_num_blocks=len(documents))
+        pages = dataset.flat_map(
+            render_document, num_cpus=1,
+            fn_kwargs={"image_edge": self.stamp.image_edge, "chunk_pages": settings.chunk_pages,
+                       "timeout_s": settings.render_timeout_s},
+        )
+        return pages.map_batches(
+            PageEncoder, batch_size=settings.batch_size, batch_format="numpy",
+            compute=self.ray.data.ActorPoolStrategy(size=self.encoders),
+            fn_constructor_kwargs={"model": self.stamp.model, "device": self.device,
+                                   "image_edge": self.stamp.image_edge},
+            num_cpus=1, num_gpus=self.gpus_per_encoder,
+        )  # Ray Data restarts a dead encoder actor and retries its batch (max_restarts=-1 by default)
+

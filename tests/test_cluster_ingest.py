@@ -1,0 +1,147 @@
+"""Ingest on a local Ray (2 CPUs, tiny real retriever): same index as a local ingest, exactly once
+through a dying encoder actor, and a re-run after a dead driver that encodes only what is missing."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from docqa import DocIndex
+from docqa.cluster import ingest as cluster_ingest
+from docqa.ingest import Job
+
+from documents import make_image, make_pdf, make_tiff
+
+pytestmark = pytest.mark.usefixtures("ray_cluster")
+
+
+@pytest.fixture()
+def corpus(tmp_path):
+    root = tmp_path / "docs"
+    make_pdf(root / "reports" / "q1.pdf", 3, title="q1")
+    make_pdf(root / "reports" / "q2.pdf", 2, title="q2")
+    make_image(root / "scans" / "receipt.png", text="receipt")
+    make_tiff(root / "scans" / "fax.tiff", 2)
+    (root / "notes.txt").write_text("not a document")
+    (root / "broken.pdf").write_bytes(b"%PDF-1.4\n garbage")
+    return root
+
+
+def _pages(index: DocIndex) -> dict[tuple[str, int], np.ndarray]:
+    """Every committed page's vectors, by (path, page number)."""
+    rows = index.store.db.execute(
+        "SELECT documents.path, pages.number, pages.vec_offset, pages.vec_count FROM pages"
+        " JOIN documents ON documents.id = pages.document_id"
+    ).fetchall()
+    pages = {(path, number): index.vectors.read_rows(offset, offset + count)
+             for path, number, offset, count in rows}
+    assert len(pages) == len(rows), "a page was committed twice"
+    return pages
+
+
+def _documents(index: DocIndex) -> dict[str, tuple[str, int, str]]:
+    return {doc.path: (doc.sha256, doc.pages, doc.kind) for doc in index.store.all_documents()}
+
+
+def _count_stored_pages(monkeypatch) -> list[int]:
+    """Spy: page numbers the driver receives encoded from the cluster."""
+    received: list[int] = []
+    real = Job.store_page
+
+    def recording(self, index, number, *rest):
+        received.append(number)
+        return real(self, index, number, *rest)
+
+    monkeypatch.setattr(Job, "store_page", recording)
+    return received
+
+
+def test_ray_ingest_builds_the_same_index_as_a_local_ingest(corpus, retriever_checkpoint, monkeypatch):
+    local = DocIndex.open("local", create=True)
+    local_report = local.ingest([corpus], model=str(retriever_checkpoint), batch_size=3)
+    on_ray = DocIndex.open("ray", create=True)
+    ray_report = on_ray.ingest([corpus], model=str(retriever_checkpoint), batch_size=3, ray="local")
+
+    assert ray_report.to_json() | {"index": None, "seconds": None} == \
+        local_report.to_json() | {"index": None, "seconds": None}
+    assert (ray_report.added, ray_report.failed, ray_report.skipped, ray_report.pages_added) == (4, 1, 1, 8)
+    assert _documents(on_ray) == _documents(local)
+    assert on_ray.build["encoder"] == local.build["encoder"]
+    local_pages, ray_pages = _pages(local), _pages(on_ray)
+    assert local_pages.keys() == ray_pages.keys()
+    for key, vectors in local_pages.items():
+        np.testing.assert_allclose(ray_pages[key].astype(np.float32), vectors.astype(np.float32), atol=2e-3)
+    for query in ("q1 revenue", "receipt", "fax page"):
+        expected = [(hit.path, hit.page) for hit in local.search(query, k=8)]
+        assert [(hit.path, hit.page) for hit in on_ray.search(query, k=8)] == expected
+
+    received = _count_stored_pages(monkeypatch)
+    again = on_ray.ingest([corpus], batch_size=3, ray="local")
+    assert (again.unchanged, again.added, again.pages_added, received) == (4, 0, 0, [])
+
+
+def test_a_dying_encoder_actor_is_retried_and_every_page_lands_once(
+        corpus, retriever_checkpoint, monkeypatch, ray_cluster):
+    import os
+
+    from ray_faults import DyingEncoder
+
+    switch = Path(os.environ["DOCQA_TEST_DIE_ONCE"])
+    switch.touch()
+    monkeypatch.setattr(cluster_ingest, "PageEncoder", DyingEncoder)
+    index = DocIndex.open("faulty", create=True)
+    report = index.ingest([corpus], model=str(retriever_checkpoint), batch_size=2, ray="local")
+
+    assert not switch.exists(), "no encoder actor died: the fault was not injected"
+    assert (report.added, report.failed, report.pages_added) == (4, 1, 8)
+    pages = _pages(index)
+    assert sorted((Path(path).name, number) for path, number in pages) == [
+        ("fax.tiff", 1), ("fax.tiff", 2), ("q1.pdf", 1), ("q1.pdf", 2), ("q1.pdf", 3),
+        ("q2.pdf", 1), ("q2.pdf", 2), ("receipt.png", 1)]
+    assert index.vectors.rows == sum(len(vectors) for vectors in pages.values())  # no stray rows
+
+
+DRIVER_DIES_AFTER_FIRST_COMMIT = textwrap.dedent("""
+    import os, sys
+    import docqa.cluster.ingest as cluster_ingest
+    from docqa import DocIndex
+
+    real = cluster_ingest.commit_job
+
+    def commit_then_die(*args, **kwargs):
+        real(*args, **kwargs)
+        os._exit(17)
+
+    cluster_ingest.commit_job = commit_then_die
+    index, corpus, model, address = sys.argv[1:]
+    DocIndex.open(index, create=True).ingest([corpus], model=model, batch_size=2, ray=address)
+""")
+
+
+def test_a_rerun_after_the_driver_died_encodes_only_the_uncommitted_documents(
+        corpus, retriever_checkpoint, monkeypatch, ray_cluster, tmp_path):
+    index_dir = tmp_path / "index"
+    address = ray_cluster.get_runtime_context().gcs_address
+    died = subprocess.run(
+        [sys.executable, "-c", DRIVER_DIES_AFTER_FIRST_COMMIT, str(index_dir), str(corpus),
+         str(retriever_checkpoint), address], capture_output=True, text=True, timeout=300)
+    assert died.returncode == 17, died.stderr[-2000:]
+
+    index = DocIndex.open(index_dir)
+    committed = _documents(index)
+    assert len(committed) == 1
+    committed_pages = next(iter(committed.values()))[1]
+
+    received = _count_stored_pages(monkeypatch)
+    report = index.ingest([corpus], batch_size=2, ray="local")
+    assert (report.unchanged, report.added, report.failed) == (1, 3, 1)
+    assert report.pages_added == len(received) == 8 - committed_pages
+    assert len(_documents(index)) == 4
+    pages = _pages(index)
+    assert len(pages) == 8
+    assert index.vectors.rows == sum(len(vectors) for vectors in pages.values())
