@@ -17,8 +17,6 @@ from docqa.ingest import Job
 
 from documents import make_image, make_pdf, make_tiff
 
-pytestmark = pytest.mark.usefixtures("ray_cluster")
-
 
 @pytest.fixture()
 def corpus(tmp_path):
@@ -61,7 +59,7 @@ def _count_stored_pages(monkeypatch) -> list[int]:
     return received
 
 
-def test_ray_ingest_builds_the_same_index_as_a_local_ingest(corpus, retriever_checkpoint, monkeypatch):
+def test_ray_ingest_builds_the_same_index_as_a_local_ingest(corpus, retriever_checkpoint, monkeypatch, ray_cluster):
     local = DocIndex.open("local", create=True)
     local_report = local.ingest([corpus], model=str(retriever_checkpoint), batch_size=3)
     on_ray = DocIndex.open("ray", create=True)
@@ -145,3 +143,12 @@ def test_a_rerun_after_the_driver_died_encodes_only_the_uncommitted_documents(
     pages = _pages(index)
     assert len(pages) == 8
     assert index.vectors.rows == sum(len(vectors) for vectors in pages.values())
+
+
+def test_without_ray_installed_the_cli_says_how_to_install_it(corpus, monkeypatch, capsys):
+    from docqa.cli import main
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now raises ImportError
+    assert main(["ingest", str(corpus), "--ray"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == 'docqa: error: Ray is not installed; install it with: pip install "docqa[ray]"'

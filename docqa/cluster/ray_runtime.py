@@ -28,7 +28,7 @@ def connect(address: str | None) -> ModuleType:
     """
     ray = import_ray()
     if not ray.is_initialized():
-        options = dict(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=True)
+        options = dict(include_dashboard=False, logging_level=logging.ERROR, log_to_driver=True)
         try:
             if address in (None, "", LOCAL):
                 ray.init(**options)
@@ -36,6 +36,7 @@ def connect(address: str | None) -> ModuleType:
                 ray.init(address=address, **options)
         except (ConnectionError, RuntimeError, ValueError) as error:
             raise ClusterError(f"cannot connect to the Ray cluster at {address!r}: {error}") from error
+    logging.getLogger("ray.data").setLevel(logging.ERROR)  # its per-dataset INFO lines would swamp stderr
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False  # docqa draws its own bar (pages/s across the cluster)
     context.print_on_execution_start = False
