@@ -66,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
                         'Needs pip install "docqa[ray]"')
     ingest.add_argument("--ray-encoders", type=_positive_int, metavar="N",
                         help="with --ray: encoder actors, one model each (default: one per GPU, else CPUs - 1)")
+    ingest.add_argument("--shards", nargs="+", metavar="DIR",
+                        help="instead of --index: put each file into one of these indexes (created when missing), "
+                        "picked by a stable hash of its path; a folder with a shards.json stands for its shards")
     ingest.add_argument("--json", action="store_true", help="print one JSON summary on stdout")
     ingest.set_defaults(handler=_ingest)
 
@@ -81,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--exact", action="store_true",
                         help="score every page by brute-force MaxSim instead of using the candidate index")
     _add_filter_options(search)
+    _add_shard_options(search)
     search.add_argument("--heatmaps", metavar="DIR", help="write one PNG per result into DIR: the page with "
                         "where the query matches drawn over it and the strongest region boxed")
     search.add_argument("--json", action="store_true", help="print the results as one JSON object")
@@ -112,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--image", metavar="FILE", help="answer about this image or PDF page instead of an index")
     ask.add_argument("--page", type=_positive_int, default=1, help="with --image: the page of a PDF (default 1)")
     _add_filter_options(ask)
+    _add_shard_options(ask)
     ask.add_argument("--heatmaps", metavar="DIR", help="write one PNG per page shown to the model into DIR, "
                      "boxing the region that best matches the question together with the answer")
     _add_answer_options(ask)
@@ -129,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--max-images", type=_positive_int, default=6,
                       help="page images kept in the conversation (default 6; oldest dropped first)")
     _add_filter_options(chat)
+    _add_shard_options(chat)
     _add_answer_options(chat)
     chat.set_defaults(handler=_chat)
 
@@ -179,6 +185,26 @@ def _add_filter_options(parser: argparse.ArgumentParser) -> None:
                         help="only documents whose path matches GLOB (* matches across folders, e.g. '*/2024/*.pdf')")
 
 
+def _add_shard_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--shards", nargs="+", metavar="DIR",
+                        help="search these indexes (shards of one collection, built with the same model) as "
+                        "one, instead of --index; a folder with a shards.json stands for the shards it lists")
+    parser.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                        help="with --shards: hold each shard in a Ray actor on the cluster at ADDRESS (without "
+                        'one a local Ray is started); needs pip install "docqa[ray]"')
+
+
+def _open_searchable(args: argparse.Namespace):
+    """The index to search: --shards as one (threads, or Ray actors with --ray), else --index."""
+    if args.shards:
+        from .cluster.shards import ShardSet
+
+        return ShardSet.open(args.shards, ray=args.ray)
+    if args.ray is not None:
+        raise DocQAError("--ray needs --shards (a single index is searched in this process)")
+    return _open_index(args.index)
+
+
 def _key_value(text: str) -> tuple[str, str]:
     key, sep, value = text.partition("=")
     if not sep or not key or '"' in key:
@@ -205,11 +231,15 @@ def _print_json(payload: dict) -> None:
 
 
 def _ingest(args: argparse.Namespace) -> int:
-    index = _open_index(args.index, create=True)
     settings = IngestSettings(model=args.model, device=args.device, batch_size=args.batch_size,
                               image_edge=args.image_edge, sync=args.sync, tags=dict(args.tag),
                               progress=sys.stderr.isatty(), ray=args.ray, ray_encoders=args.ray_encoders)
-    report = index.ingest(args.paths, settings)
+    if args.shards:
+        from .cluster.shards import ingest_sharded
+
+        report = ingest_sharded(args.shards, args.paths, settings)
+    else:
+        report = _open_index(args.index, create=True).ingest(args.paths, settings)
     if args.json:
         _print_json(report.to_json())
     else:
@@ -222,7 +252,7 @@ def _ingest(args: argparse.Namespace) -> int:
 
 
 def _search(args: argparse.Namespace) -> int:
-    index = _open_index(args.index)
+    index = _open_searchable(args)
     hits = index.search(args.query, k=args.k, device=args.device, exact=args.exact,
                          where=dict(args.where), path=args.path)
     results = [hit.to_json() for hit in hits]
@@ -291,7 +321,7 @@ def _asker(args: argparse.Namespace, with_index: bool):
     from .ask import Asker
     from .checkpoints import default_device
 
-    index = _open_index(args.index) if with_index else None
+    index = _open_searchable(args) if with_index else None
     device = args.device or default_device()
     generator = Generator.load(args.answer_model or default_answer_model(device), device=device)
     max_pages = getattr(args, "max_pages", 1)

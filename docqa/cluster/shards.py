@@ -1,0 +1,238 @@
+"""Search several complete docqa indexes (shards, split by document) as if they were one.
+
+The query is encoded once, with the retriever every shard was built with (shards built with
+different encoders are refused), then every shard returns its own top-k for the same query
+vectors, in parallel: in-process threads, or on a Ray cluster one actor per shard holding it
+open. The exact top-k of the union is among the shards' top-k lists, so merging them by score
+gives what one index holding all the pages would return (ties: shard order, then rank).
+
+A parent folder with a `shards.json` ({"shards": ["path", ...]}, paths relative to it) stands for
+the shards it lists (`write_shard_list`). `ingest_sharded` fills shards: each file goes to the
+shard a stable hash of its path picks, so re-runs find it where it was (keep the shard list fixed).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+
+from ..api import DocIndex, Hit
+from .. import sources
+from ..config import IngestSettings, index_path
+from ..encoders import Retriever
+from ..errors import ClusterError, IndexMismatchError, IndexNotFoundError
+from ..ingest import IngestReport
+from .ray_runtime import connect
+
+SHARD_LIST = "shards.json"
+_STAMP_KEYS = ("model", "family", "config_hash", "image_edge")  # same encoder: comparable vectors
+
+
+@dataclass(frozen=True)
+class ShardHit(Hit):
+    shard: str  # the index (folder) the page is in; document_id and page_id are that index's
+
+    def to_json(self) -> dict:
+        return {**super().to_json(), "shard": self.shard}
+
+
+def write_shard_list(parent: str | os.PathLike[str], shards: Sequence[str | os.PathLike[str]]) -> Path:
+    """Record `shards` in `parent`/shards.json (paths relative to `parent` where they lie under it)."""
+    folder = index_path(parent)
+    folder.mkdir(parents=True, exist_ok=True)
+    listed = [os.path.relpath(index_path(shard), folder) if index_path(shard).is_relative_to(folder)
+              else str(index_path(shard)) for shard in shards]
+    target = folder / SHARD_LIST
+    temporary = target.with_suffix(".tmp")
+    temporary.write_text(json.dumps({"shards": listed}, indent=1))
+    os.replace(temporary, target)
+    return target
+
+
+def shard_locations(locations: Sequence[str | os.PathLike[str]]) -> list[Path]:
+    """Index folders named by `locations`; a folder with a shards.json stands for its shards."""
+    found: list[Path] = []
+    for location in locations:
+        folder = index_path(location)
+        listing = folder / SHARD_LIST
+        if listing.exists():
+            try:
+                listed = json.loads(listing.read_text())["shards"]
+            except (OSError, ValueError, KeyError, TypeError) as error:
+                raise ClusterError(f"{listing} is not a shard list: {error}") from error
+            found.extend((folder / shard).resolve() for shard in listed)
+        else:
+            found.append(folder)
+    if not found:
+        raise ClusterError("no shards given")
+    if len(set(found)) != len(found):
+        raise ClusterError("a shard is listed twice; its pages would count twice")
+    return found
+
+
+def shard_of(file: Path, shards: int) -> int:
+    """The shard (0..shards-1) a file belongs to: a stable hash of its path's bytes."""
+    return int.from_bytes(hashlib.sha256(os.fsencode(file)).digest()[:8], "big") % shards
+
+
+def ingest_sharded(locations: Sequence[str | os.PathLike[str]], paths: Sequence[str | os.PathLike[str]],
+                   settings: IngestSettings) -> IngestReport:
+    """Ingest the files under `paths` into the shards at `locations` (created when missing), each
+    file into shard_of(file); one report for all of them (`index` lists the shards)."""
+    if settings.sync:
+        raise ClusterError("--sync cannot be combined with --shards; run `docqa remove` on each shard instead")
+    started = time.monotonic()
+    shards = shard_locations(locations)
+    report = IngestReport(index=", ".join(map(str, shards)))
+    routed: list[list[Path]] = [[] for _ in shards]
+    for found in sources.walk(paths):
+        if isinstance(found, tuple):
+            report.fail(*found)
+        else:
+            routed[shard_of(found, len(shards))].append(found)
+    for shard, files in zip(shards, routed):
+        if files:
+            part = DocIndex.open(shard, create=True).ingest(files, settings)
+            for name in ("added", "updated", "unchanged", "removed", "failed", "skipped", "pages_added"):
+                setattr(report, name, getattr(report, name) + getattr(part, name))
+            report.failures.extend(part.failures)
+    report.seconds = time.monotonic() - started
+    return report
+
+
+class ShardActor:
+    """On a Ray worker: one shard held open, searched by query vectors."""
+
+    def __init__(self, path: str) -> None:
+        self.index = DocIndex.open(path)
+
+    def build(self) -> dict | None:
+        return self.index.build
+
+    def search_embeddings(self, query: np.ndarray, k: int, exact: bool, where: dict | None,
+                          path: str | None) -> list[Hit]:
+        return self.index.search_embeddings(query, k, exact=exact, where=where, path=path)
+
+
+class ShardSet:
+    """Several shards searched as one index (`search` / `search_embeddings` as on DocIndex)."""
+
+    def __init__(self, paths: list[Path], builds: list[dict | None], *, local: list[DocIndex] | None = None,
+                 actors: list | None = None, ray: ModuleType | None = None) -> None:
+        self.paths = paths
+        self.path = paths[0].parent  # what messages name (Asker: "... has no pages yet")
+        self._local = local
+        self._actors = actors
+        self._ray = ray
+        self._retriever: Retriever | None = None
+        self.build = _common_build(paths, builds)
+
+    @classmethod
+    def open(cls, locations: Sequence[str | os.PathLike[str]], *, ray: str | None = None,
+             cpus_per_shard: float = 1.0) -> ShardSet:
+        """Open the shards at `locations`; with `ray` (an address, or "local") each is held by a Ray
+        actor (the shard folders must be readable where the actors run)."""
+        paths = shard_locations(locations)
+        if ray is None:
+            indexes = [DocIndex.open(path) for path in paths]
+            return cls(paths, [index.build for index in indexes], local=indexes)
+        for path in paths:  # fail here, not in an actor, when a shard is missing
+            if not path.exists():
+                raise IndexNotFoundError(f"no index at {path}")
+        runtime = connect(ray)
+        remote = runtime.remote(num_cpus=cpus_per_shard)(ShardActor)
+        actors = [remote.remote(str(path)) for path in paths]
+        builds = runtime.get([actor.build.remote() for actor in actors])
+        return cls(paths, builds, actors=actors, ray=runtime)
+
+    def retriever(self, device: str | None = None) -> Retriever:
+        """The shards' common retriever, loaded here once (queries are encoded on this machine)."""
+        if self._retriever is None:
+            if self._local is not None:
+                self._retriever = next(index for index in self._local if index.build).retriever(device=device)
+            else:
+                encoder = self.build["encoder"]
+                retriever = Retriever.load(encoder["model"], device=device, image_edge=encoder["image_edge"])
+                if retriever.stamp.config_hash != encoder["config_hash"]:
+                    raise IndexMismatchError(f"the checkpoint {encoder['model']!r} differs from the one the"
+                                             " shards were built with (its config changed)")
+                self._retriever = retriever
+        return self._retriever
+
+    def search(self, query: str, k: int = 5, *, device: str | None = None, exact: bool = False,
+               where: dict | None = None, path: str | None = None) -> list[ShardHit]:
+        """The k best pages over all shards for `query`, encoded once."""
+        if self.build is None:
+            return []
+        vectors = self.retriever(device).encode_queries([query])[0]
+        return self.search_embeddings(vectors, k, exact=exact, where=where, path=path)
+
+    def search_embeddings(self, query: np.ndarray, k: int = 10, *, exact: bool = False,
+                          where: dict | None = None, path: str | None = None) -> list[ShardHit]:
+        """Every shard's top-k for the same query vectors, merged into the exact top-k."""
+        if self.build is None:
+            return []
+        if self._actors is not None:
+            per_shard = self._ray.get([actor.search_embeddings.remote(query, k, exact, where, path)
+                                       for actor in self._actors])
+        else:
+            with ThreadPoolExecutor(max_workers=len(self._local), thread_name_prefix="docqa-shard") as pool:
+                per_shard = list(pool.map(
+                    lambda index: index.search_embeddings(query, k, exact=exact, where=where, path=path)
+                    if index.build else [], self._local))
+        return merge_top_k(per_shard, [str(path) for path in self.paths], k)
+
+    def close(self) -> None:
+        for index in self._local or []:
+            index.close()
+        for actor in self._actors or []:
+            self._ray.kill(actor)
+
+
+def merge_top_k(per_shard: list[list[Hit]], shards: list[str], k: int) -> list[ShardHit]:
+    """The k best of the shards' ranked lists by score (ties: shard order, then rank), re-ranked."""
+    ranked = sorted(((-hit.score, number, hit.rank, hit) for number, hits in enumerate(per_shard) for hit in hits),
+                    key=lambda entry: entry[:3])
+    return [ShardHit(**{**_fields(hit), "rank": rank, "shard": shards[number]})
+            for rank, (_, number, _, hit) in enumerate(ranked[:k], start=1)]
+
+
+def _fields(hit: Hit) -> dict:
+    return {name: getattr(hit, name) for name in Hit.__dataclass_fields__}
+
+
+def _common_build(paths: list[Path], builds: list[dict | None]) -> dict | None:
+    """The build stamp every non-empty shard shares; a mix of encoders (or dims) is refused."""
+    stamped = [(path, build) for path, build in zip(paths, builds) if build is not None]
+    if not stamped:
+        return None
+    first_path, first = stamped[0]
+    for path, build in stamped[1:]:
+        if _comparable(build) != _comparable(first):
+            raise IndexMismatchError(
+                f"shards {first_path} and {path} were built differently ({_describe(first)} vs"
+                f" {_describe(build)}); their scores cannot be merged")
+    return first
+
+
+def _comparable(build: dict) -> tuple:
+    """What must agree for two shards' scores to be comparable: the encoder (or none) and the dim."""
+    encoder = build["encoder"]
+    dim = build.get("dim") or encoder["dim"]
+    return dim, None if encoder is None else tuple(encoder[name] for name in _STAMP_KEYS)
+
+
+def _describe(build: dict) -> str:
+    encoder = build["encoder"]
+    if encoder is None:
+        return f"given {build.get('dim')}-dim embeddings"
+    return f"model {encoder['model']!r}, config {encoder['config_hash'][:12]}, edge {encoder['image_edge']} px"
