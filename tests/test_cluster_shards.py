@@ -4,13 +4,14 @@ default mode, filters, threads and Ray actors; and `docqa search --shards` over 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from docqa import DocIndex
 from docqa.cli import main
-from docqa.cluster.shards import ShardSet, write_shard_list
+from docqa.cluster.shards import ShardSet, shard_of, write_shard_list
 from docqa.errors import IndexMismatchError
 
 from documents import make_image, make_pdf
@@ -109,7 +110,8 @@ def test_ingest_into_shards_then_search_them_as_one_index(tmp_path, retriever_ch
     assert main(["ingest", str(docs), "--index", str(tmp_path / "whole"), *model]) == 0
     assert main(["ingest", str(docs), "--shards", *shards, *model]) == 0
     held = [{doc.path for doc in DocIndex.open(shard).store.all_documents()} for shard in shards]
-    assert held[0] and held[1] and not held[0] & held[1] and len(held[0] | held[1]) == 5
+    assert not held[0] & held[1] and len(held[0] | held[1]) == 5
+    assert all(shard_of(Path(path), 2) == number for number, paths in enumerate(held) for path in paths)
     capsys.readouterr()
     assert main(["ingest", str(docs), "--shards", *shards, "--json"]) == 0  # each file found where it went
     again = json.loads(capsys.readouterr().out)["documents"]

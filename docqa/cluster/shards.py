@@ -29,7 +29,7 @@ from ..api import DocIndex, Hit
 from .. import sources
 from ..config import IngestSettings, index_path
 from ..encoders import Retriever
-from ..errors import ClusterError, IndexMismatchError, IndexNotFoundError
+from ..errors import ClusterError, IndexMismatchError, IndexNotFoundError, QueryError
 from ..ingest import IngestReport
 from .ray_runtime import connect
 
@@ -100,8 +100,9 @@ def ingest_sharded(locations: Sequence[str | os.PathLike[str]], paths: Sequence[
         else:
             routed[shard_of(found, len(shards))].append(found)
     for shard, files in zip(shards, routed):
+        index = DocIndex.open(shard, create=True)  # every shard exists afterwards, even one left empty
         if files:
-            part = DocIndex.open(shard, create=True).ingest(files, settings)
+            part = index.ingest(files, settings)
             for name in ("added", "updated", "unchanged", "removed", "failed", "skipped", "pages_added"):
                 setattr(report, name, getattr(report, name) + getattr(part, name))
             report.failures.extend(part.failures)
@@ -171,6 +172,8 @@ class ShardSet:
     def search(self, query: str, k: int = 5, *, device: str | None = None, exact: bool = False,
                where: dict | None = None, path: str | None = None) -> list[ShardHit]:
         """The k best pages over all shards for `query`, encoded once."""
+        if not query.strip():
+            raise QueryError("the query is empty; give the words to search for")
         if self.build is None:
             return []
         vectors = self.retriever(device).encode_queries([query])[0]
