@@ -73,4 +73,4 @@ class MissingDependencyError(DocQAError):
 
 
 class ClusterError(DocQAError):
-    """Ray is missing or unreachable, or a distributed run or sharded search cannot go ahead."""
+    """A Ray cluster is unreachable, or a distributed run or sharded search cannot go ahead."""
