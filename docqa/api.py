@@ -9,11 +9,9 @@
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import os
-import sqlite3
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -27,17 +25,16 @@ from .checkpoints import default_device
 from .config import IngestSettings, index_path
 from .encoders import EncoderStamp, Retriever, default_retriever
 from .errors import (
-    IndexLockedError,
     IndexMismatchError,
     IndexNotFoundError,
     ModelRequiredError,
+    OptionsError,
     QueryError,
-    StorageFullError,
 )
-from .index.search import ScoredPage, TokenIndex, brute_force_top_k, exact_top_k
+from .index.search import ScoredPage
+from .index.storage import IndexOptions, IndexStorage
 from .ingest import IngestReport, run_ingest
-from .index.locking import WriteLock
-from .index.store import DB_NAME, NewPage, PageFilter, PageTable, Store, check_metadata_key
+from .index.store import DB_NAME, NewPage, PageFilter, Store, check_metadata_key
 from .index.vectors import VECTOR_DTYPE, VectorFile
 
 BUILD_KEY = "build"
@@ -77,6 +74,7 @@ class IndexInfo:
             "documents": self.documents,
             "pages": self.pages,
             "bytes_on_disk": self.bytes_on_disk,
+            "options": (self.build or {}).get("options", IndexOptions().to_json()) if self.build else None,
         }
 
 
@@ -91,20 +89,33 @@ class RemoveReport:
 
 
 class DocIndex:
-    """One index folder: SQLite store, vector file, FAISS candidate index. Safe to read while
+    """One index folder (the facade over `docqa.index.storage.IndexStorage`). Safe to read while
     another process writes; writing methods take the index's write lock."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, options: IndexOptions | dict | None = None) -> None:
         self.path = path
         self.store = Store(path)
         self.store.migrate()
         self._retriever: Retriever | None = None
-        self._vectors: VectorFile | None = None
-        self._tokens: TokenIndex | None = None
+        self._storage: IndexStorage | None = None
+        self._build: dict | None = None
+        build = self.build
+        built = IndexOptions.from_build(build) if build is not None else None
+        if isinstance(options, dict):  # only the options named: the rest as the index has them
+            try:
+                options = IndexOptions(**{**(built or IndexOptions()).to_json(), **options})
+            except (TypeError, ValueError) as error:
+                raise OptionsError(f"bad index options: {error}") from error
+        if options is not None and built is not None:
+            options.check_same(built, path)
+        self.options = built or options or IndexOptions()
 
     @classmethod
-    def open(cls, name_or_path: str | os.PathLike[str] | None = None, *, create: bool = False) -> DocIndex:
-        """Open `indexes/<name>` (or a path); create it only when `create` is true."""
+    def open(cls, name_or_path: str | os.PathLike[str] | None = None, *, create: bool = False,
+             options: IndexOptions | dict | None = None) -> DocIndex:
+        """Open `indexes/<name>` (or a path); create it only when `create` is true. `options` are
+        fixed when the index is created; opening an index made with other options is refused (a
+        dict names only some options)."""
         path = index_path(name_or_path)
         if not (path / DB_NAME).exists():
             if not create:
@@ -112,21 +123,24 @@ class DocIndex:
                     f"no index at {path}; create it with `docqa ingest PATH... --index {name_or_path or 'default'}`"
                 )
             path.mkdir(parents=True, exist_ok=True)
-        index = cls(path)
-        index._recover_if_idle()
+        index = cls(path, options)
+        if index.build is not None:
+            index.storage.recover_if_idle()
         return index
 
     # --- build stamp and model --------------------------------------------------------------
     @property
     def build(self) -> dict | None:
-        return self.store.get_json(BUILD_KEY)
+        """The build stamp (read once it exists: it never changes after the first ingest or add)."""
+        if self._build is None:
+            self._build = self.store.get_json(BUILD_KEY)
+        return self._build
 
     @property
     def dim(self) -> int | None:
         """The vectors' dimension, fixed by the first ingest or add (None while the index is empty)."""
         build = self.build
         return None if build is None else int(build.get("dim") or build["encoder"]["dim"])
-
     def retriever(self, model: str | None = None, device: str | None = None,
                   image_edge: int | None = None) -> Retriever:
         """The index's retriever, loaded once; refuses a model other than the one it was built with."""
@@ -161,171 +175,64 @@ class DocIndex:
         return self._retriever
 
     def _write_build(self, stamp: EncoderStamp | None, dim: int) -> None:
-        """Record what builds this index: the model's stamp, or None for given embeddings of `dim`."""
+        """Record what builds this index: the model's stamp (None for given embeddings of `dim`)
+        and the index options."""
         build = {"encoder": None if stamp is None else asdict(stamp), "dim": dim,
-                 "docqa_version": __version__, "created": time.time()}
+                 "options": self.options.to_json(), "docqa_version": __version__, "created": time.time()}
         with self.store.transaction():
             self.store.set_meta(BUILD_KEY, json.dumps(build))
+        self._build = build
 
-    # --- storage ----------------------------------------------------------------------------
+    # --- storage: what the ingest pipelines call --------------------------------------------
+    @property
+    def storage(self) -> IndexStorage:
+        """The storage engine (the index must have its dimension: after the first ingest or add)."""
+        if self.dim is None:
+            raise IndexNotFoundError(f"{self.path} has no documents yet")
+        return self._storage_for(self.dim)
+
+    def _storage_for(self, dim: int | None) -> IndexStorage:
+        """The storage engine; `dim` is None only for an index nothing was added to yet."""
+        if self._storage is None:
+            self._storage = IndexStorage(self.path, self.store, dim, self.options)
+        elif self._storage.dim is None:
+            self._storage.dim = dim
+        return self._storage
+
     @property
     def vectors(self) -> VectorFile:
-        """The vector file the latest commit refers to (compaction replaces it by a new one)."""
-        return self._vector_file(self.store.vector_file())
-
-    def _vector_file(self, name: str) -> VectorFile:
-        if self._vectors is None or self._vectors.path.name != name:
-            build = self.build
-            if build is None:
-                raise IndexNotFoundError(f"{self.path} has no documents yet")
-            if self._vectors is not None:
-                self._vectors.close()
-            self._vectors = VectorFile(self.path, self.dim, name)
-        return self._vectors
-
-    def candidates(self, table: PageTable, epoch: int, vectors: VectorFile) -> TokenIndex:
-        """The FAISS candidate index for a snapshot (`Store.snapshot`), holding every page of `table`.
-
-        A copy made for another vector epoch numbers rows differently (rows were dropped or the
-        file compacted since), so it is replaced: by the saved index when that one matches, else
-        by one built from `vectors`. Rows owned by no page of `table` are ignored by search.
-        """
-        if self._tokens is None or self._tokens.epoch != epoch:
-            saved = TokenIndex.load(self.path, vectors.dim)
-            self._tokens = saved if saved is not None and saved.epoch == epoch else None
-        if self._tokens is None or self._tokens.high_water > vectors.rows:
-            self._tokens = TokenIndex.build(table, vectors, epoch)
-        else:
-            self._tokens.catch_up(table, vectors)
-        return self._tokens
+        """The vector file the latest commit refers to."""
+        return self.storage.vectors
 
     def add_vectors(self, vectors: np.ndarray) -> int:
-        """Append one page's vectors (not yet visible: commit_document does that); returns its offset."""
-        stored = np.asarray(vectors, dtype=VECTOR_DTYPE)
-        offset = self.vectors.append(stored)
-        self._tokens.add(offset, stored.astype(np.float32))
-        return offset
-
-    def _recover(self) -> None:
-        """Writer start-up: drop what a crashed writer left and make the candidate index current.
-
-        Rows past the last commit and vector files no commit names were written by a process that
-        died. Dropping rows changes what a row number may hold, so `vector_epoch` is bumped: readers
-        holding an older candidate index then reload it.
-        """
-        current = self.vectors
-        for stale in [*self.path.glob(".tokens-*.tmp"), *self.path.glob("vectors*.f16")]:
-            if stale != current.path:
-                stale.unlink(missing_ok=True)
-        end = self.store.vector_end()
-        epoch = self.store.vector_epoch()
-        saved = TokenIndex.load(self.path, current.dim)
-        if current.rows > end or saved is None or saved.epoch != epoch or saved.high_water > end:
-            current.truncate(end)
-            epoch = self._bump_epoch()
-            saved = TokenIndex.build(self.store.page_table(), current, epoch)
-            saved.save(self.path)
-        self._tokens = saved
-        self.compact_if_wasteful()  # a writer killed between an update and its compaction
-
-    def _bump_epoch(self) -> int:
-        """Start a new vector epoch; returns it."""
-        epoch = self.store.vector_epoch() + 1
-        with self.store.transaction():
-            self.store.set_meta("vector_epoch", str(epoch))
-        return epoch
-
-    def compact(self) -> int:
-        """Reclaim the vector rows of replaced, removed or failed documents; returns rows freed."""
-        with self._writing():
-            return self._compact() if self.build is not None else 0
-
-    def _compact(self) -> int:
-        """Copy every committed page's rows, in order, into a new vector file; then switch to it in
-        one commit. A crash before the commit leaves the old file in charge (the new one is
-        deleted on recovery); after it, the old file is the leftover."""
-        old = self.vectors
-        table = self.store.page_table()
-        freed = old.rows - int(table.counts.sum())
-        if freed <= 0:
-            return 0
-        epoch = self.store.vector_epoch() + 1
-        new = VectorFile(self.path, old.dim, f"vectors.{epoch}.f16")
-        new.path.unlink(missing_ok=True)
-        moves = [(int(page_id), new.append(old.read_rows(int(o), int(o + c))))
-                 for page_id, o, c in zip(table.page_ids, table.offsets, table.counts)]
-        new.sync()
-        new.close()
-        with self.store.transaction():
-            self.store.set_offsets(moves)
-            self.store.set_meta("vector_epoch", str(epoch))
-            self.store.set_meta("vector_file", new.path.name)
-        self._tokens = TokenIndex.build(self.store.page_table(), self.vectors, epoch)
-        self._tokens.save(self.path)
-        old.close()
-        old.path.unlink(missing_ok=True)
-        return freed
-
-    def compact_if_wasteful(self, ratio: float = 0.25) -> int:
-        """Compact (inside a write) when more than `ratio` of the vector rows are garbage."""
-        rows = self.vectors.rows
-        live = self.store.vector_rows()
-        return self._compact() if rows and (rows - live) > ratio * rows else 0
-
-    @contextmanager
-    def _writing(self) -> Iterator[None]:
-        """Hold the write lock; recover from any crash of an earlier writer first."""
-        lock = WriteLock(self.path)
-        try:
-            if self.build is not None:
-                self._recover()
-            yield
-        except (OSError, sqlite3.OperationalError) as error:
-            if not _is_storage_full(error):
-                raise
-            raise StorageFullError(
-                f"{self.path}: out of disk space, or a write failed ({error}); everything committed"
-                " before this point is intact; free some space and run the command again"
-            ) from error
-        finally:
-            if self._vectors is not None:
-                self._vectors.close()
-            lock.close()
-
-    def _recover_if_idle(self) -> None:
-        """On open: repair what a crashed writer left, unless a writer is running right now."""
-        if self.build is None:
-            return
-        try:
-            with self._writing():
-                pass
-        except (IndexLockedError, StorageFullError, OSError):
-            pass  # a live writer, a read-only folder or a full disk: readers see committed pages anyway
-
-    def save_candidates(self) -> None:
-        if self._tokens is not None:
-            self._tokens.save(self.path)
+        """Append one page's vectors (inside a write; visible once commit_document commits them)."""
+        return self.storage.append_page(vectors)
 
     def commit_document(self, path: Path, *, sha256: str, size: int, mtime: float, kind: str,
                         pages: list[NewPage], metadata: dict | None = None) -> int:
-        """Make a document and its pages visible atomically (its vectors are already appended)."""
-        self.vectors.sync()
-        with self.store.transaction():
-            document_id, replaced = self.store.put_document(
-                path, sha256=sha256, size=size, mtime=mtime, kind=kind, pages=pages, metadata=metadata
-            )
-        self._forget_vectors(replaced)
-        return document_id
+        """Make a document and its pages visible atomically (inside a write)."""
+        return self.storage.commit_document(path, sha256=sha256, size=size, mtime=mtime, kind=kind,
+                                            pages=pages, metadata=metadata)
 
     def delete_documents(self, document_ids: list[int]) -> int:
-        with self.store.transaction():
-            ranges = self.store.delete_documents(document_ids)
-        self._forget_vectors(ranges)
-        return len(document_ids)
+        return self.storage.delete(document_ids)
 
-    def _forget_vectors(self, ranges: list[tuple[int, int]]) -> None:
-        """Drop deleted pages' rows from the candidate index (they stay as garbage in the vector file)."""
-        self._tokens.remove(ranges)
+    def compact_if_wasteful(self) -> int:
+        return self.storage.compact_if_wasteful()
+
+    @contextmanager
+    def bulk(self) -> Iterator[DocIndex]:
+        """Hold the write lock across many `add_embeddings` calls and sync them to disk together at
+        the end (each document still commits atomically; see IndexStorage.bulk)."""
+        with self._storage_for(self.dim).bulk():
+            yield self
+
+    def compact(self) -> int:
+        """Reclaim the vector rows of replaced, removed or failed documents; returns rows freed."""
+        if self.build is None:
+            return 0
+        with self.storage.writing():
+            return self.storage.compact()
 
     # --- the user-facing operations ---------------------------------------------------------
     def ingest(self, paths: Iterable[str | os.PathLike[str]], settings: IngestSettings | None = None,
@@ -335,7 +242,7 @@ class DocIndex:
         given = [os.fspath(p) for p in paths]
         for key in settings.tags:
             check_metadata_key(key)
-        with self._writing():
+        with self._storage_for(self.dim).writing():
             if settings.ray is not None:  # render and encode on Ray; this process plans and commits
                 from .cluster.ingest import RayPipeline
 
@@ -351,7 +258,7 @@ class DocIndex:
         build = self.build
         if build is None:
             self._write_build(stamp, stamp.dim)
-            self._recover()  # sets up the empty vector file and candidate index
+            self._storage_for(stamp.dim)
             return
         built = build["encoder"]
         if built is None:
@@ -377,10 +284,11 @@ class DocIndex:
         for key in metadata or {}:
             check_metadata_key(key)
         dim = arrays[0].shape[1]
-        with self._writing():
+        if self.dim is not None and dim != self.dim:
+            raise IndexMismatchError(f"{self.path} holds {self.dim}-dimensional vectors; got {dim}")
+        with self._storage_for(dim).writing():
             if self.build is None:
                 self._write_build(None, dim)
-                self._recover()
             elif dim != self.dim:
                 raise IndexMismatchError(f"{self.path} holds {self.dim}-dimensional vectors; got {dim}")
             digest = hashlib.sha256()
@@ -390,8 +298,7 @@ class DocIndex:
                 new_pages.append(NewPage(number, 0, 0, self.add_vectors(vectors), len(vectors)))
             document_id = self.commit_document(Path(path), sha256=digest.hexdigest(), size=0, mtime=time.time(),
                                                kind=EMBEDDINGS_KIND, pages=new_pages, metadata=metadata)
-            if not self.compact_if_wasteful():
-                self.save_candidates()
+            self.storage.compact_if_wasteful()
         return document_id
 
     def search(self, query: str, k: int = 5, *, device: str | None = None, exact: bool = False,
@@ -408,9 +315,11 @@ class DocIndex:
                           where: dict | None = None, path: str | None = None) -> list[Hit]:
         """The k pages with the highest MaxSim for a (n_tokens, dim) query multi-vector, best first.
 
-        `exact` scores every page (brute force). `where` keeps documents whose metadata has every
-        given key=value; `path` keeps documents whose path matches the glob. A filtered search
-        returns k pages whenever k pages match.
+        Scores are exact MaxSim. In the default "fast" mode an index of more than a thousand pages
+        reranks the candidate stage's best pages (recall, not exactness, is what the benchmark
+        measures); `exact` scores every page by brute force. `where` keeps documents whose metadata
+        has every given key=value; `path` keeps documents whose path matches the glob. A filtered
+        search returns k pages whenever k pages match.
         """
         query = np.asarray(query, dtype=np.float32)
         if self.build is None:
@@ -421,21 +330,7 @@ class DocIndex:
             page_filter = PageFilter(dict(where or {}), path)
         except ValueError as error:
             raise QueryError(str(error)) from error
-        for attempt in range(3):
-            table, epoch, name, allowed = self.store.snapshot(page_filter)
-            vectors = self._vector_file(name)
-            try:
-                if allowed is not None:
-                    scored = brute_force_top_k(query, k, table.subset(np.isin(table.page_ids, allowed)), vectors)
-                elif exact:
-                    scored = brute_force_top_k(query, k, table, vectors)
-                else:
-                    scored = exact_top_k(query, k, table, self.candidates(table, epoch, vectors), vectors)
-                break
-            except FileNotFoundError:  # compacted into a new file since the snapshot: take a new one
-                if attempt == 2:
-                    raise
-        return self._hits(scored)
+        return self._hits(self.storage.search(query, k, exact=exact, page_filter=page_filter or None))
 
     def _hits(self, scored: list[ScoredPage]) -> list[Hit]:
         """Ranked hits with their documents' fields, fetched in one query."""
@@ -454,7 +349,9 @@ class DocIndex:
         """Delete the documents at `paths` (a folder removes everything under it)."""
         matched: dict[int, str] = {}  # document id -> path, in the order found
         not_found: list[str] = []
-        with self._writing():
+        if self.build is None:
+            return RemoveReport(index=str(self.path), removed=[], not_found=[str(given) for given in paths])
+        with self.storage.writing():
             for given in paths:
                 path = Path(os.path.abspath(os.path.expanduser(os.fspath(given))))
                 matches = self.store.documents_under([path, path.resolve()])
@@ -462,9 +359,8 @@ class DocIndex:
                     not_found.append(str(given))
                 matched.update((record.id, record.path) for record in matches)
             if matched:
-                self.delete_documents(list(matched))
-                if not self.compact_if_wasteful():
-                    self.save_candidates()
+                self.storage.delete(list(matched))
+                self.storage.compact_if_wasteful()
         return RemoveReport(index=str(self.path), removed=list(matched.values()), not_found=not_found)
 
     def info(self) -> IndexInfo:
@@ -475,8 +371,8 @@ class DocIndex:
                          documents=documents, pages=pages, bytes_on_disk=size, build=build)
 
     def close(self) -> None:
-        if self._vectors is not None:
-            self._vectors.close()
+        if self._storage is not None:
+            self._storage.close()
         self.store.close()
 
 
@@ -484,9 +380,3 @@ def _same_model(model: str) -> str:
     """How a model is recorded: local folders as absolute paths, hub ids as given."""
     path = Path(model).expanduser()
     return str(path.resolve()) if path.is_dir() else model
-
-
-def _is_storage_full(error: OSError | sqlite3.OperationalError) -> bool:
-    if isinstance(error, sqlite3.OperationalError):
-        return "full" in str(error) or "disk I/O error" in str(error)
-    return error.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)

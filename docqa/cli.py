@@ -55,6 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("--batch-size", type=_positive_int, default=4, help="pages per forward pass (default 4)")
     ingest.add_argument("--image-edge", type=_positive_int, help="longest page edge in pixels fed to the "
                         "retriever (default per model family; fixed at the first ingest)")
+    ingest.add_argument("--index-mode", choices=["fast", "exact"], help="set when the index is created: "
+                        "fast (default) reranks the candidate stage's best pages with exact MaxSim; exact scores "
+                        "every page on every search")
+    ingest.add_argument("--pool-factor", type=_positive_int, help="set when the index is created: merge similar "
+                        "vectors of each page into about 1/N as many (hierarchical token pooling; default 1 = keep all)")
     ingest.add_argument("--tag", action="append", type=_key_value, default=[], metavar="KEY=VALUE",
                         help="store this tag on every document added or updated (repeatable); filter on it "
                         "with search/ask --where")
@@ -219,11 +224,11 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _open_index(name: str | None, create: bool = False):
+def _open_index(name: str | None, create: bool = False, options: dict | None = None):
     """Open an index; the import is here so `--help` does not pay for importing torch."""
     from .api import DocIndex
 
-    return DocIndex.open(name, create=create)
+    return DocIndex.open(name, create=create, options=options)
 
 
 def _print_json(payload: dict) -> None:
@@ -231,6 +236,8 @@ def _print_json(payload: dict) -> None:
 
 
 def _ingest(args: argparse.Namespace) -> int:
+    options = {name: value for name, value in (("mode", args.index_mode), ("pool_factor", args.pool_factor))
+               if value is not None}
     settings = IngestSettings(model=args.model, device=args.device, batch_size=args.batch_size,
                               image_edge=args.image_edge, sync=args.sync, tags=dict(args.tag),
                               progress=sys.stderr.isatty(), ray=args.ray, ray_encoders=args.ray_encoders)
@@ -239,7 +246,7 @@ def _ingest(args: argparse.Namespace) -> int:
 
         report = ingest_sharded(args.shards, args.paths, settings)
     else:
-        report = _open_index(args.index, create=True).ingest(args.paths, settings)
+        report = _open_index(args.index, create=True, options=options).ingest(args.paths, settings)
     if args.json:
         _print_json(report.to_json())
     else:

@@ -38,7 +38,6 @@ class IngestSettings:
     render_timeout_s: float = field(  # poppler time allowed per file
         default_factory=lambda: float(os.environ.get("DOCQA_RENDER_TIMEOUT", DEFAULT_TIMEOUT_S))
     )
-    save_every_s: float = 60.0  # how often the candidate index is checkpointed during long runs
     progress: bool = False
     ray: str | None = None  # render and encode on Ray: "local" starts one, else a cluster address
     ray_encoders: int | None = None  # encoder actors (default: one per GPU, else CPUs - 1)

@@ -52,6 +52,10 @@ class QueryError(DocQAError, ValueError):
     """A search request that cannot be run as given (empty query, wrong shape, bad filter)."""
 
 
+class OptionsError(DocIndexError, ValueError):
+    """Index options that are not valid (see docqa.index.storage.IndexOptions)."""
+
+
 class NoResultsError(DocQAError):
     """A question found nothing to answer from (empty index, or no page matched)."""
 

@@ -123,8 +123,7 @@ def run_ingest(
             _encode_and_commit(index, jobs, settings, retriever, report, bar)
         else:
             pipeline(index, jobs, settings, report, bar)
-    if not index.compact_if_wasteful():
-        index.save_candidates()
+    index.compact_if_wasteful()
     report.seconds = time.monotonic() - started
     return report
 
@@ -245,7 +244,6 @@ def _encode_and_commit(
 ) -> None:
     pending: list[tuple[Job, RenderedPage]] = []
     rendered: deque[Job] = deque()  # jobs fully rendered, in order, awaiting commit
-    last_save = time.monotonic()
 
     def encode_pending() -> None:
         batch = [(job, page) for job, page in pending if job.error is None]
@@ -258,14 +256,10 @@ def _encode_and_commit(
         bar.update(len(batch))
 
     def commit_rendered() -> None:
-        nonlocal last_save
         while rendered and not any(job is rendered[0] for job, _ in pending):
             job = rendered.popleft()
             if job.error is None:
                 commit_job(index, job, report)
-        if time.monotonic() - last_save > settings.save_every_s:
-            index.save_candidates()
-            last_save = time.monotonic()
 
     pages = _page_stream(jobs, settings, retriever.stamp.image_edge)
     for job, item in _prefetch(pages, depth=2 * settings.batch_size):

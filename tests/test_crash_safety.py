@@ -1,5 +1,5 @@
-"""kill -9 during ingest at 23 points across walking, hashing, rendering, encoding, storing and
-index saving. After each kill: the index opens; every page has its vectors and every vector row
+"""kill -9 during ingest at 24 points across walking, hashing, rendering, encoding, storing, and
+training, logging and saving the candidate stage. After each kill: the index opens; every page has its vectors and every vector row
 belongs to a committed page; no partial document is visible; re-running the same ingest
 completes; and the result equals an uninterrupted run's."""
 
@@ -16,7 +16,7 @@ import pytest
 from crash_harness import KillPoint, in_child, single_threaded
 from documents import make_image, make_pdf, make_tiff
 
-SETTINGS = {"batch_size": 2, "chunk_pages": 2, "image_edge": 512, "save_every_s": 0.0}
+SETTINGS = {"batch_size": 2, "chunk_pages": 2, "image_edge": 512}
 
 KILL_POINTS = [
     KillPoint("docqa.sources", "classify", 1, "before", "walk"),
@@ -29,20 +29,32 @@ KILL_POINTS = [
     KillPoint("docqa.encoders", "Retriever.encode_pages", 1, "before", "encode"),
     KillPoint("docqa.encoders", "Retriever.encode_pages", 2, "after", "encode"),
     KillPoint("docqa.encoders", "Retriever.encode_pages", 4, "before", "encode"),
-    KillPoint("docqa.index.search", "TokenIndex.add", 3, "after", "encode"),
     KillPoint("docqa.index.vectors", "VectorFile.append", 1, "after", "store"),
     KillPoint("docqa.index.vectors", "VectorFile.append", 6, "before", "store"),
     KillPoint("docqa.index.vectors", "VectorFile.sync", 1, "after", "store"),
     KillPoint("docqa.index.vectors", "VectorFile.sync", 3, "before", "store"),
     KillPoint("docqa.index.store", "Store.put_document", 1, "after", "store"),  # inside the transaction
     KillPoint("docqa.index.store", "Store.put_document", 3, "before", "store"),
-    KillPoint("docqa.api", "DocIndex._forget_vectors", 1, "after", "store"),  # just committed
-    KillPoint("docqa.api", "DocIndex._forget_vectors", 4, "after", "store"),
-    KillPoint("docqa.index.search", "TokenIndex.save", 1, "before", "save"),
-    KillPoint("docqa.index.search", "faiss.serialize_index", 2, "after", "save"),
-    KillPoint("docqa.index.search", "os.replace", 1, "before", "save"),  # temp file written, not renamed
-    KillPoint("docqa.index.search", "os.replace", 3, "after", "save"),
+    KillPoint("docqa.index.storage", "IndexStorage._index_committed", 1, "before", "store"),  # just committed
+    KillPoint("docqa.index.storage", "IndexStorage._index_committed", 4, "before", "store"),  # after training
+    KillPoint("docqa.index.candidates", "Codebook.train", 1, "after", "train"),
+    KillPoint("docqa.index.candidates", "CandidateIndex.log", 1, "after", "log"),
+    KillPoint("docqa.index.candidates", "CandidateIndex.rebuild", 2, "after", "save"),
+    KillPoint("docqa.index.candidates", "np.savez", 1, "after", "save"),  # temp file written, not renamed
+    KillPoint("docqa.index.candidates", "os.replace", 1, "after", "save"),  # new empty log, old postings
+    KillPoint("docqa.index.candidates", "os.replace", 4, "after", "save"),
 ]
+# The tiny corpus has 11 pages: train the candidate stage from 4 pages and fold its tail after 2, so
+# that training, logging and saving all happen (and get killed) during the runs below.
+TINY_CANDIDATE_STAGE = {"TRAIN_MIN_PAGES": 4, "TAIL_MERGE_PAGES": 2}
+
+
+def _child_setup() -> None:
+    from docqa.index import candidates
+
+    single_threaded()
+    for name, value in TINY_CANDIDATE_STAGE.items():
+        setattr(candidates, name, value)
 
 
 def _ingest(index_dir: Path, corpus: Path, model: str) -> dict:
@@ -70,30 +82,37 @@ def _raw_invariants(index_dir: Path) -> dict:
 
 
 def _state(index_dir: Path) -> dict:
-    """Open the index as a reader would and describe it: coverage of vector rows and the score of
-    every page for fixed random queries (through the FAISS candidate search)."""
+    """Open the index as a reader would and describe it: coverage of vector rows, and the score of
+    every page for fixed random queries through the candidate stage (reranking every page) and by
+    brute force."""
     from docqa.api import DocIndex
-    from docqa.index.search import exact_top_k
+    from docqa.index.search import brute_force_top_k, two_stage_top_k
 
     index = DocIndex.open(index_dir)
     documents = [(d.path, d.sha256, d.pages) for d in index.store.all_documents()]
     if index.build is None:
         return {"documents": documents, "covered": True, "scores": []}
-    table, epoch, _, _ = index.store.snapshot()
-    candidates = index.candidates(table, epoch, index.vectors)
+    table, _, _, _ = index.store.snapshot()
+    vectors = index.vectors
+    candidates = index.storage._current_candidates(table, vectors)
     ends = table.offsets + table.counts
     covered = bool(
         len(table) == 0 or (table.offsets[0] == 0 and np.all(table.offsets[1:] == ends[:-1])
-                            and ends[-1] == index.vectors.rows)
+                            and ends[-1] == vectors.rows)
     )
     rng = np.random.default_rng(0)
     scores = []
     for _ in range(3):
-        query = rng.standard_normal((6, index.vectors.dim)).astype(np.float32)
-        hits = exact_top_k(query, len(table), table, candidates, index.vectors)
-        details = index.store.pages_with_documents([hit.page_id for hit in hits])
-        scores.append({(details[h.page_id]["path"], details[h.page_id]["page"]): h.score for h in hits})
-    return {"documents": documents, "covered": covered, "scores": scores}
+        query = rng.standard_normal((6, vectors.dim)).astype(np.float32)
+        exact = brute_force_top_k(query, len(table), table, vectors)
+        if candidates is not None:
+            staged = two_stage_top_k(query, len(table), table, candidates, vectors, rerank=len(table))
+            assert [h.page_id for h in staged] == [h.page_id for h in exact]
+            assert np.isfinite(candidates.approximate_scores(query, table.page_ids)).all()
+        details = index.store.pages_with_documents([hit.page_id for hit in exact])
+        scores.append({(details[h.page_id]["path"], details[h.page_id]["page"]): h.score for h in exact})
+    return {"documents": documents, "covered": covered, "scores": scores,
+            "trained": candidates is not None}
 
 
 @pytest.fixture(scope="module")
@@ -110,9 +129,11 @@ def corpus(tmp_path_factory) -> Path:
 def reference(corpus, tmp_path_factory, retriever_checkpoints) -> dict:
     index_dir = tmp_path_factory.mktemp("reference") / "index"
     model = str(retriever_checkpoints["colmodernvbert"])
-    run = in_child(partial(_ingest, index_dir, corpus, model), before=single_threaded)
+    run = in_child(partial(_ingest, index_dir, corpus, model), before=_child_setup)
     assert run.exit_code == 0 and run.value["documents"]["added"] == 4
-    return in_child(partial(_state, index_dir), before=single_threaded).value
+    state = in_child(partial(_state, index_dir), before=_child_setup).value
+    assert state["trained"]
+    return state
 
 
 @pytest.mark.parametrize("point", KILL_POINTS, ids=str)
@@ -120,20 +141,20 @@ def test_kill_9_never_corrupts_the_index(point, corpus, reference, tmp_path, ret
     index_dir = tmp_path / "index"
     model = str(retriever_checkpoints["colmodernvbert"])
 
-    crashed = in_child(partial(_ingest, index_dir, corpus, model), kill=point, before=single_threaded)
+    crashed = in_child(partial(_ingest, index_dir, corpus, model), kill=point, before=_child_setup)
     assert crashed.killed, f"{point} was never reached"
 
     raw = in_child(partial(_raw_invariants, index_dir)).value
     assert raw == {"pages_have_vectors": True, "whole_documents": True}
-    after_crash = in_child(partial(_state, index_dir), before=single_threaded).value
+    after_crash = in_child(partial(_state, index_dir), before=_child_setup).value
     assert after_crash["covered"], "vector rows that no committed page owns survived reopening"
     committed = {path for path, _, _ in after_crash["documents"]}
     for scores in after_crash["scores"]:
         assert {path for path, _ in scores} == committed  # search sees exactly the committed documents
 
-    rerun = in_child(partial(_ingest, index_dir, corpus, model), before=single_threaded)
+    rerun = in_child(partial(_ingest, index_dir, corpus, model), before=_child_setup)
     assert rerun.exit_code == 0 and rerun.value["documents"]["failed"] == 0
-    final = in_child(partial(_state, index_dir), before=single_threaded).value
+    final = in_child(partial(_state, index_dir), before=_child_setup).value
     assert final["documents"] == reference["documents"]
     assert final["covered"]
     for got, expected in zip(final["scores"], reference["scores"]):
@@ -142,11 +163,10 @@ def test_kill_9_never_corrupts_the_index(point, corpus, reference, tmp_path, ret
 
 
 COMPACTION_KILL_POINTS = [
-    KillPoint("docqa.api", "DocIndex._compact", 1, "before", "compact"),
+    KillPoint("docqa.index.storage", "IndexStorage.compact", 1, "before", "compact"),
     KillPoint("docqa.index.store", "Store.set_offsets", 1, "before", "compact"),  # new file written
     KillPoint("docqa.index.store", "Store.set_offsets", 1, "after", "compact"),  # inside the transaction
-    KillPoint("docqa.index.search", "TokenIndex.build", 1, "before", "compact"),  # switched, FAISS stale
-    KillPoint("docqa.index.search", "TokenIndex.build", 1, "after", "compact"),  # FAISS built, not saved
+    KillPoint("docqa.index.storage", "IndexStorage._save_candidates", 1, "before", "compact"),  # switched
 ]
 
 
@@ -164,10 +184,10 @@ def revised_reference(tmp_path_factory, retriever_checkpoints) -> tuple[Path, di
     make_image(corpus / "c.png", text="gamma")
     model = str(retriever_checkpoints["colmodernvbert"])
     index_dir = root / "index"
-    assert in_child(partial(_ingest, index_dir, corpus, model), before=single_threaded).exit_code == 0
+    assert in_child(partial(_ingest, index_dir, corpus, model), before=_child_setup).exit_code == 0
     _rewrite_b(corpus)
-    assert in_child(partial(_ingest, index_dir, corpus, model), before=single_threaded).exit_code == 0
-    return corpus, in_child(partial(_state, index_dir), before=single_threaded).value
+    assert in_child(partial(_ingest, index_dir, corpus, model), before=_child_setup).exit_code == 0
+    return corpus, in_child(partial(_state, index_dir), before=_child_setup).value
 
 
 @pytest.mark.parametrize("point", COMPACTION_KILL_POINTS, ids=str)
@@ -181,20 +201,20 @@ def test_kill_9_during_compaction(point, revised_reference, tmp_path, retriever_
     make_image(corpus / "c.png", text="gamma")
     index_dir = tmp_path / "index"
     model = str(retriever_checkpoints["colmodernvbert"])
-    assert in_child(partial(_ingest, index_dir, corpus, model), before=single_threaded).exit_code == 0
+    assert in_child(partial(_ingest, index_dir, corpus, model), before=_child_setup).exit_code == 0
     _rewrite_b(corpus)
 
-    crashed = in_child(partial(_ingest, index_dir, corpus, model), kill=point, before=single_threaded)
+    crashed = in_child(partial(_ingest, index_dir, corpus, model), kill=point, before=_child_setup)
     assert crashed.killed, f"{point} was never reached"
     assert in_child(partial(_raw_invariants, index_dir)).value == {"pages_have_vectors": True,
                                                                    "whole_documents": True}
-    after_crash = in_child(partial(_state, index_dir), before=single_threaded).value
+    after_crash = in_child(partial(_state, index_dir), before=_child_setup).value
     assert {Path(path).name for path, _, _ in after_crash["documents"]} == {"a.pdf", "b.pdf", "c.png"}
     assert after_crash["covered"]
 
-    rerun = in_child(partial(_ingest, index_dir, corpus, model), before=single_threaded)
+    rerun = in_child(partial(_ingest, index_dir, corpus, model), before=_child_setup)
     assert rerun.exit_code == 0
-    final = in_child(partial(_state, index_dir), before=single_threaded).value
+    final = in_child(partial(_state, index_dir), before=_child_setup).value
     assert len(list(index_dir.glob("vectors*.f16"))) == 1
     relocate = {str(revised_corpus / name): str(corpus / name) for name in ("a.pdf", "b.pdf", "c.png")}
     # The files are regenerated here (reportlab stamps each PDF with its own date and id), so

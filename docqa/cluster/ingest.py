@@ -136,7 +136,6 @@ class RayPipeline:
         if not jobs:
             return
         waiting = {number: _Arrivals(job) for number, job in enumerate(jobs)}
-        last_save = time.monotonic()
         for batch in self._dataset(jobs, settings).iter_batches(batch_size=None, batch_format="numpy"):
             for row in range(len(batch["job"])):
                 arrivals = waiting.get(int(batch["job"][row]))
@@ -148,9 +147,6 @@ class RayPipeline:
                     if arrivals.job.error is None:
                         arrivals.job.pages.sort(key=lambda page: page.number)
                         commit_job(index, arrivals.job, report)
-            if time.monotonic() - last_save > settings.save_every_s:
-                index.save_candidates()
-                last_save = time.monotonic()
         for arrivals in waiting.values():
             report.fail(arrivals.job.path, f"{len(arrivals.numbers)} of {arrivals.job.page_count} pages came "
                         "back from the cluster; run ingest again")

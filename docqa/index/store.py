@@ -23,7 +23,7 @@ from ..sources import printable
 from .vectors import FILE_NAME as VECTOR_FILE
 
 DB_NAME = "docqa.db"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 BUSY_TIMEOUT_MS = 30_000
 
 
@@ -158,7 +158,22 @@ def _migration_1(db: sqlite_utils.Database) -> None:
     db["pages"].create_index(["vec_offset"])
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migration_1]
+def _migration_2(db: sqlite_utils.Database) -> None:
+    """Page ids are never reused (AUTOINCREMENT): the candidate index keys pages by id."""
+    db.execute("ALTER TABLE pages RENAME TO pages_v1")
+    db.execute(
+        "CREATE TABLE pages (id INTEGER PRIMARY KEY AUTOINCREMENT,"
+        " document_id INTEGER NOT NULL REFERENCES documents(id), number INTEGER NOT NULL,"
+        " width INTEGER, height INTEGER, vec_offset INTEGER NOT NULL, vec_count INTEGER NOT NULL)"
+    )
+    db.execute("INSERT INTO pages (id, document_id, number, width, height, vec_offset, vec_count)"
+               " SELECT id, document_id, number, width, height, vec_offset, vec_count FROM pages_v1")
+    db.execute("DROP TABLE pages_v1")
+    db.execute("CREATE UNIQUE INDEX idx_pages_document_id_number ON pages (document_id, number)")
+    db.execute("CREATE INDEX idx_pages_vec_offset ON pages (vec_offset)")
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migration_1, _migration_2]
 
 
 class Store:
@@ -322,6 +337,24 @@ class Store:
             return False
         self.db.execute("UPDATE documents SET metadata = ? WHERE id = ?", [json.dumps(merged, ensure_ascii=False), document_id])
         return True
+
+    def documents_past_row(self, rows: int) -> list[int]:
+        """Ids of documents with a page whose vectors reach past the first `rows` rows."""
+        return [row[0] for row in self.db.execute(
+            "SELECT DISTINCT document_id FROM pages WHERE vec_offset + vec_count > ?", [rows]).fetchall()]
+
+    def set_synchronous(self, durable: bool) -> None:
+        """FULL: each commit is on disk when it returns; NORMAL (WAL): commits are atomic and survive
+        the process being killed, and reach the disk at the next checkpoint."""
+        self.db.execute(f"PRAGMA synchronous = {'FULL' if durable else 'NORMAL'}")
+        if durable:
+            self.db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+
+    def pages_of(self, document_id: int) -> list[tuple[int, int, int]]:
+        """(page id, vector offset, vector count) of a document's pages, in page order."""
+        return [tuple(row) for row in self.db.execute(
+            "SELECT id, vec_offset, vec_count FROM pages WHERE document_id = ? ORDER BY number", [document_id]
+        ).fetchall()]
 
     def vector_epoch(self) -> int:
         """Bumped whenever vector row numbers change meaning (rows dropped, or the file compacted)."""

@@ -43,11 +43,13 @@ class VectorFile:
         self._appender.write(np.ascontiguousarray(vectors, dtype=VECTOR_DTYPE).tobytes())
         return offset
 
-    def sync(self) -> None:
-        """Make every appended row durable (call before the SQLite commit that references them)."""
+    def sync(self, durable: bool = True) -> None:
+        """Hand every appended row to the OS (it then survives the process being killed) and, when
+        `durable`, to the disk (it survives power loss). Call before the commit that references them."""
         if self._appender is not None:
             self._appender.flush()
-            os.fsync(self._appender.fileno())
+            if durable:
+                os.fsync(self._appender.fileno())
 
     def truncate(self, rows: int) -> None:
         """Drop rows past `rows` (written after the last commit by a process that died)."""
@@ -63,6 +65,16 @@ class VectorFile:
             return []
         mapped = self._map()
         return [np.asarray(mapped[o : o + c], dtype=np.float32) for o, c in zip(offsets, counts)]
+
+    def read_block(self, offsets: np.ndarray, counts: np.ndarray) -> np.ndarray:
+        """The row ranges [offset, offset + count), one after another, as one float32 array (one
+        gather and one conversion, much faster than page by page)."""
+        if len(offsets) == 0 or int(np.sum(counts)) == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        counts = np.asarray(counts, dtype=np.int64)
+        starts = np.repeat(np.asarray(offsets, dtype=np.int64) - np.cumsum(counts) + counts, counts)
+        rows = starts + np.arange(int(counts.sum()))
+        return self._map()[rows].astype(np.float32)
 
     def read_rows(self, start: int, stop: int) -> np.ndarray:
         """float32 copy of rows [start, stop)."""

@@ -1,0 +1,281 @@
+"""The first stage of search: which pages are worth scoring exactly.
+
+Every page vector is quantised to one cell of an inverted multi-index (Babenko & Lempitsky): its
+first and second halves each go to the nearest of 64 k-means centroids (FAISS k-means, trained on a
+sample of the index's own vectors), giving 4,096 cells assigned with two small matrix products. A
+page is represented by the set of cells its vectors fall in; a cell's postings list the pages that
+have it.
+
+A query token's score for a cell is its dot product with the cell's centroid (the sum of the two
+half scores). A page's approximate score is, per query token, the best of the token's top cells that
+the page has, or a floor (the lowest of those cells' scores) when it has none, summed over the query
+tokens: PLAID's centroid interaction, computed by walking postings. Cells that a large share of the
+pages have (blank margins, background) are never walked: every page counts as having them, which
+keeps generic query tokens cheap instead of making them touch every page. The pages with the best
+approximate scores are then reranked with exact MaxSim by the caller.
+
+Pages are keyed by their page id (stable across compaction, never reused). Pages added since the
+postings were last rebuilt sit in a small tail, scored directly and appended to a log file, so a
+commit writes a few hundred bytes, not the postings; the postings are rebuilt and saved when the tail
+passes a tenth of the pages. Deleted pages stay in the postings until then and are masked out by the
+caller's list of live pages.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import struct
+import tempfile
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+FILE_NAME = "candidates.npz"
+LOG_NAME = "candidates.log"
+HALF_CENTROIDS = 64  # per half: 64 x 64 = 4,096 cells
+CELLS = HALF_CENTROIDS * HALF_CENTROIDS
+TRAIN_MIN_PAGES = 1024  # below this, search scores every page (fast enough, and exact)
+TRAIN_SAMPLE_VECTORS = 200_000
+RETRAIN_GROWTH = 16  # retrain the centroids when the index has grown this many times since training
+TOP_CELLS = 64  # cells walked per query token
+DENSE_SHARE = 0.25  # a cell in more than this share of pages counts as present everywhere
+TAIL_MERGE_PAGES = 2048  # rebuild the postings when the tail grows past this (or a tenth of the pages)
+
+
+class Codebook:
+    """Two half-space k-means codebooks: vector -> cell id in [0, CELLS)."""
+
+    def __init__(self, centroids: np.ndarray) -> None:
+        self.centroids = np.ascontiguousarray(centroids, dtype=np.float32)  # (2, HALF_CENTROIDS, dim / 2)
+        self._half_norms = 0.5 * (self.centroids ** 2).sum(axis=2)
+
+    @property
+    def dim(self) -> int:
+        return 2 * self.centroids.shape[2]
+
+    @classmethod
+    def train(cls, sample: np.ndarray, seed: int = 1234) -> Codebook:
+        """k-means on each half of `sample` (n, dim); deterministic for a given sample and seed."""
+        sample = np.ascontiguousarray(sample, dtype=np.float32)
+        if len(sample) < HALF_CENTROIDS:  # k-means needs a point per centroid: repeat a tiny sample
+            sample = np.resize(sample, (HALF_CENTROIDS, sample.shape[1]))
+        half = sample.shape[1] // 2
+        centroids = []
+        for part in (sample[:, :half], sample[:, half:]):
+            kmeans = faiss.Kmeans(half, HALF_CENTROIDS, niter=20, seed=seed, verbose=False)
+            kmeans.train(np.ascontiguousarray(part))
+            centroids.append(kmeans.centroids)
+        return cls(np.stack(centroids))
+
+    def assign(self, vectors: np.ndarray) -> np.ndarray:
+        """The cell of each vector (nearest centroid per half, by Euclidean distance)."""
+        vectors = np.asarray(vectors, dtype=np.float32)
+        half = self.centroids.shape[2]
+        first = np.argmax(vectors[:, :half] @ self.centroids[0].T - self._half_norms[0], axis=1)
+        second = np.argmax(vectors[:, half:] @ self.centroids[1].T - self._half_norms[1], axis=1)
+        return (first * HALF_CENTROIDS + second).astype(np.int64)
+
+    def page_cells(self, pages: list[np.ndarray]) -> list[np.ndarray]:
+        """The sorted distinct cells of each page, assigned in one pass over all their vectors."""
+        if not pages:
+            return []
+        cells = self.assign(np.concatenate(pages).astype(np.float32, copy=False))
+        bounds = np.cumsum([0] + [len(page) for page in pages])
+        return [np.unique(cells[low:high]).astype(np.uint16) for low, high in zip(bounds[:-1], bounds[1:])]
+
+    def scores(self, query: np.ndarray) -> np.ndarray:
+        """(query tokens, CELLS): each token's dot product with each cell's centroid."""
+        half = self.centroids.shape[2]
+        first = query[:, :half] @ self.centroids[0].T
+        second = query[:, half:] @ self.centroids[1].T
+        return (first[:, :, None] + second[:, None, :]).reshape(len(query), CELLS)
+
+
+class CandidateIndex:
+    """Postings from cells to page ids, plus a tail of recently added pages."""
+
+    def __init__(self, codebook: Codebook, trained_pages: int) -> None:
+        self.codebook = codebook
+        self.trained_pages = trained_pages  # pages in the index when the codebook was trained
+        self.pointers = np.zeros(CELLS + 1, dtype=np.int64)  # postings of cell c: ids[pointers[c]:pointers[c+1]]
+        self.ids = np.zeros(0, dtype=np.int64)
+        self.base_pages = 0
+        self.tail: dict[int, np.ndarray] = {}  # page id -> cells, for pages added since the last rebuild
+        self.high_water = 0  # every committed page with an id <= this was added
+        self.dense = np.zeros(CELLS, dtype=bool)
+        self.log_id = 0  # pairs the saved postings with the log of pages added after them
+
+    # --- building ---------------------------------------------------------------------------
+    @classmethod
+    def train(cls, pages: list[np.ndarray], seed: int = 1234) -> CandidateIndex:
+        """An empty index whose codebook is trained on at most TRAIN_SAMPLE_VECTORS of `pages`' vectors."""
+        rng = np.random.default_rng(seed)
+        vectors = np.concatenate(pages)
+        if len(vectors) > TRAIN_SAMPLE_VECTORS:
+            vectors = vectors[rng.choice(len(vectors), TRAIN_SAMPLE_VECTORS, replace=False)]
+        return cls(Codebook.train(vectors, seed), len(pages))
+
+    def add(self, page_ids: list[int], pages: list[np.ndarray]) -> None:
+        """Add committed pages with their vectors."""
+        for page_id, cells in zip(page_ids, self.codebook.page_cells(pages)):
+            self.put(page_id, cells)
+
+    def put(self, page_id: int, cells: np.ndarray) -> None:
+        """Add one committed page by its cells (`Codebook.page_cells`)."""
+        self.tail[int(page_id)] = cells
+        self.high_water = max(self.high_water, int(page_id))
+
+    def needs_rebuild(self) -> bool:
+        return len(self.tail) > max(TAIL_MERGE_PAGES, self.base_pages // 10)
+
+    def rebuild(self, live_ids: np.ndarray) -> None:
+        """Fold the tail into the postings, dropping pages not in `live_ids`."""
+        live = np.asarray(live_ids, dtype=np.int64)
+        cell_lists = self._cells_of(live)
+        counts = np.array([len(cells) for cells in cell_lists], dtype=np.int64)
+        cells = np.concatenate(cell_lists).astype(np.int64) if len(live) else np.zeros(0, np.int64)
+        owners = np.repeat(live, counts)
+        order = np.argsort(cells, kind="stable")
+        self.ids = owners[order]
+        self.pointers = np.concatenate([[0], np.cumsum(np.bincount(cells, minlength=CELLS))]).astype(np.int64)
+        self.base_pages = len(live)
+        self.tail = {}
+        self.dense = np.diff(self.pointers) > DENSE_SHARE * max(self.base_pages, 1)
+
+    def _cells_of(self, page_ids: np.ndarray) -> list[np.ndarray]:
+        """Each page's cells, from the tail or recovered from the postings."""
+        in_tail = [self.tail.get(int(page_id)) for page_id in page_ids]
+        missing = {int(page_id) for page_id, cells in zip(page_ids, in_tail) if cells is None}
+        recovered: dict[int, list[int]] = {page_id: [] for page_id in missing}
+        if missing:
+            wanted = np.isin(self.ids, np.fromiter(missing, dtype=np.int64))
+            cell_of_entry = np.repeat(np.arange(CELLS), np.diff(self.pointers))
+            for page_id, cell in zip(self.ids[wanted].tolist(), cell_of_entry[wanted].tolist()):
+                recovered[page_id].append(cell)
+        return [cells if cells is not None else np.array(sorted(recovered[int(page_id)]), dtype=np.uint16)
+                for page_id, cells in zip(page_ids, in_tail)]
+
+    # --- searching --------------------------------------------------------------------------
+    def approximate_scores(self, query: np.ndarray, page_ids: np.ndarray) -> np.ndarray:
+        """Approximate MaxSim of `query` for each of `page_ids` (live pages, in the caller's order)."""
+        scores = self.codebook.scores(np.asarray(query, dtype=np.float32))
+        page_ids = np.asarray(page_ids, dtype=np.int64)
+        size = int(max(page_ids.max(initial=0), self.ids.max(initial=0))) + 1
+        total = np.zeros(len(page_ids), dtype=np.float32)
+        tail_ids = np.fromiter(self.tail, dtype=np.int64, count=len(self.tail))
+        tail_cells = _padded(list(self.tail.values()))
+        for token_scores in scores:
+            top = np.argpartition(-token_scores, TOP_CELLS)[:TOP_CELLS]
+            top = top[np.argsort(token_scores[top])]  # ascending: later (better) cells overwrite earlier ones
+            floor = float(token_scores[top[0]])
+            dense = top[self.dense[top]]
+            if len(dense):
+                floor = max(floor, float(token_scores[dense].max()))
+            walked = top[(~self.dense[top]) & (token_scores[top] > floor)]
+            best = np.full(size, floor, dtype=np.float32)
+            for cell in walked:
+                best[self.ids[self.pointers[cell]:self.pointers[cell + 1]]] = token_scores[cell]
+            if len(tail_ids):
+                clipped = np.full(CELLS + 1, floor, dtype=np.float32)  # the last column pads short rows
+                clipped[walked] = token_scores[walked]
+                best[tail_ids] = clipped[tail_cells].max(axis=1)
+            total += best[page_ids]
+        return total
+
+    # --- disk -------------------------------------------------------------------------------
+    def save(self, directory: Path) -> None:
+        """Fold the tail into the postings and write them atomically (temp file, fsync, os.replace),
+        then start an empty log for the pages committed after this."""
+        if self.tail:
+            raise ValueError("rebuild() before save(): the saved postings hold every page")
+        self.log_id = secrets.randbits(62)
+        handle, temp_name = tempfile.mkstemp(prefix=".candidates-", suffix=".tmp", dir=directory)
+        try:
+            with os.fdopen(handle, "wb") as temp:
+                header = [self.trained_pages, self.base_pages, self.high_water, self.log_id]
+                np.savez(temp, centroids=self.codebook.centroids, pointers=self.pointers, ids=self.ids,
+                         header=np.array(header, dtype=np.int64))
+                temp.flush()
+                os.fsync(temp.fileno())
+            _write_atomically(directory / LOG_NAME, _LOG_HEADER.pack(_LOG_MAGIC, self.log_id))
+            os.replace(temp_name, directory / FILE_NAME)
+        except BaseException:
+            Path(temp_name).unlink(missing_ok=True)
+            raise
+
+    def log(self, directory: Path, page_ids: list[int], cells: list[np.ndarray]) -> None:
+        """Append committed pages' cells to the log (no fsync: a lost or torn record is recomputed
+        from the vector file by whoever loads the index next)."""
+        records = b"".join(_RECORD.pack(int(page_id), len(page_cells)) + page_cells.astype("<u2").tobytes()
+                           for page_id, page_cells in zip(page_ids, cells))
+        with open(directory / LOG_NAME, "ab") as log:
+            log.write(records)
+
+    @classmethod
+    def load(cls, directory: Path, dim: int) -> CandidateIndex | None:
+        """The saved postings plus the logged tail, or None when there are none or they cannot be
+        read (the caller rebuilds them from the vector file)."""
+        try:
+            with np.load(directory / FILE_NAME, allow_pickle=False) as saved:
+                arrays = {name: saved[name] for name in saved.files}
+            trained_pages, base_pages, high_water, log_id = (int(value) for value in arrays["header"])
+            index = cls(Codebook(arrays["centroids"]), trained_pages)
+            if index.codebook.dim != dim or len(arrays["pointers"]) != CELLS + 1:
+                return None
+            index.pointers, index.ids = arrays["pointers"], arrays["ids"]
+            index.base_pages, index.high_water, index.log_id = base_pages, high_water, log_id
+        except (OSError, KeyError, ValueError, zipfile.BadZipFile, EOFError):
+            return None
+        index.dense = np.diff(index.pointers) > DENSE_SHARE * max(index.base_pages, 1)
+        for page_id, cells in _read_log(directory / LOG_NAME, log_id):
+            index.put(page_id, cells)
+        return index
+
+
+_LOG_MAGIC = b"DQCLOG01"
+_LOG_HEADER = struct.Struct("<8sq")  # magic, the log id of the postings it extends
+_RECORD = struct.Struct("<qI")  # page id, number of cells; then that many uint16 cells
+
+
+def _read_log(path: Path, log_id: int) -> Iterator[tuple[int, np.ndarray]]:
+    """The whole records of a log that belongs to the postings with `log_id` (a torn end is ignored)."""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return
+    if len(data) < _LOG_HEADER.size or _LOG_HEADER.unpack_from(data) != (_LOG_MAGIC, log_id):
+        return
+    position = _LOG_HEADER.size
+    while position + _RECORD.size <= len(data):
+        page_id, count = _RECORD.unpack_from(data, position)
+        end = position + _RECORD.size + 2 * count
+        if end > len(data) or count > CELLS:
+            return
+        yield page_id, np.frombuffer(data, dtype="<u2", count=count, offset=position + _RECORD.size).astype(np.uint16)
+        position = end
+
+
+def _write_atomically(path: Path, payload: bytes) -> None:
+    handle, temp_name = tempfile.mkstemp(prefix=".candidates-", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as temp:
+            temp.write(payload)
+            temp.flush()
+            os.fsync(temp.fileno())
+        os.replace(temp_name, path)
+    except BaseException:
+        Path(temp_name).unlink(missing_ok=True)
+        raise
+
+
+def _padded(cell_lists: list[np.ndarray]) -> np.ndarray:
+    """(pages, longest) cell ids, short rows padded with CELLS (the floor column)."""
+    width = max((len(cells) for cells in cell_lists), default=0)
+    padded = np.full((len(cell_lists), max(width, 1)), CELLS, dtype=np.int64)
+    for row, cells in enumerate(cell_lists):
+        padded[row, : len(cells)] = cells
+    return padded

@@ -1,0 +1,341 @@
+"""The storage engine of one index folder, behind one small contract:
+
+- writing (inside `writing()`, which holds the write lock and first repairs what a crashed writer
+  left): `append_page` then `commit_document` (one SQLite transaction per document), `delete`,
+  `compact`;
+- reading (any process, any time, also during a write): `search`.
+
+The SQLite transaction is the one commit point. Vectors are appended to the vector file and fsynced
+before the commit that points at them; rows past the last commit are dropped on recovery. The
+candidate index (candidates.py) is derived data: saved now and then, caught up from the vector file
+for pages committed after its save, rebuilt from the vector file if it is lost.
+"""
+
+from __future__ import annotations
+
+import errno
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import IndexLockedError, IndexMismatchError, StorageFullError
+from . import candidates as stage
+from .blas import one_blas_thread
+from .candidates import CandidateIndex
+from .locking import WriteLock
+from .pooling import pool_tokens
+from . import search as scoring
+from .search import ScoredPage, brute_force_top_k
+from .store import NewPage, PageFilter, PageTable, Store
+from .vectors import VECTOR_DTYPE, VectorFile
+
+MODES = ("fast", "exact")
+
+
+@dataclass(frozen=True)
+class IndexOptions:
+    """Chosen when an index is created and recorded in its build stamp; an index never mixes them.
+
+    mode: "fast" (default) reranks the candidate stage's best pages with exact MaxSim; "exact"
+    scores every page on every search (full precision, no candidate index).
+    pool_factor: 1 keeps every vector; 2 or 3 merge similar vectors of a page (hierarchical token
+    pooling) into about 1/factor as many, shrinking disk and search time.
+    """
+
+    mode: str = "fast"
+    pool_factor: int = 1
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"index mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if not isinstance(self.pool_factor, int) or not 1 <= self.pool_factor <= 8:
+            raise ValueError(f"pool factor must be a whole number from 1 to 8, got {self.pool_factor!r}")
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_build(cls, build: dict | None) -> IndexOptions:
+        """The options an index was built with (indexes from before options existed: the defaults)."""
+        return cls(**(build or {}).get("options", {}))
+
+    def check_same(self, built: IndexOptions, where: Path) -> None:
+        if self != built:
+            raise IndexMismatchError(
+                f"{where} was created with index options {built.to_json()}; it cannot take {self.to_json()}"
+                " (use another --index for other options)"
+            )
+
+
+class IndexStorage:
+    """Documents, pages and their vectors in one folder; see the module docstring for the contract."""
+
+    def __init__(self, path: Path, store: Store, dim: int | None, options: IndexOptions) -> None:
+        self.path = path
+        self.store = store
+        self.dim = dim
+        self.options = options
+        self._vectors: VectorFile | None = None
+        self._candidates: CandidateIndex | None = None
+        self._new_cells: dict[int, np.ndarray] = {}  # first vector row of an appended page -> its cells
+        self._pages = 0  # committed pages, as of this writer's last look
+        self._unsaved = False  # the candidate index in memory holds more than the one on disk
+        self._depth = 0  # writing() is re-entrant: only the outermost call locks and recovers
+        self._durable = True  # every commit survives power loss (see bulk())
+
+    # --- vectors ----------------------------------------------------------------------------
+    @property
+    def vectors(self) -> VectorFile:
+        """The vector file the latest commit refers to (compaction replaces it by a new one)."""
+        return self._vector_file(self.store.vector_file())
+
+    def _vector_file(self, name: str) -> VectorFile:
+        if self._vectors is None or self._vectors.path.name != name:
+            if self._vectors is not None:
+                self._vectors.close()
+            self._vectors = VectorFile(self.path, self.dim, name)
+        return self._vectors
+
+    # --- writing ----------------------------------------------------------------------------
+    @contextmanager
+    def writing(self) -> Iterator[None]:
+        """Hold the write lock; repair what a crashed writer left first. A full disk becomes a
+        StorageFullError; everything committed stays intact."""
+        if self._depth:
+            yield
+            return
+        lock = WriteLock(self.path)
+        self._depth += 1
+        try:
+            with one_blas_thread():
+                self._recover()
+                yield
+        except (OSError, sqlite3.OperationalError) as error:
+            if not _is_storage_full(error):
+                raise
+            raise StorageFullError(
+                f"{self.path}: out of disk space, or a write failed ({error}); everything committed"
+                " before this point is intact; free some space and run the command again"
+            ) from error
+        finally:
+            self._depth -= 1
+            if self._vectors is not None:
+                self._vectors.close()
+            lock.close()
+
+    @contextmanager
+    def bulk(self) -> Iterator[None]:
+        """A write session for many small documents: the lock is held throughout, and commits are
+        group-synced to disk at the end instead of one by one. Each document still commits
+        atomically, and a killed process loses nothing committed; a power loss may lose the last
+        commits of the session (never the index: recovery drops commits whose vectors did not reach
+        the disk)."""
+        with self.writing():
+            self._durable = False
+            self.store.set_synchronous(durable=False)
+            try:
+                yield
+            finally:
+                self._durable = True
+                if self.dim is not None:
+                    self.vectors.sync()
+                self.store.set_synchronous(durable=True)
+
+    def recover_if_idle(self) -> None:
+        """On open: repair what a crashed writer left, unless a writer is running right now."""
+        try:
+            with self.writing():
+                pass
+        except (IndexLockedError, StorageFullError, OSError):
+            pass  # a live writer, a read-only folder or a full disk: readers see committed pages anyway
+
+    def _recover(self) -> None:
+        """Drop vector rows past the last commit and files no commit names, then bring the
+        candidate index up to the committed pages (and compact if garbage has piled up)."""
+        if self.dim is None:  # nothing was ever added
+            return
+        current = self.vectors
+        for stale in [*self.path.glob(".candidates-*.tmp"), *self.path.glob("vectors*.f16"),
+                      *self.path.glob(".tokens-*.tmp"), self.path / "tokens.faiss"]:
+            if stale != current.path:
+                stale.unlink(missing_ok=True)
+        end = self.store.vector_end()
+        if current.rows > end:
+            current.truncate(end)
+        elif current.rows < end:  # a power loss kept commits of a bulk session but not all their vectors
+            with self.store.transaction():
+                self.store.delete_documents(self.store.documents_past_row(current.rows))
+        self._new_cells.clear()
+        table = self.store.page_table()
+        self._pages = len(table)
+        self._current_candidates(table, current)
+        if self._unsaved:
+            self._save_candidates()
+        self.compact_if_wasteful()  # a writer killed between an update and its compaction
+
+    def append_page(self, vectors: np.ndarray) -> int:
+        """Append one page's vectors (not yet visible: commit_document does that); returns the offset
+        of its first row. With a pool factor, similar vectors are merged first."""
+        if self.options.pool_factor > 1:
+            vectors = pool_tokens(vectors, self.options.pool_factor)
+        stored = np.asarray(vectors, dtype=VECTOR_DTYPE)
+        offset = self.vectors.append(stored)
+        if self._candidates is not None:
+            self._new_cells[offset] = self._candidates.codebook.page_cells([stored])[0]
+        return offset
+
+    def commit_document(self, path: Path, *, sha256: str, size: int, mtime: float, kind: str,
+                        pages: list[NewPage], metadata: dict | None = None) -> int:
+        """Make a document and its pages visible atomically (their vectors are already appended);
+        a document already at `path` is replaced in the same transaction."""
+        self.vectors.sync(durable=self._durable)
+        with self.store.transaction():
+            document_id, replaced = self.store.put_document(
+                path, sha256=sha256, size=size, mtime=mtime, kind=kind, pages=pages, metadata=metadata
+            )
+            added = self.store.pages_of(document_id)
+        self._pages += len(added) - len(replaced)
+        self._index_committed(added)
+        return document_id
+
+    def delete(self, document_ids: list[int]) -> int:
+        """Delete documents and their pages in one transaction (their vector rows become garbage,
+        reclaimed by compaction; the candidate index masks them until its next rebuild)."""
+        with self.store.transaction():
+            ranges = self.store.delete_documents(document_ids)
+        self._pages -= len(ranges)
+        return len(document_ids)
+
+    def _index_committed(self, added: list[tuple[int, int, int]]) -> None:
+        """Give the candidate index the committed pages (page id, offset, count): logged in its
+        tail, folded into its postings now and then; trained once the index is big enough and
+        retrained when the index has grown many times since."""
+        if self.options.mode != "fast":
+            return
+        candidates = self._candidates
+        if candidates is None or self._pages >= stage.RETRAIN_GROWTH * candidates.trained_pages:
+            if self._pages >= stage.TRAIN_MIN_PAGES:
+                self._candidates = self._trained(self.store.page_table(), self.vectors)
+                self._save_candidates()
+            return
+        cells = {offset: self._new_cells.pop(offset) for _, offset, _ in added if offset in self._new_cells}
+        unknown = [(offset, count) for _, offset, count in added if offset not in cells]
+        if unknown:
+            offsets, counts = (np.array(column) for column in zip(*unknown))
+            cells.update(zip(offsets.tolist(), candidates.codebook.page_cells(self.vectors.read(offsets, counts))))
+        page_ids = [page_id for page_id, _, _ in added]
+        page_cells = [cells[offset] for _, offset, _ in added]
+        for page_id, one in zip(page_ids, page_cells):
+            candidates.put(page_id, one)
+        if candidates.needs_rebuild():
+            self._save_candidates()
+        else:
+            candidates.log(self.path, page_ids, page_cells)
+
+    def _current_candidates(self, table: PageTable, vectors: VectorFile) -> CandidateIndex | None:
+        """The candidate index holding every page of `table` (None in exact mode or while the index
+        is too small to need one): loaded once, then caught up with pages committed since."""
+        if self.options.mode != "fast":
+            return None
+        if self._candidates is None:
+            self._candidates = CandidateIndex.load(self.path, self.dim)
+        if self._candidates is None:
+            if len(table) < stage.TRAIN_MIN_PAGES:
+                return None
+            self._candidates = self._trained(table, vectors)  # lost or never saved: rebuild from vectors
+            self._unsaved = True  # a writer saves it on its next recovery
+            return self._candidates
+        newer = table.page_ids > self._candidates.high_water
+        if newer.any():  # committed by a writer that died before logging them, or by one still running
+            self._candidates.add(table.page_ids[newer].tolist(), vectors.read(table.offsets[newer], table.counts[newer]))
+            self._unsaved = True
+        return self._candidates
+
+    def _trained(self, table: PageTable, vectors: VectorFile, chunk_pages: int = 1024) -> CandidateIndex:
+        """A candidate index trained on a sample of `table`'s pages, holding all of them."""
+        rng = np.random.default_rng(len(table))
+        share = min(1.0, 4 * stage.TRAIN_SAMPLE_VECTORS / max(int(table.counts.sum()), 1))
+        sample = table.subset(rng.random(len(table)) < share) if share < 1 else table
+        candidates = CandidateIndex.train(vectors.read(sample.offsets, sample.counts))
+        candidates.trained_pages = len(table)
+        for start in range(0, len(table), chunk_pages):
+            part = slice(start, start + chunk_pages)
+            candidates.add(table.page_ids[part].tolist(), vectors.read(table.offsets[part], table.counts[part]))
+        return candidates
+
+    def _save_candidates(self) -> None:
+        """Fold the tail into the postings and save them (inside a write)."""
+        self._candidates.rebuild(self.store.page_table().page_ids)
+        self._candidates.save(self.path)
+        self._unsaved = False
+
+    # --- compaction -------------------------------------------------------------------------
+    def compact(self) -> int:
+        """Copy every committed page's rows, in order, into a new vector file; then switch to it in
+        one commit; returns the rows freed. A crash before the commit leaves the old file in charge
+        (the new one is deleted on recovery); after it, the old file is the leftover."""
+        old = self.vectors
+        table = self.store.page_table()
+        freed = old.rows - int(table.counts.sum())
+        if freed <= 0:
+            return 0
+        epoch = self.store.vector_epoch() + 1
+        new = VectorFile(self.path, old.dim, f"vectors.{epoch}.f16")
+        new.path.unlink(missing_ok=True)
+        moves = [(int(page_id), new.append(old.read_rows(int(o), int(o + c))))
+                 for page_id, o, c in zip(table.page_ids, table.offsets, table.counts)]
+        new.sync()
+        new.close()
+        with self.store.transaction():
+            self.store.set_offsets(moves)
+            self.store.set_meta("vector_epoch", str(epoch))
+            self.store.set_meta("vector_file", new.path.name)
+        old.close()
+        old.path.unlink(missing_ok=True)
+        if self._candidates is not None:  # drop removed pages from the postings while we are at it
+            self._save_candidates()
+        return freed
+
+    def compact_if_wasteful(self, ratio: float = 0.25) -> int:
+        """Compact (inside a write) when more than `ratio` of the vector rows are garbage."""
+        rows = self.vectors.rows
+        live = self.store.vector_rows()
+        return self.compact() if rows and (rows - live) > ratio * rows else 0
+
+    # --- reading ----------------------------------------------------------------------------
+    def search(self, query: np.ndarray, k: int, *, exact: bool = False,
+               page_filter: PageFilter | None = None) -> list[ScoredPage]:
+        """The k best pages for a (n_tokens, dim) query: exact MaxSim over every page (`exact`, exact
+        mode, small or selectively filtered sets), else over the candidate stage's best pages."""
+        with one_blas_thread():
+            return self._search(query, k, exact, page_filter)
+
+    def _search(self, query: np.ndarray, k: int, exact: bool, page_filter: PageFilter | None) -> list[ScoredPage]:
+        for attempt in range(3):
+            table, _, name, allowed = self.store.snapshot(page_filter)
+            vectors = self._vector_file(name)
+            try:
+                candidates = None if exact else self._current_candidates(table, vectors)
+                if allowed is not None:
+                    table = table.subset(np.isin(table.page_ids, allowed))
+                if candidates is None or len(table) <= max(scoring.RERANK_PAGES, 4 * k):
+                    return brute_force_top_k(query, k, table, vectors)
+                return scoring.two_stage_top_k(query, k, table, candidates, vectors, scoring.RERANK_PAGES)
+            except FileNotFoundError:  # compacted into a new file since the snapshot: take a new one
+                if attempt == 2:
+                    raise
+        return []
+
+    def close(self) -> None:
+        if self._vectors is not None:
+            self._vectors.close()
+
+
+def _is_storage_full(error: OSError | sqlite3.OperationalError) -> bool:
+    if isinstance(error, sqlite3.OperationalError):
+        return "full" in str(error) or "disk I/O error" in str(error)
+    return error.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
