@@ -15,7 +15,6 @@ committed (recovery drops the rest) and a re-run skips those documents by conten
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from types import ModuleType
