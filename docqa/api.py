@@ -12,21 +12,22 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from . import __version__
-from .checkpoints import default_device
 from .config import IngestSettings, index_path
-from .encoders import EncoderStamp, Retriever, default_retriever
 from .errors import (
     IndexMismatchError,
     IndexNotFoundError,
+    InputFileError,
     ModelRequiredError,
     OptionsError,
     QueryError,
@@ -36,6 +37,9 @@ from .index.storage import IndexOptions, IndexStorage
 from .ingest import IngestReport, run_ingest
 from .index.store import DB_NAME, NewPage, PageFilter, Store, check_metadata_key
 from .index.vectors import VECTOR_DTYPE, VectorFile
+
+if TYPE_CHECKING:  # the model stack is imported where a model is loaded: `info` and `remove` never need it
+    from .encoders import EncoderStamp, Retriever
 
 BUILD_KEY = "build"
 EMBEDDINGS_KIND = "embeddings"  # documents added with add_embeddings (no file behind them)
@@ -99,6 +103,7 @@ class DocIndex:
         self._retriever: Retriever | None = None
         self._storage: IndexStorage | None = None
         self._build: dict | None = None
+        self._created: Path | None = None  # the folder open(create=True) made, until a document lands
         build = self.build
         built = IndexOptions.from_build(build) if build is not None else None
         if isinstance(options, dict):  # only the options named: the rest as the index has them
@@ -115,15 +120,19 @@ class DocIndex:
              options: IndexOptions | dict | None = None) -> DocIndex:
         """Open `indexes/<name>` (or a path); create it only when `create` is true. `options` are
         fixed when the index is created; opening an index made with other options is refused (a
-        dict names only some options)."""
+        dict names only some options). A folder created here is removed again if the first ingest
+        fails before committing a document."""
         path = index_path(name_or_path)
+        created = None
         if not (path / DB_NAME).exists():
             if not create:
                 raise IndexNotFoundError(
                     f"no index at {path}; create it with `docqa ingest PATH... --index {name_or_path or 'default'}`"
                 )
+            created = next((folder for folder in reversed([path, *path.parents]) if not folder.exists()), None)
             path.mkdir(parents=True, exist_ok=True)
         index = cls(path, options)
+        index._created = created
         if index.build is not None:
             index.storage.recover_if_idle()
         return index
@@ -164,7 +173,10 @@ class DocIndex:
                 )
             model, image_edge = built["model"], built["image_edge"]
         if self._retriever is None:
-            device = device or default_device()
+            from .checkpoints import check_device
+            from .encoders import Retriever, default_retriever
+
+            device = check_device(device)
             retriever = Retriever.load(model or default_retriever(device), device=device, image_edge=image_edge)
             if build is not None and retriever.stamp.config_hash != build["encoder"]["config_hash"]:
                 raise IndexMismatchError(
@@ -240,18 +252,35 @@ class DocIndex:
         """Index new and changed files under `paths`; see IngestSettings for the knobs."""
         settings = settings or IngestSettings(**overrides)
         given = [os.fspath(p) for p in paths]
-        for key in settings.tags:
-            check_metadata_key(key)
         with self._storage_for(self.dim).writing():
-            if settings.ray is not None:  # render and encode on Ray; this process plans and commits
-                from .cluster.ingest import RayPipeline
+            try:
+                missing = [p for p in given if not os.path.lexists(os.path.expanduser(p))]
+                if missing and len(missing) == len(given):
+                    raise InputFileError(", ".join(missing), "no such file or folder; nothing to ingest")
+                for key in settings.tags:
+                    check_metadata_key(key)
+                if settings.ray is not None:  # render and encode on Ray; this process plans and commits
+                    from .cluster.ingest import RayPipeline
 
-                pipeline = RayPipeline.start(settings, self.build)
-                self._accept_stamp(pipeline.stamp)
-                return run_ingest(self, given, settings, None, pipeline=pipeline)
-            retriever = self.retriever(settings.model, settings.device, settings.image_edge)
-            self._accept_stamp(retriever.stamp)
-            return run_ingest(self, given, settings, retriever)
+                    pipeline = RayPipeline.start(settings, self.build)
+                    self._accept_stamp(pipeline.stamp)
+                    report = run_ingest(self, given, settings, None, pipeline=pipeline)
+                else:
+                    retriever = self.retriever(settings.model, settings.device, settings.image_edge)
+                    self._accept_stamp(retriever.stamp)
+                    report = run_ingest(self, given, settings, retriever)
+            except BaseException:  # a bad model, device, path or tag, or Ctrl-C: leave no empty index behind
+                self._discard_if_new_and_empty()
+                raise
+        self._created = None
+        return report
+
+    def _discard_if_new_and_empty(self) -> None:
+        """Remove the folder open(create=True) made when no document was committed to it."""
+        if self._created is not None and self.store.counts()[0] == 0:
+            self.close()
+            shutil.rmtree(self._created, ignore_errors=True)
+            self._created = None
 
     def _accept_stamp(self, stamp: EncoderStamp) -> None:
         """Record the encoder of a first ingest; refuse one other than the index was built with."""

@@ -45,7 +45,7 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
-from .checkpoints import default_device, is_gpu, load_error, resolve, short_reason, torch_dtype
+from .checkpoints import check_device, is_gpu, load_error, resolve, short_reason, torch_dtype
 from .errors import UnsupportedModelError
 from .render import fit_within
 
@@ -167,12 +167,12 @@ class Retriever:
     ) -> Retriever:
         """Load a retriever from a local checkpoint folder or a hub id (cache first; fails fast offline).
 
-        ``device`` defaults to :func:`default_device`, ``dtype`` to float32 on CPU and bfloat16 on
+        ``device`` defaults to :func:`~docqa.checkpoints.default_device`, ``dtype`` to float32 on CPU and bfloat16 on
         CUDA, ``image_edge`` to :func:`default_image_edge` for the checkpoint's family. For
         colmodernvbert ``image_edge`` is snapped to a whole number of tiles (512 px for the real
         model); the stamp records the value actually used.
         """
-        device = device or default_device()
+        device = check_device(device)
         hf_logging.disable_progress_bar()  # docqa draws its own progress; keep stderr readable
         dtype_ = torch_dtype(dtype, device)
         source, local_files_only = resolve(model, "retriever", "--model")

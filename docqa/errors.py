@@ -11,6 +11,10 @@ class ModelLoadError(DocQAError):
     """A model checkpoint could not be found, downloaded or loaded."""
 
 
+class DeviceError(DocQAError):
+    """The requested --device is unknown, unsupported, or not present on this machine."""
+
+
 class UnsupportedModelError(ModelLoadError):
     """The checkpoint loads, but its architecture is not one docqa can use for this role."""
 
@@ -49,7 +53,8 @@ class InputFileError(DocQAError):
 
 
 class QueryError(DocQAError, ValueError):
-    """A search request that cannot be run as given (empty query, wrong shape, bad filter)."""
+    """A search or question that cannot be run as given (empty query, wrong shape, bad filter, no
+    room left in the answer model's context)."""
 
 
 class OptionsError(DocIndexError, ValueError):

@@ -21,13 +21,13 @@ from tqdm import tqdm
 
 from . import sources
 from .config import IngestSettings
-from .encoders import Retriever
 from .errors import InputFileError
 from .render import RenderedPage, count_pages, render_pages
 from .index.store import NewPage
 
 if TYPE_CHECKING:
     from .api import DocIndex
+    from .encoders import Retriever
 
 
 @dataclass(frozen=True)

@@ -45,7 +45,7 @@ def filled(tmp_path):
     return index, rng
 
 
-def test_first_add_fixes_dim_and_records_no_model(filled):
+def test_first_add_fixes_dim_and_records_no_model(filled, tmp_path):
     index, rng = filled
     assert index.build["encoder"] is None and index.dim == DIM
     assert index.info().model is None
@@ -54,7 +54,7 @@ def test_first_add_fixes_dim_and_records_no_model(filled):
     with pytest.raises(ModelRequiredError, match="search_embeddings"):
         index.search("revenue")
     with pytest.raises(ModelRequiredError):
-        index.ingest(["/nonexistent"])
+        index.ingest([tmp_path])  # a real folder: a missing path alone is refused before the model
 
 
 @pytest.mark.parametrize("exact", [False, True])

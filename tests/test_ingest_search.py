@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from docqa import DocIndex
-from docqa.errors import IndexMismatchError, ModelLoadError
+from docqa.errors import IndexMismatchError, IndexNotFoundError, ModelLoadError
 from docqa.index.search import maxsim
 
 from documents import make_image, make_pdf, make_tiff
@@ -159,7 +159,9 @@ def test_unloadable_model_fails_before_any_work(corpus, tmp_path):
     index = DocIndex.open("main", create=True)
     with pytest.raises(ModelLoadError, match="no-such-model"):
         index.ingest([corpus], model=str(tmp_path / "no-such-model"))
-    assert index.store.counts() == (0, 0)
+    assert not index.path.exists()  # the new, still empty index is removed again
+    with pytest.raises(IndexNotFoundError):
+        DocIndex.open("main")
 
 
 @pytest.mark.parametrize("family", ["colqwen2", "colpali"])
