@@ -41,7 +41,7 @@ from typing import Any
 from PIL import Image
 from transformers.utils import logging as hf_logging
 
-from .checkpoints import default_device, load_error, resolve, short_reason, torch_dtype
+from .checkpoints import check_device, load_error, resolve, short_reason, torch_dtype
 from .errors import ModelLoadError, UnsupportedModelError
 from .render import fit_within
 
@@ -49,6 +49,8 @@ DEFAULT_CPU_ANSWER_MODEL = "HuggingFaceTB/SmolVLM-500M-Instruct"
 DEFAULT_GPU_ANSWER_MODEL = "Qwen/Qwen2.5-VL-3B-Instruct"
 DEFAULT_MAX_IMAGE_EDGE = 1024
 DEFAULT_MAX_IMAGES = 4
+_STOP_WAIT_S = 0.5  # how long a stopped stream waits for generation to end at a token boundary
+_BUDGET_QUESTION = "x " * 128  # the room a question gets when the context is budgeted (128 tokens or so)
 
 _IDEFICS3_TYPES = {"idefics3", "smolvlm"}
 
@@ -316,6 +318,23 @@ class _TokenStreamer:
             self.sent = len(text)
 
 
+@dataclass(frozen=True)
+class ContextBudget:
+    """How an answer model's context is spent: ``positions`` tokens in all (None: no known limit),
+    ``prompt_tokens`` for the instructions and a question, ``page_tokens`` per page image at the
+    largest size the generator sends (a square of ``max_image_edge``: the most tiles or patches)."""
+
+    positions: int | None
+    prompt_tokens: int
+    page_tokens: int
+
+    def pages_that_fit(self, max_new_tokens: int) -> int | None:
+        """How many page images fit next to the prompt and an answer of ``max_new_tokens``."""
+        if self.positions is None:
+            return None
+        return max(self.positions - self.prompt_tokens - max_new_tokens, 0) // self.page_tokens
+
+
 class Generator:
     """A vision-language model that answers questions from page images, with streaming."""
 
@@ -324,6 +343,7 @@ class Generator:
         self.processor = processor
         self.model_id = model_id
         self.max_image_edge = max_image_edge
+        self._budget: ContextBudget | None = None
 
     @classmethod
     def load(cls, model: str | os.PathLike, device: str | None = None, dtype: str | None = None,
@@ -339,7 +359,7 @@ class Generator:
         if max_image_edge < 1:
             raise ValueError(f"max_image_edge must be a positive number of pixels, got {max_image_edge}")
         model = str(model)
-        device = device or default_device()
+        device = check_device(device)
         hf_logging.disable_progress_bar()  # docqa prints its own output; keep stderr readable
         dtype_ = torch_dtype(dtype, device)
         source, local_only = resolve(model, "answer model", "--answer-model")
@@ -393,6 +413,16 @@ class Generator:
         return {key: value.to(device, dtype) if value.is_floating_point() else value.to(device)
                 for key, value in inputs.items() if isinstance(value, torch.Tensor)}
 
+    def context_budget(self) -> ContextBudget:
+        """Measure, once, what the prompt and one page image cost in tokens (a blank page; ~0.1 s)."""
+        if self._budget is None:
+            page = PageImage("page.pdf", 1, None, Image.new("RGB", (self.max_image_edge,) * 2, "white"))
+            lengths = [self.prepare(None, _BUDGET_QUESTION, pages)["input_ids"].shape[1] for pages in ([], [page])]
+            config = self.model.config
+            positions = getattr(getattr(config, "text_config", config), "max_position_embeddings", None)
+            self._budget = ContextBudget(positions, lengths[0], lengths[1] - lengths[0])
+        return self._budget
+
     def _generation_config(self, max_new_tokens: int) -> Any:
         config = copy.deepcopy(self.model.generation_config)
         config.update(do_sample=False, temperature=None, top_p=None, top_k=None, max_new_tokens=max_new_tokens)
@@ -406,7 +436,8 @@ class Generator:
 
         Older page images may be dropped from ``conversation`` first (see ``Conversation.notes``).
         When generation finishes, the turn is appended to ``conversation``; if the caller stops
-        iterating early, generation is stopped and no turn is recorded.
+        iterating early (or is interrupted), generation is told to stop and no turn is recorded.
+        A prefill under way then still runs to its end in the background thread.
         """
         from transformers import StoppingCriteria, StoppingCriteriaList
 
@@ -433,13 +464,18 @@ class Generator:
         thread = threading.Thread(target=run, name="docqa-generate", daemon=True)
         thread.start()
         pieces: list[str] = []
+        finished = False
         try:
             while (piece := streamer.queue.get()) is not None:
                 pieces.append(piece)
                 yield piece
+            finished = True
         finally:
             stop.set()
-            thread.join()
+            # Stopped early (Ctrl-C, or the caller stopped iterating): decoding stops at its next
+            # token, but a prefill under way is one forward pass that cannot be cut short, so wait
+            # only briefly; the daemon thread finishes on its own (the CLI exits at once instead).
+            thread.join(None if finished else _STOP_WAIT_S)
         if errors:
             raise errors[0]
         conversation.add(question, pages, "".join(pieces))

@@ -15,7 +15,8 @@ from PIL import Image
 
 from .answer import Answer, Conversation, Generator, PageImage, find_citations
 from .api import DocIndex
-from .errors import InputFileError, NoResultsError, SourceChangedError
+from .config import MAX_PAGE_IMAGES, MAX_RESULTS
+from .errors import InputFileError, NoResultsError, QueryError, SourceChangedError
 from .render import render_pages
 from .sources import classify, sha256_of
 
@@ -80,14 +81,45 @@ class Asker:
     def __init__(self, generator: Generator, index: DocIndex | None = None, *, k: int = 3,
                  max_pages: int = 3, max_new_tokens: int = 256, conversation: Conversation | None = None,
                  where: dict | None = None, path: str | None = None) -> None:
+        """Bounds what one question may cost: `k`, `max_pages` and the conversation's `max_images`
+        are lowered to what the model's context holds (and to MAX_RESULTS / MAX_PAGE_IMAGES), each
+        with a line in `notes`; QueryError when `max_new_tokens` leaves no room for one page."""
         self.generator = generator
         self.index = index
-        self.k = k
-        self.max_pages = max_pages
         self.max_new_tokens = max_new_tokens
-        self.conversation = conversation if conversation is not None else Conversation(max_images=max_pages)
+        self.notes: list[str] = []
+        self.k = self._bounded("-k", k, MAX_RESULTS, "the most pages one search returns")
+        ceiling, why = self._page_ceiling()
+        self.max_pages = self._bounded("--max-pages", max_pages, ceiling, why)
+        if conversation is None:
+            conversation = Conversation(max_images=self.max_pages)
+        else:
+            conversation.max_images = self._bounded("--max-images", conversation.max_images, ceiling, why)
+        self.conversation = conversation
         self.where = where or {}  # search filters: document tags that must hold, and a path glob
         self.path = path
+
+    def _page_ceiling(self) -> tuple[int, str]:
+        """The most page images one prompt may hold, and why."""
+        budget = self.generator.context_budget()
+        fit = budget.pages_that_fit(self.max_new_tokens)
+        if fit is None or fit >= MAX_PAGE_IMAGES:
+            return MAX_PAGE_IMAGES, "the most page images docqa shows the model for one question"
+        if fit < 1:
+            room = budget.positions - budget.prompt_tokens - budget.page_tokens
+            raise QueryError(
+                f"--max-new-tokens {self.max_new_tokens} leaves no room for a page image in the "
+                f"{budget.positions}-token context of {self.generator.model_id} (a page takes "
+                f"{budget.page_tokens} tokens); use --max-new-tokens {room} or less"
+            )
+        return fit, (f"what fits in the {budget.positions}-token context of {self.generator.model_id} at "
+                     f"{budget.page_tokens} tokens a page, next to an answer of {self.max_new_tokens} tokens")
+
+    def _bounded(self, option: str, value: int, ceiling: int, why: str) -> int:
+        if value <= ceiling:
+            return value
+        self.notes.append(f"{option} {value} lowered to {ceiling}: {why}")
+        return ceiling
 
     def retrieve(self, question: str) -> tuple[list[PageImage], list[str]]:
         """The top pages for `question` (in the context of the conversation so far), as images
@@ -120,6 +152,7 @@ class Asker:
 
     def ask(self, question: str) -> AnswerStream:
         """Retrieve, then stream the answer; the turn joins the conversation when it finishes."""
+        check_question(question)
         started = time.perf_counter()
         pages, notes = self.retrieve(question)
         return self.over_pages(question, pages, retrieve_s=time.perf_counter() - started, notes=notes)
@@ -127,6 +160,7 @@ class Asker:
     def over_pages(self, question: str, pages: list[PageImage], *, retrieve_s: float = 0.0,
                    notes: list[str] | None = None) -> AnswerStream:
         """Stream an answer from the given pages (no retrieval)."""
+        check_question(question)
         dropped_before = len(self.conversation.notes)
         pieces = self.generator.stream(self.conversation, question, pages, max_new_tokens=self.max_new_tokens)
 
@@ -135,6 +169,12 @@ class Asker:
             return AskResult(answer, retrieve_s, [*(notes or []), *self.conversation.notes[dropped_before:]])
 
         return AnswerStream(pieces, finish, pages)
+
+
+def check_question(question: str) -> None:
+    """Refuse an empty or blank question before any work is done."""
+    if not question.strip():
+        raise QueryError("the question is empty; ask something")
 
 
 def load_page(path: Path, page: int, edge: int, kind: str | None = None) -> Image.Image:

@@ -10,6 +10,12 @@ from .render import DEFAULT_CHUNK_PAGES, DEFAULT_TIMEOUT_S
 
 DEFAULT_INDEX = "default"
 
+# What one command may ask for at most: larger requests are lowered (with a note) or refused.
+MAX_RESULTS = 1000  # pages one search returns (-k)
+MAX_PAGE_IMAGES = 20  # page images one question shows the answer model (--max-pages, --max-images)
+MAX_IMAGE_EDGE = 4096  # px, the retriever's page edge (--image-edge); 2048 is the largest default
+MAX_BATCH_SIZE = 256  # pages per retriever forward pass (--batch-size)
+
 
 def docqa_home() -> Path:
     """The folder that holds `indexes/`: $DOCQA_HOME, else the current directory."""

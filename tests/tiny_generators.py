@@ -54,8 +54,8 @@ _IDEFICS3_SIZES = {
         text=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
                   num_key_value_heads=1, head_dim=8),
         vision=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-                    image_size=32, patch_size=16),
-        scale_factor=2, longest_edge=64, vocab_size=None,
+                    image_size=512, patch_size=16),  # SmolVLM's 512 px tiles of 64 tokens: real prompt lengths
+        scale_factor=4, longest_edge=2048, vocab_size=None,
     ),
     "real": dict(  # HuggingFaceTB/SmolVLM-256M-Instruct
         text=dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
