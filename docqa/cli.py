@@ -8,15 +8,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from . import __version__
-from .config import DEFAULT_INDEX, IngestSettings
+from .config import DEFAULT_INDEX, MAX_BATCH_SIZE, MAX_IMAGE_EDGE, MAX_PAGE_IMAGES, MAX_RESULTS, IngestSettings
 from .errors import DocQAError
 
-EXIT_OK, EXIT_PARTIAL, EXIT_ERROR = 0, 1, 2
+EXIT_OK, EXIT_PARTIAL, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
+KEPT_ON_INTERRUPT = "interrupted; every document committed before this point is kept (run ingest again to go on)"
 
 INDEX_HELP = (
     f"index name (default {DEFAULT_INDEX!r}, stored in $DOCQA_HOME/indexes/NAME, DOCQA_HOME"
@@ -28,8 +32,7 @@ class _Parser(argparse.ArgumentParser):
     """argparse that exits with status 2 and a one-line message, never a traceback."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        self.print_usage(sys.stderr)
-        self.exit(EXIT_ERROR, f"docqa: error: {message}\n")
+        self.exit(EXIT_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,9 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "index's first ingest; default ModernVBERT/colmodernvbert-merged on CPU, "
                         "vidore/colqwen2-v1.0-hf on GPU)")
     ingest.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
-    ingest.add_argument("--batch-size", type=_positive_int, default=4, help="pages per forward pass (default 4)")
-    ingest.add_argument("--image-edge", type=_positive_int, help="longest page edge in pixels fed to the "
-                        "retriever (default per model family; fixed at the first ingest)")
+    ingest.add_argument("--batch-size", type=_positive_int_up_to(MAX_BATCH_SIZE), default=4,
+                        help=f"pages per forward pass (default 4, at most {MAX_BATCH_SIZE})")
+    ingest.add_argument("--image-edge", type=_positive_int_up_to(MAX_IMAGE_EDGE), help="longest page edge in "
+                        f"pixels fed to the retriever (default per model family, at most {MAX_IMAGE_EDGE}; fixed "
+                        "at the first ingest)")
     ingest.add_argument("--index-mode", choices=["fast", "exact"], help="set when the index is created: "
                         "fast (default) reranks the candidate stage's best pages with exact MaxSim; exact scores "
                         "every page on every search")
@@ -75,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="instead of --index: put each file into one of these indexes (created when missing), "
                         "picked by a stable hash of its path; a folder with a shards.json stands for its shards")
     ingest.add_argument("--json", action="store_true", help="print one JSON summary on stdout")
-    ingest.set_defaults(handler=_ingest)
+    ingest.set_defaults(handler=_ingest, interrupted=KEPT_ON_INTERRUPT)
 
     search = commands.add_parser(
         "search", help="find the pages that best match a question",
@@ -84,7 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     search.add_argument("query", metavar="QUERY")
     search.add_argument("--index", default=None, help=INDEX_HELP)
-    search.add_argument("-k", type=_positive_int, default=5, help="number of pages to return (default 5)")
+    search.add_argument("-k", type=_positive_int, default=5,
+                        help=f"number of pages to return (default 5; at most {MAX_RESULTS})")
     search.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
     search.add_argument("--exact", action="store_true",
                         help="score every page by brute-force MaxSim instead of using the candidate index")
@@ -107,7 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     remove.add_argument("paths", nargs="+", metavar="PATH")
     remove.add_argument("--index", default=None, help=INDEX_HELP)
     remove.add_argument("--json", action="store_true", help="print one JSON object")
-    remove.set_defaults(handler=_remove)
+    remove.set_defaults(handler=_remove, interrupted="interrupted; a removal is one commit: the index "
+                        "holds all of it or none of it")
 
     ask = commands.add_parser(
         "ask", help="answer a question from the best pages, citing file and page",
@@ -137,7 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--index", default=None, help=INDEX_HELP)
     chat.add_argument("-k", type=_positive_int, default=3, help="pages to retrieve per question (default 3)")
     chat.add_argument("--max-images", type=_positive_int, default=6,
-                      help="page images kept in the conversation (default 6; oldest dropped first)")
+                      help="page images kept in the conversation (default 6; oldest dropped first; "
+                      f"lowered to at most {MAX_PAGE_IMAGES} and to what the model's context holds)")
     _add_filter_options(chat)
     _add_shard_options(chat)
     _add_answer_options(chat)
@@ -177,7 +185,8 @@ def _add_answer_options(parser: argparse.ArgumentParser, max_pages: bool = True)
     parser.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
     if max_pages:
         parser.add_argument("--max-pages", type=_positive_int, default=3,
-                            help="most page images shown to the model at once (default 3; bounds CPU time)")
+                            help="most page images shown to the model at once (default 3; bounds CPU time; "
+                            f"lowered to at most {MAX_PAGE_IMAGES} and to what the model's context holds)")
     parser.add_argument("--max-new-tokens", type=_positive_int, default=256,
                         help="longest answer in tokens (default 256)")
     parser.add_argument("--json", action="store_true", help="print one JSON object (chat: one per line)")
@@ -224,6 +233,19 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _positive_int_up_to(ceiling: int):
+    """An argparse type: a whole number from 1 to `ceiling` (larger values are refused, not lowered)."""
+
+    def parse(text: str) -> int:
+        value = _positive_int(text)
+        if value > ceiling:
+            raise argparse.ArgumentTypeError(f"at most {ceiling}, got {value}")
+        return value
+
+    parse.__name__ = "whole number"  # how argparse names the type in its messages
+    return parse
+
+
 def _open_index(name: str | None, create: bool = False, options: dict | None = None):
     """Open an index; the import is here so `--help` does not pay for importing torch."""
     from .api import DocIndex
@@ -260,7 +282,10 @@ def _ingest(args: argparse.Namespace) -> int:
 
 def _search(args: argparse.Namespace) -> int:
     index = _open_searchable(args)
-    hits = index.search(args.query, k=args.k, device=args.device, exact=args.exact,
+    if args.k > MAX_RESULTS:
+        print(f"docqa: note: -k {args.k} lowered to {MAX_RESULTS}: the most pages one search returns",
+              file=sys.stderr)
+    hits = index.search(args.query, k=min(args.k, MAX_RESULTS), device=args.device, exact=args.exact,
                          where=dict(args.where), path=args.path)
     results = [hit.to_json() for hit in hits]
     failed = 0
@@ -326,16 +351,18 @@ def _asker(args: argparse.Namespace, with_index: bool):
     """The answer model (and index) a question command needs."""
     from .answer import Conversation, Generator, default_answer_model
     from .ask import Asker
-    from .checkpoints import default_device
+    from .checkpoints import check_device
 
     index = _open_searchable(args) if with_index else None
-    device = args.device or default_device()
+    device = check_device(args.device)
     generator = Generator.load(args.answer_model or default_answer_model(device), device=device)
-    max_pages = getattr(args, "max_pages", 1)
-    conversation = Conversation(max_images=getattr(args, "max_images", max_pages))
-    return Asker(generator, index, k=getattr(args, "k", 1), max_pages=max_pages,
-                 max_new_tokens=args.max_new_tokens, conversation=conversation,
-                 where=dict(getattr(args, "where", [])), path=getattr(args, "path", None))
+    conversation = Conversation(max_images=args.max_images) if "max_images" in args else None
+    asker = Asker(generator, index, k=getattr(args, "k", 1), max_pages=getattr(args, "max_pages", 1),
+                  max_new_tokens=args.max_new_tokens, conversation=conversation,
+                  where=dict(getattr(args, "where", [])), path=getattr(args, "path", None))
+    for note in asker.notes:
+        print(f"docqa: note: {note}", file=sys.stderr)
+    return asker
 
 
 def _print_answer(stream, as_json: bool, heatmaps: tuple[str, object] | None = None) -> None:
@@ -380,6 +407,9 @@ def _answer_heatmaps(stream, folder: str, retriever) -> list[dict]:
 
 
 def _ask(args: argparse.Namespace) -> int:
+    from .ask import check_question
+
+    check_question(args.question)  # before the answer model takes seconds to load
     if args.heatmaps and args.image:
         raise DocQAError("--heatmaps needs an index (its retriever draws them); it cannot be used with --image")
     if args.heatmaps:
@@ -436,7 +466,12 @@ def _eval(args: argparse.Namespace) -> int:
     return EXIT_PARTIAL if report.unmatched else EXIT_OK
 
 
+CHAT_COMMANDS = ("/pages", "/reset", "/quit")
+
+
 def _chat(args: argparse.Namespace) -> int:
+    """One question per line. With --json every stdout line is one JSON object: an answer, a
+    failed turn ({"question", "error"}) or a command's output ({"command", ...})."""
     asker = _asker(args, with_index=True)
     interactive = sys.stdin.isatty()
     if interactive:
@@ -449,25 +484,41 @@ def _chat(args: argparse.Namespace) -> int:
         if not line:
             break
         question = line.strip()
-        if not question:
+        if not question:  # a blank line is no question
             continue
         if question == "/quit":
             break
         if question == "/reset":
             asker.conversation.reset()
-            print("conversation cleared", file=sys.stderr)
+            if args.json:
+                _print_json({"command": "/reset"})
+            else:
+                print("conversation cleared", file=sys.stderr)
         elif question == "/pages":
             pages = asker.conversation.pages()
-            for page in pages:
-                print(f"  {page.path}, page {page.page}")
-            if not pages:
-                print("  (no pages in view)")
+            if args.json:
+                _print_json({"command": "/pages", "pages": [{"path": p.path, "page": p.page} for p in pages]})
+            else:
+                for page in pages:
+                    print(f"  {page.path}, page {page.page}")
+                if not pages:
+                    print("  (no pages in view)")
+        elif question.startswith("/") and " " not in question:
+            _chat_error(args, question, f"unknown command {question}; use {', '.join(CHAT_COMMANDS)}")
         else:
+            if not interactive and not args.json:
+                print(f"> {question}")  # piped: say which question the answer below belongs to
             try:
                 _print_answer(asker.ask(question), args.json)
             except DocQAError as error:  # one bad turn does not end the conversation
-                print(f"docqa: error: {error}", file=sys.stderr)
+                _chat_error(args, question, str(error))
     return EXIT_OK
+
+
+def _chat_error(args: argparse.Namespace, question: str, message: str) -> None:
+    print(f"docqa: error: {message}", file=sys.stderr)
+    if args.json:
+        _print_json({"question": question, "error": message})
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -477,10 +528,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return EXIT_ERROR
     try:
+        if getattr(args, "device", None) is not None:  # a bad --device is refused before any work
+            from .checkpoints import check_device
+
+            check_device(args.device)
         return args.handler(args)
     except DocQAError as error:
         print(f"docqa: error: {error}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
-        print("docqa: interrupted; everything committed before this point is kept", file=sys.stderr)
-        return 130
+        _interrupted(getattr(args, "interrupted", "interrupted"))
+
+
+def _interrupted(message: str) -> NoReturn:
+    """Ctrl-C: say so and end the process at once with status 130.
+
+    A prefill under way cannot be cut short, Python's own shutdown would wait for it (and a
+    second Ctrl-C would then abort torch mid-operation), and even with no model running, tearing
+    down torch and transformers takes seconds on a busy machine. So after flushing, the process
+    ends with os._exit: what is worth keeping is committed already, and a later writer recovers
+    anything written past the last commit.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the exit short
+    print(f"docqa: {message}", file=sys.stderr)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(EXIT_INTERRUPTED)

@@ -76,21 +76,40 @@ def test_empty_index_and_missing_model_are_one_line_errors(tmp_path, capsys, ret
 
 
 def test_chat_over_a_pipe_keeps_and_bounds_history(indexed, capsys, monkeypatch, generator_checkpoints):
+    """chat --json: every stdout line is one JSON object, answers and commands alike."""
     _, index = indexed
-    questions = "first question\nsecond question\n/pages\nthird question\n/reset\n/pages\n/quit\nignored\n"
+    questions = ("first question\nsecond question\n/pages\n\n   \n/nonsense\nthird question\n/reset\n/pages\n"
+                 "/quit\nignored\n")
     monkeypatch.setattr("sys.stdin", io.StringIO(questions))
     code = main(["chat", "--index", index, "-k", "2", "--max-pages", "2", "--max-images", "1",
                  "--max-new-tokens", "3", "--answer-model", str(generator_checkpoints["idefics3"]), "--json"])
     captured = capsys.readouterr()
     assert code == 0
-    lines = captured.out.splitlines()
-    turns = [json.loads(line) for line in lines if line.startswith("{")]
-    assert [t["question"] for t in turns] == ["first question", "second question", "third question"]
+    lines = [json.loads(line) for line in captured.out.splitlines()]  # every line parses
+    assert [line.get("question", line.get("command")) for line in lines] == [
+        "first question", "second question", "/pages", "/nonsense", "third question", "/reset", "/pages"]
+    turns = [line for line in lines if "answer" in line]
     assert all(len(t["citations"]) == 2 for t in turns)
-    page_lines = [line for line in lines if line.startswith("  ")]
     # /pages after two turns of 2 pages each: bounded to 1 image; after /reset: none
-    assert len(page_lines) == 2 and "(no pages in view)" in page_lines[-1]
+    assert len(lines[2]["pages"]) == 1 and set(lines[2]["pages"][0]) == {"path", "page"}
+    assert lines[3]["error"] == "unknown command /nonsense; use /pages, /reset, /quit"
+    assert lines[-1] == {"command": "/pages", "pages": []}
     assert any("Dropped" in note for t in turns for note in t["notes"])
+    assert "unknown command /nonsense" in captured.err
+
+
+def test_piped_chat_text_echoes_each_question_before_its_answer(indexed, capsys, monkeypatch, generator_checkpoints):
+    _, index = indexed
+    monkeypatch.setattr("sys.stdin", io.StringIO("first question\n/pages\nsecond question\n"))
+    code = main(["chat", "--index", index, "-k", "1", "--max-new-tokens", "3",
+                 "--answer-model", str(generator_checkpoints["idefics3"])])
+    out = capsys.readouterr().out
+    assert code == 0
+    echoed = [line for line in out.splitlines() if line.startswith("> ")]
+    assert echoed == ["> first question", "> second question"]
+    first, second = out.index("> first question"), out.index("> second question")
+    assert out.index("Sources", first) < second  # the first answer sits between the two questions
+    assert out.index("Sources", second) > second
 
 
 def test_describe_and_ask_image_need_no_index(tmp_path, capsys, generator_checkpoints):
