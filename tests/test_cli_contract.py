@@ -31,11 +31,13 @@ def world(tmp_path_factory, retriever_checkpoints, generator_checkpoints) -> dic
     make_pdf(docs / "report.pdf", 2)
     make_image(docs / "scan.png")
     (root / "notes.txt").write_text("not a page\n")
+    (root / "qrels.jsonl").write_text('{"query": "total", "relevant": [{"path": "a.pdf", "page": 1, "grade": 1}]}\n')
     (root / "plain-folder").mkdir()
     index = DocIndex.open(root / "index", create=True)
     index.ingest([docs], model=str(retriever_checkpoints["colmodernvbert"]))
     index.close()
     return {"docs": str(docs), "pdf": str(docs / "report.pdf"), "txt": str(root / "notes.txt"),
+            "qrels": str(root / "qrels.jsonl"),
             "folder": str(root / "plain-folder"), "index": str(root / "index"),
             "missing": str(root / "no-such-thing"), "retriever": str(retriever_checkpoints["colmodernvbert"]),
             "colpali": str(retriever_checkpoints["colpali"]), "answerer": str(generator_checkpoints["idefics3"])}
@@ -58,6 +60,7 @@ CASES = {
     "ingest: nonsense device": ("ingest {docs} --model {retriever} --device nonsense", "unknown device 'nonsense'"),
     "ingest: batch size 0": ("ingest {docs} --batch-size 0", "--batch-size: must be at least 1"),
     "ingest: huge image edge": ("ingest {docs} --image-edge 1000000", "--image-edge: at most"),
+    "ingest: tag without a value": ("ingest {docs} --tag project", "--tag: expected KEY=VALUE"),
     "ingest: wrong model for the index": ("ingest {docs} --index {index} --model {colpali}", "was built with model"),
     "search: no QUERY": ("search", "the following arguments are required: QUERY"),
     "search: empty query": ("search '' --index {index}", "the query is empty"),
@@ -69,6 +72,8 @@ CASES = {
     "search: k not a number": ("search words -k many --index {index}", "-k: invalid"),
     "search: cuda on CPU torch": ("search words --index {index} --device cuda:1", "device 'cuda:1'"),
     "search: nonsense device": ("search words --index {index} --device gpu0", "unknown device 'gpu0'"),
+    "search: filter without a value": ("search words --index {index} --where lang", "--where: expected KEY=VALUE"),
+    "search: heatmaps into a file": ("search words --index {index} --heatmaps {pdf}", "--heatmaps"),
     "info: missing index": ("info --index {missing}", "no index at"),
     "remove: no PATH": ("remove --index {index}", "the following arguments are required: PATH"),
     "remove: missing index": ("remove {pdf} --index {missing}", "no index at"),
@@ -96,6 +101,11 @@ CASES = {
     "describe: page 0": ("describe {pdf} --page 0", "--page: must be at least 1"),
     "describe: cuda on CPU torch": ("describe {pdf} --device cuda --answer-model {answerer}", "device 'cuda'"),
     "describe: missing answer model": ("describe {pdf} --answer-model {missing}", "cannot load answer model"),
+    "eval: no QRELS": ("eval --index {index}", "the following arguments are required: QRELS"),
+    "eval: missing qrels": ("eval {missing} --index {index}", "no such file or folder"),
+    "eval: qrels not JSON": ("eval {txt} --index {index}", "not valid JSON"),
+    "eval: missing index": ("eval {qrels} --index {missing}", "no index at"),
+    "eval: cuda on CPU torch": ("eval {qrels} --index {index} --device cuda", "device 'cuda'"),
 }
 
 
