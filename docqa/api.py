@@ -331,6 +331,7 @@ class DocIndex:
         return document_id
 
     def search(self, query: str, k: int = 5, *, device: str | None = None, exact: bool = False,
+               rerank: int | None = None,
                where: dict | None = None, path: str | None = None) -> list[Hit]:
         """The k pages that best match `query` (MaxSim), best first; see `search_embeddings`."""
         if not query.strip():
@@ -338,15 +339,15 @@ class DocIndex:
         if self.build is None:
             return []
         query_vectors = self.retriever(device=device).encode_queries([query])[0]
-        return self.search_embeddings(query_vectors, k, exact=exact, where=where, path=path)
+        return self.search_embeddings(query_vectors, k, exact=exact, rerank=rerank, where=where, path=path)
 
-    def search_embeddings(self, query: np.ndarray, k: int = 10, *, exact: bool = False,
+    def search_embeddings(self, query: np.ndarray, k: int = 10, *, exact: bool = False, rerank: int | None = None,
                           where: dict | None = None, path: str | None = None) -> list[Hit]:
         """The k pages with the highest MaxSim for a (n_tokens, dim) query multi-vector, best first.
 
         Scores are exact MaxSim. In the default "fast" mode an index of more than a thousand pages
-        reranks the candidate stage's best pages (recall, not exactness, is what the benchmark
-        measures); `exact` scores every page by brute force. `where` keeps documents whose metadata
+        reranks the candidate stage's best `rerank` pages (default RERANK_PAGES; more costs time and
+        finds more of the exact top k); `exact` scores every page by brute force. `where` keeps documents whose metadata
         has every given key=value; `path` keeps documents whose path matches the glob. A filtered
         search returns k pages whenever k pages match.
         """
@@ -359,7 +360,9 @@ class DocIndex:
             page_filter = PageFilter(dict(where or {}), path)
         except ValueError as error:
             raise QueryError(str(error)) from error
-        return self._hits(self.storage.search(query, k, exact=exact, page_filter=page_filter or None))
+        if rerank is not None and rerank < 1:
+            raise QueryError(f"rerank must be at least 1, got {rerank}")
+        return self._hits(self.storage.search(query, k, exact=exact, rerank=rerank, page_filter=page_filter or None))
 
     def _hits(self, scored: list[ScoredPage]) -> list[Hit]:
         """Ranked hits with their documents' fields, fetched in one query."""

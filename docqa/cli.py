@@ -94,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
     search.add_argument("--exact", action="store_true",
                         help="score every page by brute-force MaxSim instead of using the candidate index")
+    search.add_argument("--rerank", type=_positive_int, metavar="N", help="fast mode: rerank the candidate "
+                        "stage's best N pages exactly (default 1024; more finds more of the exact top k, slower)")
     _add_filter_options(search)
     _add_shard_options(search)
     search.add_argument("--heatmaps", metavar="DIR", help="write one PNG per result into DIR: the page with "
@@ -285,7 +287,7 @@ def _search(args: argparse.Namespace) -> int:
     if args.k > MAX_RESULTS:
         print(f"docqa: note: -k {args.k} lowered to {MAX_RESULTS}: the most pages one search returns",
               file=sys.stderr)
-    hits = index.search(args.query, k=min(args.k, MAX_RESULTS), device=args.device, exact=args.exact,
+    hits = index.search(args.query, k=min(args.k, MAX_RESULTS), device=args.device, exact=args.exact, rerank=args.rerank,
                          where=dict(args.where), path=args.path)
     results = [hit.to_json() for hit in hits]
     failed = 0

@@ -120,8 +120,8 @@ class ShardActor:
         return self.index.build
 
     def search_embeddings(self, query: np.ndarray, k: int, exact: bool, where: dict | None,
-                          path: str | None) -> list[Hit]:
-        return self.index.search_embeddings(query, k, exact=exact, where=where, path=path)
+                          path: str | None, rerank: int | None = None) -> list[Hit]:
+        return self.index.search_embeddings(query, k, exact=exact, rerank=rerank, where=where, path=path)
 
 
 class ShardSet:
@@ -170,27 +170,27 @@ class ShardSet:
         return self._retriever
 
     def search(self, query: str, k: int = 5, *, device: str | None = None, exact: bool = False,
-               where: dict | None = None, path: str | None = None) -> list[ShardHit]:
+               rerank: int | None = None, where: dict | None = None, path: str | None = None) -> list[ShardHit]:
         """The k best pages over all shards for `query`, encoded once."""
         if not query.strip():
             raise QueryError("the query is empty; give the words to search for")
         if self.build is None:
             return []
         vectors = self.retriever(device).encode_queries([query])[0]
-        return self.search_embeddings(vectors, k, exact=exact, where=where, path=path)
+        return self.search_embeddings(vectors, k, exact=exact, rerank=rerank, where=where, path=path)
 
-    def search_embeddings(self, query: np.ndarray, k: int = 10, *, exact: bool = False,
+    def search_embeddings(self, query: np.ndarray, k: int = 10, *, exact: bool = False, rerank: int | None = None,
                           where: dict | None = None, path: str | None = None) -> list[ShardHit]:
         """Every shard's top-k for the same query vectors, merged into the exact top-k."""
         if self.build is None:
             return []
         if self._actors is not None:
-            per_shard = self._ray.get([actor.search_embeddings.remote(query, k, exact, where, path)
+            per_shard = self._ray.get([actor.search_embeddings.remote(query, k, exact, where, path, rerank)
                                        for actor in self._actors])
         else:
             with ThreadPoolExecutor(max_workers=len(self._local), thread_name_prefix="docqa-shard") as pool:
                 per_shard = list(pool.map(
-                    lambda index: index.search_embeddings(query, k, exact=exact, where=where, path=path)
+                    lambda index: index.search_embeddings(query, k, exact=exact, rerank=rerank, where=where, path=path)
                     if index.build else [], self._local))
         return merge_top_k(per_shard, [str(path) for path in self.paths], k)
 

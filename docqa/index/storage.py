@@ -307,14 +307,15 @@ class IndexStorage:
         return self.compact() if rows and (rows - live) > ratio * rows else 0
 
     # --- reading ----------------------------------------------------------------------------
-    def search(self, query: np.ndarray, k: int, *, exact: bool = False,
+    def search(self, query: np.ndarray, k: int, *, exact: bool = False, rerank: int | None = None,
                page_filter: PageFilter | None = None) -> list[ScoredPage]:
         """The k best pages for a (n_tokens, dim) query: exact MaxSim over every page (`exact`, exact
         mode, small or selectively filtered sets), else over the candidate stage's best pages."""
         with one_blas_thread():
-            return self._search(query, k, exact, page_filter)
+            return self._search(query, k, exact, rerank or scoring.RERANK_PAGES, page_filter)
 
-    def _search(self, query: np.ndarray, k: int, exact: bool, page_filter: PageFilter | None) -> list[ScoredPage]:
+    def _search(self, query: np.ndarray, k: int, exact: bool, rerank: int,
+                page_filter: PageFilter | None) -> list[ScoredPage]:
         for attempt in range(3):
             table, _, name, allowed = self.store.snapshot(page_filter)
             vectors = self._vector_file(name)
@@ -322,9 +323,9 @@ class IndexStorage:
                 candidates = None if exact else self._current_candidates(table, vectors)
                 if allowed is not None:
                     table = table.subset(np.isin(table.page_ids, allowed))
-                if candidates is None or len(table) <= max(scoring.RERANK_PAGES, 4 * k):
+                if candidates is None or len(table) <= max(rerank, 4 * k):
                     return brute_force_top_k(query, k, table, vectors)
-                return scoring.two_stage_top_k(query, k, table, candidates, vectors, scoring.RERANK_PAGES)
+                return scoring.two_stage_top_k(query, k, table, candidates, vectors, rerank)
             except FileNotFoundError:  # compacted into a new file since the snapshot: take a new one
                 if attempt == 2:
                     raise
