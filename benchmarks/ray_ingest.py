@@ -104,7 +104,7 @@ def driver_commit_rate(folder: Path, pages: int, vectors: int, per_document: int
     index.add_embeddings("warm-up", [page_vectors])  # fixes dim 128
     report = IngestReport(index=str(folder))
     started = time.monotonic()
-    with index._writing():  # what DocIndex.ingest holds around a pipeline
+    with index._storage_for(index.dim).writing():  # what DocIndex.ingest holds around a pipeline
         for number in range(0, pages, per_document):
             source = folder / f"doc-{number}.pdf"
             source.write_bytes(b"%PDF")
