@@ -216,9 +216,10 @@ class DocIndex:
         """The vector file the latest commit refers to."""
         return self.storage.vectors
 
-    def add_vectors(self, vectors: np.ndarray) -> int:
-        """Append one page's vectors (inside a write; visible once commit_document commits them)."""
-        return self.storage.append_page(vectors)
+    def add_page(self, number: int, width: int, height: int, vectors: np.ndarray) -> NewPage:
+        """Append one page's vectors (inside a write; visible once commit_document commits the page
+        this returns)."""
+        return self.storage.append_page(number, width, height, vectors)
 
     def commit_document(self, path: Path, *, sha256: str, size: int, mtime: float, kind: str,
                         pages: list[NewPage], metadata: dict | None = None) -> int:
@@ -324,7 +325,7 @@ class DocIndex:
             new_pages = []
             for number, vectors in enumerate(arrays, start=1):
                 digest.update(np.ascontiguousarray(vectors, dtype=VECTOR_DTYPE).tobytes())
-                new_pages.append(NewPage(number, 0, 0, self.add_vectors(vectors), len(vectors)))
+                new_pages.append(self.add_page(number, 0, 0, vectors))
             document_id = self.commit_document(Path(path), sha256=digest.hexdigest(), size=0, mtime=time.time(),
                                                kind=EMBEDDINGS_KIND, pages=new_pages, metadata=metadata)
             self.storage.compact_if_wasteful()

@@ -88,7 +88,7 @@ class Job:
 
     def store_page(self, index: DocIndex, number: int, width: int, height: int, vectors: np.ndarray) -> None:
         """Append one encoded page's vectors (invisible until commit_job) and remember where they are."""
-        self.pages.append(NewPage(number, width, height, index.add_vectors(vectors), len(vectors)))
+        self.pages.append(index.add_page(number, width, height, vectors))
 
 
 # Renders and encodes the planned jobs, storing pages and committing each finished job with

@@ -130,3 +130,42 @@ def test_ingest_tags_filter_search_and_survive_updates(tmp_path, retriever_check
     exact = index.search("report", k=3, exact=True)
     assert [(h.page_id, round(h.score, 4)) for h in exact] == [(h.page_id, round(h.score, 4))
                                                               for h in index.search("report", k=3)]
+
+
+def test_index_options_are_fixed_at_creation_and_pooling_shrinks_pages(tmp_path):
+    from docqa.errors import OptionsError
+
+    rng = np.random.default_rng(5)
+    pooled = DocIndex.open(tmp_path / "pooled", create=True, options={"pool_factor": 3})
+    pages = [_unit(rng, 30), _unit(rng, 7)]
+    pooled.add_embeddings("/a.pdf", pages)
+    counts = [row[0] for row in pooled.store.db.execute("SELECT vec_count FROM pages ORDER BY number")]
+    assert counts == [10, 2]  # about 1/3 as many vectors
+    assert pooled.info().to_json()["options"] == {"mode": "fast", "pool_factor": 3}
+    hits = pooled.search_embeddings(pages[0][:4], k=2, exact=True)
+    assert (hits[0].path, hits[0].page) == ("/a.pdf", 1)
+    with pytest.raises(IndexMismatchError, match="pool_factor"):
+        DocIndex.open(tmp_path / "pooled", options={"pool_factor": 2})
+    assert DocIndex.open(tmp_path / "pooled", options={"pool_factor": 3}).options.pool_factor == 3
+    with pytest.raises(OptionsError):
+        DocIndex.open(tmp_path / "other", create=True, options={"mode": "approximate"})
+
+    exact_mode = DocIndex.open(tmp_path / "exact", create=True, options={"mode": "exact"})
+    exact_mode.add_embeddings("/b.pdf", pages)
+    assert exact_mode.search_embeddings(pages[1], k=1)[0].page == 2
+    assert not (tmp_path / "exact" / "candidates.npz").exists()
+
+
+def test_cli_refuses_other_index_options(tmp_path, retriever_checkpoint, capsys):
+    from docqa.cli import main
+
+    make_image(tmp_path / "docs" / "a.png", text="a")
+    model = str(retriever_checkpoint)
+    assert main(["ingest", str(tmp_path / "docs"), "--model", model, "--pool-factor", "2", "--json"]) == 0
+    capsys.readouterr()
+    assert main(["ingest", str(tmp_path / "docs"), "--index-mode", "exact"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "index options" in err
+    assert main(["ingest", str(tmp_path / "docs"), "--pool-factor", "2"]) == 0
+    assert main(["info", "--json"]) == 0
+    assert '"pool_factor": 2' in capsys.readouterr().out

@@ -16,7 +16,7 @@ from .candidates import CandidateIndex
 from .store import PageTable
 from .vectors import VectorFile
 
-_SCORE_CHUNK_ROWS = 1 << 18  # vector rows scored per matmul, bounds memory while scoring
+_SCORE_CHUNK_ROWS = 1 << 16  # vector rows scored per matmul (32 MB as float32): bounds memory while scoring
 RERANK_PAGES = 1024  # pages reranked exactly after the candidate stage (at least 4 k); see README for the trade-off
 
 
@@ -82,9 +82,7 @@ def two_stage_top_k(query: np.ndarray, k: int, table: PageTable, candidates: Can
     approximate = candidates.approximate_scores(query, table.page_ids)
     count = min(len(table), max(rerank, 4 * k))
     chosen = np.sort(np.argpartition(-approximate, count - 1)[:count]) if count < len(table) else np.arange(len(table))
-    subset = table.subset(np.isin(np.arange(len(table)), chosen))
-    scores = maxsim_block(query, vectors.read_block(subset.offsets, subset.counts), subset.counts)
-    return _ranked(scores, subset, k)
+    return brute_force_top_k(query, k, table.subset(np.isin(np.arange(len(table)), chosen)), vectors)
 
 
 def _ranked(scores: np.ndarray, table: PageTable, k: int) -> list[ScoredPage]:

@@ -177,16 +177,16 @@ class IndexStorage:
             self._save_candidates()
         self.compact_if_wasteful()  # a writer killed between an update and its compaction
 
-    def append_page(self, vectors: np.ndarray) -> int:
-        """Append one page's vectors (not yet visible: commit_document does that); returns the offset
-        of its first row. With a pool factor, similar vectors are merged first."""
+    def append_page(self, number: int, width: int, height: int, vectors: np.ndarray) -> NewPage:
+        """Append one page's vectors (not yet visible: commit_document does that); returns the page
+        to commit. With a pool factor, similar vectors are merged first (so fewer are stored)."""
         if self.options.pool_factor > 1:
             vectors = pool_tokens(vectors, self.options.pool_factor)
         stored = np.asarray(vectors, dtype=VECTOR_DTYPE)
         offset = self.vectors.append(stored)
         if self._candidates is not None:
             self._new_cells[offset] = self._candidates.codebook.page_cells([stored])[0]
-        return offset
+        return NewPage(number, width, height, offset, len(stored))
 
     def commit_document(self, path: Path, *, sha256: str, size: int, mtime: float, kind: str,
                         pages: list[NewPage], metadata: dict | None = None) -> int:
