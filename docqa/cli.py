@@ -95,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--exact", action="store_true",
                         help="score every page by brute-force MaxSim instead of using the candidate index")
     search.add_argument("--rerank", type=_positive_int, metavar="N", help="fast mode: rerank the candidate "
-                        "stage's best N pages exactly (default 1024; more finds more of the exact top k, slower)")
+                        "stage's best N pages exactly (default 512; more finds more of the exact top k, slower)")
     _add_filter_options(search)
     _add_shard_options(search)
     search.add_argument("--heatmaps", metavar="DIR", help="write one PNG per result into DIR: the page with "

@@ -70,7 +70,8 @@ def test_codebook_assigns_each_half_to_its_nearest_centroid():
         got = cells // stage.HALF_CENTROIDS if half == 0 else cells % stage.HALF_CENTROIDS
         assert np.array_equal(got, distances.argmin(axis=1))
     scores = codebook.scores(vectors[:3])
-    centroid = np.concatenate([codebook.centroids[0][cells[0] // 64], codebook.centroids[1][cells[0] % 64]])
+    half_count = stage.HALF_CENTROIDS
+    centroid = np.concatenate([codebook.centroids[0][cells[0] // half_count], codebook.centroids[1][cells[0] % half_count]])
     assert scores.shape == (3, CELLS) and np.isclose(scores[0, cells[0]], vectors[0] @ centroid, atol=1e-5)
 
 

@@ -1,6 +1,6 @@
 """BLAS threading for the index's matrix products.
 
-The products here are small (a page's vectors against 64 centroids, a query against a few hundred
+The products here are small (a page's vectors against 256 half-centroids, a query against a few hundred
 pages), and OpenBLAS's thread pool costs more than it saves on them: measured on the 2-core dev
 machine, assigning one page's vectors took 0.3 ms on one thread and 40 ms with two threads when the
 other core was busy. Search and indexing therefore run their products on one thread; concurrent

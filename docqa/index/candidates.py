@@ -1,8 +1,10 @@
 """The first stage of search: which pages are worth scoring exactly.
 
 Every page vector is quantised to one cell of an inverted multi-index (Babenko & Lempitsky): its
-first and second halves each go to the nearest of 64 k-means centroids (FAISS k-means, trained on a
-sample of the index's own vectors), giving 4,096 cells assigned with two small matrix products. A
+first and second halves each go to the nearest of 256 k-means centroids (FAISS k-means, trained on a
+sample of the index's own vectors), giving 65,536 cells assigned with two small matrix products.
+(Fine cells matter: on the benchmark's corpus at 10k pages the best 256 pages by approximate score
+held 47% of the exact top 10 with 64 x 64 cells, 83% with 128 x 128, 93-95% with 256 x 256.) A
 page is represented by the set of cells its vectors fall in; a cell's postings list the pages that
 have it.
 
@@ -36,12 +38,12 @@ import numpy as np
 
 FILE_NAME = "candidates.npz"
 LOG_NAME = "candidates.log"
-HALF_CENTROIDS = 64  # per half: 64 x 64 = 4,096 cells
+HALF_CENTROIDS = 256  # per half: 256 x 256 = 65,536 cells (page cells are stored as uint16)
 CELLS = HALF_CENTROIDS * HALF_CENTROIDS
 TRAIN_MIN_PAGES = 1024  # below this, search scores every page (fast enough, and exact)
 TRAIN_SAMPLE_VECTORS = 200_000
 RETRAIN_GROWTH = 16  # retrain the centroids when the index has grown this many times since training
-TOP_CELLS = 64  # cells walked per query token
+TOP_CELLS = 128  # cells walked per query token
 DENSE_SHARE = 0.25  # a cell in more than this share of pages counts as present everywhere
 TAIL_MERGE_PAGES = 2048  # rebuild the postings when the tail grows past this (or a tenth of the pages)
 
@@ -102,7 +104,7 @@ class CandidateIndex:
         self.codebook = codebook
         self.trained_pages = trained_pages  # pages in the index when the codebook was trained
         self.pointers = np.zeros(CELLS + 1, dtype=np.int64)  # postings of cell c: ids[pointers[c]:pointers[c+1]]
-        self.ids = np.zeros(0, dtype=np.int64)
+        self.ids = np.zeros(0, dtype=np.int32)
         self.base_pages = 0
         self.tail: dict[int, np.ndarray] = {}  # page id -> cells, for pages added since the last rebuild
         self.high_water = 0  # every committed page with an id <= this was added
@@ -140,7 +142,7 @@ class CandidateIndex:
         cells = np.concatenate(cell_lists).astype(np.int64) if len(live) else np.zeros(0, np.int64)
         owners = np.repeat(live, counts)
         order = np.argsort(cells, kind="stable")
-        self.ids = owners[order]
+        self.ids = owners[order].astype(np.int32)
         self.pointers = np.concatenate([[0], np.cumsum(np.bincount(cells, minlength=CELLS))]).astype(np.int64)
         self.base_pages = len(live)
         self.tail = {}

@@ -17,7 +17,7 @@ from .store import PageTable
 from .vectors import VectorFile
 
 _SCORE_CHUNK_ROWS = 1 << 16  # vector rows scored per matmul (32 MB as float32): bounds memory while scoring
-RERANK_PAGES = 1024  # pages reranked exactly after the candidate stage (at least 4 k); see README for the trade-off
+RERANK_PAGES = 512  # pages reranked exactly after the candidate stage (at least 4 k); see README for the trade-off
 
 
 @dataclass(frozen=True)
