@@ -3,8 +3,9 @@
 The query is encoded once, with the retriever every shard was built with (shards built with
 different encoders are refused), then every shard returns its own top-k for the same query
 vectors, in parallel: in-process threads, or on a Ray cluster one actor per shard holding it
-open. The exact top-k of the union is among the shards' top-k lists, so merging them by score
-gives what one index holding all the pages would return (ties: shard order, then rank).
+open. The exact top-k of the union is among the shards' exact top-k lists, so merging them by
+score gives what one index holding all the pages returns in exact mode (ties: shard order, then
+rank). In the fast mode every shard reranks its own candidates: at least as many as one index would.
 
 A parent folder with a `shards.json` ({"shards": ["path", ...]}, paths relative to it) stands for
 the shards it lists (`write_shard_list`). `ingest_sharded` fills shards: each file goes to the
@@ -181,7 +182,9 @@ class ShardSet:
 
     def search_embeddings(self, query: np.ndarray, k: int = 10, *, exact: bool = False, rerank: int | None = None,
                           where: dict | None = None, path: str | None = None) -> list[ShardHit]:
-        """Every shard's top-k for the same query vectors, merged into the exact top-k."""
+        """Every shard's top-k for the same query vectors, merged by score: the exact top-k of all
+        the pages with `exact` (or while each shard is small enough to be scored exactly); in the
+        fast mode each shard reranks its own best `rerank` candidates, so the merge sees more."""
         if self.build is None:
             return []
         if self._actors is not None:
