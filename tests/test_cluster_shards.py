@@ -100,7 +100,8 @@ def test_shards_built_differently_are_refused(sharded, tmp_path):
         ShardSet.open([*shard_paths, tmp_path / "other"])
 
 
-def test_ingest_into_shards_then_search_them_as_one_index(tmp_path, retriever_checkpoint, capsys):
+def test_ingest_into_shards_then_search_and_ask_them_as_one_index(tmp_path, retriever_checkpoint, capsys,
+                                                                  generator_checkpoints):
     docs = tmp_path / "docs"
     for number in range(4):
         make_pdf(docs / f"q{number}.pdf", 2, title=f"q{number}")
@@ -127,3 +128,11 @@ def test_ingest_into_shards_then_search_them_as_one_index(tmp_path, retriever_ch
     assert len(expected) == 6
     assert results("--shards", *shards) == expected
     assert results("--shards", str(tmp_path / "parent")) == expected
+
+    assert main(["ask", "q1 revenue", "--shards", str(tmp_path / "parent"), "-k", "2", "--max-new-tokens", "3",
+                 "--answer-model", str(generator_checkpoints["idefics3"]), "--json"]) == 0
+    cited = [(c["path"], c["page"]) for c in json.loads(capsys.readouterr().out)["citations"]]
+    assert main(["search", "q1 revenue", "-k", "2", "--json", "--index", str(tmp_path / "whole")]) == 0
+    assert cited == [(hit["path"], hit["page"]) for hit in json.loads(capsys.readouterr().out)["results"]]
+    assert main(["search", "q1 revenue", "--ray"]) == 2
+    assert "--ray needs --shards" in capsys.readouterr().err
