@@ -92,6 +92,7 @@ def short_reason(error: BaseException) -> str:
 def resolve(model: str, role: str, option: str) -> tuple[str, bool]:
     """Where to load `model` from and whether to stay offline: (folder or hub id, local_files_only)."""
     from huggingface_hub import constants
+
     path = Path(model).expanduser()
     if path.is_dir():
         return str(path.resolve()), True

@@ -8,6 +8,7 @@ model is needed load none; the others use the tiny checkpoints of conftest.
 from __future__ import annotations
 
 import json
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -111,8 +112,6 @@ CASES = {
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_bad_input_exits_2_with_one_line_and_leaves_nothing(case, world, capsys, docqa_home):
-    import shlex
-
     command, expected = CASES[case]
     argv = shlex.split(command.format(**world))
     watched = (docqa_home, Path(world["index"]), Path(world["missing"]), Path(world["folder"]))
@@ -141,3 +140,37 @@ def test_commands_without_a_model_do_not_import_torch(world):
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, timeout=60)
     outcome = json.loads(result.stdout.splitlines()[-1])
     assert outcome == {"codes": [0, 1, 0], "heavy": []}
+
+
+def test_huge_requests_are_lowered_with_a_note(world, capsys):
+    code = main(["search", "words", "--index", world["index"], "-k", "100000", "--json"])
+    captured = capsys.readouterr()
+    assert code == 0 and len(json.loads(captured.out)["results"]) == 3  # every page the index has
+    assert captured.err == "docqa: note: -k 100000 lowered to 1000: the most pages one search returns\n"
+
+    code = main(["ask", "words", "--index", world["index"], "-k", "100000", "--max-pages", "100000",
+                 "--max-new-tokens", "2", "--answer-model", world["answerer"], "--json"])
+    captured = capsys.readouterr()
+    assert code == 0 and len(json.loads(captured.out)["citations"]) == 3
+    assert "-k 100000 lowered to 1000" in captured.err
+    assert "--max-pages 100000 lowered to 20: the most page images" in captured.err
+
+
+def test_pages_are_bounded_by_the_answer_models_context(world):
+    """With a long answer, fewer pages fit: the bound holds for the prompt the model really gets."""
+    from PIL import Image
+
+    from docqa.answer import Conversation, Generator, PageImage
+    from docqa.ask import Asker
+
+    generator = Generator.load(world["answerer"], device="cpu")
+    asker = Asker(generator, k=50, max_pages=50, max_new_tokens=5000, conversation=Conversation(max_images=50))
+    budget = generator.context_budget()
+    assert 1 <= asker.max_pages < 20 and asker.conversation.max_images == asker.max_pages
+    assert [note.split(":")[0] for note in asker.notes] == [f"--max-pages 50 lowered to {asker.max_pages}",
+                                                           f"--max-images 50 lowered to {asker.max_pages}"]
+    page = PageImage("p.pdf", 1, None, Image.new("RGB", (generator.max_image_edge,) * 2, "white"))
+    question = "x " * 128  # as long a question as the budget allows for
+    fits = generator.prepare(None, question, [page] * asker.max_pages)["input_ids"].shape[1]
+    one_more = generator.prepare(None, question, [page] * (asker.max_pages + 1))["input_ids"].shape[1]
+    assert fits + 5000 <= budget.positions < one_more + 5000
