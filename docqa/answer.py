@@ -74,6 +74,7 @@ class PageImage:
     page: int
     score: float | None
     image: Image.Image
+    page_id: int | None = None  # the indexed page it came from, if any
 
     @property
     def label(self) -> str:

@@ -35,7 +35,7 @@ from .errors import (
 from .index.search import ScoredPage
 from .index.storage import IndexOptions, IndexStorage
 from .ingest import IngestReport, run_ingest
-from .index.store import DB_NAME, NewPage, PageFilter, Store, check_metadata_key
+from .index.store import DB_NAME, DocumentRecord, NewPage, PageFilter, Store, check_metadata_key
 from .index.vectors import VECTOR_DTYPE, VectorFile
 
 if TYPE_CHECKING:  # the model stack is imported where a model is loaded: `info` and `remove` never need it
@@ -185,6 +185,18 @@ class DocIndex:
                 )
             self._retriever = retriever
         return self._retriever
+
+    def adopt_retriever(self, retriever: Retriever) -> None:
+        """Use an already loaded retriever (several handles on one index sharing one model, as the
+        server does); refused when it is not the model the index was built with."""
+        build = self.build
+        if build is not None:
+            built = build["encoder"]
+            if built is None or (retriever.stamp.model, retriever.stamp.config_hash) != (built["model"],
+                                                                                         built["config_hash"]):
+                made_by = repr(built["model"]) if built else "given embeddings"
+                raise IndexMismatchError(f"{self.path} was built with {made_by}, not {retriever.stamp.model!r}")
+        self._retriever = retriever
 
     def _write_build(self, stamp: EncoderStamp | None, dim: int) -> None:
         """Record what builds this index: the model's stamp (None for given embeddings of `dim`)
@@ -395,6 +407,32 @@ class DocIndex:
                 self.storage.delete(list(matched))
                 self.storage.compact_if_wasteful()
         return RemoveReport(index=str(self.path), removed=list(matched.values()), not_found=not_found)
+
+    def page(self, page_id: int) -> Hit | None:
+        """One indexed page by its id (a Hit with rank 0 and score 0), or None when there is none."""
+        row = self.store.pages_with_documents([page_id]).get(page_id)
+        if row is None:
+            return None
+        return Hit(rank=0, score=0.0, path=row["path"], page=row["page"], document_id=row["document_id"],
+                   page_id=page_id, sha256=row["sha256"], kind=row["kind"], file=Path(os.fsdecode(row["path_key"])))
+
+    def documents(self) -> list[DocumentRecord]:
+        """Every indexed document, in path order."""
+        return self.store.all_documents()
+
+    def remove_documents(self, document_ids: Iterable[int]) -> RemoveReport:
+        """Delete documents by id (ids not in the index are reported as not found)."""
+        wanted = list(dict.fromkeys(int(i) for i in document_ids))
+        if self.build is None:
+            return RemoveReport(index=str(self.path), removed=[], not_found=[str(i) for i in wanted])
+        with self.storage.writing():
+            known = {record.id: record.path for record in self.store.all_documents()}
+            found = [i for i in wanted if i in known]
+            if found:
+                self.storage.delete(found)
+                self.storage.compact_if_wasteful()
+        return RemoveReport(index=str(self.path), removed=[known[i] for i in found],
+                            not_found=[str(i) for i in wanted if i not in known])
 
     def info(self) -> IndexInfo:
         documents, pages = self.store.counts()

@@ -145,7 +145,7 @@ class Asker:
                              " run `docqa ingest` again to update the index")
                 continue
             image = load_page(hit.file, hit.page, self.generator.max_image_edge, kind=hit.kind)
-            pages.append(PageImage(hit.path, hit.page, hit.score, image))
+            pages.append(PageImage(hit.path, hit.page, hit.score, image, page_id=hit.page_id))
         if not pages:
             raise SourceChangedError(" ".join(notes))
         return pages, notes

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,3 +48,4 @@ class IngestSettings:
     progress: bool = False
     ray: str | None = None  # render and encode on Ray: "local" starts one, else a cluster address
     ray_encoders: int | None = None  # encoder actors (default: one per GPU, else CPUs - 1)
+    on_progress: Callable[[int, int], None] | None = None  # (pages encoded, pages planned), after each batch

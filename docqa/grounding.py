@@ -1,9 +1,10 @@
 """Grounding: where on a page a query matches, as a heatmap and the box of the strongest region.
 
 A late-interaction score is MaxSim = sum over query tokens of the best dot product with any page
-token. Each query token's best dot product is credited to the page token that gave it; summed per
-image patch, these are the patch's *contributions* (over image patches they add up to the score,
-less what text tokens of the page prompt won). The patches are laid out the way each family's
+token. Grounding asks where on the image: each query token's best dot product over the image
+patches is credited to the patch that gives it; summed per patch, these are the patch's
+*contributions* (they add up to MaxSim over the image patches; the page's prompt tokens, which
+carry no position, are left out). The patches are laid out the way each family's
 processor cut the page:
 
 - colmodernvbert (Idefics3-style): a grid of 512 px tiles, each ``n x n`` tokens, plus a global
@@ -158,9 +159,14 @@ def _tile_grids(ids: list[int], runs: list[tuple[int, int]], processor: object) 
 
 # --- scores to a heat canvas and a box --------------------------------------------------------
 def contributions(query: np.ndarray, page: EncodedPage) -> np.ndarray:
-    """Per page token, the part of MaxSim it wins: each query token's best dot product, credited to
-    the token that gives it (``result.sum()`` is the MaxSim score)."""
+    """Per page token, the part of the image's MaxSim it wins: each query token's best dot product
+    over the image patches, credited to the patch that gives it (``result.sum()`` is MaxSim over the
+    image patches; prompt tokens of the page get 0, since grounding asks where on the image)."""
+    patches = np.zeros(len(page.vectors), dtype=bool)
+    for grid in page.grids:
+        patches[grid.start:grid.stop] = True
     similarity = query.astype(np.float32) @ page.vectors.astype(np.float32).T
+    similarity[:, ~patches] = -np.inf
     best = similarity.argmax(axis=1)
     credit = np.zeros(len(page.vectors), dtype=np.float32)
     np.add.at(credit, best, similarity[np.arange(len(query)), best])

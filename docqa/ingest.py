@@ -116,6 +116,8 @@ def run_ingest(
     if settings.sync:
         _remove_vanished(index, given, seen, report)
     total_pages = sum(job.page_count for job in jobs)
+    if settings.on_progress is not None:
+        settings.on_progress(0, total_pages)
     with tqdm(
         total=total_pages, unit="page", desc="ingest", disable=not settings.progress, leave=False
     ) as bar:
@@ -244,6 +246,8 @@ def _encode_and_commit(
 ) -> None:
     pending: list[tuple[Job, RenderedPage]] = []
     rendered: deque[Job] = deque()  # jobs fully rendered, in order, awaiting commit
+    encoded = [0]  # pages encoded so far
+    total_pages = sum(job.page_count for job in jobs)
 
     def encode_pending() -> None:
         batch = [(job, page) for job, page in pending if job.error is None]
@@ -254,6 +258,9 @@ def _encode_and_commit(
         for (job, page), vectors in zip(batch, embeddings):
             job.store_page(index, page.number, *page.image.size, vectors)
         bar.update(len(batch))
+        encoded[0] += len(batch)
+        if settings.on_progress is not None:
+            settings.on_progress(encoded[0], total_pages)
 
     def commit_rendered() -> None:
         while rendered and not any(job is rendered[0] for job, _ in pending):

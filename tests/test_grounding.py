@@ -17,6 +17,7 @@ from docqa.cli import main
 from docqa.encoders import Retriever
 from docqa.grounding import (
     EncodedPage,
+    PatchGrid,
     contributions,
     encode_page,
     ground_encoded,
@@ -93,12 +94,15 @@ def test_layouts_match_each_family_geometry(retriever_checkpoints):
     assert (square.rows, square.cols) == (8, 8) and square.start == 0  # tiny: 448 px / 56 px patches
 
 
-def test_contributions_sum_to_maxsim():
+def test_contributions_sum_to_maxsim_over_image_patches():
     rng = np.random.default_rng(0)
     query = rng.normal(size=(5, DIM)).astype(np.float32)
     page = rng.normal(size=(40, DIM)).astype(np.float32)
-    credit = contributions(query, EncodedPage(page, []))
-    assert credit.sum() == pytest.approx(float((query @ page.T).max(axis=1).sum()), rel=1e-5)
+    grids = [PatchGrid(3, 4, 4), PatchGrid(22, 3, 3)]  # tokens 3..18 and 22..30 are patches
+    patches = np.r_[3:19, 22:31]
+    credit = contributions(query, EncodedPage(page, grids))
+    assert credit.sum() == pytest.approx(float((query @ page[patches].T).max(axis=1).sum()), rel=1e-5)
+    assert not credit[np.setdiff1d(np.arange(40), patches)].any()
 
 
 def test_no_positive_contribution_gives_no_box():
