@@ -70,6 +70,18 @@ def test_search_page_image_heatmap_and_grounding(client):
     assert 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1
 
 
+def test_search_takes_the_cli_filters(client):
+    only_scan = client.get("/api/search", params={"q": "report", "k": 5, "path": "*/scan.png"}).json()["results"]
+    assert [r["name"] for r in only_scan] == ["scan.png"]
+    exact = client.get("/api/search", params={"q": "report", "k": 3, "exact": "true"}).json()["results"]
+    default = client.get("/api/search", params={"q": "report", "k": 3}).json()["results"]
+    assert [r["page_id"] for r in exact] == [r["page_id"] for r in default]
+    untagged = client.get("/api/search", params={"q": "report", "where": "team=blue"}).json()["results"]
+    assert untagged == []
+    assert client.get("/api/search", params={"q": "report", "where": "novalue"}).status_code == 422
+    assert client.get("/api/search", params={"q": "   "}).status_code == 422  # the index's QueryError
+
+
 def test_info_documents_and_delete(client, service):
     info = client.get("/api/info").json()
     assert (info["documents"], info["pages"], info["family"]) == (2, 3, "colmodernvbert")
