@@ -1,0 +1,302 @@
+"""Synthetic late-interaction corpora with the structure of real ColPali-family page vectors.
+
+iid random vectors make every search method look good: no two pages share anything, so any
+pruning bound is tight. Real page vectors are not like that, and this generator reproduces the
+features that matter for search (all parameters in `CorpusParams`, printed by the benchmark):
+
+- topic clusters: each page mixes a few of `topics` shared topic centroids; its content tokens sit
+  around page-local "motifs" (a topic centroid plus `motif_spread` noise), plus `token_noise`;
+- background: a share of each page's tokens (about a third) sits tightly around a few shared
+  `background` directions, as blank margins and plain background patches do;
+- near-duplicate pages: a share of pages are small perturbations of an earlier page (a new version,
+  a reprint), with a few tokens dropped;
+- variable token counts per page (around 356, ColModernVBert's count for a 1024 px page);
+- queries of ~20 tokens: ~12 noisy copies of content tokens of one page, plus ~8 "generic" tokens
+  (as the models' query-augmentation tokens are) near a few shared directions that lean towards
+  the background, nearly the same for every query.
+
+Every page is a pure function of (seed, page number), so a corpus of n pages is the first n pages
+of any larger one, and generation streams: pages are written as float16 rows to a memory-mapped
+cache file (`cached_corpus`) that later runs reuse and extend. `exact_maxsim_scores` computes
+exact MaxSim of queries against every page, chunked, for ground truth.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+CACHE_ENV = "DOCQA_BENCH_CACHE"
+DEFAULT_CACHE = Path("/tmp/docqa-bench")
+_LAYOUT_BLOCK = 1 << 14  # page layouts (counts, duplicate sources) are drawn this many pages at a time
+
+
+@dataclass(frozen=True)
+class CorpusParams:
+    """Everything that decides the vectors; its hash names the cache files."""
+
+    seed: int = 0
+    dim: int = 128
+    tokens_mean: int = 356  # tokens per page: normal(mean, sd), clipped to [min, max]
+    tokens_sd: int = 36
+    tokens_min: int = 240
+    tokens_max: int = 470
+    topics: int = 256  # shared topic centroids
+    topics_per_page: int = 3
+    motifs_per_page: int = 32  # page-local content clusters, each around one of the page's topics
+    motif_spread: float = 1.0  # motif = topic + spread * gaussian/sqrt(dim), normalised (cos to topic ~0.7)
+    token_noise: float = 0.5  # content token = motif + noise * gaussian/sqrt(dim) (cos to motif ~0.9)
+    background: int = 4  # shared background directions (blank margins, plain background)
+    background_share: tuple[float, float] = (0.22, 0.45)  # per page, uniform (mean ~1/3)
+    background_noise: float = 0.15  # background token = direction + noise (cos ~0.99)
+    duplicate_share: float = 0.10  # pages that are near-duplicates of an earlier page
+    duplicate_window: int = 5000  # a duplicate's source is among the previous this-many pages
+    duplicate_noise: float = 0.08  # perturbation added to each token of a duplicate (cos ~0.997)
+    duplicate_drop: float = 0.08  # up to this share of the source's tokens is dropped
+
+    def key(self) -> str:
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class QueryParams:
+    queries: int = 50
+    page_tokens: int = 12  # tokens taken from the query's source page (content tokens only)
+    query_noise: float = 1.0  # added to each such token (cos to the page token ~0.7)
+    generic_tokens: int = 8  # query-augmentation-like tokens, one per generic direction
+    generic_background_cos: float = 0.6  # how far each generic direction leans towards a background one
+    generic_noise: float = 0.1  # per-query jitter of a generic token (cos ~0.995 between queries)
+    seed_offset: int = 0  # a different query set over the same corpus
+
+    def key(self) -> str:
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _normalise(vectors: np.ndarray) -> np.ndarray:
+    return vectors / np.linalg.norm(vectors, axis=-1, keepdims=True)
+
+
+def _noise(rng: np.random.Generator, shape: tuple[int, ...], scale: float, dim: int) -> np.ndarray:
+    return rng.standard_normal(shape, dtype=np.float32) * np.float32(scale / np.sqrt(dim))
+
+
+class SyntheticCorpus:
+    """Pages and queries of one parameter set; page i depends only on (params, i)."""
+
+    def __init__(self, params: CorpusParams = CorpusParams()) -> None:
+        self.params = p = params
+        shared = np.random.default_rng([p.seed, 0])
+        self.topics = _normalise(shared.standard_normal((p.topics, p.dim), dtype=np.float32))
+        self.background = _normalise(shared.standard_normal((p.background, p.dim), dtype=np.float32))
+        self._generic_raw = shared.standard_normal((64, p.dim), dtype=np.float32)  # sliced per QueryParams
+        self.source = np.zeros(0, np.int64)  # per page: the page it near-duplicates, or -1
+        self.counts = np.zeros(0, np.int64)  # per page: its number of vectors
+        self._grow(1)
+
+    def _grow(self, pages: int) -> None:
+        """Draw page layouts (counts, duplicate sources) up to `pages`, a block of pages at a time."""
+        p = self.params
+        while len(self.counts) < pages:
+            first = len(self.counts)
+            layout = np.random.default_rng([p.seed, 1, first // _LAYOUT_BLOCK])
+            numbers = np.arange(first, first + _LAYOUT_BLOCK)
+            counts = np.clip(np.rint(layout.normal(p.tokens_mean, p.tokens_sd, _LAYOUT_BLOCK)),
+                             p.tokens_min, p.tokens_max).astype(np.int64)
+            duplicate = (layout.random(_LAYOUT_BLOCK) < p.duplicate_share) & (numbers > 0)
+            back = layout.integers(1, p.duplicate_window + 1, _LAYOUT_BLOCK)
+            source = np.where(duplicate, np.maximum(numbers - back, 0), -1)
+            drop = layout.random(_LAYOUT_BLOCK) * p.duplicate_drop
+            self.source = np.concatenate([self.source, source])
+            self.counts = np.concatenate([self.counts, counts])
+            for page in numbers[duplicate]:  # a source comes before its duplicate: counts chain
+                self.counts[page] = max(1, int(round(self.counts[self.source[page]] * (1.0 - drop[page - first]))))
+
+    def layout(self, pages: int) -> np.ndarray:
+        """Vector counts of the first `pages` pages."""
+        self._grow(pages)
+        return self.counts[:pages]
+
+    # --- pages --------------------------------------------------------------------------------
+    def page(self, number: int) -> tuple[np.ndarray, np.ndarray]:
+        """(vectors (n, dim) float32 unit rows, background mask (n,) bool) of page `number`."""
+        p = self.params
+        self._grow(number + 1)
+        source = int(self.source[number])
+        rng = np.random.default_rng([p.seed, 2, number])
+        if source >= 0:
+            vectors, background = self.page(source)
+            keep = np.sort(rng.choice(len(vectors), int(self.counts[number]), replace=False))
+            vectors = _normalise(vectors[keep] + _noise(rng, (len(keep), p.dim), p.duplicate_noise, p.dim))
+            return vectors, background[keep]
+        count = int(self.counts[number])
+        n_background = int(round(count * rng.uniform(*p.background_share)))
+        n_content = count - n_background
+        topics = rng.choice(p.topics, p.topics_per_page, replace=False)
+        weights = rng.dirichlet(np.ones(p.topics_per_page))
+        motif_topics = rng.choice(topics, p.motifs_per_page, p=weights)
+        motifs = _normalise(self.topics[motif_topics]
+                            + _noise(rng, (p.motifs_per_page, p.dim), p.motif_spread, p.dim))
+        motif_weights = rng.dirichlet(np.ones(p.motifs_per_page))  # some motifs cover more of the page
+        assigned = rng.choice(p.motifs_per_page, n_content, p=motif_weights)
+        content = motifs[assigned] + _noise(rng, (n_content, p.dim), p.token_noise, p.dim)
+        background_weights = rng.dirichlet(np.full(p.background, 0.5))
+        kinds = rng.choice(p.background, n_background, p=background_weights)
+        margins = self.background[kinds] + _noise(rng, (n_background, p.dim), p.background_noise, p.dim)
+        vectors = _normalise(np.concatenate([content, margins]))
+        mask = np.concatenate([np.zeros(n_content, bool), np.ones(n_background, bool)])
+        order = rng.permutation(count)  # background patches are spread over the page
+        return vectors[order], mask[order]
+
+    def pages(self, start: int, stop: int) -> list[np.ndarray]:
+        return [self.page(number)[0] for number in range(start, stop)]
+
+    # --- queries ------------------------------------------------------------------------------
+    def generic_directions(self, query: QueryParams) -> np.ndarray:
+        p = self.params
+        lean = query.generic_background_cos
+        other = _normalise(self._generic_raw[: query.generic_tokens])
+        towards = self.background[np.arange(query.generic_tokens) % p.background]
+        return _normalise(lean * towards + np.sqrt(1.0 - lean**2) * other)
+
+    def queries(self, n_pages: int, query: QueryParams = QueryParams()) -> tuple[np.ndarray, np.ndarray]:
+        """(queries (q, tokens, dim) float32, source page of each (q,)) over the first n_pages."""
+        p = self.params
+        generic = self.generic_directions(query)
+        rng = np.random.default_rng([p.seed, 3, n_pages, query.seed_offset])
+        sources = rng.integers(0, n_pages, query.queries)
+        out = np.empty((query.queries, query.page_tokens + query.generic_tokens, p.dim), np.float32)
+        for row, source in enumerate(sources):
+            vectors, background = self.page(int(source))
+            content = np.flatnonzero(~background)
+            picked = rng.choice(content, min(query.page_tokens, len(content)), replace=False)
+            taken = vectors[picked] + _noise(rng, (len(picked), p.dim), query.query_noise, p.dim)
+            jitter = generic + _noise(rng, generic.shape, query.generic_noise, p.dim)
+            out[row] = _normalise(np.concatenate([taken, jitter]))
+        return out, sources
+
+
+# --- the on-disk cache ----------------------------------------------------------------------------
+def cache_dir() -> Path:
+    path = Path(os.environ.get(CACHE_ENV, DEFAULT_CACHE))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@dataclass
+class CorpusFile:
+    """The first `pages` pages of a corpus as float16 rows, memory-mapped, with row offsets."""
+
+    params: CorpusParams
+    path: Path
+    pages: int
+    offsets: np.ndarray  # (pages + 1,) row where each page starts; offsets[-1] = total rows
+    vectors: np.ndarray = field(repr=False)  # (rows, dim) float16 memmap
+
+    def page(self, number: int) -> np.ndarray:
+        return self.vectors[self.offsets[number] : self.offsets[number + 1]]
+
+    def offsets_file(self) -> Path:
+        """The row offsets saved as .npy beside the vectors (for tools in other processes)."""
+        path = self.path.with_name(f"{self.path.stem}-{self.pages}.offsets.npy")
+        if not path.exists():
+            np.save(path, self.offsets)
+        return path
+
+    def prefix(self, pages: int) -> "CorpusFile":
+        stop = int(self.offsets[pages])
+        return CorpusFile(self.params, self.path, pages, self.offsets[: pages + 1], self.vectors[:stop])
+
+
+def cached_corpus(params: CorpusParams, pages: int, *, chunk: int = 1000, log=print) -> CorpusFile:
+    """The corpus's first `pages` pages, generated once into the cache folder (extended when a
+    shorter one is cached) and memory-mapped from there."""
+    generator = SyntheticCorpus(params)
+    base = cache_dir() / f"corpus-{params.key()}"
+    data, done_file = base.with_suffix(".f16"), base.with_suffix(".pages")
+    done = int(done_file.read_text()) if done_file.exists() else 0
+    offsets = np.concatenate([[0], np.cumsum(generator.layout(max(done, pages)))])
+    if done < pages:
+        with open(data, "r+b" if data.exists() else "wb") as out:
+            out.truncate(int(offsets[done]) * params.dim * 2)  # drop rows of an unfinished run
+            out.seek(0, os.SEEK_END)
+            for start in range(done, pages, chunk):
+                stop = min(pages, start + chunk)
+                out.write(np.concatenate(generator.pages(start, stop)).astype(np.float16).tobytes())
+                if log and (stop // chunk) % 10 == 0:
+                    log(f"  generated {stop:,}/{pages:,} pages")
+            out.flush()
+            os.fsync(out.fileno())
+        done_file.write_text(str(pages))
+    vectors = np.memmap(data, dtype=np.float16, mode="r", shape=(int(offsets[pages]), params.dim))
+    return CorpusFile(params, data, pages, offsets[: pages + 1], vectors)
+
+
+# --- exact ground truth ---------------------------------------------------------------------------
+def exact_maxsim_scores(corpus: CorpusFile, queries: np.ndarray, *, first_page: int = 0,
+                        chunk_rows: int = 1 << 16) -> np.ndarray:
+    """Exact MaxSim of every query against pages [first_page, corpus.pages), (queries, pages) float32.
+
+    All queries' tokens go through one fp32 matmul per chunk of pages (the stored float16 rows
+    upcast), then a per-page max and a per-query sum."""
+    n_queries, n_tokens, dim = queries.shape
+    flat = np.ascontiguousarray(queries.reshape(-1, dim).T, dtype=np.float32)  # (dim, q * t)
+    scores = np.empty((n_queries, corpus.pages - first_page), np.float32)
+    offsets = corpus.offsets
+    start = first_page
+    while start < corpus.pages:
+        stop = int(np.searchsorted(offsets, offsets[start] + chunk_rows, side="right")) - 1
+        stop = min(corpus.pages, max(stop, start + 1))
+        low, high = int(offsets[start]), int(offsets[stop])
+        block = np.asarray(corpus.vectors[low:high], dtype=np.float32)
+        similarities = block @ flat  # (rows, q * t)
+        maxima = np.maximum.reduceat(similarities, offsets[start:stop] - low, axis=0)  # (pages, q * t)
+        per_page = maxima.reshape(stop - start, n_queries, n_tokens).sum(axis=2)
+        scores[:, start - first_page : stop - first_page] = per_page.T
+        start = stop
+    return scores
+
+
+def cached_ground_truth(corpus: CorpusFile, query: QueryParams = QueryParams(), *, block: int = 5000,
+                        log=print) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(queries, their source pages, exact scores (queries, pages)), computed once and cached.
+
+    Scores are written block by block of pages with a progress file, so an interrupted run (the
+    100k-page truth takes a while on two cores) resumes where it stopped."""
+    base = cache_dir() / f"truth-{corpus.params.key()}-{query.key()}-{corpus.pages}"
+    scores_file, done_file = base.with_suffix(".scores.npy"), base.with_suffix(".done")
+    queries, sources = SyntheticCorpus(corpus.params).queries(corpus.pages, query)
+    done = int(done_file.read_text()) if done_file.exists() and scores_file.exists() else 0
+    if done < corpus.pages:
+        if done == 0:
+            np.lib.format.open_memmap(scores_file, "w+", np.float32, (len(queries), corpus.pages)).flush()
+        scores = np.load(scores_file, mmap_mode="r+")
+        if log:
+            log(f"  exact MaxSim of {len(queries)} queries over {corpus.pages:,} pages (ground truth, cached)")
+        for start in range(done, corpus.pages, block):
+            stop = min(corpus.pages, start + block)
+            part = corpus.prefix(stop)
+            scores[:, start:stop] = exact_maxsim_scores(part, queries, first_page=start)
+            scores.flush()
+            done_file.write_text(str(stop))
+            if log and stop < corpus.pages:
+                log(f"    {stop:,}/{corpus.pages:,} pages")
+        del scores
+    return queries, sources, np.load(scores_file)
+
+
+def recall_at_k(found: list[list[int]], scores: np.ndarray, k: int = 10, tie: float = 1e-4) -> float:
+    """Mean share of each query's exact top k that `found` (page numbers, best first) recovers.
+
+    A found page counts when its exact score reaches the k-th best exact score (less `tie`), so
+    methods that break float ties differently are not penalised for it."""
+    shares = []
+    for row, pages in zip(scores, found):
+        kth = np.partition(row, -k)[-k] if len(row) >= k else row.min()
+        hits = sum(1 for page in set(list(pages)[:k]) if row[page] >= kth - tie)  # a repeat counts once
+        shares.append(hits / min(k, len(row)))
+    return float(np.mean(shares))
