@@ -23,6 +23,7 @@ exact MaxSim of queries against every page, chunked, for ground truth.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -33,7 +34,7 @@ import numpy as np
 
 CACHE_ENV = "DOCQA_BENCH_CACHE"
 DEFAULT_CACHE = Path("/tmp/docqa-bench")
-_LAYOUT_BLOCK = 1 << 14  # page layouts (counts, duplicate sources) are drawn this many pages at a time
+_LAYOUT_PAGES = 1 << 20  # page layouts (counts, duplicate sources) are drawn for this many pages
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,29 @@ class QueryParams:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
 
 
+@functools.lru_cache(maxsize=4)
+def _layout(p: CorpusParams) -> tuple[np.ndarray, np.ndarray]:
+    """(duplicate source or -1, vector count) of every page, drawn once per parameter set."""
+    layout = np.random.default_rng([p.seed, 1])
+    base = np.clip(np.rint(layout.normal(p.tokens_mean, p.tokens_sd, _LAYOUT_PAGES)),
+                   p.tokens_min, p.tokens_max).astype(np.int64)
+    is_duplicate = layout.random(_LAYOUT_PAGES) < p.duplicate_share
+    is_duplicate[0] = False
+    back = layout.integers(1, p.duplicate_window + 1, _LAYOUT_PAGES)
+    pages = np.arange(_LAYOUT_PAGES)
+    source = np.where(is_duplicate, np.maximum(pages - back, 0), -1)
+    source[source == pages] = -1
+    drop = layout.random(_LAYOUT_PAGES) * p.duplicate_drop
+    counts, copies = base.copy(), np.flatnonzero(source >= 0)
+    while True:  # a duplicate has a little fewer vectors than its source (itself maybe a duplicate)
+        derived = np.maximum(1, np.rint(counts[source[copies]] * (1.0 - drop[copies]))).astype(np.int64)
+        if np.array_equal(derived, counts[copies]):
+            break
+        counts[copies] = derived
+    source.flags.writeable = counts.flags.writeable = False
+    return source, counts
+
+
 def _normalise(vectors: np.ndarray) -> np.ndarray:
     return vectors / np.linalg.norm(vectors, axis=-1, keepdims=True)
 
@@ -94,38 +118,18 @@ class SyntheticCorpus:
         self.topics = _normalise(shared.standard_normal((p.topics, p.dim), dtype=np.float32))
         self.background = _normalise(shared.standard_normal((p.background, p.dim), dtype=np.float32))
         self._generic_raw = shared.standard_normal((64, p.dim), dtype=np.float32)  # sliced per QueryParams
-        self.source = np.zeros(0, np.int64)  # per page: the page it near-duplicates, or -1
-        self.counts = np.zeros(0, np.int64)  # per page: its number of vectors
-        self._grow(1)
-
-    def _grow(self, pages: int) -> None:
-        """Draw page layouts (counts, duplicate sources) up to `pages`, a block of pages at a time."""
-        p = self.params
-        while len(self.counts) < pages:
-            first = len(self.counts)
-            layout = np.random.default_rng([p.seed, 1, first // _LAYOUT_BLOCK])
-            numbers = np.arange(first, first + _LAYOUT_BLOCK)
-            counts = np.clip(np.rint(layout.normal(p.tokens_mean, p.tokens_sd, _LAYOUT_BLOCK)),
-                             p.tokens_min, p.tokens_max).astype(np.int64)
-            duplicate = (layout.random(_LAYOUT_BLOCK) < p.duplicate_share) & (numbers > 0)
-            back = layout.integers(1, p.duplicate_window + 1, _LAYOUT_BLOCK)
-            source = np.where(duplicate, np.maximum(numbers - back, 0), -1)
-            drop = layout.random(_LAYOUT_BLOCK) * p.duplicate_drop
-            self.source = np.concatenate([self.source, source])
-            self.counts = np.concatenate([self.counts, counts])
-            for page in numbers[duplicate]:  # a source comes before its duplicate: counts chain
-                self.counts[page] = max(1, int(round(self.counts[self.source[page]] * (1.0 - drop[page - first]))))
+        self.source, self.counts = _layout(p)  # per page: the page it near-duplicates (or -1); vector count
 
     def layout(self, pages: int) -> np.ndarray:
         """Vector counts of the first `pages` pages."""
-        self._grow(pages)
+        if pages > len(self.counts):
+            raise ValueError(f"at most {len(self.counts):,} pages")
         return self.counts[:pages]
 
     # --- pages --------------------------------------------------------------------------------
     def page(self, number: int) -> tuple[np.ndarray, np.ndarray]:
         """(vectors (n, dim) float32 unit rows, background mask (n,) bool) of page `number`."""
         p = self.params
-        self._grow(number + 1)
         source = int(self.source[number])
         rng = np.random.default_rng([p.seed, 2, number])
         if source >= 0:
@@ -220,6 +224,10 @@ def cached_corpus(params: CorpusParams, pages: int, *, chunk: int = 1000, log=pr
     data, done_file = base.with_suffix(".f16"), base.with_suffix(".pages")
     done = int(done_file.read_text()) if done_file.exists() else 0
     offsets = np.concatenate([[0], np.cumsum(generator.layout(max(done, pages)))])
+    if done and not _cache_matches(generator, data, offsets, done):
+        if log:
+            log(f"  {data} was made by another version of this generator: generating it again")
+        done = 0
     if done < pages:
         with open(data, "r+b" if data.exists() else "wb") as out:
             out.truncate(int(offsets[done]) * params.dim * 2)  # drop rows of an unfinished run
@@ -234,6 +242,15 @@ def cached_corpus(params: CorpusParams, pages: int, *, chunk: int = 1000, log=pr
         done_file.write_text(str(pages))
     vectors = np.memmap(data, dtype=np.float16, mode="r", shape=(int(offsets[pages]), params.dim))
     return CorpusFile(params, data, pages, offsets[: pages + 1], vectors)
+
+
+def _cache_matches(generator: SyntheticCorpus, data: Path, offsets: np.ndarray, done: int) -> bool:
+    """Whether the cached rows are what this code generates (size, and the last page's vectors)."""
+    dim = generator.params.dim
+    if not data.exists() or data.stat().st_size < int(offsets[done]) * dim * 2:
+        return False
+    stored = np.memmap(data, dtype=np.float16, mode="r", shape=(int(offsets[done]), dim))
+    return np.array_equal(stored[offsets[done - 1] :], generator.page(done - 1)[0].astype(np.float16))
 
 
 # --- exact ground truth ---------------------------------------------------------------------------

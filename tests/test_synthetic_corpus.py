@@ -20,7 +20,7 @@ from benchmarks.synthetic_corpus import (  # noqa: E402
     recall_at_k,
 )
 
-PARAMS = CorpusParams(seed=7, duplicate_share=0.3)
+PARAMS = CorpusParams(seed=7)
 
 
 @pytest.fixture(scope="module")
