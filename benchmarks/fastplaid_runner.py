@@ -63,11 +63,13 @@ def search(args: argparse.Namespace) -> dict:
     for query in queries[: args.warmup]:  # first searches load the index's files
         index.search(queries_embeddings=query[None], **options)
     latencies, results = [], []
-    for query in queries:
+    for query in queries:  # all, or until --budget seconds were spent (at least 5 queries)
         started = time.perf_counter()
         found = index.search(queries_embeddings=query[None], **options)[0]
         latencies.append(time.perf_counter() - started)
         results.append([int(page) for page, _ in found])
+        if args.budget is not None and sum(latencies) > args.budget and len(latencies) >= 5:
+            break
     return {"open_s": opened, "latencies_s": latencies, "results": results,
             "rss_anon_growth_bytes": rss_anon_bytes() - baseline, "peak_rss_bytes": peak_rss_bytes()}
 
@@ -87,6 +89,7 @@ def main() -> None:
     parser.add_argument("--n-ivf-probe", type=int, default=8)
     parser.add_argument("--n-full-scores", type=int, default=4096)
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--budget", type=float, help="seconds of timed queries (at least 5 queries)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     report = build(args) if args.action == "build" else search(args)

@@ -171,6 +171,16 @@ def before_serve(corpus_args: tuple, folder: str, queries: np.ndarray, budget_s:
             "rss_anon_growth_bytes": rss_anon_bytes() - baseline, "peak_rss_bytes": peak_rss_bytes()}
 
 
+def _before_row(corpus_args: tuple, queries: np.ndarray, budget_s: float) -> tuple[dict, str]:
+    folder = Path(tempfile.mkdtemp(prefix="before-", dir=cache_dir()))
+    try:
+        built = in_fresh_process(before_build, corpus_args, str(folder))
+        served = in_fresh_process(before_serve, corpus_args, str(folder), queries, budget_s)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    return {**built, **served}, "per-token FAISS threshold search"
+
+
 def docqa_build(corpus_args: tuple, folder: str, options: dict) -> dict:
     """Add the corpus as documents of PAGES_PER_DOCUMENT pages through the public API."""
     corpus = open_corpus(*corpus_args)
@@ -215,7 +225,7 @@ def in_fresh_process(function, *args) -> dict:
 
 
 # --- fast-plaid, in its own virtualenv -------------------------------------------------------------
-def fastplaid(python: str, corpus: CorpusFile, queries_file: Path, rebuild: bool) -> dict:
+def fastplaid(python: str, corpus: CorpusFile, queries_file: Path, rebuild: bool, budget_s: float) -> dict:
     runner = [python, str(ROOT / "benchmarks" / "fastplaid_runner.py")]
     common = ["--corpus", str(corpus.path), "--offsets", str(corpus.offsets_file()),
               "--pages", str(corpus.pages), "--dim", str(corpus.params.dim)]
@@ -231,10 +241,19 @@ def fastplaid(python: str, corpus: CorpusFile, queries_file: Path, rebuild: bool
     else:
         built = json.loads(stamp.read_text())
         built["cached"] = True
-    served = _run_json([*runner, "search", *common, "--index", str(folder), "--queries", str(queries_file)])
+    served = _run_json([*runner, "search", *common, "--index", str(folder), "--queries", str(queries_file),
+                        "--budget", str(budget_s)])
     return {**served, "build_s": built["build_s"], "disk_bytes": built["disk_bytes"],
             "peak_rss_bytes": max(built["peak_rss_bytes"], served["peak_rss_bytes"]),
             "build_cached": built["cached"], "built_at": built.get("built_at"), "torch": served.get("torch")}
+
+
+def _fastplaid_row(args: argparse.Namespace, corpus: CorpusFile, queries_file: Path) -> tuple[dict, str]:
+    measured = fastplaid(args.fastplaid_python, corpus, queries_file, args.rebuild_fastplaid, args.budget)
+    note = f"torch {measured['torch']}, nbits 4, 8 probes"
+    if measured["build_cached"]:
+        note += f"; build from cache ({measured['built_at']})"
+    return measured, note
 
 
 def _run_json(command: list[str]) -> dict:
@@ -432,7 +451,8 @@ def main() -> None:
             f" token's FAISS ranking to depth {structured['final_depth_share']:.2%} of all vectors and"
             f" MaxSim-scores {structured['pages_scored_share']:.0%} of the pages"
             f" ({structured['seconds'] * 1000:,.0f} ms/query) on this corpus; on iid random vectors"
-            f" {iid['final_depth_share']:.2%} and {iid['pages_scored_share']:.0%} ({iid['seconds'] * 1000:,.0f} ms/query)")
+            f" {iid['final_depth_share']:.2%} and {iid['pages_scored_share']:.0%}"
+            f" ({iid['seconds'] * 1000:,.0f} ms/query)")
 
     index_root = cache_dir() / "indexes"
     for pages in sizes:
@@ -447,49 +467,52 @@ def main() -> None:
         corpus_args = (asdict(params), str(corpus.path), pages, corpus.offsets.tolist())
         in_main = pages in args.sizes
 
-        def add(method: str, measured: dict, note: str = "") -> None:
-            row = summarise(method, pages, measured, scores, note)
-            report["rows"].append(row)
-            log(table([row]).splitlines()[-1])
+        def add(method: str, run) -> None:
+            """Measure one method (`run` returns its measurements and a note); a failure is reported, not fatal."""
+            try:
+                measured, note = run()
+            except Exception as error:  # noqa: BLE001 - one method's failure must not lose the others' rows
+                report["skipped"].append(f"{method} at {pages:,} pages failed: {type(error).__name__}: {error}")
+                log(report["skipped"][-1])
+                return
+            if measured is not None:
+                row = summarise(method, pages, measured, scores, note)
+                report["rows"].append(row)
+                log(table([row]).splitlines()[-1])
 
         if in_main and {"docqa", "exact"} & set(args.methods):
             if not has_api:
                 report["skipped"].append("docqa modes: DocIndex.add_embeddings/search_embeddings not on this branch")
             for position, (name, options) in enumerate(modes.items() if has_api else []):
                 folder = index_root / f"{name}-{pages}"
-                shutil.rmtree(folder, ignore_errors=True)
-                folder.parent.mkdir(parents=True, exist_ok=True)
-                built = in_fresh_process(docqa_build, corpus_args, str(folder), options)
+                built: dict = {}
+
+                def build_and_serve(exact: bool, folder=folder, options=options, built=built):
+                    if not built:
+                        shutil.rmtree(folder, ignore_errors=True)
+                        folder.parent.mkdir(parents=True, exist_ok=True)
+                        built.update(in_fresh_process(docqa_build, corpus_args, str(folder), options))
+                    served = in_fresh_process(docqa_serve, str(folder), queries, exact, args.budget)
+                    return {**built, **served}, json.dumps(options) if options and not exact else ""
+
                 if "docqa" in args.methods:
-                    served = in_fresh_process(docqa_serve, str(folder), queries, False, args.budget)
-                    add(f"docqa:{name}", {**built, **served}, json.dumps(options) if options else "")
+                    add(f"docqa:{name}", lambda: build_and_serve(False))
                 if "exact" in args.methods and position == 0:
-                    served = in_fresh_process(docqa_serve, str(folder), queries, True, args.budget)
-                    add(f"docqa:{name} --exact", {**built, **served})
+                    add(f"docqa:{name} --exact", lambda: build_and_serve(True))
                 if not args.keep_indexes:
                     shutil.rmtree(folder, ignore_errors=True)
         if in_main and "brute" in args.methods:
-            served = in_fresh_process(brute_serve, corpus_args, queries, args.budget)
-            add("brute force (numpy fp32)", served, "fp16 vectors memory-mapped, no build")
+            add("brute force (numpy fp32)", lambda: (in_fresh_process(brute_serve, corpus_args, queries, args.budget),
+                                                     "fp16 vectors memory-mapped, no build"))
         if in_main and "fast-plaid" in args.methods:
             if pages > args.fastplaid_max_pages:
                 report["skipped"].append(f"fast-plaid at {pages:,} pages (above --fastplaid-max-pages)")
             elif not Path(args.fastplaid_python).exists():
                 report["skipped"].append(f"fast-plaid: no {args.fastplaid_python}")
             else:
-                measured = fastplaid(args.fastplaid_python, corpus, queries_file, args.rebuild_fastplaid)
-                note = f"torch {measured['torch']}, nbits 4, 8 probes"
-                if measured["build_cached"]:
-                    note += f"; build from cache ({measured['built_at']})"
-                add("fast-plaid 1.7", measured, note)
+                add("fast-plaid 1.7", lambda: _fastplaid_row(args, corpus, queries_file))
         if "before" in args.methods and pages in args.before_sizes and old_index is not None:
-            folder = Path(tempfile.mkdtemp(prefix="before-", dir=cache_dir()))
-            try:
-                built = in_fresh_process(before_build, corpus_args, str(folder))
-                served = in_fresh_process(before_serve, corpus_args, str(folder), queries, args.budget)
-                add("before (main's exact_top_k)", {**built, **served}, "per-token FAISS threshold search")
-            finally:
-                shutil.rmtree(folder, ignore_errors=True)
+            add("before (main's exact_top_k)", lambda: _before_row(corpus_args, queries, args.budget))
 
     if args.json:
         print(json.dumps(report))
