@@ -70,17 +70,20 @@ FASTPLAID_PYTHON = "/work/venvs/fastplaid/bin/python"
 
 
 # --- measurements inside a method's own process ------------------------------------------------
-def rss_anon_bytes() -> int:
+def _status_bytes(field: str) -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("RssAnon:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1]) * 1024
-    raise RuntimeError("no RssAnon in /proc/self/status")
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def rss_anon_bytes() -> int:
+    return _status_bytes("RssAnon")
 
 
 def peak_rss_bytes() -> int:
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    """This process's peak resident set (VmHWM: unlike ru_maxrss, not inherited from the parent)."""
+    return _status_bytes("VmHWM")
 
 
 def folder_bytes(path: Path) -> int:
