@@ -12,8 +12,9 @@ Methods:
 - docqa:<mode>  DocIndex.add_embeddings / search_embeddings, with the mode's creation options;
 - brute         numpy MaxSim over every page, fp32 matmul over chunks of the memory-mapped fp16
                 vectors (exact: recall 1.0 by construction, a check of the ground truth);
-- before        the index of docqa before issue 7 (per-token FAISS top-n with a threshold bound,
-                `docqa.index.exact_top_k`), driven through its internals;
+- before        docqa's index before issue 7 (every vector in one FAISS flat index, searched with a
+                per-token threshold bound), its code extracted from git (--before-ref) and driven
+                through its internals; also used for the structured-vs-iid check printed first;
 - fast-plaid    lightonai's PLAID engine, in its own virtualenv (--fastplaid-python), run by
                 benchmarks/fastplaid_runner.py; its build is cached (hours at 100k on 2 cores).
 
@@ -42,15 +43,6 @@ sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
 import numpy as np  # noqa: E402
 
-from docqa.api import DocIndex  # noqa: E402
-
-try:  # the index before issue 7 (per-token FAISS threshold search): the "before" row and the check
-    import docqa.index.search as old_index
-    from docqa.index.search import TokenIndex, exact_top_k
-    from docqa.index.store import PageTable
-    from docqa.index.vectors import VectorFile
-except ImportError:  # replaced by the new index layer
-    old_index = None
 from synthetic_corpus import (  # noqa: E402
     CorpusFile,
     CorpusParams,
@@ -63,10 +55,17 @@ from synthetic_corpus import (  # noqa: E402
 
 PAGES_PER_DOCUMENT = 10
 WARMUP_QUERIES = 2
-# docqa index modes: name -> options given to DocIndex.open(path, create=True, **options).
-# More on the command line: --mode NAME:key=value,key=value
-DOCQA_MODES: dict[str, dict] = {"default": {}}
+# docqa index modes: name -> options given to DocIndex.open(path, create=True, options=...).
+# Others on the command line: --mode NAME:key=value,key=value
+DOCQA_MODES: dict[str, dict] = {
+    "fast": {"mode": "fast"},
+    "fast, pool 2": {"mode": "fast", "pool_factor": 2},
+    "exact": {"mode": "exact"},
+}
 FASTPLAID_PYTHON = "/work/venvs/fastplaid/bin/python"
+# The last commit with the index from before issue 7 (one FAISS flat index of every vector, searched
+# with a per-token threshold bound): its docqa/ is extracted with `git archive` for the "before" row.
+BEFORE_REF = "95c66cf"
 
 
 # --- measurements inside a method's own process ------------------------------------------------
@@ -141,44 +140,69 @@ def brute_serve(corpus_args: tuple, queries: np.ndarray, budget_s: float) -> dic
             "disk_bytes": int(offsets[-1]) * corpus.params.dim * 2}
 
 
-def _before_parts(corpus: CorpusFile) -> tuple[PageTable, VectorFile]:
-    table = PageTable(page_ids=np.arange(corpus.pages, dtype=np.int64), offsets=corpus.offsets[:-1].copy(),
-                      counts=np.diff(corpus.offsets))
-    return table, VectorFile(corpus.path.parent, corpus.params.dim, corpus.path.name)
+def old_docqa(root: str):
+    """The pre-issue-7 index modules, imported from an extracted old checkout (call only in a fresh
+    process: it must be the first docqa that process imports)."""
+    sys.path.insert(0, root)
+    import docqa.index.search as search
+    import docqa.index.store as store
+    import docqa.index.vectors as vectors
+
+    assert Path(search.__file__).is_relative_to(root), "the old docqa must be imported before any other"
+    return search, store, vectors
 
 
-def before_build(corpus_args: tuple, folder: str) -> dict:
+def _before_parts(old, corpus: CorpusFile):
+    search, store, vectors = old
+    table = store.PageTable(page_ids=np.arange(corpus.pages, dtype=np.int64),
+                            offsets=corpus.offsets[:-1].copy(), counts=np.diff(corpus.offsets))
+    return table, vectors.VectorFile(corpus.path.parent, corpus.params.dim, corpus.path.name)
+
+
+def before_build(root: str, corpus_args: tuple, folder: str) -> dict:
     """The pre-issue-7 candidate index: every vector in one FAISS fp16 flat index, saved."""
+    old = old_docqa(root)
     corpus = open_corpus(*corpus_args)
-    table, vectors = _before_parts(corpus)
+    table, vectors = _before_parts(old, corpus)
     started = time.perf_counter()
-    tokens = TokenIndex.build(table, vectors, epoch=0)
+    tokens = old[0].TokenIndex.build(table, vectors, epoch=0)
     tokens.save(Path(folder))
     return {"build_s": time.perf_counter() - started, "peak_rss_bytes": peak_rss_bytes(),
             "disk_bytes": folder_bytes(Path(folder)) + int(corpus.offsets[-1]) * corpus.params.dim * 2}
 
 
-def before_serve(corpus_args: tuple, folder: str, queries: np.ndarray, budget_s: float) -> dict:
+def before_serve(root: str, corpus_args: tuple, folder: str, queries: np.ndarray, budget_s: float) -> dict:
+    old = old_docqa(root)
     baseline = rss_anon_bytes()
     corpus = open_corpus(*corpus_args)
     started = time.perf_counter()
-    tokens = TokenIndex.load(Path(folder), corpus.params.dim)
-    table, vectors = _before_parts(corpus)
+    tokens = old[0].TokenIndex.load(Path(folder), corpus.params.dim)
+    table, vectors = _before_parts(old, corpus)
     opened = time.perf_counter() - started
 
     def search(query: np.ndarray) -> list[int]:
-        return [hit.page_id for hit in exact_top_k(query, 10, table, tokens, vectors)]
+        return [hit.page_id for hit in old[0].exact_top_k(query, 10, table, tokens, vectors)]
 
     latencies, results = time_queries(search, queries, budget_s)
     return {"open_s": opened, "latencies_s": latencies, "results": results,
             "rss_anon_growth_bytes": rss_anon_bytes() - baseline, "peak_rss_bytes": peak_rss_bytes()}
 
 
-def _before_row(corpus_args: tuple, queries: np.ndarray, budget_s: float) -> tuple[dict, str]:
+def before_checkout(ref: str) -> str:
+    """docqa/ as it was at `ref`, extracted once into the cache folder; returns the folder."""
+    root = cache_dir() / f"docqa-{ref}"
+    if not (root / "docqa" / "index" / "search.py").exists():
+        root.mkdir(parents=True, exist_ok=True)
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", ref, "docqa"], capture_output=True, check=True)
+        subprocess.run(["tar", "-x", "-C", str(root)], input=archive.stdout, check=True)
+    return str(root)
+
+
+def _before_row(root: str, corpus_args: tuple, queries: np.ndarray, budget_s: float) -> tuple[dict, str]:
     folder = Path(tempfile.mkdtemp(prefix="before-", dir=cache_dir()))
     try:
-        built = in_fresh_process(before_build, corpus_args, str(folder))
-        served = in_fresh_process(before_serve, corpus_args, str(folder), queries, budget_s)
+        built = in_fresh_process(before_build, root, corpus_args, str(folder))
+        served = in_fresh_process(before_serve, root, corpus_args, str(folder), queries, budget_s)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     return {**built, **served}, "per-token FAISS threshold search"
@@ -186,8 +210,10 @@ def _before_row(corpus_args: tuple, queries: np.ndarray, budget_s: float) -> tup
 
 def docqa_build(corpus_args: tuple, folder: str, options: dict) -> dict:
     """Add the corpus as documents of PAGES_PER_DOCUMENT pages through the public API."""
+    from docqa.api import DocIndex
+
     corpus = open_corpus(*corpus_args)
-    index = DocIndex.open(folder, create=True, **options)
+    index = DocIndex.open(folder, create=True, options=options)
     spent = 0.0
     for first in range(0, corpus.pages, PAGES_PER_DOCUMENT):
         pages = [np.asarray(corpus.page(n), dtype=np.float32)
@@ -206,6 +232,8 @@ def _document_path(first_page: int) -> str:
 
 
 def docqa_serve(folder: str, queries: np.ndarray, exact: bool, budget_s: float) -> dict:
+    from docqa.api import DocIndex  # imported before the baseline: the library is not the index
+
     baseline = rss_anon_bytes()
     started = time.perf_counter()
     index = DocIndex.open(folder)
@@ -282,11 +310,14 @@ class _DepthRecorder:
         return self.index.search(query, depth)
 
 
-def threshold_scan_check(corpus: CorpusFile, query_params: QueryParams, pages: int, queries: int) -> dict:
+def threshold_scan_check(root: str, corpus_args: tuple, query_params: QueryParams, queries: int) -> dict:
     """How far the pre-issue-7 threshold search must read each query token's FAISS ranking before
     its bound proves the top 10, on this corpus and on iid random unit vectors of the same page
     sizes (iid queries: 12 noisy tokens of one page, as here, plus 8 random tokens)."""
-    corpus = corpus.prefix(pages)
+    old = old_docqa(root)
+    old_search = old[0]
+    corpus = open_corpus(*corpus_args)
+    pages = corpus.pages
     small = QueryParams(**{**asdict(query_params), "queries": queries})
     structured_queries, _, _ = cached_ground_truth(corpus, small, log=None)
     rng = np.random.default_rng(corpus.params.seed)
@@ -310,23 +341,23 @@ def threshold_scan_check(corpus: CorpusFile, query_params: QueryParams, pages: i
                                 np.memmap(iid_file, dtype=np.float16, mode="r", shape=(rows, dim)))
         for name, data, query_set in (("structured", corpus, structured_queries),
                                       ("iid", iid_corpus, iid_queries)):
-            table, vectors = _before_parts(data)
-            tokens = TokenIndex.build(table, vectors, epoch=0)
+            table, vectors = _before_parts(old, data)
+            tokens = old_search.TokenIndex.build(table, vectors, epoch=0)
             recorder = _DepthRecorder(tokens.faiss)
             tokens.faiss = recorder
             final_depths, read, scored = [], [], []
-            real_maxsim = old_index.maxsim
-            old_index.maxsim = lambda query, pages: (scored.append(len(pages)), real_maxsim(query, pages))[1]
+            real_maxsim = old_search.maxsim  # wrapped to count the pages it scores
+            old_search.maxsim = lambda query, pages: (scored.append(len(pages)), real_maxsim(query, pages))[1]
             try:
                 started = time.perf_counter()
                 for query in query_set:
                     recorder.depths.clear()
-                    exact_top_k(query, 10, table, tokens, vectors)
+                    old_search.exact_top_k(query, 10, table, tokens, vectors)
                     final_depths.append(recorder.depths[-1] / rows)
                     read.append(sum(recorder.depths) / rows)
                 seconds = (time.perf_counter() - started) / len(query_set)
             finally:
-                old_index.maxsim = real_maxsim
+                old_search.maxsim = real_maxsim
             report[name] = {"final_depth_share": float(np.median(final_depths)),
                             "rankings_read": float(np.median(read)),
                             "pages_scored_share": sum(scored) / (len(query_set) * pages), "seconds": seconds}
@@ -422,6 +453,7 @@ def main() -> None:
     parser.add_argument("--fastplaid-max-pages", type=int, default=10000,
                         help="fast-plaid builds at ~11 pages/s here: larger sizes are skipped")
     parser.add_argument("--rebuild-fastplaid", action="store_true", help="ignore a cached fast-plaid build")
+    parser.add_argument("--before-ref", default=BEFORE_REF, help="git commit of the pre-issue-7 index")
     parser.add_argument("--before-sizes", type=int, nargs="*", default=[1000, 2000],
                         help="sizes for the pre-issue-7 index (seconds per query beyond 2k pages)")
     parser.add_argument("--budget", type=float, default=120.0,
@@ -435,7 +467,6 @@ def main() -> None:
 
     params, query_params = CorpusParams(seed=args.seed), QueryParams(queries=args.queries)
     modes = dict(parse_mode(text) for text in args.mode) or DOCQA_MODES
-    has_api = hasattr(DocIndex, "add_embeddings") and hasattr(DocIndex, "search_embeddings")
     sizes = sorted(set(args.sizes) | (set(args.before_sizes) if "before" in args.methods else set()))
     report = {"machine": machine(), "corpus": asdict(params), "queries": asdict(query_params),
               "pages_per_document": PAGES_PER_DOCUMENT, "modes": modes, "rows": [], "skipped": []}
@@ -444,10 +475,12 @@ def main() -> None:
     log(f"query parameters: {report['queries']}")
     log(f"cache: {cache_dir()}")
     full = cached_corpus(params, max(sizes), log=log)
-    if old_index is None and ("before" in args.methods or args.sanity_pages):
-        report["skipped"].append("before / threshold check: the pre-issue-7 index is no longer in docqa")
-    elif args.sanity_pages:
-        report["threshold_scan"] = check = threshold_scan_check(full, query_params, args.sanity_pages, 10)
+    before_root = before_checkout(args.before_ref) if "before" in args.methods or args.sanity_pages else ""
+    if args.sanity_pages:
+        small = full.prefix(args.sanity_pages)
+        small_args = (asdict(params), str(small.path), small.pages, small.offsets.tolist())
+        report["threshold_scan"] = check = in_fresh_process(threshold_scan_check, before_root, small_args,
+                                                            query_params, 10)
         structured, iid = check["structured"], check["iid"]
         log(f"why structure matters: main's threshold search over {check['pages']:,} pages"
             f" ({check['vectors']:,} vectors), median of {check['queries']} queries, reads each query"
@@ -484,9 +517,7 @@ def main() -> None:
                 log(table([row]).splitlines()[-1])
 
         if in_main and {"docqa", "exact"} & set(args.methods):
-            if not has_api:
-                report["skipped"].append("docqa modes: DocIndex.add_embeddings/search_embeddings not on this branch")
-            for position, (name, options) in enumerate(modes.items() if has_api else []):
+            for position, (name, options) in enumerate(modes.items()):
                 folder = index_root / f"{name}-{pages}"
                 built: dict = {}
 
@@ -514,8 +545,9 @@ def main() -> None:
                 report["skipped"].append(f"fast-plaid: no {args.fastplaid_python}")
             else:
                 add("fast-plaid 1.7", lambda: _fastplaid_row(args, corpus, queries_file))
-        if "before" in args.methods and pages in args.before_sizes and old_index is not None:
-            add("before (main's exact_top_k)", lambda: _before_row(corpus_args, queries, args.budget))
+        if "before" in args.methods and pages in args.before_sizes:
+            add(f"before issue 7 ({args.before_ref})",
+                lambda: _before_row(before_root, corpus_args, queries, args.budget))
 
     if args.json:
         print(json.dumps(report))
