@@ -482,7 +482,7 @@ def main() -> None:
         report["threshold_scan"] = check = in_fresh_process(threshold_scan_check, before_root, small_args,
                                                             query_params, 10)
         structured, iid = check["structured"], check["iid"]
-        log(f"why structure matters: main's threshold search over {check['pages']:,} pages"
+        log(f"why structure matters: the pre-issue-7 threshold search over {check['pages']:,} pages"
             f" ({check['vectors']:,} vectors), median of {check['queries']} queries, reads each query"
             f" token's FAISS ranking to depth {structured['final_depth_share']:.2%} of all vectors and"
             f" MaxSim-scores {structured['pages_scored_share']:.0%} of the pages"
