@@ -42,6 +42,7 @@ from PIL import Image
 from transformers.utils import logging as hf_logging
 
 from .checkpoints import check_device, load_error, resolve, short_reason, torch_dtype
+from .engines import prepare_on_engine
 from .errors import ModelLoadError, UnsupportedModelError
 from .render import fit_within
 
@@ -339,17 +340,22 @@ class ContextBudget:
 class Generator:
     """A vision-language model that answers questions from page images, with streaming."""
 
-    def __init__(self, model: Any, processor: Any, model_id: str, max_image_edge: int) -> None:
+    def __init__(self, model: Any, processor: Any, model_id: str, max_image_edge: int,
+                 engine: str = "torch", precision: str = "float32") -> None:
         self.model = model
         self.processor = processor
         self.model_id = model_id
         self.max_image_edge = max_image_edge
         self._budget: ContextBudget | None = None
+        self.engine = engine  # what runs the model (docqa.engines)
+        self.precision = precision
 
     @classmethod
     def load(cls, model: str | os.PathLike, device: str | None = None, dtype: str | None = None,
-             max_image_edge: int = DEFAULT_MAX_IMAGE_EDGE) -> Generator:
+             max_image_edge: int = DEFAULT_MAX_IMAGE_EDGE, engine: str | None = None) -> Generator:
         """Load an image-text-to-text checkpoint (hub id or folder) for answering.
+
+        ``engine`` ("torch" | "openvino") defaults to the fast engine on a CPU where it runs the model.
 
         Raises ModelLoadError (naming the model, the reason and the fix) when it cannot be found or
         loaded, UnsupportedModelError when it is not an image-text-to-text model with a chat template.
@@ -374,7 +380,11 @@ class Generator:
             raise load_error("answer model", model, short_reason(exc), "--answer-model") from exc
         if config.model_type in _IDEFICS3_TYPES:  # the processor would otherwise upscale to 2048 px
             processor.image_processor.size = {"longest_edge": max_image_edge}
-        return cls(net, processor, model, max_image_edge)
+        runner, precision = prepare_on_engine(
+            engine, device, "answer model", config.model_type,
+            lambda chosen: chosen.prepare_generator(net, processor, source),
+        )
+        return cls(net, processor, model, max_image_edge, runner.name, precision)
 
     @staticmethod
     def _load_parts(model: str, config: Any, torch_dtype: Any, local_only: bool) -> tuple[Any, Any]:

@@ -151,8 +151,9 @@ class DocIndex:
         build = self.build
         return None if build is None else int(build.get("dim") or build["encoder"]["dim"])
     def retriever(self, model: str | None = None, device: str | None = None,
-                  image_edge: int | None = None) -> Retriever:
-        """The index's retriever, loaded once; refuses a model other than the one it was built with."""
+                  image_edge: int | None = None, engine: str | None = None) -> Retriever:
+        """The index's retriever, loaded once; refuses a model, image edge or engine other than the
+        ones it was built with (an index is never mixed). Without ``engine`` it uses the index's."""
         build = self.build
         if build is not None:
             built = build["encoder"]
@@ -162,6 +163,13 @@ class DocIndex:
                     " cannot encode text or pages; search it with DocIndex.search_embeddings, or ingest"
                     " into another --index"
                 )
+            built_engine = built.get("engine", "torch")  # indexes stamped before engines existed
+            if engine is not None and engine != built_engine:
+                raise IndexMismatchError(
+                    f"{self.path} was built with the {built_engine} engine; it cannot take --engine {engine}"
+                    " (vectors of different engines are not mixed; use another --index)"
+                )
+            engine = built_engine
             if model is not None and _same_model(model) != built["model"]:
                 raise IndexMismatchError(
                     f"{self.path} was built with model {built['model']!r}; it cannot take {model!r}"
@@ -177,7 +185,8 @@ class DocIndex:
             from .encoders import Retriever, default_retriever
 
             device = check_device(device)
-            retriever = Retriever.load(model or default_retriever(device), device=device, image_edge=image_edge)
+            retriever = Retriever.load(model or default_retriever(device), device=device, image_edge=image_edge,
+                                       engine=engine)
             if build is not None and retriever.stamp.config_hash != build["encoder"]["config_hash"]:
                 raise IndexMismatchError(
                     f"the checkpoint {model!r} differs from the one {self.path} was built with"
@@ -279,7 +288,8 @@ class DocIndex:
                     self._accept_stamp(pipeline.stamp)
                     report = run_ingest(self, given, settings, None, pipeline=pipeline)
                 else:
-                    retriever = self.retriever(settings.model, settings.device, settings.image_edge)
+                    retriever = self.retriever(settings.model, settings.device, settings.image_edge,
+                                               settings.engine)
                     self._accept_stamp(retriever.stamp)
                     report = run_ingest(self, given, settings, retriever)
             except BaseException:  # a bad model, device, path or tag, or Ctrl-C: leave no empty index behind
@@ -310,6 +320,11 @@ class DocIndex:
             raise IndexMismatchError(
                 f"{self.path} was built with model {built['model']!r} at image edge {built['image_edge']} px;"
                 f" it cannot take {stamp.model!r} at {stamp.image_edge} px (use another --index)"
+            )
+        if stamp.engine != built.get("engine", "torch"):
+            raise IndexMismatchError(
+                f"{self.path} was built with the {built.get('engine', 'torch')} engine; it cannot take vectors"
+                f" of the {stamp.engine} engine (use another --index)"
             )
 
     def add_embeddings(self, path: str, pages: list[np.ndarray], *, metadata: dict | None = None) -> int:
@@ -345,13 +360,13 @@ class DocIndex:
 
     def search(self, query: str, k: int = 5, *, device: str | None = None, exact: bool = False,
                rerank: int | None = None,
-               where: dict | None = None, path: str | None = None) -> list[Hit]:
+               where: dict | None = None, path: str | None = None, engine: str | None = None) -> list[Hit]:
         """The k pages that best match `query` (MaxSim), best first; see `search_embeddings`."""
         if not query.strip():
             raise QueryError("the query is empty; give the words to search for")
         if self.build is None:
             return []
-        query_vectors = self.retriever(device=device).encode_queries([query])[0]
+        query_vectors = self.retriever(device=device, engine=engine).encode_queries([query])[0]
         return self.search_embeddings(query_vectors, k, exact=exact, rerank=rerank, where=where, path=path)
 
     def search_embeddings(self, query: np.ndarray, k: int = 10, *, exact: bool = False, rerank: int | None = None,

@@ -68,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("--tag", action="append", type=_key_value, default=[], metavar="KEY=VALUE",
                         help="store this tag on every document added or updated (repeatable); filter on it "
                         "with search/ask --where")
+    _add_engine_option(ingest, "the retriever (fixed at the index's first ingest)")
     ingest.add_argument("--sync", action="store_true",
                         help="also remove indexed documents whose files are gone from the given folders")
     ingest.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
@@ -98,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "stage's best N pages exactly (default 512; more finds more of the exact top k, slower)")
     _add_filter_options(search)
     _add_shard_options(search)
+    _add_engine_option(search, "the query encoder (must be the index's)")
     search.add_argument("--heatmaps", metavar="DIR", help="write one PNG per result into DIR: the page with "
                         "where the query matches drawn over it and the strongest region boxed")
     search.add_argument("--json", action="store_true", help="print the results as one JSON object")
@@ -207,6 +209,7 @@ def _add_answer_options(parser: argparse.ArgumentParser, max_pages: bool = True)
     parser.add_argument("--answer-model", help="image-text-to-text chat model: hub id or local folder "
                         "(default HuggingFaceTB/SmolVLM-500M-Instruct on CPU, Qwen/Qwen2.5-VL-3B-Instruct on GPU)")
     parser.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
+    _add_engine_option(parser, "the answer model (the retriever always uses the index's engine)")
     if max_pages:
         parser.add_argument("--max-pages", type=_positive_int, default=3,
                             help="most page images shown to the model at once (default 3; bounds CPU time; "
@@ -214,6 +217,12 @@ def _add_answer_options(parser: argparse.ArgumentParser, max_pages: bool = True)
     parser.add_argument("--max-new-tokens", type=_positive_int, default=256,
                         help="longest answer in tokens (default 256)")
     parser.add_argument("--json", action="store_true", help="print one JSON object (chat: one per line)")
+
+
+def _add_engine_option(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--engine", choices=("torch", "openvino"),
+                        help=f"what runs {what}: openvino (int8, the CPU default where it runs the model) "
+                        "or torch (fp32 on CPU, bf16 on GPU)")
 
 
 def _add_filter_options(parser: argparse.ArgumentParser) -> None:
@@ -285,7 +294,7 @@ def _ingest(args: argparse.Namespace) -> int:
     options = {name: value for name, value in (("mode", args.index_mode), ("pool_factor", args.pool_factor))
                if value is not None}
     settings = IngestSettings(model=args.model, device=args.device, batch_size=args.batch_size,
-                              image_edge=args.image_edge, sync=args.sync, tags=dict(args.tag),
+                              image_edge=args.image_edge, engine=args.engine, sync=args.sync, tags=dict(args.tag),
                               progress=sys.stderr.isatty(), ray=args.ray, ray_encoders=args.ray_encoders)
     if args.shards:
         from .cluster.shards import ingest_sharded
@@ -310,14 +319,14 @@ def _search(args: argparse.Namespace) -> int:
         print(f"docqa: note: -k {args.k} lowered to {MAX_RESULTS}: the most pages one search returns",
               file=sys.stderr)
     hits = index.search(args.query, k=min(args.k, MAX_RESULTS), device=args.device, exact=args.exact, rerank=args.rerank,
-                         where=dict(args.where), path=args.path)
+                         where=dict(args.where), path=args.path, engine=args.engine)
     results = [hit.to_json() for hit in hits]
     failed = 0
     if args.heatmaps and hits:
         from .grounding import ground_hit, heatmap_name
 
         folder = _heatmap_folder(args.heatmaps)
-        retriever = index.retriever(device=args.device)
+        retriever = index.retriever(device=args.device, engine=args.engine)
         for hit, result in zip(hits, results):
             try:
                 grounding = ground_hit(retriever, args.query, hit)
@@ -379,7 +388,8 @@ def _asker(args: argparse.Namespace, with_index: bool):
 
     index = _open_searchable(args) if with_index else None
     device = check_device(args.device)
-    generator = Generator.load(args.answer_model or default_answer_model(device), device=device)
+    generator = Generator.load(args.answer_model or default_answer_model(device), device=device,
+                               engine=args.engine)
     conversation = Conversation(max_images=args.max_images) if "max_images" in args else None
     asker = Asker(generator, index, k=getattr(args, "k", 1), max_pages=getattr(args, "max_pages", 1),
                   max_new_tokens=args.max_new_tokens, conversation=conversation,

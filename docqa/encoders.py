@@ -46,6 +46,7 @@ from transformers import (
 from transformers.utils import logging as hf_logging
 
 from .checkpoints import check_device, is_gpu, load_error, resolve, short_reason, torch_dtype
+from .engines import prepare_on_engine
 from .errors import UnsupportedModelError
 from .render import fit_within
 
@@ -126,6 +127,8 @@ class EncoderStamp:
     dtype: str  # e.g. "float32"
     image_edge: int  # longest page edge in pixels fed to the model
     dim: int  # embedding dimension
+    engine: str = "torch"  # what runs the model: "torch" | "openvino" (docqa.engines)
+    precision: str = "float32"  # what the engine computes in, e.g. "float32" or "int8 (...)"
 
 
 def config_hash(config: PreTrainedConfig) -> str:
@@ -164,6 +167,7 @@ class Retriever:
         device: str | None = None,
         dtype: str | None = None,
         image_edge: int | None = None,
+        engine: str | None = None,
     ) -> Retriever:
         """Load a retriever from a local checkpoint folder or a hub id (cache first; fails fast offline).
 
@@ -189,6 +193,10 @@ class Retriever:
             raise load_error("retriever", model, short_reason(error), "--model") from error
         network.to(device).eval()
         edge = spec.set_image_edge(processor, image_edge or default_image_edge(family, device))
+        runner, precision = prepare_on_engine(
+            engine, device, "retriever", family,
+            lambda chosen: chosen.prepare_retriever(network, family, processor, source, edge),
+        )
         stamp = EncoderStamp(
             model=source,
             family=family,
@@ -196,6 +204,8 @@ class Retriever:
             dtype=str(dtype_).removeprefix("torch."),
             image_edge=edge,
             dim=config.embedding_dim,
+            engine=runner.name,
+            precision=precision,
         )
         return cls(network, processor, stamp)
 
@@ -203,9 +213,17 @@ class Retriever:
         """One float32 ``(n_vectors_i, dim)`` array per page image, in one batched forward pass."""
         if not images:
             return []
+        return self.encode_batch(self.preprocess_pages(images))
+
+    def preprocess_pages(self, images: list[Image.Image]) -> dict[str, torch.Tensor]:
+        """The model inputs for a batch of page images (CPU work that can run off the model's thread)."""
         pages = [fit_within(image, self.stamp.image_edge) for image in images]
+        return dict(self.processor.process_images(pages))
+
+    def encode_batch(self, batch: dict[str, torch.Tensor]) -> list[np.ndarray]:
+        """Forward a batch made by :meth:`preprocess_pages`: one float32 array per page."""
         with self._lock:
-            return self._embed(self.processor.process_images(pages))
+            return self._embed(batch)
 
     def encode_page_with_inputs(self, image: Image.Image) -> tuple[np.ndarray, dict[str, torch.Tensor]]:
         """One page's ``(n_tokens, dim)`` vectors together with the processor inputs they came from.

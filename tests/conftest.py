@@ -36,6 +36,15 @@ def docqa_home(tmp_path, monkeypatch) -> Path:
     return home
 
 
+@pytest.fixture(scope="session", autouse=True)
+def torch_engine():
+    """Tests of the pipeline run the plain torch engine (session fixtures too); tests/test_engines.py
+    covers the default fast one by unsetting this."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DOCQA_ENGINE", "torch")
+        yield
+
+
 @pytest.fixture(scope="session")
 def generator_checkpoints(tmp_path_factory) -> dict[str, Path]:
     """Tiny answer-model checkpoints (SmolVLM-style Idefics3, Qwen2-VL), built once per session."""

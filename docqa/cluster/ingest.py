@@ -65,8 +65,8 @@ class PageEncoder:
     """Ray Data actor: loads the retriever once, encodes the PAGE rows of each batch, passes the
     other rows through. Output rows carry float16 vectors as bytes plus their row count."""
 
-    def __init__(self, model: str, device: str, image_edge: int) -> None:
-        self.retriever = Retriever.load(model, device=device, image_edge=image_edge)
+    def __init__(self, model: str, device: str, image_edge: int, engine: str) -> None:
+        self.retriever = Retriever.load(model, device=device, image_edge=image_edge, engine=engine)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         is_page = batch["kind"] == PAGE
@@ -84,9 +84,9 @@ class PageEncoder:
                 "vectors": vectors, "count": counts}
 
 
-def _load_stamp(model: str, device: str, image_edge: int | None) -> EncoderStamp:
+def _load_stamp(model: str, device: str, image_edge: int | None, engine: str | None) -> EncoderStamp:
     """On a worker like the encoders' own: load the model once, for the stamp the index records."""
-    return Retriever.load(model, device=device, image_edge=image_edge).stamp
+    return Retriever.load(model, device=device, image_edge=image_edge, engine=engine).stamp
 
 
 @dataclass
@@ -124,10 +124,11 @@ class RayPipeline:
         encoded_by = (build or {}).get("encoder") or {}
         model = settings.model or encoded_by.get("model") or default_retriever(device)
         image_edge = settings.image_edge or encoded_by.get("image_edge")
+        engine = settings.engine or (encoded_by.get("engine", "torch") if encoded_by else None)
         gpus_per_encoder = 1.0 if is_gpu(device) else 0.0
         encoders = settings.ray_encoders or (gpus if gpus_per_encoder else max(1, cluster_cpus(ray) - 1))
         loader = ray.remote(num_cpus=1, num_gpus=gpus_per_encoder, max_retries=RETRIES)(_load_stamp)
-        stamp = ray.get(loader.remote(model, device, image_edge))
+        stamp = ray.get(loader.remote(model, device, image_edge, engine))
         return cls(ray, stamp, device, encoders, gpus_per_encoder)
 
     def __call__(self, index, jobs: list[Job], settings: IngestSettings, report: IngestReport,
@@ -182,7 +183,7 @@ class RayPipeline:
         return pages.map_batches(
             PageEncoder, batch_size=settings.batch_size, batch_format="numpy",
             compute=self.ray.data.ActorPoolStrategy(size=self.encoders),
-            fn_constructor_kwargs={"model": self.stamp.model, "device": self.device,
+            fn_constructor_kwargs={"model": self.stamp.model, "device": self.device, "engine": self.stamp.engine,
                                    "image_edge": self.stamp.image_edge},
             num_cpus=1, num_gpus=self.gpus_per_encoder,
         )  # Ray Data restarts a dead encoder actor and retries its batch (max_restarts=-1 by default)

@@ -156,14 +156,20 @@ class ShardSet:
         builds = runtime.get([actor.build.remote() for actor in actors])
         return cls(paths, builds, actors=actors, ray=runtime)
 
-    def retriever(self, device: str | None = None) -> Retriever:
+    def retriever(self, device: str | None = None, engine: str | None = None) -> Retriever:
         """The shards' common retriever, loaded here once (queries are encoded on this machine)."""
         if self._retriever is None:
             if self._local is not None:
-                self._retriever = next(index for index in self._local if index.build).retriever(device=device)
+                self._retriever = next(index for index in self._local if index.build).retriever(
+                    device=device, engine=engine)
             else:
                 encoder = self.build["encoder"]
-                retriever = Retriever.load(encoder["model"], device=device, image_edge=encoder["image_edge"])
+                built_engine = encoder.get("engine", "torch")
+                if engine is not None and engine != built_engine:
+                    raise IndexMismatchError(f"the shards were built with the {built_engine} engine; they cannot"
+                                             f" take --engine {engine}")
+                retriever = Retriever.load(encoder["model"], device=device, image_edge=encoder["image_edge"],
+                                           engine=built_engine)
                 if retriever.stamp.config_hash != encoder["config_hash"]:
                     raise IndexMismatchError(f"the checkpoint {encoder['model']!r} differs from the one the"
                                              " shards were built with (its config changed)")
@@ -171,13 +177,14 @@ class ShardSet:
         return self._retriever
 
     def search(self, query: str, k: int = 5, *, device: str | None = None, exact: bool = False,
-               rerank: int | None = None, where: dict | None = None, path: str | None = None) -> list[ShardHit]:
+               rerank: int | None = None, where: dict | None = None, path: str | None = None,
+               engine: str | None = None) -> list[ShardHit]:
         """The k best pages over all shards for `query`, encoded once."""
         if not query.strip():
             raise QueryError("the query is empty; give the words to search for")
         if self.build is None:
             return []
-        vectors = self.retriever(device).encode_queries([query])[0]
+        vectors = self.retriever(device, engine).encode_queries([query])[0]
         return self.search_embeddings(vectors, k, exact=exact, rerank=rerank, where=where, path=path)
 
     def search_embeddings(self, query: np.ndarray, k: int = 10, *, exact: bool = False, rerank: int | None = None,

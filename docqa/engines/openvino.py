@@ -1,0 +1,264 @@
+"""The OpenVINO engine: int8 on a CPU (VNNI), chosen by measurement (README, "CPU engines").
+
+What runs where, per model (the rest of each model, i.e. its glue, stays torch fp32):
+
+- retriever (colmodernvbert): the SigLIP vision encoder runs in OpenVINO with static int8 (weights and
+  activations, nncf post-training quantization with SmoothQuant, calibrated on synthetic document
+  pages through the model's own processor); the ModernBERT text encoder runs in OpenVINO with int8
+  weights (f32 compute). Page path and query path both go through them.
+- answer model (idefics3 / SmolVLM): the vision encoder as above (static int8 in OpenVINO); the
+  decoder's Linear layers are torch dynamic int8 (KV cache and generate() unchanged).
+
+Measured facts behind the recipe (2-core AVX-512 VNNI CPU, no AMX): OpenVINO's default precision
+hint on this CPU is bf16, which is slower here than f32, so every part is compiled with
+INFERENCE_PRECISION_HINT=f32 (int8 kernels are unaffected). The parts are converted one submodule at
+a time, so any number of pages or tiles works (dynamic shapes). Conversions are cached (see
+``cache.py``); OpenVINO uses as many threads as torch (``torch.get_num_threads()``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image, ImageDraw
+from transformers.modeling_outputs import BaseModelOutput
+
+from ..errors import ModelLoadError
+from . import OPENVINO, Engine
+from .cache import cache_key, cache_root, checkpoint_hash, converted
+
+log = logging.getLogger("docqa")
+
+RECIPE_VERSION = 1  # bump when a conversion recipe below changes: old cache entries are then unused
+RETRIEVER_FAMILIES = ("colmodernvbert",)
+ANSWER_TYPES = ("idefics3", "smolvlm")
+RETRIEVER_PRECISION = "int8 (vision w8a8 static, text w8 f32)"
+ANSWER_PRECISION = "int8 (vision w8a8 static, decoder w8 dynamic)"
+_CALIBRATION_PAGES = 2
+_CALIBRATION_TILES = 24  # statistics per tile; the real models cut an A4 page into 5
+
+
+class OpenVINOEngine(Engine):
+    name = OPENVINO
+
+    def supports(self, role: str, kind: str) -> bool:
+        return kind in (RETRIEVER_FAMILIES if role == "retriever" else ANSWER_TYPES)
+
+    def precision(self, role: str, dtype: str) -> str:
+        return RETRIEVER_PRECISION if role == "retriever" else ANSWER_PRECISION
+
+    def prepare_retriever(self, model: Any, family: str, processor: Any, checkpoint: str, image_edge: int) -> str:
+        if family not in RETRIEVER_FAMILIES:
+            raise ModelLoadError(f"the openvino engine does not run {family} retrievers yet; use --engine torch")
+        vlm = model.vlm
+        weights = checkpoint_hash(checkpoint)
+        pages = calibration_pages(image_edge)
+
+        def run_pages(batch_pages: list[Image.Image]) -> Callable[[], None]:
+            return lambda: model(**_tensors(processor.process_images(batch_pages)))
+
+        vision = _converted_part(
+            "retriever vision encoder", checkpoint, weights, image_edge, vlm.vision_model, _VisionGraph,
+            [run_pages([page]) for page in pages], quantize="static")
+        text = _converted_part(
+            "retriever text encoder", checkpoint, weights, image_edge, vlm.text_model, _EmbeddingsGraph,
+            [lambda: model(**_tensors(processor.process_queries(["what is the total amount due?"])))],
+            quantize="weights")
+        vlm.vision_model = _OVVision(vision)
+        vlm.text_model = _OVEncoder(text, vlm.text_model.get_input_embeddings())
+        return self.precision("retriever", "")
+
+    def prepare_generator(self, model: Any, processor: Any, checkpoint: str) -> str:
+        model_type = model.config.model_type
+        if model_type not in ANSWER_TYPES:
+            raise ModelLoadError(f"the openvino engine does not run {model_type} answer models yet; use --engine torch")
+        inner = model.model
+        edge = processor.image_processor.size["longest_edge"]
+
+        def run_page(page: Image.Image) -> Callable[[], None]:
+            def run() -> None:
+                messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is this?"}]}]
+                prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+                model(**_tensors(processor(text=[prompt], images=[page], return_tensors="pt")))
+            return run
+
+        vision = _converted_part(
+            "answer model vision encoder", checkpoint, checkpoint_hash(checkpoint), edge, inner.vision_model,
+            _VisionGraph, [run_page(page) for page in calibration_pages(edge)], quantize="static")
+        inner.vision_model = _OVVision(vision)
+        with warnings.catch_warnings():  # torch.ao.quantization announces its move to torchao
+            warnings.simplefilter("ignore")
+            torch.ao.quantization.quantize_dynamic(inner.text_model, {torch.nn.Linear}, dtype=torch.qint8,
+                                                   inplace=True)
+            if isinstance(model.lm_head, torch.nn.Linear):
+                model.lm_head = torch.ao.quantization.quantize_dynamic(
+                    torch.nn.Sequential(model.lm_head), {torch.nn.Linear}, dtype=torch.qint8)[0]
+        return self.precision("answer model", "")
+
+
+def calibration_pages(edge: int) -> list[Image.Image]:
+    """Synthetic document pages (text lines, a table, a chart block), portrait and landscape."""
+    pages = []
+    for number in range(_CALIBRATION_PAGES):
+        long_side, short_side = edge, round(edge / 2 ** 0.5)
+        size = (short_side, long_side) if number % 2 == 0 else (long_side, short_side)
+        page = Image.new("RGB", size, "white")
+        draw = ImageDraw.Draw(page)
+        width, height = size
+        margin, line = max(width // 12, 4), max(height // 50, 6)
+        for row, y in enumerate(range(margin, height // 2, line * 2)):
+            draw.text((margin, y), f"Section {number}.{row}: revenue 4.2M, invoice 2041, total 1,250.00 EUR " * 2,
+                      fill="black")
+        top = height // 2 + margin
+        for column in range(5):  # a table
+            x = margin + column * (width - 2 * margin) // 5
+            draw.line([(x, top), (x, height - 2 * margin)], fill="gray")
+        for bar in range(6):  # a bar chart
+            x = margin + bar * (width - 2 * margin) // 6
+            draw.rectangle([x, height - margin - (bar + 1) * margin // 2, x + margin // 2, height - margin],
+                           fill=(40 * bar, 90, 200 - 30 * bar))
+        pages.append(page)
+    return pages
+
+
+class _VisionGraph(torch.nn.Module):
+    """What is converted of a vision encoder: pixels and patch mask in, last hidden state out."""
+
+    def __init__(self, vision: torch.nn.Module) -> None:
+        super().__init__()
+        self.vision = vision
+
+    def forward(self, pixel_values: torch.Tensor, patch_attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.vision(pixel_values=pixel_values, patch_attention_mask=patch_attention_mask).last_hidden_state
+
+
+class _EmbeddingsGraph(torch.nn.Module):
+    """What is converted of a text encoder: input embeddings and attention mask in, last hidden state out."""
+
+    def __init__(self, text: torch.nn.Module) -> None:
+        super().__init__()
+        self.text = text
+
+    def forward(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.text(inputs_embeds=inputs_embeds, attention_mask=attention_mask).last_hidden_state
+
+
+class _OVVision(torch.nn.Module):
+    """Stands in for a vision encoder: same call, runs the compiled OpenVINO model."""
+
+    def __init__(self, compiled: Any) -> None:
+        super().__init__()
+        self.compiled = compiled
+
+    def forward(self, pixel_values: torch.Tensor, patch_attention_mask: torch.Tensor | None = None,
+                **_: Any) -> BaseModelOutput:
+        if patch_attention_mask is None:
+            raise ValueError("the openvino vision encoder needs patch_attention_mask")
+        inputs = [pixel_values.float().numpy(), patch_attention_mask.bool().numpy()]
+        return BaseModelOutput(last_hidden_state=torch.from_numpy(self.compiled(inputs)[0].copy()))
+
+
+class _OVEncoder(torch.nn.Module):
+    """Stands in for a text encoder: keeps its token embeddings in torch, runs the rest compiled."""
+
+    def __init__(self, compiled: Any, embeddings: torch.nn.Module) -> None:
+        super().__init__()
+        self.compiled = compiled
+        self.embeddings = embeddings
+
+    def get_input_embeddings(self) -> torch.nn.Module:
+        return self.embeddings
+
+    def forward(self, input_ids: torch.Tensor | None = None, inputs_embeds: torch.Tensor | None = None,
+                attention_mask: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
+                **_: Any) -> BaseModelOutput:
+        if inputs_embeds is None:
+            inputs_embeds = self.embeddings(input_ids)
+        if attention_mask is None:
+            attention_mask = torch.ones(inputs_embeds.shape[:2], dtype=torch.long)
+        if position_ids is not None:
+            raise ValueError("the openvino text encoder computes its own positions")
+        inputs = [inputs_embeds.float().numpy(), attention_mask.long().numpy()]
+        return BaseModelOutput(last_hidden_state=torch.from_numpy(self.compiled(inputs)[0].copy()))
+
+
+class _Captured(Exception):
+    """Stops a forward pass once the inputs of the part being converted are recorded."""
+
+
+def _capture_inputs(module: torch.nn.Module, graph: type[torch.nn.Module], run: Callable[[], None]) -> tuple:
+    """The positional inputs ``graph`` takes, as ``module`` receives them while ``run()`` executes."""
+    captured: dict[str, Any] = {}
+
+    def hook(_: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        captured.update(kwargs)
+        raise _Captured
+
+    handle = module.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        with torch.no_grad():  # not inference_mode: tracing for conversion cannot take inference tensors
+            run()
+    except _Captured:
+        pass
+    finally:
+        handle.remove()
+    if graph is _VisionGraph:
+        return captured["pixel_values"], captured["patch_attention_mask"]
+    return captured["inputs_embeds"], captured["attention_mask"]
+
+
+def _converted_part(label: str, checkpoint: str, weights_hash: str, edge: int, module: torch.nn.Module,
+                    graph: type[torch.nn.Module], runs: list[Callable[[], None]], quantize: str) -> Any:
+    """Convert (once, cached) and compile one submodule; returns the compiled model."""
+    import nncf
+    import openvino as ov
+
+    key = cache_key(checkpoint=weights_hash, part=label, edge=edge, quantize=quantize, recipe=RECIPE_VERSION,
+                    openvino=ov.__version__, nncf=nncf.__version__, shapes="dynamic")
+
+    def convert(folder: Path) -> None:
+        samples = [_capture_inputs(module, graph, run) for run in runs]
+        with _quiet():
+            model = ov.convert_model(graph(module).eval(), example_input=samples[0])
+            if quantize == "static":
+                calibration = [tuple(t.numpy() for t in tiles) for sample in samples
+                               for tiles in _one_by_one(sample)][:_CALIBRATION_TILES]
+                model = nncf.quantize(model, nncf.Dataset(calibration), model_type=nncf.ModelType.TRANSFORMER,
+                                      subset_size=len(calibration))
+            else:
+                model = nncf.compress_weights(model)
+            ov.save_model(model, folder / "model.xml", compress_to_fp16=False)
+
+    def announce() -> None:
+        log.warning("docqa: converting the %s of %s for the openvino engine (once; cached in %s)",
+                    label, checkpoint, cache_root())
+
+    folder = converted(key, convert, on_first=announce)
+    core = ov.Core()
+    config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY",
+              "INFERENCE_NUM_THREADS": torch.get_num_threads()}
+    return core.compile_model(core.read_model(folder / "model.xml"), "CPU", config)
+
+
+def _one_by_one(sample: tuple[torch.Tensor, ...]) -> list[tuple[torch.Tensor, ...]]:
+    """Split a batch of inputs into batch-1 items (calibration statistics per tile)."""
+    return [tuple(tensor[i:i + 1] for tensor in sample) for i in range(sample[0].shape[0])]
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Conversion chatter (tracer warnings, nncf progress bars) goes to stderr, never stdout (--json)."""
+    with warnings.catch_warnings(), contextlib.redirect_stdout(sys.stderr):
+        warnings.simplefilter("ignore")
+        yield
+
+
+def _tensors(batch: Any) -> dict[str, torch.Tensor]:
+    return {name: value for name, value in batch.items() if isinstance(value, torch.Tensor) and name != "labels"}

@@ -1,0 +1,202 @@
+"""The inference engines: the OpenVINO int8 engine against fp32 torch, the index's engine stamp, and
+the converted-model cache (reuse, a concurrent second process, a killed conversion)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from docqa.answer import Conversation, Generator, PageImage
+from docqa.api import DocIndex
+from docqa.cli import main
+from docqa.encoders import Retriever
+from docqa.engines import OPENVINO, TORCH, openvino_missing
+from docqa.engines.cache import converted
+from docqa.errors import IndexMismatchError, ModelLoadError
+from documents import make_pdf
+
+needs_openvino = pytest.mark.skipif(openvino_missing() is not None, reason=str(openvino_missing()))
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def engine_cache(tmp_path_factory) -> Path:
+    """One conversion cache for the session: each tiny model is converted once."""
+    return tmp_path_factory.mktemp("engine-cache")
+
+
+@pytest.fixture()
+def fast_default(engine_cache, monkeypatch) -> Path:
+    """The user's environment: no engine named, conversions cached in the session's cache."""
+    monkeypatch.delenv("DOCQA_ENGINE", raising=False)
+    monkeypatch.setenv("DOCQA_CACHE", str(engine_cache))
+    return engine_cache
+
+
+def _pages() -> list:
+    from docqa.engines.openvino import calibration_pages
+
+    portrait, landscape = calibration_pages(900)
+    return [portrait.rotate(180), landscape.transpose(0)]  # not the calibration pages themselves
+
+
+def _min_cosine(expected: list[np.ndarray], got: list[np.ndarray]) -> float:
+    assert [e.shape for e in expected] == [g.shape for g in got]
+    return min(float(np.sum(e * g, axis=1).min()) for e, g in zip(expected, got))
+
+
+@needs_openvino
+def test_openvino_is_the_cpu_default_and_matches_fp32_torch(retriever_checkpoint, fast_default, caplog):
+    reference = Retriever.load(str(retriever_checkpoint), device="cpu", engine=TORCH)
+    with caplog.at_level(logging.WARNING, logger="docqa"):
+        fast = Retriever.load(str(retriever_checkpoint), device="cpu")
+    assert (fast.stamp.engine, reference.stamp.engine) == (OPENVINO, TORCH)
+    assert "int8" in fast.stamp.precision and reference.stamp.precision == "float32"
+    pages = _pages()
+    assert _min_cosine(reference.encode_pages(pages), fast.encode_pages(pages)) >= 0.99
+    queries = ["total amount due", "revenue by region in 2041", "x"]
+    assert _min_cosine(reference.encode_queries(queries), fast.encode_queries(queries)) >= 0.99
+    assert any("converting" in record.message for record in caplog.records) or any(
+        (fast_default / "engines").iterdir())
+
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="docqa"):
+        again = Retriever.load(str(retriever_checkpoint), device="cpu")
+    assert not [r for r in caplog.records if "converting" in r.message]  # the cache was reused
+    assert _min_cosine(fast.encode_queries(queries), again.encode_queries(queries)) >= 0.9999
+
+
+@needs_openvino
+def test_an_unsupported_family_stays_on_torch_with_one_line(retriever_checkpoints, fast_default, caplog):
+    with caplog.at_level(logging.WARNING, logger="docqa"):
+        retriever = Retriever.load(str(retriever_checkpoints["colqwen2"]), device="cpu")
+    assert retriever.stamp.engine == TORCH
+    assert [r.message for r in caplog.records if "torch engine" in r.message] == [
+        "docqa: using the slower torch engine: the openvino engine does not run colqwen2 retrievers yet"]
+    with pytest.raises(ModelLoadError, match="does not run colqwen2"):
+        Retriever.load(str(retriever_checkpoints["colqwen2"]), device="cpu", engine=OPENVINO)
+
+
+@needs_openvino
+def test_openvino_answers_start_with_the_same_tokens(generator_checkpoints, fast_default):
+    folder = str(generator_checkpoints["idefics3"])
+    reference = Generator.load(folder, device="cpu", engine=TORCH)
+    fast = Generator.load(folder, device="cpu")
+    assert (fast.engine, reference.engine) == (OPENVINO, TORCH)
+    pages = [PageImage("a.pdf", 1, None, _pages()[0])]
+
+    def first_tokens(generator: Generator) -> list[int]:
+        inputs = generator.prepare(Conversation(), "What is the total?", pages)
+        out = generator.model.generate(**inputs, max_new_tokens=8, min_new_tokens=8, do_sample=False)
+        return out[0, inputs["input_ids"].shape[1]:].tolist()
+
+    assert first_tokens(fast) == first_tokens(reference)
+
+
+def test_index_records_its_engine_and_refuses_another(retriever_checkpoint, tmp_path, capsys):
+    pdf = make_pdf(tmp_path / "docs" / "a.pdf", 1, title="engines")
+    index = DocIndex.open("e", create=True)
+    index.ingest([pdf], model=str(retriever_checkpoint), engine=TORCH, image_edge=512)
+    assert index.build["encoder"]["engine"] == TORCH
+    assert index.build["encoder"]["precision"] == "float32"
+    index.close()
+    reopened = DocIndex.open("e")
+    with pytest.raises(IndexMismatchError, match="built with the torch engine"):
+        reopened.search("engines", engine=OPENVINO)
+    assert reopened.search("engines")[0].page == 1  # no --engine: the index's own
+    assert reopened.retriever().stamp.engine == TORCH
+    capsys.readouterr()
+    assert main(["search", "engines", "--index", "e", "--engine", "openvino"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "torch engine" in err[0]
+
+
+def test_indexes_stamped_before_engines_count_as_torch(retriever_checkpoint, tmp_path):
+    pdf = make_pdf(tmp_path / "docs" / "a.pdf", 1, title="old")
+    index = DocIndex.open("old", create=True)
+    index.ingest([pdf], model=str(retriever_checkpoint), image_edge=512)
+    build = index.build
+    del build["encoder"]["engine"], build["encoder"]["precision"]
+    with index.store.transaction():
+        index.store.set_meta("build", json.dumps(build))
+    index.close()
+    with pytest.raises(IndexMismatchError):
+        DocIndex.open("old").search("old", engine=OPENVINO)
+
+
+# --- the conversion cache, with a conversion that only writes files (the cache is engine-agnostic) ---
+
+_CONVERTER = textwrap.dedent("""
+    import os, sys, time
+    from pathlib import Path
+    from docqa.engines.cache import converted
+
+    def convert(folder):
+        (folder / "half").write_text("written")
+        Path(sys.argv[2]).open("a").write(f"{os.getpid()}\\n")  # one line per conversion that ran
+        time.sleep(float(sys.argv[3]))
+        (folder / "model").write_text("complete")
+
+    print(converted(sys.argv[1], convert))
+""")
+
+
+def _converter(tmp_path: Path, key: str, log: Path, sleep_s: float) -> subprocess.Popen:
+    script = tmp_path / "convert.py"
+    script.write_text(_CONVERTER)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen([sys.executable, str(script), key, str(log), str(sleep_s)], env=env,
+                            stdout=subprocess.PIPE, text=True)
+
+
+def test_cache_converts_once_and_is_reused(tmp_path, monkeypatch):
+    monkeypatch.setenv("DOCQA_CACHE", str(tmp_path / "cache"))
+    runs = []
+
+    def convert(folder: Path) -> None:
+        runs.append(folder)
+        (folder / "model").write_text("complete")
+
+    first = converted("k1", convert)
+    assert converted("k1", convert) == first and len(runs) == 1
+    assert (first / "model").read_text() == "complete"
+    assert converted("k2", convert) != first and len(runs) == 2
+
+
+def test_cache_is_safe_against_a_concurrent_second_process(tmp_path, monkeypatch):
+    monkeypatch.setenv("DOCQA_CACHE", str(tmp_path / "cache"))
+    log = tmp_path / "conversions.log"
+    first = _converter(tmp_path, "shared", log, 1.5)
+    second = _converter(tmp_path, "shared", log, 1.5)
+    outputs = [process.communicate(timeout=60)[0].strip() for process in (first, second)]
+    assert first.returncode == second.returncode == 0
+    assert outputs[0] == outputs[1] and (Path(outputs[0]) / "model").read_text() == "complete"
+    assert len(log.read_text().splitlines()) == 1  # the second waited, then reused the first's
+
+
+def test_cache_recovers_from_a_killed_conversion(tmp_path, monkeypatch):
+    monkeypatch.setenv("DOCQA_CACHE", str(tmp_path / "cache"))
+    log = tmp_path / "conversions.log"
+    victim = _converter(tmp_path, "killed", log, 60)
+    deadline = time.monotonic() + 60
+    while not log.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    engines = tmp_path / "cache" / "engines"
+    assert not (engines / "killed").exists() and list(engines.glob("killed.partial-*"))
+
+    folder = converted("killed", lambda out: (out / "model").write_text("complete"))
+    assert (folder / "model").read_text() == "complete" and not (folder / "half").exists()
+    assert not list(engines.glob("killed.partial-*"))
