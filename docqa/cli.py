@@ -308,6 +308,9 @@ def _ingest(args: argparse.Namespace) -> int:
         print(f"{report.index}: {report.added} added, {report.updated} updated, {report.unchanged} "
               f"unchanged, {report.removed} removed, {report.failed} failed, {report.skipped} skipped; "
               f"{report.pages_added} pages in {report.seconds:.1f} s")
+        times = report.timings
+        print(f"  time: encode {times.encode_s:.1f} s, store {times.store_s:.1f} s; in background threads: "
+              f"render {times.render_s:.1f} s, preprocess {times.preprocess_s:.1f} s")
         for failure in report.failures:
             print(f"  failed: {failure.path}: {failure.error}", file=sys.stderr)
     return EXIT_PARTIAL if report.failed else EXIT_OK

@@ -11,7 +11,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -48,6 +48,7 @@ class IngestReport:
     pages_added: int = 0
     failures: list[Failure] = field(default_factory=list)
     seconds: float = 0.0
+    timings: Timings = field(default_factory=lambda: Timings())
 
     def fail(self, path: Path | str, error: str) -> None:
         """Record a file that could not be indexed (its name made printable, whatever its bytes)."""
@@ -68,7 +69,22 @@ class IngestReport:
             "pages_added": self.pages_added,
             "failures": [{"path": f.path, "error": f.error} for f in self.failures],
             "seconds": round(self.seconds, 3),
+            "timings": self.timings.to_json(),
         }
+
+
+@dataclass
+class Timings:
+    """Where an ingest's time went, per stage (seconds of work; render and preprocess run in their
+    own threads and overlap encode, so the stages add up to more than the wall time)."""
+
+    render_s: float = 0.0  # poppler / image decoding (render thread)
+    preprocess_s: float = 0.0  # the processor: resizing, tiling, tokenizing (preprocess thread)
+    encode_s: float = 0.0  # the model's forward passes (main thread)
+    store_s: float = 0.0  # vector appends and commits (main thread)
+
+    def to_json(self) -> dict:
+        return {name: round(value, 3) for name, value in asdict(self).items()}
 
 
 @dataclass
@@ -200,8 +216,58 @@ def _page_stream(
         yield job, _DONE
 
 
-def _prefetch(items: Iterator, depth: int) -> Iterator:
-    """Run `items` in a background thread, `depth` items ahead (rendering overlaps encoding)."""
+def _timed(items: Iterator, timings: Timings) -> Iterator:
+    """`items`, adding the time spent producing them to ``timings.render_s``."""
+    while True:
+        started = time.monotonic()
+        try:
+            item = next(items)
+        except StopIteration:
+            return
+        finally:
+            timings.render_s += time.monotonic() - started
+        yield item
+
+
+@dataclass
+class _Batch:
+    """Rendered pages and the model inputs made from them."""
+
+    pages: list[tuple[Job, RenderedPage]]
+    inputs: dict
+
+
+def _batches(items: Iterator, retriever: Retriever, batch_size: int, timings: Timings) -> Iterator:
+    """Group rendered pages into preprocessed batches of `batch_size`; other items (a file's error or
+    end) are passed on after the batch holding the pages that came before them, so a file's end
+    never overtakes its last pages."""
+    pages: list[tuple[Job, RenderedPage]] = []
+    held: list[tuple[Job, object]] = []
+
+    def flush() -> Iterator:
+        if pages:
+            started = time.monotonic()
+            inputs = retriever.preprocess_pages([page.image for _, page in pages])
+            timings.preprocess_s += time.monotonic() - started
+            yield _Batch(list(pages), inputs)
+        yield from held
+        pages.clear()
+        held.clear()
+
+    for job, item in items:
+        if isinstance(item, RenderedPage):
+            pages.append((job, item))
+            if len(pages) >= batch_size:
+                yield from flush()
+        elif pages:
+            held.append((job, item))
+        else:
+            yield job, item
+    yield from flush()
+
+
+def _prefetch(items: Iterator, depth: int, name: str = "docqa-render") -> Iterator:
+    """Run `items` in a background thread, `depth` items ahead (overlapping the consumer's work)."""
     buffer: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
     end = object()
@@ -225,7 +291,7 @@ def _prefetch(items: Iterator, depth: int) -> Iterator:
         except BaseException as error:  # handed to the consumer, which re-raises it
             put(error)
 
-    worker = threading.Thread(target=produce, name="docqa-render", daemon=True)
+    worker = threading.Thread(target=produce, name=name, daemon=True)
     worker.start()
     try:
         while (item := buffer.get()) is not end:
@@ -244,44 +310,49 @@ def _encode_and_commit(
     report: IngestReport,
     bar: tqdm,
 ) -> None:
-    pending: list[tuple[Job, RenderedPage]] = []
+    """Render (thread) -> preprocess (thread) -> encode and store (this thread), bounded queues between."""
     rendered: deque[Job] = deque()  # jobs fully rendered, in order, awaiting commit
+    timings = report.timings
     encoded = [0]  # pages encoded so far
     total_pages = sum(job.page_count for job in jobs)
 
-    def encode_pending() -> None:
-        batch = [(job, page) for job, page in pending if job.error is None]
-        pending.clear()
-        if not batch:
-            return
-        embeddings = retriever.encode_pages([page.image for _, page in batch])
-        for (job, page), vectors in zip(batch, embeddings):
-            job.store_page(index, page.number, *page.image.size, vectors)
-        bar.update(len(batch))
-        encoded[0] += len(batch)
+    def encode(batch: _Batch) -> None:
+        started = time.monotonic()
+        embeddings = retriever.encode_batch(batch.inputs)
+        stored = time.monotonic()
+        timings.encode_s += stored - started
+        for (job, page), vectors in zip(batch.pages, embeddings):
+            if job.error is None:
+                job.store_page(index, page.number, *page.image.size, vectors)
+        timings.store_s += time.monotonic() - stored
+        bar.update(len(batch.pages))
+        encoded[0] += len(batch.pages)
         if settings.on_progress is not None:
             settings.on_progress(encoded[0], total_pages)
 
     def commit_rendered() -> None:
-        while rendered and not any(job is rendered[0] for job, _ in pending):
+        started = time.monotonic()
+        while rendered:  # a file's end comes after its last batch (_batches), so all its pages are encoded
             job = rendered.popleft()
             if job.error is None:
                 commit_job(index, job, report)
+        timings.store_s += time.monotonic() - started
 
-    pages = _page_stream(jobs, settings, retriever.stamp.image_edge)
-    for job, item in _prefetch(pages, depth=2 * settings.batch_size):
-        if isinstance(item, RenderedPage):
-            pending.append((job, item))
-            if len(pending) >= settings.batch_size:
-                encode_pending()
-                commit_rendered()
-        elif isinstance(item, InputFileError):
+    pages = _prefetch(_timed(_page_stream(jobs, settings, retriever.stamp.image_edge), timings),
+                      depth=2 * settings.batch_size)
+    batches = _batches(pages, retriever, settings.batch_size, timings)
+    for event in _prefetch(batches, depth=2, name="docqa-preprocess"):
+        if isinstance(event, _Batch):
+            encode(event)
+            commit_rendered()
+            continue
+        job, item = event
+        if isinstance(item, InputFileError):
             job.error = item.reason
             report.fail(job.path, item.reason)
         else:
             rendered.append(job)
             commit_rendered()
-    encode_pending()
     commit_rendered()
 
 

@@ -21,14 +21,14 @@ def _slow_encoding(started: Path) -> None:
     from docqa.encoders import Retriever
 
     single_threaded()
-    real = Retriever.encode_pages
+    real = Retriever.encode_batch
 
-    def slow(self, images):
+    def slow(self, batch):
         started.touch()
         time.sleep(0.15)
-        return real(self, images)
+        return real(self, batch)
 
-    Retriever.encode_pages = slow
+    Retriever.encode_batch = slow
 
 
 def _wait_for(path: Path, timeout_s: float = 120.0) -> None:

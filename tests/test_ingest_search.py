@@ -29,14 +29,14 @@ def corpus(tmp_path):
 def _spy_encodes(index: DocIndex):
     """Count pages the retriever encodes (wraps the real method)."""
     retriever = index.retriever()
-    real = retriever.encode_pages
+    real = retriever.encode_batch
     calls: list[int] = []
 
-    def recording(images):
-        calls.append(len(images))
-        return real(images)
+    def recording(batch):
+        calls.append(len(batch["input_ids"]))
+        return real(batch)
 
-    retriever.encode_pages = recording
+    retriever.encode_batch = recording
     return calls
 
 
