@@ -57,10 +57,12 @@ def _min_cosine(expected: list[np.ndarray], got: list[np.ndarray]) -> float:
 
 
 @needs_openvino
-def test_openvino_is_the_cpu_default_and_matches_fp32_torch(retriever_checkpoint, fast_default, caplog):
+def test_openvino_is_the_cpu_default_and_matches_fp32_torch(retriever_checkpoint, fast_default, caplog, capfd):
     reference = Retriever.load(str(retriever_checkpoint), device="cpu", engine=TORCH)
+    capfd.readouterr()
     with caplog.at_level(logging.WARNING, logger="docqa"):
         fast = Retriever.load(str(retriever_checkpoint), device="cpu")
+    assert capfd.readouterr().out == ""  # conversion chatter never reaches stdout (--json)
     assert (fast.stamp.engine, reference.stamp.engine) == (OPENVINO, TORCH)
     assert "int8" in fast.stamp.precision and reference.stamp.precision == "float32"
     pages = _pages()

@@ -254,10 +254,17 @@ def _one_by_one(sample: tuple[torch.Tensor, ...]) -> list[tuple[torch.Tensor, ..
 
 @contextlib.contextmanager
 def _quiet():
-    """Conversion chatter (tracer warnings, nncf progress bars) goes to stderr, never stdout (--json)."""
-    with warnings.catch_warnings(), contextlib.redirect_stdout(sys.stderr):
-        warnings.simplefilter("ignore")
-        yield
+    """Conversion chatter goes to stderr, never stdout (--json): nncf's progress bars are redirected,
+    its INFO tables (a handler bound to stdout) and tracer warnings are dropped."""
+    nncf_log = logging.getLogger("nncf")
+    level = nncf_log.level
+    nncf_log.setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(sys.stderr):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        nncf_log.setLevel(level)
 
 
 def _tensors(batch: Any) -> dict[str, torch.Tensor]:
