@@ -90,6 +90,62 @@ def retriever_section(work: Path, args) -> None:
               f"{fidelity[name]:.4f} |", flush=True)
 
 
+def vision_section(work: Path, args) -> None:
+    """The retriever's vision encoder alone (~90% of a page's FLOPs), every OpenVINO recipe tried."""
+    import nncf
+    import openvino as ov
+
+    from docqa.engines.openvino import _capture_inputs, _one_by_one, _quiet, _tensors, _VisionGraph
+
+    folder = Path(args.retriever) if args.retriever else build_retriever_checkpoint(
+        "colmodernvbert", work / "retriever", size="real")
+    retriever = Retriever.load(str(folder), device="cpu", engine="torch", image_edge=args.edge)
+    model, processor = retriever._model, retriever.processor
+    vision = model.vlm.vision_model
+    sample = _capture_inputs(vision, _VisionGraph, lambda: model(**_tensors(processor.process_images(
+        pages(1, args.edge)))))
+    calibration = _capture_inputs(vision, _VisionGraph, lambda: model(**_tensors(processor.process_images(
+        calibration_pages(args.edge)[:1]))))
+    graph = _VisionGraph(vision).eval()
+    with _quiet():
+        converted = ov.convert_model(graph, example_input=sample)
+        recipes = {"openvino f32 (default hint = bf16 here)": (converted, {}),
+                   "openvino f32": (converted, {"INFERENCE_PRECISION_HINT": "f32"}),
+                   "openvino f32 + nncf int8 weights": (nncf.compress_weights(converted.clone()),
+                                                         {"INFERENCE_PRECISION_HINT": "f32"}),
+                   "openvino nncf static int8 (docqa engine)": (nncf.quantize(
+                       converted.clone(), nncf.Dataset([tuple(t.numpy() for t in item)
+                                                        for item in _one_by_one(calibration)]),
+                       model_type=nncf.ModelType.TRANSFORMER), {"INFERENCE_PRECISION_HINT": "f32"})}
+    core = ov.Core()
+    compiled = {name: core.compile_model(m, "CPU", {**config, "INFERENCE_NUM_THREADS": torch.get_num_threads()})
+                for name, (m, config) in recipes.items()}
+    inputs = [t.numpy() for t in sample]
+    with torch.no_grad():
+        reference = graph(*sample).numpy()
+    options = {"torch fp32 eager": None, **compiled}
+
+    def run(subject) -> np.ndarray:
+        if subject is None:
+            with torch.no_grad():
+                return graph(*sample).numpy()
+        return subject(inputs)[0]
+
+    def unit(rows: np.ndarray) -> list[np.ndarray]:
+        flat = rows.reshape(-1, rows.shape[-1])
+        return [flat / np.linalg.norm(flat, axis=1, keepdims=True)]
+
+    fidelity = {name: min_cosine(unit(reference), unit(run(c))) for name, c in options.items()}
+    best = interleaved(options, run, args.repeats)
+    base = best["torch fp32 eager"]
+    tiles = sample[0].shape[0]
+    print(f"\nvision encoder alone (SigLIP of ColModernVBert, {tiles} tiles = one A4 page at {args.edge} px), "
+          f"min of {args.repeats} interleaved")
+    print("| option | s | speed-up | min cosine of hidden states vs fp32 |\n|---|---|---|---|")
+    for name, seconds in best.items():
+        print(f"| {name} | {seconds:.2f} | {base / seconds:.2f}x | {fidelity[name]:.4f} |", flush=True)
+
+
 def topk_section(work: Path, args) -> None:
     folder = build_retriever_checkpoint("colmodernvbert", work / "tiny-retriever")
     fp32 = Retriever.load(str(folder), device="cpu", engine="torch", image_edge=args.edge)
