@@ -38,12 +38,27 @@ QUERIES = ["total amount due on the invoice", "quarterly revenue by region", "ba
 
 
 def pages(n: int, edge: int) -> list:
-    """Distinct synthetic document pages (text, a table, a chart), not the calibration ones."""
-    base = calibration_pages(edge)
+    """Distinct synthetic A4 document pages (own words, table and bar chart per page, seeded)."""
+    from PIL import Image, ImageDraw
+
+    words = ("revenue invoice total amount due payment terms region quarter net income signature date "
+             "contents figure table summary contact address budget forecast audit report tax").split()
     out = []
-    for i in range(n):
-        page = base[i % 2].rotate(180 * (i // 2 % 2))
-        page.paste((255 - 20 * (i % 10), 255, 255), (10 + i % 50, 10, 60 + i % 50, 40))
+    for number in range(n):
+        rng = np.random.default_rng(number)
+        width, height = round(edge / 2 ** 0.5), edge
+        page = Image.new("RGB", (width, height), "white")
+        draw = ImageDraw.Draw(page)
+        margin, line = width // 12, max(height // 50, 6)
+        for row, y in enumerate(range(margin, int(height * rng.uniform(0.3, 0.7)), line * 2)):
+            text = " ".join(rng.choice(words, size=8)) + f" {rng.integers(10, 99999)}"
+            draw.text((margin, y), f"{number}.{row} {text}", fill="black")
+        top = int(height * 0.72)
+        for bar in range(int(rng.integers(3, 9))):
+            x = margin + bar * (width - 2 * margin) // 9
+            bar_height = int(rng.integers(margin // 2, height - top - margin))
+            draw.rectangle([x, height - margin - bar_height, x + margin // 2, height - margin],
+                           fill=tuple(int(c) for c in rng.integers(0, 200, size=3)))
         out.append(page)
     return out
 
