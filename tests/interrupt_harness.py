@@ -97,17 +97,17 @@ def slow_generation(stage: str) -> None:
 
 
 def slow_ingest() -> None:
-    original = docqa.encoders.Retriever.encode_pages
+    original = docqa.encoders.Retriever.encode_batch  # what ingest calls per batch of pages
     calls = []
 
-    def encode_pages(self, images):
-        calls.append(len(images))
+    def encode_batch(self, batch):
+        calls.append(len(batch["input_ids"]))
         if len(calls) > 1:
             announce("ingest")
             torch_work(SLOW_S)
-        return original(self, images)
+        return original(self, batch)
 
-    docqa.encoders.Retriever.encode_pages = encode_pages
+    docqa.encoders.Retriever.encode_batch = encode_batch
 
 
 def child(request: dict) -> None:

@@ -97,13 +97,16 @@ def test_openvino_answers_start_with_the_same_tokens(generator_checkpoints, fast
     fast = Generator.load(folder, device="cpu")
     assert (fast.engine, reference.engine) == (OPENVINO, TORCH)
     pages = [PageImage("a.pdf", 1, None, _pages()[0])]
-
-    def first_tokens(generator: Generator) -> list[int]:
-        inputs = generator.prepare(Conversation(), "What is the total?", pages)
-        out = generator.model.generate(**inputs, max_new_tokens=8, min_new_tokens=8, do_sample=False)
-        return out[0, inputs["input_ids"].shape[1]:].tolist()
-
-    assert first_tokens(fast) == first_tokens(reference)
+    inputs = reference.prepare(Conversation(), "What is the total?", pages)
+    prompt = inputs["input_ids"].shape[1]
+    with torch.inference_mode():
+        greedy = reference.model.generate(**inputs, max_new_tokens=64, min_new_tokens=64, do_sample=False)
+        steps = dict(inputs, input_ids=greedy, attention_mask=torch.ones_like(greedy))
+        expected = reference.model(**steps).logits[0, prompt - 1:-1].argmax(-1)
+        got = fast.model(**steps).logits[0, prompt - 1:-1].argmax(-1)
+    assert got[0] == expected[0]  # the first token of the answer
+    # the bar: top-1 agreement >= 0.95 over greedy steps (teacher-forced on the fp32 answer)
+    assert (got == expected).float().mean().item() >= 0.95
 
 
 def test_index_records_its_engine_and_refuses_another(retriever_checkpoint, tmp_path, capsys):
