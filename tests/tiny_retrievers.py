@@ -165,11 +165,15 @@ FAMILIES = tuple(_BUILDERS)
 
 
 def build_retriever_checkpoint(family: str, out_dir: Path, size: str = "tiny") -> Path:
-    """Save a random-weight ``family`` retriever (model + processor) into ``out_dir``; return the folder."""
+    """Save a random-weight ``family`` retriever (model + processor) into ``out_dir``; return the folder.
+    The weights are seeded, so every session gets the same checkpoint."""
     if family not in _BUILDERS:
         raise ValueError(f"unknown family {family!r}; expected one of {', '.join(FAMILIES)}")
     if size not in SIZES:
         raise ValueError(f"unknown size {size!r}; expected one of {', '.join(SIZES)}")
+    import torch
+
+    torch.manual_seed(0)  # the same weights every session: a fidelity check must not pass or fail by draw
     model, processor = _BUILDERS[family](size)
     out_dir = Path(out_dir)
     model.eval().save_pretrained(out_dir)
