@@ -22,22 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from fast_plaid import search as fast_plaid_search
-
-
-def _status_bytes(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no {field} in /proc/self/status")
-
-
-def rss_anon_bytes() -> int:
-    return _status_bytes("RssAnon")
-
-
-def peak_rss_bytes() -> int:
-    """This process's peak resident set (VmHWM: unlike ru_maxrss, not inherited from the parent)."""
-    return _status_bytes("VmHWM")
+from process_memory import peak_rss_bytes, rss_anon_bytes
 
 
 def load_pages(corpus: Path, offsets_file: Path, pages: int, dim: int) -> list[torch.Tensor]:

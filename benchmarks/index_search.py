@@ -43,6 +43,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
 import numpy as np  # noqa: E402
 
+from process_memory import peak_rss_bytes, rss_anon_bytes  # noqa: E402
 from synthetic_corpus import (  # noqa: E402
     CorpusFile,
     CorpusParams,
@@ -69,20 +70,6 @@ BEFORE_REF = "95c66cf"
 
 
 # --- measurements inside a method's own process ------------------------------------------------
-def _status_bytes(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no {field} in /proc/self/status")
-
-
-def rss_anon_bytes() -> int:
-    return _status_bytes("RssAnon")
-
-
-def peak_rss_bytes() -> int:
-    """This process's peak resident set (VmHWM: unlike ru_maxrss, not inherited from the parent)."""
-    return _status_bytes("VmHWM")
 
 
 def folder_bytes(path: Path) -> int:
