@@ -113,6 +113,18 @@ def test_candidate_scores_follow_their_definition_in_postings_and_tail(tmp_path)
                                candidates.approximate_scores(query, np.arange(1, 82)), atol=1e-6)
 
 
+def test_pages_removed_from_the_tail_are_left_out():
+    """The newest page, still in the tail, removed: the live pages are scored, it is not."""
+    rng = np.random.default_rng(6)
+    pages = [_normalised(rng, 12, 16) for _ in range(6)]
+    candidates = CandidateIndex.train(pages)
+    candidates.add([1, 2, 3], pages[:3])
+    candidates.rebuild(np.array([1, 2, 3]))
+    candidates.add([4, 5, 6], pages[3:])
+    scores = candidates.approximate_scores(_normalised(rng, 3, 16), np.array([1, 2, 4]))
+    assert scores.shape == (3,) and np.isfinite(scores).all()
+
+
 def test_torn_or_foreign_logs_are_ignored(tmp_path):
     rng = np.random.default_rng(3)
     pages = [_normalised(rng, 20, 16) for _ in range(10)]

@@ -166,9 +166,9 @@ class CandidateIndex:
         """Approximate MaxSim of `query` for each of `page_ids` (live pages, in the caller's order)."""
         scores = self.codebook.scores(np.asarray(query, dtype=np.float32))
         page_ids = np.asarray(page_ids, dtype=np.int64)
-        size = int(max(page_ids.max(initial=0), self.ids.max(initial=0))) + 1
-        total = np.zeros(len(page_ids), dtype=np.float32)
         tail_ids = np.fromiter(self.tail, dtype=np.int64, count=len(self.tail))
+        size = int(max(page_ids.max(initial=0), self.ids.max(initial=0), tail_ids.max(initial=0))) + 1
+        total = np.zeros(len(page_ids), dtype=np.float32)
         tail_cells = _padded(list(self.tail.values()))
         for token_scores in scores:
             top = np.argpartition(-token_scores, TOP_CELLS)[:TOP_CELLS]
