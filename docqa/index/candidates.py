@@ -17,9 +17,9 @@ keeps generic query tokens cheap instead of making them touch every page. The pa
 approximate scores are then reranked with exact MaxSim by the caller.
 
 Pages are keyed by their page id (stable across compaction, never reused). Pages added since the
-postings were last rebuilt sit in a small tail, scored directly and appended to a log file, so a
-commit writes a few hundred bytes, not the postings; the postings are rebuilt and saved when the tail
-passes a tenth of the pages. Deleted pages stay in the postings until then and are masked out by the
+postings were last rebuilt sit in a tail (walked through postings of its own, built when a search
+first needs them) and are appended to a log file, so a commit writes a few hundred bytes, not the
+postings; the postings are rebuilt and saved when the tail passes a tenth of the pages. Deleted pages stay in the postings until then and are masked out by the
 caller's list of live pages.
 """
 
@@ -110,6 +110,7 @@ class CandidateIndex:
         self.high_water = 0  # every committed page with an id <= this was added
         self.dense = np.zeros(CELLS, dtype=bool)
         self.log_id = 0  # pairs the saved postings with the log of pages added after them
+        self._tail_postings: tuple[np.ndarray, np.ndarray] | None = None  # the tail as postings, built on use
 
     # --- building ---------------------------------------------------------------------------
     @classmethod
@@ -130,6 +131,7 @@ class CandidateIndex:
         """Add one committed page by its cells (`Codebook.page_cells`)."""
         self.tail[int(page_id)] = cells
         self.high_water = max(self.high_water, int(page_id))
+        self._tail_postings = None
 
     def needs_rebuild(self) -> bool:
         return len(self.tail) > max(TAIL_MERGE_PAGES, self.base_pages // 10)
@@ -137,15 +139,10 @@ class CandidateIndex:
     def rebuild(self, live_ids: np.ndarray) -> None:
         """Fold the tail into the postings, dropping pages not in `live_ids`."""
         live = np.asarray(live_ids, dtype=np.int64)
-        cell_lists = self._cells_of(live)
-        counts = np.array([len(cells) for cells in cell_lists], dtype=np.int64)
-        cells = np.concatenate(cell_lists).astype(np.int64) if len(live) else np.zeros(0, np.int64)
-        owners = np.repeat(live, counts)
-        order = np.argsort(cells, kind="stable")
-        self.ids = owners[order].astype(np.int32)
-        self.pointers = np.concatenate([[0], np.cumsum(np.bincount(cells, minlength=CELLS))]).astype(np.int64)
+        self.pointers, self.ids = _postings(live, self._cells_of(live))
         self.base_pages = len(live)
         self.tail = {}
+        self._tail_postings = None
         self.dense = np.diff(self.pointers) > DENSE_SHARE * max(self.base_pages, 1)
 
     def _cells_of(self, page_ids: np.ndarray) -> list[np.ndarray]:
@@ -166,10 +163,11 @@ class CandidateIndex:
         """Approximate MaxSim of `query` for each of `page_ids` (live pages, in the caller's order)."""
         scores = self.codebook.scores(np.asarray(query, dtype=np.float32))
         page_ids = np.asarray(page_ids, dtype=np.int64)
-        tail_ids = np.fromiter(self.tail, dtype=np.int64, count=len(self.tail))
-        size = int(max(page_ids.max(initial=0), self.ids.max(initial=0), tail_ids.max(initial=0))) + 1
+        if self._tail_postings is None:
+            tail_ids = np.fromiter(self.tail, dtype=np.int64, count=len(self.tail))
+            self._tail_postings = _postings(tail_ids, list(self.tail.values()))
+        size = int(max(page_ids.max(initial=0), self.ids.max(initial=0), self.high_water)) + 1
         total = np.zeros(len(page_ids), dtype=np.float32)
-        tail_cells = _padded(list(self.tail.values()))
         for token_scores in scores:
             top = np.argpartition(-token_scores, TOP_CELLS)[:TOP_CELLS]
             top = top[np.argsort(token_scores[top])]  # ascending: later (better) cells overwrite earlier ones
@@ -179,12 +177,9 @@ class CandidateIndex:
                 floor = max(floor, float(token_scores[dense].max()))
             walked = top[(~self.dense[top]) & (token_scores[top] > floor)]
             best = np.full(size, floor, dtype=np.float32)
-            for cell in walked:
-                best[self.ids[self.pointers[cell]:self.pointers[cell + 1]]] = token_scores[cell]
-            if len(tail_ids):
-                clipped = np.full(CELLS + 1, floor, dtype=np.float32)  # the last column pads short rows
-                clipped[walked] = token_scores[walked]
-                best[tail_ids] = clipped[tail_cells].max(axis=1)
+            for pointers, ids in ((self.pointers, self.ids), self._tail_postings):  # a page is in one of them
+                for cell in walked:
+                    best[ids[pointers[cell]:pointers[cell + 1]]] = token_scores[cell]
             total += best[page_ids]
         return total
 
@@ -274,10 +269,11 @@ def _write_atomically(path: Path, payload: bytes) -> None:
         raise
 
 
-def _padded(cell_lists: list[np.ndarray]) -> np.ndarray:
-    """(pages, longest) cell ids, short rows padded with CELLS (the floor column)."""
-    width = max((len(cells) for cells in cell_lists), default=0)
-    padded = np.full((len(cell_lists), max(width, 1)), CELLS, dtype=np.int64)
-    for row, cells in enumerate(cell_lists):
-        padded[row, : len(cells)] = cells
-    return padded
+def _postings(page_ids: np.ndarray, cell_lists: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(pointers, ids): the pages having cell c are ids[pointers[c]:pointers[c + 1]]."""
+    counts = np.array([len(cells) for cells in cell_lists], dtype=np.int64)
+    cells = np.concatenate(cell_lists).astype(np.int64) if cell_lists else np.zeros(0, np.int64)
+    owners = np.repeat(np.asarray(page_ids, dtype=np.int64), counts)
+    order = np.argsort(cells, kind="stable")
+    pointers = np.concatenate([[0], np.cumsum(np.bincount(cells, minlength=CELLS))]).astype(np.int64)
+    return pointers, owners[order].astype(np.int32)
