@@ -502,6 +502,7 @@ def _eval(args: argparse.Namespace) -> int:
             print(f"note: {note}", file=sys.stderr)
     return EXIT_PARTIAL if report.unmatched else EXIT_OK
 
+
 def _serve(args: argparse.Namespace) -> int:
     import os
 

@@ -16,6 +16,7 @@ from docqa.cluster import ingest as cluster_ingest
 from docqa.ingest import Job
 
 from documents import make_image, make_pdf, make_tiff
+from stored import stored_pages
 
 
 @pytest.fixture()
@@ -28,18 +29,6 @@ def corpus(tmp_path):
     (root / "notes.txt").write_text("not a document")
     (root / "broken.pdf").write_bytes(b"%PDF-1.4\n garbage")
     return root
-
-
-def _pages(index: DocIndex) -> dict[tuple[str, int], np.ndarray]:
-    """Every committed page's vectors, by (path, page number)."""
-    rows = index.store.db.execute(
-        "SELECT documents.path, pages.number, pages.vec_offset, pages.vec_count FROM pages"
-        " JOIN documents ON documents.id = pages.document_id"
-    ).fetchall()
-    pages = {(path, number): index.vectors.read_rows(offset, offset + count)
-             for path, number, offset, count in rows}
-    assert len(pages) == len(rows), "a page was committed twice"
-    return pages
 
 
 def _documents(index: DocIndex) -> dict[str, tuple[str, int, str]]:
@@ -70,7 +59,7 @@ def test_ray_ingest_builds_the_same_index_as_a_local_ingest(corpus, retriever_ch
     assert (ray_report.added, ray_report.failed, ray_report.skipped, ray_report.pages_added) == (4, 1, 1, 8)
     assert _documents(on_ray) == _documents(local)
     assert on_ray.build["encoder"] == local.build["encoder"]
-    local_pages, ray_pages = _pages(local), _pages(on_ray)
+    local_pages, ray_pages = stored_pages(local), stored_pages(on_ray)
     assert local_pages.keys() == ray_pages.keys()
     for key, vectors in local_pages.items():
         np.testing.assert_allclose(ray_pages[key].astype(np.float32), vectors.astype(np.float32), atol=2e-3)
@@ -97,7 +86,7 @@ def test_a_dying_encoder_actor_is_retried_and_every_page_lands_once(
 
     assert not switch.exists(), "no encoder actor died: the fault was not injected"
     assert (report.added, report.failed, report.pages_added) == (4, 1, 8)
-    pages = _pages(index)
+    pages = stored_pages(index)
     assert sorted((Path(path).name, number) for path, number in pages) == [
         ("fax.tiff", 1), ("fax.tiff", 2), ("q1.pdf", 1), ("q1.pdf", 2), ("q1.pdf", 3),
         ("q2.pdf", 1), ("q2.pdf", 2), ("receipt.png", 1)]
@@ -140,7 +129,7 @@ def test_a_rerun_after_the_driver_died_encodes_only_the_uncommitted_documents(
     assert (report.unchanged, report.added, report.failed) == (1, 3, 1)
     assert report.pages_added == len(received) == 8 - committed_pages
     assert len(_documents(index)) == 4
-    pages = _pages(index)
+    pages = stored_pages(index)
     assert len(pages) == 8
     assert index.vectors.rows == sum(len(vectors) for vectors in pages.values())
 

@@ -13,6 +13,7 @@ from docqa.errors import IndexMismatchError, IndexNotFoundError, ModelLoadError
 from docqa.index.search import maxsim
 
 from documents import make_image, make_pdf, make_tiff
+from stored import stored_pages
 
 
 @pytest.fixture()
@@ -38,15 +39,6 @@ def _spy_encodes(index: DocIndex):
 
     retriever.encode_batch = recording
     return calls
-
-
-def _stored_pages(index: DocIndex) -> dict[tuple[str, int], np.ndarray]:
-    rows = index.store.db.execute(
-        "SELECT documents.path, pages.number, pages.vec_offset, pages.vec_count FROM pages"
-        " JOIN documents ON documents.id = pages.document_id"
-    ).fetchall()
-    return {(path, number): index.vectors.read_rows(offset, offset + count)
-            for path, number, offset, count in rows}
 
 
 def test_ingest_counts_pages_and_skips_unchanged(corpus, retriever_checkpoint):
@@ -91,7 +83,7 @@ def test_search_is_exact_maxsim_and_matches_processor_scores(corpus, retriever_c
     hits = index.search(query, k=5)
     assert [h.rank for h in hits] == [1, 2, 3, 4, 5]
 
-    stored = _stored_pages(index)
+    stored = stored_pages(index)
     retriever = index.retriever()
     query_vectors = retriever.encode_queries([query])[0]
     keys = list(stored)
