@@ -81,8 +81,9 @@ def two_stage_top_k(query: np.ndarray, k: int, table: PageTable, candidates: Can
     query = np.ascontiguousarray(query, dtype=np.float32)
     approximate = candidates.approximate_scores(query, table.page_ids)
     count = min(len(table), max(rerank, 4 * k))
-    chosen = np.sort(np.argpartition(-approximate, count - 1)[:count]) if count < len(table) else np.arange(len(table))
-    return brute_force_top_k(query, k, table.subset(np.isin(np.arange(len(table)), chosen)), vectors)
+    chosen = np.zeros(len(table), dtype=bool)
+    chosen[np.argpartition(-approximate, count - 1)[:count]] = True
+    return brute_force_top_k(query, k, table.subset(chosen), vectors)
 
 
 def _ranked(scores: np.ndarray, table: PageTable, k: int) -> list[ScoredPage]:
