@@ -12,18 +12,13 @@ from docqa import DocIndex
 from docqa.errors import IndexMismatchError, IndexNotFoundError, ModelLoadError
 from docqa.index.search import maxsim
 
-from documents import make_image, make_pdf, make_tiff
+from documents import make_image, make_mixed_folder, make_pdf
 from stored import stored_pages
 
 
 @pytest.fixture()
 def corpus(tmp_path):
-    root = tmp_path / "docs"
-    make_pdf(root / "reports" / "q1.pdf", 3, title="q1")
-    make_pdf(root / "reports" / "q2.pdf", 2, title="q2")
-    make_image(root / "scans" / "receipt.png", text="receipt")
-    make_tiff(root / "scans" / "fax.tiff", 2)
-    (root / "notes.txt").write_text("not a document")
+    root = make_mixed_folder(tmp_path / "docs")
     return root
 
 
