@@ -218,7 +218,10 @@ class Retriever:
     def preprocess_pages(self, images: list[Image.Image]) -> dict[str, torch.Tensor]:
         """The model inputs for a batch of page images (CPU work that can run off the model's thread)."""
         pages = [fit_within(image, self.stamp.image_edge) for image in images]
-        return dict(self.processor.process_images(pages))
+        inputs = dict(self.processor.process_images(pages))
+        if "pixel_attention_mask" in inputs:  # int64 from the processor, 8x the bytes of the bool the model tests
+            inputs["pixel_attention_mask"] = inputs["pixel_attention_mask"].bool()
+        return inputs
 
     def encode_batch(self, batch: dict[str, torch.Tensor]) -> list[np.ndarray]:
         """Forward a batch made by :meth:`preprocess_pages`: one float32 array per page."""

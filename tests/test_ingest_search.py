@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+import docqa.ingest
 from docqa import DocIndex
+from docqa.encoders import Retriever
 from docqa.errors import IndexMismatchError, IndexNotFoundError, ModelLoadError
 from docqa.index.search import maxsim
 
@@ -207,3 +210,34 @@ def test_compact_reclaims_rows_of_removed_documents(corpus, retriever_checkpoint
     assert index.compact() == garbage and index.vectors.rows == index.store.vector_rows()
     assert index.compact() == 0
     assert len(index.search("q2", k=10)) == 6
+
+
+def test_rendering_stays_a_bounded_number_of_pages_ahead_of_encoding(tmp_path, retriever_checkpoint, monkeypatch):
+    """A long PDF is never rendered (or preprocessed) whole ahead of a slow model: the pages in flight
+    between poppler and the store are bounded by the queues, whatever the document's length."""
+    rendered = [0]
+    real_render = docqa.ingest.render_pages
+
+    def counting(*args, **kwargs):
+        for page in real_render(*args, **kwargs):
+            rendered[0] += 1
+            yield page
+
+    monkeypatch.setattr(docqa.ingest, "render_pages", counting)
+    index = DocIndex.open("long", create=True)
+    pdf = make_pdf(tmp_path / "long.pdf", 60)
+    ahead: list[int] = []
+    encoded = [0]
+    real_encode = Retriever.encode_batch
+
+    def slow_encode(self, batch):
+        time.sleep(0.1)  # a model slower than poppler, as every real one is on a CPU
+        ahead.append(rendered[0] - encoded[0])
+        encoded[0] += len(batch["input_ids"])
+        return real_encode(self, batch)
+
+    monkeypatch.setattr(Retriever, "encode_batch", slow_encode)
+    report = index.ingest([pdf], model=str(retriever_checkpoint), image_edge=128, batch_size=2, chunk_pages=2)
+    assert report.pages_added == 60
+    # render queue (2 x batch) + a chunk + a batch being built + one queued + one blocked + one encoding
+    assert max(ahead) <= 2 * 2 + 2 + 2 + 2 + 2 + 2 + 1, ahead
