@@ -9,12 +9,15 @@ page is represented by the set of cells its vectors fall in; a cell's postings l
 have it.
 
 A query token's score for a cell is its dot product with the cell's centroid (the sum of the two
-half scores). A page's approximate score is, per query token, the best of the token's top cells that
-the page has, or a floor (the lowest of those cells' scores) when it has none, summed over the query
-tokens: PLAID's centroid interaction, computed by walking postings. Cells that a large share of the
-pages have (blank margins, background) are never walked: every page counts as having them, which
-keeps generic query tokens cheap instead of making them touch every page. The pages with the best
-approximate scores are then reranked with exact MaxSim by the caller.
+half scores). Per query token, cells are walked best first through their postings until the pages
+seen pass a budget (WALK_BUDGET postings entries, at most MAX_WALKED_CELLS cells); a page's score
+for the token is the best walked cell it has, or, when it has none, the score of the best cell not
+walked (its best cell can be no better). A page's approximate score is that summed over the query
+tokens: PLAID's centroid interaction, computed by walking postings. The budget keeps generic query
+tokens cheap: their best cells are the background that most pages share, so the budget is spent
+after a few cells and the rest of the pages get a floor as high as the cells left; content tokens
+have rare cells and walk many. The pages with the best approximate scores are then reranked with
+exact MaxSim by the caller.
 
 Pages are keyed by their page id (stable across compaction, never reused). Pages added since the
 postings were last rebuilt sit in a tail (walked through postings of its own, built when a search
@@ -43,8 +46,8 @@ CELLS = HALF_CENTROIDS * HALF_CENTROIDS
 TRAIN_MIN_PAGES = 1024  # below this, search scores every page (fast enough, and exact)
 TRAIN_SAMPLE_VECTORS = 200_000
 RETRAIN_GROWTH = 16  # retrain the centroids when the index has grown this many times since training
-TOP_CELLS = 128  # cells walked per query token
-DENSE_SHARE = 0.25  # a cell in more than this share of pages counts as present everywhere
+WALK_BUDGET = 30_000  # postings entries walked per query token (bounds search time at any index size)
+MAX_WALKED_CELLS = 2048  # cells walked per query token at most
 TAIL_MERGE_PAGES = 2048  # rebuild the postings when the tail grows past this (or a tenth of the pages)
 
 
@@ -108,7 +111,6 @@ class CandidateIndex:
         self.base_pages = 0
         self.tail: dict[int, np.ndarray] = {}  # page id -> cells, for pages added since the last rebuild
         self.high_water = 0  # every committed page with an id <= this was added
-        self.dense = np.zeros(CELLS, dtype=bool)
         self.log_id = 0  # pairs the saved postings with the log of pages added after them
         self._tail_postings: tuple[np.ndarray, np.ndarray] | None = None  # the tail as postings, built on use
 
@@ -143,7 +145,6 @@ class CandidateIndex:
         self.base_pages = len(live)
         self.tail = {}
         self._tail_postings = None
-        self.dense = np.diff(self.pointers) > DENSE_SHARE * max(self.base_pages, 1)
 
     def _cells_of(self, page_ids: np.ndarray) -> list[np.ndarray]:
         """Each page's cells, from the tail or recovered from the postings."""
@@ -166,22 +167,21 @@ class CandidateIndex:
         if self._tail_postings is None:
             tail_ids = np.fromiter(self.tail, dtype=np.int64, count=len(self.tail))
             self._tail_postings = _postings(tail_ids, list(self.tail.values()))
+        postings = [(self.pointers, self.ids), self._tail_postings]  # a page is in one of them
         size = int(max(page_ids.max(initial=0), self.ids.max(initial=0), self.high_water)) + 1
-        total = np.zeros(len(page_ids), dtype=np.float32)
+        best = np.empty(size, dtype=np.float32)
+        total = np.zeros(size, dtype=np.float32)  # by page id
         for token_scores in scores:
-            top = np.argpartition(-token_scores, TOP_CELLS)[:TOP_CELLS]
-            top = top[np.argsort(token_scores[top])]  # ascending: later (better) cells overwrite earlier ones
-            floor = float(token_scores[top[0]])
-            dense = top[self.dense[top]]
-            if len(dense):
-                floor = max(floor, float(token_scores[dense].max()))
-            walked = top[(~self.dense[top]) & (token_scores[top] > floor)]
-            best = np.full(size, floor, dtype=np.float32)
-            for pointers, ids in ((self.pointers, self.ids), self._tail_postings):  # a page is in one of them
-                for cell in walked:
-                    best[ids[pointers[cell]:pointers[cell + 1]]] = token_scores[cell]
-            total += best[page_ids]
-        return total
+            ranked = np.argpartition(-token_scores, MAX_WALKED_CELLS)[:MAX_WALKED_CELLS + 1]
+            ranked = ranked[np.argsort(-token_scores[ranked], kind="stable")]
+            lengths = sum(pointers[ranked[:-1] + 1] - pointers[ranked[:-1]] for pointers, _ in postings)
+            walked = ranked[:max(1, int(np.searchsorted(np.cumsum(lengths), WALK_BUDGET, "right")))]
+            best.fill(token_scores[ranked[len(walked)]])  # the best cell not walked
+            for pointers, ids in postings:
+                entries = _ranges(pointers[walked], pointers[walked + 1])
+                np.maximum.at(best, ids[entries], np.repeat(token_scores[walked], pointers[walked + 1] - pointers[walked]))
+            total += best
+        return total[page_ids]
 
     # --- disk -------------------------------------------------------------------------------
     def save(self, directory: Path) -> None:
@@ -227,7 +227,6 @@ class CandidateIndex:
             index.base_pages, index.high_water, index.log_id = base_pages, high_water, log_id
         except (OSError, KeyError, ValueError, zipfile.BadZipFile, EOFError):
             return None
-        index.dense = np.diff(index.pointers) > DENSE_SHARE * max(index.base_pages, 1)
         for page_id, cells in _read_log(directory / LOG_NAME, log_id):
             index.put(page_id, cells)
         return index
@@ -267,6 +266,13 @@ def _write_atomically(path: Path, payload: bytes) -> None:
     except BaseException:
         Path(temp_name).unlink(missing_ok=True)
         raise
+
+
+def _ranges(starts: np.ndarray, stops: np.ndarray) -> np.ndarray:
+    """The concatenation of arange(start, stop) for each pair, without a Python loop."""
+    lengths = stops - starts
+    ends = np.cumsum(lengths)
+    return np.arange(int(ends[-1]) if len(ends) else 0) + np.repeat(starts - (ends - lengths), lengths)
 
 
 def _postings(page_ids: np.ndarray, cell_lists: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
