@@ -108,7 +108,7 @@ class DocIndex:
         built = IndexOptions.from_build(build) if build is not None else None
         if isinstance(options, dict):  # only the options named: the rest as the index has them
             try:
-                options = IndexOptions(**{**(built or IndexOptions()).to_json(), **options})
+                options = IndexOptions(**{**built.to_json(), **options}) if built else IndexOptions(**options)
             except (TypeError, ValueError) as error:
                 raise OptionsError(f"bad index options: {error}") from error
         if options is not None and built is not None:

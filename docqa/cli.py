@@ -63,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("--index-mode", choices=["fast", "exact"], help="set when the index is created: "
                         "fast (default) reranks the candidate stage's best pages with exact MaxSim; exact scores "
                         "every page on every search")
+    ingest.add_argument("--vector-type", choices=["bfloat16", "float16"], help="set when the index is created: "
+                        "how vectors are stored, bfloat16 (fast mode's default: multiplied without conversion) or "
+                        "float16 (full precision; exact mode's default)")
     ingest.add_argument("--pool-factor", type=_positive_int, help="set when the index is created: merge similar "
                         "vectors of each page into about 1/N as many (hierarchical token pooling; default 1 = keep all)")
     ingest.add_argument("--tag", action="append", type=_key_value, default=[], metavar="KEY=VALUE",
@@ -291,8 +294,8 @@ def _print_json(payload: dict) -> None:
 
 
 def _ingest(args: argparse.Namespace) -> int:
-    options = {name: value for name, value in (("mode", args.index_mode), ("pool_factor", args.pool_factor))
-               if value is not None}
+    options = {name: value for name, value in (("mode", args.index_mode), ("pool_factor", args.pool_factor),
+                                               ("vector_type", args.vector_type)) if value is not None}
     settings = IngestSettings(model=args.model, device=args.device, batch_size=args.batch_size,
                               image_edge=args.image_edge, engine=args.engine, sync=args.sync, tags=dict(args.tag),
                               progress=sys.stderr.isatty(), ray=args.ray, ray_encoders=args.ray_encoders)

@@ -68,7 +68,7 @@ def _raw_invariants(index_dir: Path) -> dict:
     db = sqlite3.connect(index_dir / "docqa.db")
     build = db.execute("SELECT value FROM meta WHERE key = 'build'").fetchone()
     dim = json.loads(build[0])["encoder"]["dim"] if build else 1
-    vector_file = index_dir / "vectors.f16"
+    vector_file = index_dir / "vectors.bf16"  # the default fast mode stores bfloat16
     rows = vector_file.stat().st_size // (2 * dim) if vector_file.exists() else 0
     pages = db.execute("SELECT document_id, number, vec_offset, vec_count FROM pages").fetchall()
     documents = db.execute("SELECT id, pages FROM documents").fetchall()
@@ -215,7 +215,7 @@ def test_kill_9_during_compaction(point, revised_reference, tmp_path, retriever_
     rerun = in_child(partial(_ingest, index_dir, corpus, model), before=_child_setup)
     assert rerun.exit_code == 0
     final = in_child(partial(_state, index_dir), before=_child_setup).value
-    assert len(list(index_dir.glob("vectors*.f16"))) == 1
+    assert len(list(index_dir.glob("vectors*f16"))) == 1
     relocate = {str(revised_corpus / name): str(corpus / name) for name in ("a.pdf", "b.pdf", "c.png")}
     # The files are regenerated here (reportlab stamps each PDF with its own date and id), so
     # compare names and page counts, and the scores of every page, not the content hashes.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -141,7 +143,7 @@ def test_index_options_are_fixed_at_creation_and_pooling_shrinks_pages(tmp_path)
     pooled.add_embeddings("/a.pdf", pages)
     counts = [row[0] for row in pooled.store.db.execute("SELECT vec_count FROM pages ORDER BY number")]
     assert counts == [10, 2]  # about 1/3 as many vectors
-    assert pooled.info().to_json()["options"] == {"mode": "fast", "pool_factor": 3}
+    assert pooled.info().to_json()["options"] == {"mode": "fast", "pool_factor": 3, "vector_type": "bfloat16"}
     hits = pooled.search_embeddings(pages[0][:4], k=2, exact=True)
     assert (hits[0].path, hits[0].page) == ("/a.pdf", 1)
     with pytest.raises(IndexMismatchError, match="pool_factor"):
@@ -154,6 +156,37 @@ def test_index_options_are_fixed_at_creation_and_pooling_shrinks_pages(tmp_path)
     exact_mode.add_embeddings("/b.pdf", pages)
     assert exact_mode.search_embeddings(pages[1], k=1)[0].page == 2
     assert not (tmp_path / "exact" / "candidates.npz").exists()
+    assert exact_mode.options.vector_type == "float16" and (tmp_path / "exact" / "vectors.f16").exists()
+
+
+def test_vector_types_store_what_they_say(tmp_path):
+    """float16 and bfloat16 indexes hold their values rounded to that type (exact search scores
+    them so); an index built before vector types existed opens as the float16 it holds."""
+    rng = np.random.default_rng(8)
+    pages = [_unit(rng, 12) for _ in range(3)]
+    query = _unit(rng, 4)
+    best = {}
+    for vector_type, dtype_bits in (("float16", 11), ("bfloat16", 8)):
+        index = DocIndex.open(tmp_path / vector_type, create=True, options={"vector_type": vector_type})
+        index.add_embeddings("/a.pdf", pages)
+        stored = index.vectors.read_rows(0, 36)
+        error = np.abs(stored - np.concatenate(pages)).max()
+        assert 0 < error <= 2.0 ** -dtype_bits  # rounded to nearest: half a unit in the last place of values < 1
+        best[vector_type] = index.search_embeddings(query, k=1, exact=True)[0]
+        expected = max(float((query @ stored[n * 12:(n + 1) * 12].T).max(axis=1).sum()) for n in range(3))
+        assert abs(best[vector_type].score - expected) < 1e-5
+
+    legacy = tmp_path / "float16"  # made to look like an index from before vector types
+    store = DocIndex.open(legacy).store
+    build = json.loads(store.get_meta("build"))
+    del build["options"]["vector_type"]
+    with store.transaction():
+        store.set_meta("build", json.dumps(build))
+    index = DocIndex.open(legacy)
+    assert index.options.vector_type == "float16"
+    assert index.search_embeddings(query, k=1, exact=True)[0] == best["float16"]
+    with pytest.raises(IndexMismatchError, match="vector_type"):
+        DocIndex.open(legacy, options={"vector_type": "bfloat16"})
 
 
 def test_cli_refuses_other_index_options(tmp_path, retriever_checkpoint, capsys):

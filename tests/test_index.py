@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 from docqa import DocIndex
 from docqa.index import candidates as stage
 from docqa.index import search as scoring
-from docqa.index.candidates import CELLS, LOG_NAME, TOP_CELLS, CandidateIndex, Codebook
-from docqa.index.search import brute_force_top_k, maxsim, two_stage_top_k
+from docqa.index.candidates import CELLS, LOG_NAME, CandidateIndex, Codebook
+from docqa.index.search import brute_force_top_k, page_scores, two_stage_top_k
 from docqa.index.store import PageTable
 from docqa.index.vectors import VectorFile
 
@@ -55,8 +55,11 @@ def test_brute_force_equals_reference(tmp_path, seed, k):
         expected = _reference_top(query, vectors, table, k)
         assert [page for page, _ in got] == [page for page, _ in expected]
         np.testing.assert_allclose([s for _, s in got], [s for _, s in expected], rtol=0, atol=1e-4)
-    np.testing.assert_allclose(maxsim(query, vectors.read(table.offsets, table.counts)),
-                               _reference_scores(query, vectors, table), atol=1e-4)
+    reference = _reference_scores(query, vectors, table)
+    np.testing.assert_allclose(page_scores(query, table, vectors), reference, atol=1e-4)
+    # bfloat16 keeps 8 significant bits: each product is off by at most ~2 * 2^-8 of |q| |x| = 1 here
+    bound = len(query) * 3 * 2.0 ** -8
+    np.testing.assert_allclose(page_scores(query, table, vectors, bfloat16=True, chunk_rows=7), reference, atol=bound)
 
 
 def test_codebook_assigns_each_half_to_its_nearest_centroid():
@@ -76,19 +79,34 @@ def test_codebook_assigns_each_half_to_its_nearest_centroid():
 
 
 def _approximate_by_definition(candidates: CandidateIndex, query: np.ndarray, page_cells: dict) -> dict:
-    """Per query token: the best walked cell the page has, else the floor; summed over tokens."""
-    scores = candidates.codebook.scores(query)
+    """Per query token: cells walked best first while the pages having them (postings entries)
+    stay within the budget; a page scores the best walked cell it has, else the best cell not
+    walked; summed over tokens."""
+    cell_pages = {}
+    for page_id, cells in page_cells.items():
+        for cell in cells:
+            cell_pages[int(cell)] = cell_pages.get(int(cell), 0) + 1
     totals = dict.fromkeys(page_cells, 0.0)
-    for token in scores:
-        top = np.argsort(-token)[:TOP_CELLS]
-        floor = max([token[top].min(), *token[top][candidates.dense[top]]])
-        walked = {int(c) for c in top if not candidates.dense[c] and token[c] > floor}
+    for token in candidates.codebook.scores(query):
+        ranked = np.argsort(-token, kind="stable")
+        walked, seen = [], 0
+        for cell in ranked[:stage.MAX_WALKED_CELLS]:
+            seen += cell_pages.get(int(cell), 0)
+            if walked and seen > stage.WALK_BUDGET:
+                break
+            walked.append(int(cell))
+        floor = token[ranked[len(walked)]]
         for page_id, cells in page_cells.items():
-            totals[page_id] += max([floor, *(token[c] for c in cells if int(c) in walked)])
+            totals[page_id] += max([floor, *(token[c] for c in cells if int(c) in set(walked))])
     return totals
 
 
-def test_candidate_scores_follow_their_definition_in_postings_and_tail(tmp_path):
+@pytest.mark.parametrize("budget, max_cells", [(stage.WALK_BUDGET, stage.MAX_WALKED_CELLS), (2, 4096), (10**9, 16)])
+def test_candidate_scores_follow_their_definition_in_postings_and_tail(tmp_path, monkeypatch, budget, max_cells):
+    """With the default limits, with a postings budget that stops the walk after a few cells, and
+    with a cap on the cells walked."""
+    monkeypatch.setattr(stage, "WALK_BUDGET", budget)
+    monkeypatch.setattr(stage, "MAX_WALKED_CELLS", max_cells)
     rng = np.random.default_rng(2)
     pages = [_normalised(rng, int(rng.integers(5, 60)), 16) for _ in range(80)]
     candidates = CandidateIndex.train(pages)
@@ -162,6 +180,23 @@ def test_two_stage_reranks_exactly_and_covers_everything_when_asked(tmp_path):
     assert len(few) == 3 and all(abs(h.score - exact[h.page_id]) < 1e-4 for h in few)
 
 
+def test_two_stage_rescores_its_best_bfloat16_pages_exactly(tmp_path, monkeypatch):
+    """Every page reranked in bfloat16, the best 12 of them rescored in float32: the exact top 10."""
+    monkeypatch.setattr(scoring, "RESCORE_PAGES", 12)
+    rng = np.random.default_rng(5)
+    vectors, table = _build(tmp_path, rng, pages=90)
+    pages = vectors.read(table.offsets, table.counts)
+    candidates = CandidateIndex.train(pages)
+    candidates.add(table.page_ids.tolist(), pages)
+    candidates.rebuild(table.page_ids)
+    for _ in range(5):
+        query = _normalised(rng, 5, 16)
+        got = two_stage_top_k(query, 10, table, candidates, vectors, rerank=len(table))
+        expected = _reference_top(query, vectors, table, 10)
+        assert [h.page_id for h in got] == [page for page, _ in expected]
+        np.testing.assert_allclose([h.score for h in got], [score for _, score in expected], atol=1e-5)
+
+
 @pytest.fixture()
 def small_training(monkeypatch):
     """Train the candidate stage on tiny indexes, fold its tail often, rerank few pages."""
@@ -201,7 +236,9 @@ def test_random_histories_keep_search_right(tmp_path_factory, small_training, op
     if not live:
         return
     query = _normalised(rng, 3, 8)
-    stored = {(path, n + 1): page.astype(np.float16).astype(np.float32) for path, pages in live.items()
+    vectors = index.vectors  # the fast mode stores bfloat16: compare with the values it holds
+    assert vectors.vector_type == "bfloat16"
+    stored = {(path, n + 1): vectors.decode(vectors.encode(page)) for path, pages in live.items()
               for n, page in enumerate(pages)}
     expected = {key: float((query @ page.T).max(axis=1).sum()) for key, page in stored.items()}
     ranked = sorted(expected.items(), key=lambda item: -item[1])

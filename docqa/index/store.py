@@ -20,7 +20,6 @@ import sqlite_utils
 
 from ..errors import IndexCorruptError
 from ..sources import printable
-from .vectors import FILE_NAME as VECTOR_FILE
 
 DB_NAME = "docqa.db"
 SCHEMA_VERSION = 2
@@ -369,7 +368,8 @@ class Store:
         return int(self.get_meta("vector_epoch") or 0)
 
     def vector_file(self) -> str:
-        return self.get_meta("vector_file") or VECTOR_FILE
+        """The vector file's name since the last compaction ("" before any: the first file)."""
+        return self.get_meta("vector_file") or ""
 
     def set_offsets(self, moves: list[tuple[int, int]]) -> None:
         """Point pages (page id, new offset) at their rows in a new vector file (in a transaction)."""

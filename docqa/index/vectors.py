@@ -1,7 +1,10 @@
-"""Page multi-vectors on disk: one append-only file of float16 rows, addressed by row offset.
+"""Page multi-vectors on disk: one append-only file of 16-bit rows, addressed by row offset.
 
-This module is the only one that knows the file format, so the format can change (with a schema
-migration in store.py) without touching ingest or search.
+Rows are float16 (11 significant bits) or bfloat16 (8 significant bits, float32's exponent; stored
+as the top half of the float32 bits, rounded to nearest even), an index option fixed at creation.
+bfloat16 is there for speed: the CPU multiplies bfloat16 directly (AVX512-BF16), where float16 must
+first be converted. This module is the only one that knows the file format, so the format can change
+(with a schema migration in store.py) without touching ingest or search.
 """
 
 from __future__ import annotations
@@ -11,18 +14,37 @@ from pathlib import Path
 
 import numpy as np
 
-VECTOR_DTYPE = np.float16
-FILE_NAME = "vectors.f16"
+VECTOR_DTYPE = np.float16  # what float16 files hold (and the precision of embedding digests)
+VECTOR_TYPES = {"float16": "f16", "bfloat16": "bf16"}  # stored type -> file suffix
+
+
+def file_name(vector_type: str, epoch: int = 0) -> str:
+    """The vector file of an index's `epoch` (compaction writes the next epoch's file)."""
+    return f"vectors.{VECTOR_TYPES[vector_type]}" if epoch == 0 else f"vectors.{epoch}.{VECTOR_TYPES[vector_type]}"
+
+
+def to_bfloat16_bits(vectors: np.ndarray) -> np.ndarray:
+    """float32 values rounded to nearest even bfloat16, as uint16 bit patterns."""
+    bits = np.ascontiguousarray(vectors, dtype=np.float32).view(np.uint32)
+    return ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
+
+
+def from_bfloat16_bits(bits: np.ndarray) -> np.ndarray:
+    """uint16 bfloat16 bit patterns as float32 values (exact)."""
+    return (np.asarray(bits, dtype=np.uint32) << 16).view(np.float32)
 
 
 class VectorFile:
-    """Rows of `dim` float16 values. Writers append and `sync()` before committing the pages that
-    point at the new rows; readers only read rows that committed pages point at."""
+    """Rows of `dim` float16 or bfloat16 values (`vector_type`). Writers append and `sync()` before
+    committing the pages that point at the new rows; readers only read rows that committed pages
+    point at."""
 
-    def __init__(self, directory: Path, dim: int, name: str = FILE_NAME) -> None:
-        self.path = directory / name
+    def __init__(self, directory: Path, dim: int, name: str | None = None, vector_type: str = "float16") -> None:
+        self.vector_type = vector_type
+        self.path = directory / (name or file_name(vector_type))
         self.dim = dim
-        self._row_bytes = dim * np.dtype(VECTOR_DTYPE).itemsize
+        self._stored = VECTOR_DTYPE if vector_type == "float16" else np.uint16  # bfloat16 as its bits
+        self._row_bytes = dim * np.dtype(self._stored).itemsize
         self._appender = None
         self._mapped: np.ndarray | None = None  # reused while the file keeps its length
 
@@ -34,13 +56,14 @@ class VectorFile:
             return 0
 
     def append(self, vectors: np.ndarray) -> int:
-        """Append a (n, dim) array; returns the row offset of its first row."""
+        """Append a (n, dim) array (float values, or already `encode`d); returns the row offset of
+        its first row."""
         if vectors.ndim != 2 or vectors.shape[1] != self.dim:
             raise ValueError(f"expected (n, {self.dim}) vectors, got {vectors.shape}")
         if self._appender is None:
             self._appender = open(self.path, "ab")
         offset = self._appender.tell() // self._row_bytes
-        self._appender.write(np.ascontiguousarray(vectors, dtype=VECTOR_DTYPE).tobytes())
+        self._appender.write((vectors if vectors.dtype == self._stored else self.encode(vectors)).tobytes())
         return offset
 
     def sync(self, durable: bool = True) -> None:
@@ -59,37 +82,49 @@ class VectorFile:
                 handle.truncate(rows * self._row_bytes)
                 os.fsync(handle.fileno())
 
+    def encode(self, vectors: np.ndarray) -> np.ndarray:
+        """Values as this file stores them (float16, or bfloat16 bits)."""
+        if self.vector_type == "float16":
+            return np.ascontiguousarray(vectors, dtype=VECTOR_DTYPE)
+        return to_bfloat16_bits(vectors)
+
+    def decode(self, stored: np.ndarray) -> np.ndarray:
+        """Stored rows as float32 (exact)."""
+        if self.vector_type == "float16":
+            return np.asarray(stored, dtype=np.float32)
+        return from_bfloat16_bits(stored)
+
     def read(self, offsets: np.ndarray, counts: np.ndarray) -> list[np.ndarray]:
         """float32 copies of the row ranges [offset, offset + count)."""
         if len(offsets) == 0:
             return []
-        mapped = self._map()
-        return [np.asarray(mapped[o : o + c], dtype=np.float32) for o, c in zip(offsets, counts)]
+        mapped = self.mapped()
+        return [self.decode(mapped[o : o + c]) for o, c in zip(offsets, counts)]
 
-    def read_block(self, offsets: np.ndarray, counts: np.ndarray) -> np.ndarray:
-        """The row ranges [offset, offset + count), one after another, as one float32 array (one
-        gather and one conversion, much faster than page by page)."""
-        if len(offsets) == 0 or int(np.sum(counts)) == 0:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        counts = np.asarray(counts, dtype=np.int64)
-        starts = np.repeat(np.asarray(offsets, dtype=np.int64) - np.cumsum(counts) + counts, counts)
-        rows = starts + np.arange(int(counts.sum()))
-        return self._map()[rows].astype(np.float32)
+    def gather(self, offsets: np.ndarray, counts: np.ndarray, out: np.ndarray) -> None:
+        """Copy the row ranges [offset, offset + count), one after another, into `out` (as stored:
+        float16, or bfloat16 bits in uint16)."""
+        mapped = self.mapped()
+        row = 0
+        for offset, count in zip(np.asarray(offsets).tolist(), np.asarray(counts).tolist()):
+            out[row:row + count] = mapped[offset:offset + count]
+            row += count
 
     def read_rows(self, start: int, stop: int) -> np.ndarray:
         """float32 copy of rows [start, stop)."""
         if stop <= start:
             return np.zeros((0, self.dim), dtype=np.float32)
-        return np.asarray(self._map()[start:stop], dtype=np.float32)
+        return self.decode(self.mapped()[start:stop])
 
-    def _map(self) -> np.ndarray:
-        """The file's rows, memory-mapped once per file length (not once per read)."""
+    def mapped(self) -> np.ndarray:
+        """The file's rows as one (rows, dim) array, memory-mapped read-only once per file length
+        (not once per read)."""
         if self._appender is not None:
             self._appender.flush()
         rows = self.rows
         if self._mapped is None or len(self._mapped) != rows:
-            self._mapped = (np.memmap(self.path, dtype=VECTOR_DTYPE, mode="r", shape=(rows, self.dim))
-                            if rows else np.zeros((0, self.dim), dtype=VECTOR_DTYPE))
+            self._mapped = (np.memmap(self.path, dtype=self._stored, mode="r", shape=(rows, self.dim))
+                            if rows else np.zeros((0, self.dim), dtype=self._stored))
         return self._mapped
 
     def close(self) -> None:
