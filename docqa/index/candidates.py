@@ -56,7 +56,11 @@ class Codebook:
 
     def __init__(self, centroids: np.ndarray) -> None:
         self.centroids = np.ascontiguousarray(centroids, dtype=np.float32)  # (2, HALF_CENTROIDS, dim / 2)
-        self._half_norms = 0.5 * (self.centroids ** 2).sum(axis=2)
+        self._halves = []  # FAISS flat indexes of each half's centroids: assignment 3x faster than numpy
+        for half in self.centroids:
+            index = faiss.IndexFlatL2(half.shape[1])
+            index.add(half)
+            self._halves.append(index)
 
     @property
     def dim(self) -> int:
@@ -80,9 +84,9 @@ class Codebook:
         """The cell of each vector (nearest centroid per half, by Euclidean distance)."""
         vectors = np.asarray(vectors, dtype=np.float32)
         half = self.centroids.shape[2]
-        first = np.argmax(vectors[:, :half] @ self.centroids[0].T - self._half_norms[0], axis=1)
-        second = np.argmax(vectors[:, half:] @ self.centroids[1].T - self._half_norms[1], axis=1)
-        return (first * HALF_CENTROIDS + second).astype(np.int64)
+        _, first = self._halves[0].search(np.ascontiguousarray(vectors[:, :half]), 1)
+        _, second = self._halves[1].search(np.ascontiguousarray(vectors[:, half:]), 1)
+        return (first[:, 0] * HALF_CENTROIDS + second[:, 0]).astype(np.int64)
 
     def page_cells(self, pages: list[np.ndarray]) -> list[np.ndarray]:
         """The sorted distinct cells of each page, assigned in one pass over all their vectors."""
@@ -139,25 +143,25 @@ class CandidateIndex:
         return len(self.tail) > max(TAIL_MERGE_PAGES, self.base_pages // 10)
 
     def rebuild(self, live_ids: np.ndarray) -> None:
-        """Fold the tail into the postings, dropping pages not in `live_ids`."""
+        """Fold the tail into the postings, dropping pages not in `live_ids` (vectorised: at 100k
+        pages the postings hold ~30M entries)."""
         live = np.asarray(live_ids, dtype=np.int64)
-        self.pointers, self.ids = _postings(live, self._cells_of(live))
+        tail_ids = np.fromiter(self.tail, dtype=np.int64, count=len(self.tail))
+        size = int(max(live.max(initial=0), self.ids.max(initial=0), tail_ids.max(initial=0))) + 1
+        keep = np.zeros(size, dtype=bool)
+        keep[live] = True
+        kept = keep[self.ids]
+        base_cells = np.repeat(np.arange(CELLS, dtype=np.uint16), np.diff(self.pointers))[kept]
+        tail_lists = [cells for page_id, cells in self.tail.items() if keep[page_id]]
+        tail_owners = tail_ids[keep[tail_ids]]
+        cells = np.concatenate([base_cells, *tail_lists]) if tail_lists else base_cells
+        owners = np.concatenate([self.ids[kept], np.repeat(tail_owners, [len(c) for c in tail_lists])])
+        order = np.argsort(cells, kind="stable")  # uint16: a radix sort
+        self.pointers = np.concatenate([[0], np.cumsum(np.bincount(cells, minlength=CELLS))]).astype(np.int64)
+        self.ids = owners[order].astype(np.int32)
         self.base_pages = len(live)
         self.tail = {}
         self._tail_postings = None
-
-    def _cells_of(self, page_ids: np.ndarray) -> list[np.ndarray]:
-        """Each page's cells, from the tail or recovered from the postings."""
-        in_tail = [self.tail.get(int(page_id)) for page_id in page_ids]
-        missing = {int(page_id) for page_id, cells in zip(page_ids, in_tail) if cells is None}
-        recovered: dict[int, list[int]] = {page_id: [] for page_id in missing}
-        if missing:
-            wanted = np.isin(self.ids, np.fromiter(missing, dtype=np.int64))
-            cell_of_entry = np.repeat(np.arange(CELLS), np.diff(self.pointers))
-            for page_id, cell in zip(self.ids[wanted].tolist(), cell_of_entry[wanted].tolist()):
-                recovered[page_id].append(cell)
-        return [cells if cells is not None else np.array(sorted(recovered[int(page_id)]), dtype=np.uint16)
-                for page_id, cells in zip(page_ids, in_tail)]
 
     # --- searching --------------------------------------------------------------------------
     def approximate_scores(self, query: np.ndarray, page_ids: np.ndarray) -> np.ndarray:

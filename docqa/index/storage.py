@@ -24,7 +24,7 @@ import numpy as np
 
 from ..errors import IndexLockedError, IndexMismatchError, StorageFullError
 from . import candidates as stage
-from .threads import one_blas_thread, one_thread
+from .threads import one_thread
 from .candidates import CandidateIndex
 from .locking import WriteLock
 from .pooling import pool_tokens
@@ -34,6 +34,7 @@ from .store import NewPage, PageFilter, PageTable, Store
 from .vectors import VECTOR_TYPES, VectorFile, file_name
 
 MODES = ("fast", "exact")
+_ASSIGN_PAGES = 64  # pages whose vectors are assigned to cells at once when they are committed
 DEFAULT_VECTOR_TYPE = {"fast": "bfloat16", "exact": "float16"}
 
 
@@ -91,7 +92,6 @@ class IndexStorage:
         self.options = options
         self._vectors: VectorFile | None = None
         self._candidates: CandidateIndex | None = None
-        self._new_cells: dict[int, np.ndarray] = {}  # first vector row of an appended page -> its cells
         self._pages = 0  # committed pages, as of this writer's last look
         self._unsaved = False  # the candidate index in memory holds more than the one on disk
         self._depth = 0  # writing() is re-entrant: only the outermost call locks and recovers
@@ -121,7 +121,7 @@ class IndexStorage:
         lock = WriteLock(self.path)
         self._depth += 1
         try:
-            with one_blas_thread():
+            with one_thread():
                 self._recover()
                 yield
         except (OSError, sqlite3.OperationalError) as error:
@@ -179,7 +179,6 @@ class IndexStorage:
         elif current.rows < end:  # a power loss kept commits of a bulk session but not all their vectors
             with self.store.transaction():
                 self.store.delete_documents(self.store.documents_past_row(current.rows))
-        self._new_cells.clear()
         table = self.store.page_table()
         self._pages = len(table)
         self._current_candidates(table, current)
@@ -192,12 +191,8 @@ class IndexStorage:
         to commit. With a pool factor, similar vectors are merged first (so fewer are stored)."""
         if self.options.pool_factor > 1:
             vectors = pool_tokens(vectors, self.options.pool_factor)
-        stored = self.vectors.encode(vectors)
-        offset = self.vectors.append(stored)
-        stored = self.vectors.decode(stored)  # the values search sees
-        if self._candidates is not None:
-            self._new_cells[offset] = self._candidates.codebook.page_cells([stored])[0]
-        return NewPage(number, width, height, offset, len(stored))
+        offset = self.vectors.append(vectors)
+        return NewPage(number, width, height, offset, len(vectors))
 
     def commit_document(self, path: Path, *, sha256: str, size: int, mtime: float, kind: str,
                         pages: list[NewPage], metadata: dict | None = None) -> int:
@@ -233,13 +228,16 @@ class IndexStorage:
                 self._candidates = self._trained(self.store.page_table(), self.vectors)
                 self._save_candidates()
             return
-        cells = {offset: self._new_cells.pop(offset) for _, offset, _ in added if offset in self._new_cells}
-        unknown = [(offset, count) for _, offset, count in added if offset not in cells]
-        if unknown:
-            offsets, counts = (np.array(column) for column in zip(*unknown))
-            cells.update(zip(offsets.tolist(), candidates.codebook.page_cells(self.vectors.read(offsets, counts))))
-        page_ids = [page_id for page_id, _, _ in added]
-        page_cells = [cells[offset] for _, offset, _ in added]
+        if not added:
+            return
+        # Cells come from the stored values (what search sees), a batch of pages at a time: FAISS
+        # assigns many vectors at once several times faster than one page's.
+        page_ids, offsets, counts = (np.array(column, dtype=np.int64) for column in zip(*added))
+        page_cells = []
+        for start in range(0, len(added), _ASSIGN_PAGES):
+            part = slice(start, start + _ASSIGN_PAGES)
+            page_cells += candidates.codebook.page_cells(self.vectors.read(offsets[part], counts[part]))
+        page_ids = page_ids.tolist()
         for page_id, one in zip(page_ids, page_cells):
             candidates.put(page_id, one)
         if candidates.needs_rebuild():
@@ -322,7 +320,7 @@ class IndexStorage:
                page_filter: PageFilter | None = None) -> list[ScoredPage]:
         """The k best pages for a (n_tokens, dim) query: exact MaxSim over every page (`exact`, exact
         mode, small or selectively filtered sets), else over the candidate stage's best pages."""
-        with one_thread():
+        with one_thread(with_torch=True):
             return self._search(query, k, exact, rerank or scoring.RERANK_PAGES, page_filter)
 
     def _search(self, query: np.ndarray, k: int, exact: bool, rerank: int,

@@ -1,34 +1,38 @@
-"""Thread limits for the index's products.
+"""Thread limits for the index's work.
 
 The products here are small (a page's vectors against 256 half-centroids, a query against a chunk of
 a few dozen pages), and thread pools cost more than they save on them when another process wants a
 core: on the 2-core dev machine, assigning one page's vectors took 0.3 ms on one thread and 40 ms
 with two OpenBLAS threads; a search of 100,000 pages took 42.5 ms (p50) with torch on one thread
 and 145 ms with its two OpenMP threads while another process kept one core busy. Indexing and
-search therefore run on one thread each; concurrent searches use the cores instead.
+search therefore run on one thread each; concurrent searches use the cores instead. The limits
+hold for the calling thread's OpenMP work (its thread count is per thread), so a model running in
+another thread keeps its own; OpenBLAS's count is process-wide.
 """
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager
+from collections.abc import Iterator
+from contextlib import contextmanager
 
+import faiss
 from threadpoolctl import ThreadpoolController
 
-_blas = ThreadpoolController()
-_everything: ThreadpoolController | None = None
+_controllers: dict[bool, ThreadpoolController] = {}
 
 
-def one_blas_thread() -> AbstractContextManager:
-    """A context in which numpy's BLAS uses a single thread (torch is not imported for it)."""
-    return _blas.limit(limits=1, user_api="blas")
-
-
-def one_thread() -> AbstractContextManager:
-    """A context in which numpy's BLAS and torch's OpenMP pool use a single thread (in the calling
-    thread: OpenMP's thread count is per thread, so other threads' model work keeps its own)."""
-    global _everything
-    if _everything is None:
-        import torch  # noqa: F401  loads torch's OpenMP runtime, so the controller finds it
-
-        _everything = ThreadpoolController()
-    return _everything.limit(limits=1)
+@contextmanager
+def one_thread(*, with_torch: bool = False) -> Iterator[None]:
+    """A context in which numpy's BLAS and FAISS use a single thread, and torch's OpenMP pool too
+    when `with_torch` (which imports torch: writing does without it, so `remove` stays light)."""
+    if with_torch not in _controllers:
+        if with_torch:
+            import torch  # noqa: F401  loads torch's OpenMP runtime, so the controller finds it
+        _controllers[with_torch] = ThreadpoolController()
+    faiss_threads = faiss.omp_get_max_threads()  # FAISS keeps its own count (threadpoolctl's limit misses it)
+    faiss.omp_set_num_threads(1)
+    try:
+        with _controllers[with_torch].limit(limits=1):
+            yield
+    finally:
+        faiss.omp_set_num_threads(faiss_threads)
