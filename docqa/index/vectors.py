@@ -104,7 +104,7 @@ class VectorFile:
     def gather(self, offsets: np.ndarray, counts: np.ndarray, out: np.ndarray) -> None:
         """Copy the row ranges [offset, offset + count), one after another, into `out` (as stored:
         float16, or bfloat16 bits in uint16)."""
-        mapped = self.mapped()
+        mapped = self.mapped().view(np.ndarray)  # slices of a plain array: no memmap object per page
         row = 0
         for offset, count in zip(np.asarray(offsets).tolist(), np.asarray(counts).tolist()):
             out[row:row + count] = mapped[offset:offset + count]
