@@ -373,9 +373,10 @@ class DocIndex:
                           where: dict | None = None, path: str | None = None) -> list[Hit]:
         """The k pages with the highest MaxSim for a (n_tokens, dim) query multi-vector, best first.
 
-        Scores are exact MaxSim. In the default "fast" mode an index of more than a thousand pages
-        reranks the candidate stage's best `rerank` pages (default RERANK_PAGES; more costs time and
-        finds more of the exact top k); `exact` scores every page by brute force. `where` keeps documents whose metadata
+        Scores are exact MaxSim of the stored vectors. In the default "fast" mode an index of more
+        than a thousand pages reranks the candidate stage's best `rerank` pages (default
+        RERANK_PAGES; more costs time and finds more of the exact top k); `exact` scores every page
+        by brute force. `where` keeps documents whose metadata
         has every given key=value; `path` keeps documents whose path matches the glob. A filtered
         search returns k pages whenever k pages match.
         """

@@ -99,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--exact", action="store_true",
                         help="score every page by brute-force MaxSim instead of using the candidate index")
     search.add_argument("--rerank", type=_positive_int, metavar="N", help="fast mode: rerank the candidate "
-                        "stage's best N pages exactly (default 512; more finds more of the exact top k, slower)")
+                        "stage's best N pages (default 1536; more finds more of the exact top k, slower)")
     _add_filter_options(search)
     _add_shard_options(search)
     _add_engine_option(search, "the query encoder (must be the index's)")

@@ -96,6 +96,7 @@ class IndexStorage:
         self._unsaved = False  # the candidate index in memory holds more than the one on disk
         self._depth = 0  # writing() is re-entrant: only the outermost call locks and recovers
         self._durable = True  # every commit survives power loss (see bulk())
+        self._live_rows: int | None = None  # vector rows committed pages use, kept during a write session
 
     # --- vectors ----------------------------------------------------------------------------
     @property
@@ -133,6 +134,7 @@ class IndexStorage:
             ) from error
         finally:
             self._depth -= 1
+            self._live_rows = None
             if self._vectors is not None:
                 self._vectors.close()
             lock.close()
@@ -167,6 +169,7 @@ class IndexStorage:
         """Drop vector rows past the last commit and files no commit names, then bring the
         candidate index up to the committed pages (and compact if garbage has piled up)."""
         if self.dim is None:  # nothing was ever added
+            self._live_rows = 0
             return
         current = self.vectors
         for stale in [*self.path.glob(".candidates-*.tmp"), *self.path.glob("vectors*f16"),
@@ -181,6 +184,7 @@ class IndexStorage:
                 self.store.delete_documents(self.store.documents_past_row(current.rows))
         table = self.store.page_table()
         self._pages = len(table)
+        self._live_rows = int(table.counts.sum())
         self._current_candidates(table, current)
         if self._unsaved:
             self._save_candidates()
@@ -205,6 +209,8 @@ class IndexStorage:
             )
             added = self.store.pages_of(document_id)
         self._pages += len(added) - len(replaced)
+        if self._live_rows is not None:
+            self._live_rows += sum(count for _, _, count in added) - sum(count for _, count in replaced)
         self._index_committed(added)
         return document_id
 
@@ -214,6 +220,8 @@ class IndexStorage:
         with self.store.transaction():
             ranges = self.store.delete_documents(document_ids)
         self._pages -= len(ranges)
+        if self._live_rows is not None:
+            self._live_rows -= sum(count for _, count in ranges)
         return len(document_ids)
 
     def _index_committed(self, added: list[tuple[int, int, int]]) -> None:
@@ -312,7 +320,7 @@ class IndexStorage:
     def compact_if_wasteful(self, ratio: float = 0.25) -> int:
         """Compact (inside a write) when more than `ratio` of the vector rows are garbage."""
         rows = self.vectors.rows
-        live = self.store.vector_rows()
+        live = self.store.vector_rows() if self._live_rows is None else self._live_rows  # a SUM over every page
         return self.compact() if rows and (rows - live) > ratio * rows else 0
 
     # --- reading ----------------------------------------------------------------------------
