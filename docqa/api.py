@@ -36,7 +36,7 @@ from .index.search import ScoredPage
 from .index.storage import IndexOptions, IndexStorage
 from .ingest import IngestReport, run_ingest
 from .index.store import DB_NAME, DocumentRecord, NewPage, PageFilter, Store, check_metadata_key
-from .index.vectors import VECTOR_DTYPE, VectorFile
+from .index.vectors import VectorFile, to_bfloat16_bits
 
 if TYPE_CHECKING:  # the model stack is imported where a model is loaded: `info` and `remove` never need it
     from .encoders import EncoderStamp, Retriever
@@ -351,7 +351,7 @@ class DocIndex:
             digest = hashlib.sha256()
             new_pages = []
             for number, vectors in enumerate(arrays, start=1):
-                digest.update(np.ascontiguousarray(vectors, dtype=VECTOR_DTYPE).tobytes())
+                digest.update(to_bfloat16_bits(vectors).tobytes())  # a fingerprint: bfloat16 is cheap to make
                 new_pages.append(self.add_page(number, 0, 0, vectors))
             document_id = self.commit_document(Path(path), sha256=digest.hexdigest(), size=0, mtime=time.time(),
                                                kind=EMBEDDINGS_KIND, pages=new_pages, metadata=metadata)

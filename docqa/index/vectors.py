@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-VECTOR_DTYPE = np.float16  # what float16 files hold (and the precision of embedding digests)
+VECTOR_DTYPE = np.float16  # what float16 files hold
 VECTOR_TYPES = {"float16": "f16", "bfloat16": "bf16"}  # stored type -> file suffix
 
 
