@@ -24,6 +24,7 @@ from .store import PageTable
 from .vectors import VectorFile
 
 _CHUNK_ROWS = 1 << 14  # vector rows scored per product: buffers of ~10 MB, which stay in cache
+_SHAPE_STEP = 1 << 10  # smaller buffers are a multiple of this many rows
 RERANK_PAGES = 1536  # pages scored in bfloat16 after the candidate stage; see README for the trade-off
 RESCORE_PAGES = 64  # the best of those (at least 4 k) rescored exactly
 
@@ -47,14 +48,15 @@ def page_scores(query: np.ndarray, table: PageTable, vectors: VectorFile, *, bfl
         return scores
     dtype = torch.bfloat16 if bfloat16 else torch.float32
     query_t = torch.from_numpy(np.ascontiguousarray(query, dtype=np.float32)).to(dtype)
-    rows = int(min(counts.sum(), max(chunk_rows, counts.max())))
-    stored = np.empty((rows, vectors.dim), dtype=vectors.mapped().dtype)
+    # Buffers (zeroed: stale garbage could hold slow denormals) of a few fixed sizes, see below.
+    rows = int(max(min(-(-int(counts.sum()) // _SHAPE_STEP) * _SHAPE_STEP, chunk_rows), counts.max()))
+    stored = np.zeros((rows, vectors.dim), dtype=vectors.mapped().dtype)
     raw = torch.from_numpy(stored)
     if vectors.vector_type == "bfloat16":
         raw = raw.view(torch.bfloat16)  # the file's uint16 bits are bfloat16 values
-    block = raw if raw.dtype == dtype else torch.empty((rows, vectors.dim), dtype=dtype)
+    block = raw if raw.dtype == dtype else torch.zeros((rows, vectors.dim), dtype=dtype)
     # float16 reaches bfloat16 through float32: torch's direct conversion is scalar (6x slower)
-    widened = torch.empty((rows, vectors.dim), dtype=torch.float32) if raw.dtype == torch.float16 and bfloat16 else None
+    widened = torch.zeros((rows, vectors.dim), dtype=torch.float32) if raw.dtype == torch.float16 and bfloat16 else None
     products = torch.empty((len(query_t), rows), dtype=dtype)
     similarities = torch.empty((len(query_t), rows), dtype=torch.float32) if bfloat16 else products
     ends = np.cumsum(counts)
@@ -71,7 +73,9 @@ def page_scores(query: np.ndarray, table: PageTable, vectors: VectorFile, *, bfl
                 block[:n].copy_(widened[:n])
             elif block is not raw:
                 block[:n].copy_(raw[:n])
-            torch.mm(query_t, block[:n].T, out=products[:, :n])
+            # Every product has the buffer's full shape (rows past n are stale and ignored): oneDNN
+            # keeps a compiled kernel per shape, and one shape per chunk length held ~180 MB at 10k pages.
+            torch.mm(query_t, block.T, out=products)
             if bfloat16:
                 similarities[:, :n].copy_(products[:, :n])
             present = part > 0
