@@ -190,15 +190,19 @@ def answer_section(work: Path, args) -> None:
     question = "What is the total amount due?"
     ttft: dict[str, float] = {name: float("inf") for name in options}
     decode: dict[str, float] = {name: float("inf") for name in options}
-    for _ in range(args.repeats):
-        for name, generator in options.items():
-            inputs = generator.prepare(Conversation(), question, shown)
-            with torch.inference_mode():
+    state: dict[str, tuple] = {}  # per option: (cache, last token, attention mask) after its prefill
+    with torch.inference_mode():
+        for _ in range(args.repeats):
+            for name, generator in options.items():
+                inputs = generator.prepare(Conversation(), question, shown)
                 started = time.perf_counter()
                 out = generator.model(**inputs, use_cache=True, logits_to_keep=1)
                 ttft[name] = min(ttft[name], time.perf_counter() - started)
-                cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
-                mask = inputs["attention_mask"]
+                state[name] = (out.past_key_values, out.logits[:, -1:].argmax(-1), inputs["attention_mask"])
+        # decoding in short blocks, the options taking turns, so load from other users hits both alike
+        for _ in range(args.repeats * 4):
+            for name, generator in options.items():
+                cache, token, mask = state[name]
                 started = time.perf_counter()
                 for _ in range(args.tokens):
                     mask = torch.cat([mask, torch.ones_like(token)], dim=1)
@@ -206,9 +210,10 @@ def answer_section(work: Path, args) -> None:
                                           use_cache=True, logits_to_keep=1)
                     cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
                 decode[name] = min(decode[name], (time.perf_counter() - started) / args.tokens)
+                state[name] = (cache, token, mask)
     base = "torch fp32 eager"
-    print(f"\nanswer model: SmolVLM {args.answer_size} (random weights), 1 page at 1024 px, "
-          f"min of {args.repeats} interleaved")
+    print(f"\nanswer model: SmolVLM {args.answer_size} (random weights), 1 page at 1024 px, prefill min of "
+          f"{args.repeats} interleaved, decode min of {args.repeats * 4} interleaved blocks of {args.tokens} tokens")
     print("| option | prefill (TTFT) s | speed-up | decode tok/s | speed-up |\n|---|---|---|---|---|")
     for name in options:
         print(f"| {name} | {ttft[name]:.2f} | {ttft[base] / ttft[name]:.2f}x | {1 / decode[name]:.1f} | "
@@ -239,7 +244,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--corpus", type=int, default=200)
-    parser.add_argument("--tokens", type=int, default=16)
+    parser.add_argument("--tokens", type=int, default=8, help="decode tokens per timed block")
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--answer-size", default="real", choices=["real", "real500m"])
     parser.add_argument("--retriever", help="a real-size checkpoint folder to reuse (else built here)")

@@ -119,6 +119,7 @@ def child(request: dict) -> None:
                            (2, request["err"], os.O_WRONLY | os.O_CREAT)):
         os.dup2(os.open(path, mode, 0o600), fd)
     sys.stdin = open(0, closefd=False)  # the request's stdin, not the protocol pipe
+    os.environ.update(request.get("env", {}))
     stage = request["stage"]
     if stage == "render":
         slow_render()

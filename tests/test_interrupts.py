@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from docqa.answer import Generator
+from docqa.engines import openvino_missing
 from documents import make_image, make_pdf
 
 HERE = Path(__file__).resolve().parent
@@ -32,12 +34,14 @@ class Harness:
     def _reply(self) -> dict:
         return json.loads(self.process.stdout.readline())
 
-    def interrupt(self, workdir: Path, stage: str, argv: list[str], stdin: str = "", signals: int = 1):
-        """Run `docqa argv`, wait for `stage`, send SIGINT (`signals` times, 0.1 s apart).
+    def interrupt(self, workdir: Path, stage: str, argv: list[str], stdin: str = "", signals: int = 1,
+                  env: dict[str, str] | None = None):
+        """Run `docqa argv` (with `env` added to its environment), wait for `stage`, send SIGINT
+        (`signals` times, 0.1 s apart).
 
         Returns (exit status, seconds from the first SIGINT to the exit, stdout, stderr)."""
         out, err = workdir / f"{stage}.out", workdir / f"{stage}.err"
-        request = {"stage": stage, "argv": argv, "stdin": stdin, "out": str(out), "err": str(err)}
+        request = {"stage": stage, "argv": argv, "stdin": stdin, "out": str(out), "err": str(err), "env": env or {}}
         self.process.stdin.write(json.dumps(request) + "\n")
         self.process.stdin.flush()
         pid = self._reply()["pid"]
@@ -105,6 +109,21 @@ def test_question_commands_stop_within_2_s(harness, setup, tmp_path, command, st
     status, elapsed, out, err = harness.interrupt(tmp_path, stage, argv, stdin)
     _assert_clean_stop(status, elapsed, err, "docqa: interrupted")
     if stage == "decode" and command != "chat":
+        assert out.strip(), "the answer was streaming when Ctrl-C came"
+
+
+@pytest.mark.skipif(openvino_missing() is not None, reason=str(openvino_missing()))
+@pytest.mark.parametrize("stage", ["prefill", "decode"])
+def test_answers_on_the_openvino_engine_stop_within_2_s(harness, setup, tmp_path_factory, tmp_path, stage):
+    """The fast engine's vision encoder (OpenVINO) and int8 decoder stop on Ctrl-C like torch's do."""
+    argv, _ = _argv("describe", setup)
+    cache = {"DOCQA_CACHE": str(setup["root"] / "engine-cache")}
+    with pytest.MonkeyPatch.context() as patch:  # convert here first: the child's stderr is then only its own
+        patch.setenv("DOCQA_CACHE", cache["DOCQA_CACHE"])
+        Generator.load(setup["answerer"], device="cpu", engine="openvino")
+    status, elapsed, out, err = harness.interrupt(tmp_path, stage, [*argv, "--engine", "openvino"], env=cache)
+    _assert_clean_stop(status, elapsed, err, "docqa: interrupted")
+    if stage == "decode":
         assert out.strip(), "the answer was streaming when Ctrl-C came"
 
 
