@@ -556,8 +556,22 @@ def main() -> None:
         return
     print()
     print(table(report["rows"]))
+    for line in versus_fastplaid(report["rows"]):
+        print(line)
     for line in report["skipped"]:
         print(f"skipped: {line}")
+
+
+def versus_fastplaid(rows: list[dict]) -> list[str]:
+    """docqa's default mode against fast-plaid at each size both ran: the p50 ratio and both recalls."""
+    lines = []
+    for plaid in (row for row in rows if row["method"].startswith("fast-plaid")):
+        ours = next((row for row in rows if row["pages"] == plaid["pages"] and row["method"].startswith("docqa:")), None)
+        if ours is not None:
+            lines.append(f"{ours['method']} vs {plaid['method']} at {plaid['pages']:,} pages: p50 {ours['p50_ms']:,.1f} vs "
+                         f"{plaid['p50_ms']:,.1f} ms ({plaid['p50_ms'] / ours['p50_ms']:.1f}x faster), recall@10 "
+                         f"{ours['recall_at_10']:.3f} vs {plaid['recall_at_10']:.3f}")
+    return lines
 
 
 if __name__ == "__main__":
