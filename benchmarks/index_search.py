@@ -223,7 +223,7 @@ def _document_path(first_page: int) -> str:
     return f"doc-{first_page:07d}.pdf"
 
 
-def docqa_serve(folder: str, queries: np.ndarray, exact: bool, budget_s: float) -> dict:
+def docqa_serve(folder: str, queries: np.ndarray, exact: bool, budget_s: float, rerank: int | None = None) -> dict:
     import torch  # noqa: F401  search's products run in torch; like docqa, a library, not the index
     from docqa.api import DocIndex  # imported before the baseline: the library is not the index
 
@@ -234,7 +234,7 @@ def docqa_serve(folder: str, queries: np.ndarray, exact: bool, budget_s: float) 
     warm_page_cache(index.vectors.path)
 
     def search(query: np.ndarray) -> list[int]:
-        hits = index.search_embeddings(query, k=10, exact=exact)
+        hits = index.search_embeddings(query, k=10, exact=exact, rerank=rerank)
         return [int(Path(hit.path).stem.split("-")[1]) + hit.page - 1 for hit in hits]
 
     latencies, results = time_queries(search, queries, budget_s)
@@ -462,6 +462,8 @@ def main() -> None:
                         help="seconds of timed queries per slow method and size (at least 5 queries)")
     parser.add_argument("--sanity-pages", type=int, default=2000,
                         help="pages for the structured-vs-iid threshold-search check (0: skip)")
+    parser.add_argument("--rerank", type=int, nargs="*", default=[], metavar="N",
+                        help="also time the first mode's index with search_embeddings(rerank=N), one row each")
     parser.add_argument("--keep-indexes", action="store_true")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     args = parser.parse_args()
@@ -523,18 +525,22 @@ def main() -> None:
                 folder = index_root / f"{name}-{pages}"
                 built: dict = {}
 
-                def build_and_serve(exact: bool, folder=folder, options=options, built=built):
+                def build_and_serve(exact: bool, rerank: int | None = None, folder=folder, options=options,
+                                    built=built):
                     if not built:
                         shutil.rmtree(folder, ignore_errors=True)
                         folder.parent.mkdir(parents=True, exist_ok=True)
                         built.update(in_fresh_process(docqa_build, corpus_args, str(folder), options))
-                    served = in_fresh_process(docqa_serve, str(folder), queries, exact, args.budget)
-                    return {**built, **served}, json.dumps(options) if options and not exact else ""
+                    served = in_fresh_process(docqa_serve, str(folder), queries, exact, args.budget, rerank)
+                    plain = options and not exact and rerank is None
+                    return {**built, **served}, json.dumps(options) if plain else ""
 
                 if "docqa" in args.methods:
                     add(f"docqa:{name}", lambda: build_and_serve(False))
                 if "exact" in args.methods and position == 0:
                     add(f"docqa:{name} --exact", lambda: build_and_serve(True))
+                for rerank in args.rerank if position == 0 else []:
+                    add(f"docqa:{name} --rerank {rerank}", lambda rerank=rerank: build_and_serve(False, rerank))
                 if not args.keep_indexes:
                     shutil.rmtree(folder, ignore_errors=True)
         if in_main and "brute" in args.methods:
