@@ -2,15 +2,16 @@
 
 A page's score is MaxSim: the sum over query tokens of the best dot product with any of the page's
 vectors. `brute_force_top_k` scores every page of a page table exactly (float32 products of the
-stored float16 vectors). `two_stage_top_k` asks the candidate index (candidates.py) for the pages
-with the best approximate scores, scores those in bfloat16, and rescores the best of them exactly:
-the scores it returns are exact, the set of pages considered is not.
+stored vectors). `two_stage_top_k` asks the candidate index (candidates.py) for the pages with the
+best approximate scores, scores those in bfloat16, and rescores the best of them exactly: the scores
+it returns are exact, the set of pages considered is not.
 
 Pages are scored a chunk of rows at a time through torch, into buffers allocated once per call:
 torch converts float16 to float32 with vector instructions (numpy converts one value at a time, 8x
-slower here), and its bfloat16 products use the CPU's bf16 dot-product instructions (AVX512-BF16):
-on the 2-core dev machine, 1,536 pages of 356 x 128 vectors took 49 ms in float32 and 32 ms in
-bfloat16 on one thread, where numpy took about 60 ms per 512 pages.
+slower here), and its bfloat16 products use the CPU's bf16 dot-product instructions (AVX512-BF16).
+On the 2-core dev machine (one thread, another process busy), 1,536 pages of 356 x 128 vectors took
+49 ms in float32 and 32 ms in bfloat16 from float16 storage, 21 ms from bfloat16 storage; numpy
+took about 60 ms per 512 pages.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def page_scores(query: np.ndarray, table: PageTable, vectors: VectorFile, *, bfl
     query_t = torch.from_numpy(np.ascontiguousarray(query, dtype=np.float32)).to(dtype)
     # Buffers (zeroed: stale garbage could hold slow denormals) of a few fixed sizes, see below.
     rows = int(max(min(-(-int(counts.sum()) // _SHAPE_STEP) * _SHAPE_STEP, chunk_rows), counts.max()))
-    stored = np.zeros((rows, vectors.dim), dtype=vectors.mapped().dtype)
+    stored = np.zeros((rows, vectors.dim), dtype=vectors.stored_dtype)
     raw = torch.from_numpy(stored)
     if vectors.vector_type == "bfloat16":
         raw = raw.view(torch.bfloat16)  # the file's uint16 bits are bfloat16 values

@@ -43,8 +43,8 @@ class VectorFile:
         self.vector_type = vector_type
         self.path = directory / (name or file_name(vector_type))
         self.dim = dim
-        self._stored = VECTOR_DTYPE if vector_type == "float16" else np.uint16  # bfloat16 as its bits
-        self._row_bytes = dim * np.dtype(self._stored).itemsize
+        self.stored_dtype = VECTOR_DTYPE if vector_type == "float16" else np.uint16  # bfloat16 as its bits
+        self._row_bytes = dim * np.dtype(self.stored_dtype).itemsize
         self._appender = None
         self._mapped: np.ndarray | None = None  # reused while the file keeps its length
 
@@ -56,14 +56,13 @@ class VectorFile:
             return 0
 
     def append(self, vectors: np.ndarray) -> int:
-        """Append a (n, dim) array (float values, or already `encode`d); returns the row offset of
-        its first row."""
+        """Append a (n, dim) array of float values; returns the row offset of its first row."""
         if vectors.ndim != 2 or vectors.shape[1] != self.dim:
             raise ValueError(f"expected (n, {self.dim}) vectors, got {vectors.shape}")
         if self._appender is None:
             self._appender = open(self.path, "ab")
         offset = self._appender.tell() // self._row_bytes
-        self._appender.write((vectors if vectors.dtype == self._stored else self.encode(vectors)).tobytes())
+        self._appender.write(self.encode(vectors).tobytes())
         return offset
 
     def sync(self, durable: bool = True) -> None:
@@ -123,8 +122,8 @@ class VectorFile:
             self._appender.flush()
         rows = self.rows
         if self._mapped is None or len(self._mapped) != rows:
-            self._mapped = (np.memmap(self.path, dtype=self._stored, mode="r", shape=(rows, self.dim))
-                            if rows else np.zeros((0, self.dim), dtype=self._stored))
+            self._mapped = (np.memmap(self.path, dtype=self.stored_dtype, mode="r", shape=(rows, self.dim))
+                            if rows else np.zeros((0, self.dim), dtype=self.stored_dtype))
         return self._mapped
 
     def close(self) -> None:
