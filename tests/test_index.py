@@ -164,13 +164,19 @@ def test_torn_or_foreign_logs_are_ignored(tmp_path):
     assert CandidateIndex.load(tmp_path, 16) is None
 
 
-def test_two_stage_reranks_exactly_and_covers_everything_when_asked(tmp_path):
-    rng = np.random.default_rng(4)
-    vectors, table = _build(tmp_path, rng, pages=90)
-    pages = vectors.read(table.offsets, table.counts)
-    candidates = CandidateIndex.train(pages)
-    candidates.add(table.page_ids.tolist(), pages)
+def _with_candidates(tmp_path, rng, pages: int):
+    """A vector file of `pages` random pages with a candidate index holding all of them."""
+    vectors, table = _build(tmp_path, rng, pages=pages)
+    stored = vectors.read(table.offsets, table.counts)
+    candidates = CandidateIndex.train(stored)
+    candidates.add(table.page_ids.tolist(), stored)
     candidates.rebuild(table.page_ids)
+    return vectors, table, candidates
+
+
+def test_two_stage_reranks_exactly_and_covers_everything_when_asked(tmp_path):
+    vectors, table, candidates = _with_candidates(tmp_path, np.random.default_rng(4), pages=90)
+    rng = np.random.default_rng(40)
     query = _normalised(rng, 5, 16)
     everything = two_stage_top_k(query, 10, table, candidates, vectors, rerank=len(table))
     assert [(h.page_id, round(h.score, 4)) for h in everything] == [
@@ -183,12 +189,8 @@ def test_two_stage_reranks_exactly_and_covers_everything_when_asked(tmp_path):
 def test_two_stage_rescores_its_best_bfloat16_pages_exactly(tmp_path, monkeypatch):
     """Every page reranked in bfloat16, the best 12 of them rescored in float32: the exact top 10."""
     monkeypatch.setattr(scoring, "RESCORE_PAGES", 12)
-    rng = np.random.default_rng(5)
-    vectors, table = _build(tmp_path, rng, pages=90)
-    pages = vectors.read(table.offsets, table.counts)
-    candidates = CandidateIndex.train(pages)
-    candidates.add(table.page_ids.tolist(), pages)
-    candidates.rebuild(table.page_ids)
+    vectors, table, candidates = _with_candidates(tmp_path, np.random.default_rng(5), pages=90)
+    rng = np.random.default_rng(50)
     for _ in range(5):
         query = _normalised(rng, 5, 16)
         got = two_stage_top_k(query, 10, table, candidates, vectors, rerank=len(table))
