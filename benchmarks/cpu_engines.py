@@ -1,11 +1,12 @@
 """CPU engines side by side: fp32 eager torch vs each engine option, at real size (random weights).
 
 Sections (pick with --only): ``retriever`` (ColModernVBert, pages/s and per-vector cosine vs fp32
-at the same edge and batch), ``topk`` (tiny checkpoint, top-10 overlap over --corpus pages),
-``answer`` (SmolVLM TTFT and decode tokens/s), ``agreement`` (tiny SmolVLM, top-1 agreement over
-greedy steps, teacher-forced on the fp32 sequence), ``ingest`` (end-to-end ingest pages/s vs pure
-forward pages/s of the same engine, and the batch-1 no-overlap way). Timed runs are interleaved
-(A B C A B C ...) and the minimum is reported, so load from other users hits every option alike.
+at the same edge and batch), ``vision`` (the vision encoder alone, every OpenVINO recipe), ``topk``
+(--topk-size checkpoint, top-10 overlap over --corpus pages, with noise controls), ``answer``
+(SmolVLM TTFT and decode tokens/s), ``agreement`` (tiny SmolVLM, top-1 agreement over greedy
+steps, teacher-forced on the fp32 sequence). Timed runs are interleaved (A B C A B C ...) and the
+minimum is reported, so load from other users hits every option alike. Ingest against the pure
+forward pass: benchmarks/ingest_speed.py; ingest memory: benchmarks/ingest_memory.py.
 
     python benchmarks/cpu_engines.py --only retriever answer
 """
@@ -161,25 +162,70 @@ def vision_section(work: Path, args) -> None:
         print(f"| {name} | {seconds:.2f} | {base / seconds:.2f}x | {fidelity[name]:.4f} |", flush=True)
 
 
+def openvino_retriever(folder: Path, edge: int, vision: str) -> Retriever:
+    """The retriever on the openvino engine with its vision encoder quantized as ``vision``
+    ("static": the docqa engine; "weights": int8 weights only, f32 compute)."""
+    from docqa.engines.openvino import OpenVINOEngine
+
+    retriever = Retriever.load(str(folder), device="cpu", engine="torch", image_edge=edge)
+    OpenVINOEngine(retriever_vision=vision).prepare_retriever(
+        retriever._model, "colmodernvbert", retriever.processor, str(folder), edge)
+    return retriever
+
+
 def topk_section(work: Path, args) -> None:
-    folder = build_retriever_checkpoint("colmodernvbert", work / "tiny-retriever")
+    """Same top-10 pages as fp32? With two controls that separate quantization damage from near-tied
+    scores: how far apart the 10th and 11th pages' fp32 scores are against how much the engine moves
+    a score, and the same check for fp32 vectors with random noise of the engine's own cosine."""
+    folder = Path(args.retriever) if args.retriever else build_retriever_checkpoint(
+        "colmodernvbert", work / f"topk-{args.topk_size}", size=args.topk_size)
     fp32 = Retriever.load(str(folder), device="cpu", engine="torch", image_edge=args.edge)
-    fast = Retriever.load(str(folder), device="cpu", engine="openvino", image_edge=args.edge)
+    options = {"openvino engine (vision static int8)": openvino_retriever(folder, args.edge, "static"),
+               "openvino vision int8 weights only": openvino_retriever(folder, args.edge, "weights")}
     corpus = pages(args.corpus, args.edge)
-    a, b = [], []
-    for start in range(0, len(corpus), 8):
-        a += fp32.encode_pages(corpus[start:start + 8])
-        b += fast.encode_pages(corpus[start:start + 8])
-    qa, qb = fp32.encode_queries(QUERIES), fast.encode_queries(QUERIES)
+    reference = [v for start in range(0, len(corpus), 8) for v in fp32.encode_pages(corpus[start:start + 8])]
+    queries = fp32.encode_queries(QUERIES)
 
-    def top10(query: np.ndarray, docs: list[np.ndarray]) -> list[int]:
-        scores = [float((query @ d.T).max(axis=1).sum()) for d in docs]
-        return list(np.argsort(scores)[::-1][:10])
+    def scores(qs: list[np.ndarray], docs: list[np.ndarray]) -> np.ndarray:
+        return np.array([[float((q @ d.T).max(axis=1).sum()) for d in docs] for q in qs])
 
-    same = [set(top10(x, a)) == set(top10(y, b)) for x, y in zip(qa, qb)]
-    print(f"\ntop-10 (tiny ColModernVBert, {len(corpus)} pages, {len(QUERIES)} queries): same set for "
-          f"{sum(same)}/{len(same)} queries; min per-vector cosine pages {min_cosine(a, b):.4f}, "
-          f"queries {min_cosine(qa, qb):.4f}", flush=True)
+    def top10(table: np.ndarray) -> list[set[int]]:
+        return [set(np.argsort(row)[::-1][:10].tolist()) for row in table]
+
+    def agreement(expected: np.ndarray, got: np.ndarray) -> tuple[int, float]:
+        """(queries with the same top-10 set, mean share of the expected top-10 found in the top-10)."""
+        pairs = list(zip(top10(expected), top10(got)))
+        return sum(a == b for a, b in pairs), float(np.mean([len(a & b) / 10 for a, b in pairs]))
+
+    base = scores(queries, reference)
+    ordered = np.sort(base, axis=1)[:, ::-1]
+    gap = ordered[:, 9] - ordered[:, 10]
+    name = args.retriever or f"{args.topk_size} ColModernVBert"
+    print(f"\ntop-10 ({name}, {len(corpus)} distinct pages at {args.edge} px, "
+          f"{len(QUERIES)} queries, exact MaxSim); fp32 scores: median spread (max - min) per query "
+          f"{np.median(ordered[:, 0] - ordered[:, -1]):.4f}, median gap between the 10th and 11th page "
+          f"{np.median(gap):.5f}")
+    print("| vectors | same top-10 (queries) | recall@10 of fp32's top-10 | min / mean per-vector cosine vs fp32 "
+          "| median abs score change |\n|---|---|---|---|---|")
+    rng = np.random.default_rng(0)
+    for name, retriever in options.items():
+        got = [v for start in range(0, len(corpus), 8) for v in retriever.encode_pages(corpus[start:start + 8])]
+        table = scores(retriever.encode_queries(QUERIES), got)
+        cosines = np.concatenate([np.sum(a * b, axis=1) for a, b in zip(reference, got)])
+        same, recall = agreement(base, table)
+        print(f"| {name} | {same}/{len(QUERIES)} | {recall:.2f} | {cosines.min():.4f} / {cosines.mean():.4f} | "
+              f"{np.median(np.abs(table - base)):.5f} |", flush=True)
+        # control: fp32 vectors with isotropic noise giving the same mean cosine (no quantization at all)
+        spread = np.sqrt(1 / cosines.mean() ** 2 - 1)
+        noisy = []
+        for page in reference:
+            moved = page + rng.standard_normal(page.shape).astype(np.float32) * spread / np.sqrt(page.shape[1])
+            noisy.append(moved / np.linalg.norm(moved, axis=1, keepdims=True))
+        table = scores(queries, noisy)
+        cosines = np.concatenate([np.sum(a * b, axis=1) for a, b in zip(reference, noisy)])
+        same, recall = agreement(base, table)
+        print(f"| control: fp32 + random noise of that mean cosine | {same}/{len(QUERIES)} | {recall:.2f} | "
+              f"{cosines.min():.4f} / {cosines.mean():.4f} | {np.median(np.abs(table - base)):.5f} |", flush=True)
 
 
 def answer_section(work: Path, args) -> None:
@@ -244,10 +290,12 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--corpus", type=int, default=200)
+    parser.add_argument("--topk-size", default="tiny", choices=["tiny", "real"], help="retriever of the topk section")
     parser.add_argument("--tokens", type=int, default=8, help="decode tokens per timed block")
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--answer-size", default="real", choices=["real", "real500m"])
-    parser.add_argument("--retriever", help="a real-size checkpoint folder to reuse (else built here)")
+    parser.add_argument("--retriever", help="a checkpoint folder for the retriever, vision and topk sections "
+                        "(else built here)")
     args = parser.parse_args()
     os.environ.setdefault("DOCQA_CACHE", str(Path(tempfile.gettempdir()) / "docqa-bench-cache"))
     with tempfile.TemporaryDirectory() as tmp:

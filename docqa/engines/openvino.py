@@ -48,11 +48,18 @@ _CALIBRATION_TILES = 24  # statistics per tile; the real models cut an A4 page i
 class OpenVINOEngine(Engine):
     name = OPENVINO
 
+    def __init__(self, retriever_vision: str = "static") -> None:
+        """``retriever_vision``: how the retriever's vision encoder is quantized, "static" (int8 weights
+        and activations, the default) or "weights" (int8 weights, f32 compute; benchmarks compare them)."""
+        self.retriever_vision = retriever_vision
+
     def supports(self, role: str, kind: str) -> bool:
         return kind in (RETRIEVER_FAMILIES if role == "retriever" else ANSWER_TYPES)
 
     def precision(self, role: str, dtype: str) -> str:
-        return RETRIEVER_PRECISION if role == "retriever" else ANSWER_PRECISION
+        if role != "retriever":
+            return ANSWER_PRECISION
+        return RETRIEVER_PRECISION if self.retriever_vision == "static" else "int8 weights (vision and text w8 f32)"
 
     def prepare_retriever(self, model: Any, family: str, processor: Any, checkpoint: str, image_edge: int) -> str:
         if family not in RETRIEVER_FAMILIES:
@@ -66,7 +73,7 @@ class OpenVINOEngine(Engine):
 
         vision = _converted_part(
             "retriever vision encoder", checkpoint, weights, image_edge, vlm.vision_model, _VisionGraph,
-            [run_pages([page]) for page in pages], quantize="static")
+            [run_pages([page]) for page in pages], quantize=self.retriever_vision)
         text = _converted_part(
             "retriever text encoder", checkpoint, weights, image_edge, vlm.text_model, _EmbeddingsGraph,
             [lambda: model(**_tensors(processor.process_queries(["what is the total amount due?"])))],
