@@ -105,10 +105,12 @@ class IndexStorage:
         return self._vector_file(self.store.vector_file())
 
     def _vector_file(self, name: str) -> VectorFile:
-        if self._vectors is None or self._vectors.path.name != (name or file_name(self.options.vector_type)):
+        """The vector file called `name` ("": the index's first file), opened once."""
+        name = name or file_name(self.options.vector_type)
+        if self._vectors is None or self._vectors.path.name != name:
             if self._vectors is not None:
                 self._vectors.close()
-            self._vectors = VectorFile(self.path, self.dim, name or None, self.options.vector_type)
+            self._vectors = VectorFile(self.path, self.dim, name, self.options.vector_type)
         return self._vectors
 
     # --- writing ----------------------------------------------------------------------------
