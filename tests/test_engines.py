@@ -3,6 +3,7 @@ the converted-model cache (reuse, a concurrent second process, a killed conversi
 
 from __future__ import annotations
 
+import colorsys
 import json
 import logging
 import os
@@ -47,7 +48,7 @@ def fast_default(engine_cache, monkeypatch) -> Path:
 def _pages() -> list:
     from docqa.engines.openvino import calibration_pages
 
-    portrait, landscape = calibration_pages(900)
+    portrait, landscape = calibration_pages(900)[:2]
     return [portrait.rotate(180), landscape.transpose(0)]  # not the calibration pages themselves
 
 
@@ -77,6 +78,39 @@ def test_openvino_is_the_cpu_default_and_matches_fp32_torch(retriever_checkpoint
         again = Retriever.load(str(retriever_checkpoint), device="cpu")
     assert not [r for r in caplog.records if "converting" in r.message]  # the cache was reused
     assert _min_cosine(fast.encode_queries(queries), again.encode_queries(queries)) >= 0.9999
+
+
+def _colour_page():
+    """An A4 page of text under coloured blocks of every hue (not the calibration pages' colour chart)."""
+    from PIL import Image, ImageDraw
+
+    page = Image.new("RGB", (636, 900), "white")
+    draw = ImageDraw.Draw(page)
+    for row in range(20):
+        draw.text((40, 20 + row * 14), f"row {row}: colour figure legend, cost 4.2M", fill="black")
+    for block in range(12):
+        rgb = colorsys.hsv_to_rgb((block + 0.5) / 12, 0.6 + 0.04 * (block % 4), 0.7 + 0.1 * (block % 3))
+        x, y = 40 + (block % 3) * 190, 320 + (block // 3) * 140
+        draw.rectangle([x, y, x + 170, y + 120], fill=tuple(round(255 * c) for c in rgb))
+    return page
+
+
+@needs_openvino
+def test_static_int8_is_calibrated_on_colour_pages_too(retriever_checkpoint, tmp_path, monkeypatch):
+    """Calibrated on black-and-white pages alone, static int8 clips what colour pages activate (so a
+    colour page's vectors drift from fp32); the calibration pages' colour figures keep them close."""
+    from docqa.engines import openvino
+
+    reference = Retriever.load(str(retriever_checkpoint), device="cpu", engine=TORCH)
+    pages = [_colour_page()]
+    expected = reference.encode_pages(pages)
+    cosines, calibration_pages = {}, openvino.calibration_pages
+    for name, calibration in {"plain": lambda edge: calibration_pages(edge)[:2], "docqa": calibration_pages}.items():
+        monkeypatch.setenv("DOCQA_CACHE", str(tmp_path / name))
+        monkeypatch.setattr(openvino, "calibration_pages", calibration)
+        fast = Retriever.load(str(retriever_checkpoint), device="cpu", engine=OPENVINO)
+        cosines[name] = _min_cosine(expected, fast.encode_pages(pages))
+    assert cosines["plain"] < 0.99 <= cosines["docqa"]
 
 
 @needs_openvino
