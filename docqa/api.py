@@ -36,7 +36,7 @@ from .index.search import ScoredPage
 from .index.storage import IndexOptions, IndexStorage
 from .ingest import IngestReport, run_ingest
 from .index.store import DB_NAME, DocumentRecord, NewPage, PageFilter, Store, check_metadata_key
-from .index.vectors import VectorFile, to_bfloat16_bits
+from .index.vectors import VectorFile
 
 if TYPE_CHECKING:  # the model stack is imported where a model is loaded: `info` and `remove` never need it
     from .encoders import EncoderStamp, Retriever
@@ -333,7 +333,7 @@ class DocIndex:
         `path` is the document's label (it need not exist on disk); a document already at `path` is
         replaced. The first add to a new index fixes `dim` and records that no model built the index.
         """
-        arrays = [np.asarray(page) for page in pages]
+        arrays = [np.asarray(page, dtype=np.float32) for page in pages]  # float16 input: converted once
         if not arrays or any(a.ndim != 2 or len(a) == 0 or a.shape[1] != arrays[0].shape[1] for a in arrays):
             raise ValueError("pages must be a non-empty list of (n_i, dim) arrays with n_i >= 1 and one dim")
         if not all(np.isfinite(a).all() for a in arrays):
@@ -348,11 +348,9 @@ class DocIndex:
                 self._write_build(None, dim)
             elif dim != self.dim:
                 raise IndexMismatchError(f"{self.path} holds {self.dim}-dimensional vectors; got {dim}")
-            digest = hashlib.sha256()
-            new_pages = []
-            for number, vectors in enumerate(arrays, start=1):
-                digest.update(to_bfloat16_bits(vectors).tobytes())  # a fingerprint: bfloat16 is cheap to make
-                new_pages.append(self.add_page(number, 0, 0, vectors))
+            digest = hashlib.sha256()  # a fingerprint of the rows as stored
+            new_pages = [self.storage.append_page(number, 0, 0, vectors, fingerprint=digest)
+                         for number, vectors in enumerate(arrays, start=1)]
             document_id = self.commit_document(Path(path), sha256=digest.hexdigest(), size=0, mtime=time.time(),
                                                kind=EMBEDDINGS_KIND, pages=new_pages, metadata=metadata)
             self.storage.compact_if_wasteful()

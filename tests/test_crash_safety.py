@@ -29,8 +29,8 @@ KILL_POINTS = [
     KillPoint("docqa.encoders", "Retriever.encode_batch", 1, "before", "encode"),
     KillPoint("docqa.encoders", "Retriever.encode_batch", 2, "after", "encode"),
     KillPoint("docqa.encoders", "Retriever.encode_batch", 4, "before", "encode"),
-    KillPoint("docqa.index.vectors", "VectorFile.append", 1, "after", "store"),
-    KillPoint("docqa.index.vectors", "VectorFile.append", 6, "before", "store"),
+    KillPoint("docqa.index.vectors", "VectorFile.append_stored", 1, "after", "store"),
+    KillPoint("docqa.index.vectors", "VectorFile.append_stored", 6, "before", "store"),
     KillPoint("docqa.index.vectors", "VectorFile.sync", 1, "after", "store"),
     KillPoint("docqa.index.vectors", "VectorFile.sync", 3, "before", "store"),
     KillPoint("docqa.index.store", "Store.put_document", 1, "after", "store"),  # inside the transaction
@@ -44,17 +44,19 @@ KILL_POINTS = [
     KillPoint("docqa.index.candidates", "os.replace", 1, "after", "save"),  # new empty log, old postings
     KillPoint("docqa.index.candidates", "os.replace", 4, "after", "save"),
 ]
-# The tiny corpus has 11 pages: train the candidate stage from 4 pages and fold its tail after 2, so
-# that training, logging and saving all happen (and get killed) during the runs below.
+# The tiny corpus has 11 pages: train the candidate stage from 4 pages, assign cells a page at a time
+# and fold the tail after 2, so that training, logging and saving all happen (and get killed) during
+# the runs below.
 TINY_CANDIDATE_STAGE = {"TRAIN_MIN_PAGES": 4, "TAIL_MERGE_PAGES": 2}
 
 
 def _child_setup() -> None:
-    from docqa.index import candidates
+    from docqa.index import candidates, storage
 
     single_threaded()
     for name, value in TINY_CANDIDATE_STAGE.items():
         setattr(candidates, name, value)
+    storage._ASSIGN_PAGES = 1
 
 
 def _ingest(index_dir: Path, corpus: Path, model: str) -> dict:

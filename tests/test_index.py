@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from docqa import DocIndex
 from docqa.index import candidates as stage
 from docqa.index import search as scoring
+from docqa.index import storage as storage_module
 from docqa.index.candidates import CELLS, LOG_NAME, CandidateIndex, Codebook
 from docqa.index.search import brute_force_top_k, page_scores, two_stage_top_k
 from docqa.index.store import PageTable
@@ -206,6 +207,52 @@ def small_training(monkeypatch):
     monkeypatch.setattr(stage, "TAIL_MERGE_PAGES", 5)
     monkeypatch.setattr(stage, "RETRAIN_GROWTH", 4)
     monkeypatch.setattr(scoring, "RERANK_PAGES", 4)
+
+
+def _cells_by_page(candidates: CandidateIndex) -> dict[int, set[int]]:
+    """Each page's cells as the candidate index holds them (postings and tail)."""
+    cells: dict[int, set[int]] = {}
+    for cell in np.flatnonzero(np.diff(candidates.pointers)):
+        for page_id in candidates.ids[candidates.pointers[cell]:candidates.pointers[cell + 1]].tolist():
+            cells.setdefault(page_id, set()).add(int(cell))
+    for page_id, page_cells in candidates.tail.items():
+        cells.setdefault(page_id, set()).update(page_cells.tolist())
+    return cells
+
+
+def test_cells_assigned_beside_the_writer_are_those_of_the_stored_values(tmp_path, small_training, monkeypatch):
+    """In a bulk session, committed pages get their cells on a worker thread a few pages at a time
+    (through training, retraining and folds): a reader in between sees every committed page, and
+    afterwards the candidate index holds each live page with the cells of its stored values, also
+    after a session that failed with pages still waiting, once reopened."""
+    monkeypatch.setattr(storage_module, "_ASSIGN_PAGES", 3)
+    rng = np.random.default_rng(7)
+    folder = tmp_path / "index"
+    index = DocIndex.open(folder, create=True)
+
+    def holds_every_page_with_its_cells(index: DocIndex, settled: bool = False) -> None:
+        table = index.store.page_table()
+        if settled:  # nothing left for a reader to catch up
+            assert index.storage._candidates.high_water == table.page_ids.max()
+        candidates = index.storage._current_candidates(table, index.vectors)
+        stored = index.vectors.read(table.offsets, table.counts)
+        expected = dict(zip(table.page_ids.tolist(), candidates.codebook.page_cells(stored)))
+        held = _cells_by_page(candidates)
+        assert {page: held.get(page) for page in expected} == {page: set(c.tolist()) for page, c in expected.items()}
+
+    with index.bulk():
+        for number in range(40):  # 24 paths: some adds replace a document
+            pages = [_normalised(rng, int(rng.integers(2, 9)), 8) for _ in range(int(rng.integers(1, 4)))]
+            index.add_embeddings(f"/docs/{number % 24}.pdf", pages)
+            if number in (9, 25):
+                holds_every_page_with_its_cells(index)
+    holds_every_page_with_its_cells(index, settled=True)
+    with pytest.raises(RuntimeError), index.bulk():
+        for number in range(7):
+            index.add_embeddings(f"/late/{number}.pdf", [_normalised(rng, 4, 8)])
+        raise RuntimeError("the caller failed while pages waited for their cells")
+    index.close()
+    holds_every_page_with_its_cells(DocIndex.open(folder))
 
 
 operations = st.lists(st.tuples(st.sampled_from(["add", "add", "update", "remove", "compact", "reopen"]),

@@ -33,7 +33,7 @@ import secrets
 import struct
 import tempfile
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import faiss
@@ -84,16 +84,30 @@ class Codebook:
         """The cell of each vector (nearest centroid per half, by Euclidean distance)."""
         vectors = np.asarray(vectors, dtype=np.float32)
         half = self.centroids.shape[2]
-        _, first = self._halves[0].search(np.ascontiguousarray(vectors[:, :half]), 1)
-        _, second = self._halves[1].search(np.ascontiguousarray(vectors[:, half:]), 1)
-        return (first[:, 0] * HALF_CENTROIDS + second[:, 0]).astype(np.int64)
+        return self._assign_halves(np.ascontiguousarray(vectors[:, :half]), np.ascontiguousarray(vectors[:, half:]))
 
-    def page_cells(self, pages: list[np.ndarray]) -> list[np.ndarray]:
-        """The sorted distinct cells of each page, assigned in one pass over all their vectors."""
+    def _assign_halves(self, first: np.ndarray, second: np.ndarray) -> np.ndarray:
+        _, nearest_first = self._halves[0].search(first, 1)
+        _, nearest_second = self._halves[1].search(second, 1)
+        return (nearest_first[:, 0] * HALF_CENTROIDS + nearest_second[:, 0]).astype(np.int64)
+
+    def page_cells(self, pages: list[np.ndarray],
+                   decode_into: Callable[[np.ndarray, np.ndarray], None] = np.copyto) -> list[np.ndarray]:
+        """The sorted distinct cells of each page, assigned in one pass over all their vectors.
+        `decode_into(out, rows)` writes rows as float32 into `out` (for pages in the vector file's
+        stored format, its `decode_into`; float arrays are copied)."""
         if not pages:
             return []
-        cells = self.assign(np.concatenate(pages).astype(np.float32, copy=False))
-        bounds = np.cumsum([0] + [len(page) for page in pages])
+        counts = [len(page) for page in pages]
+        half = self.centroids.shape[2]
+        halves = np.empty((2, sum(counts), half), dtype=np.float32)  # each half contiguous, as FAISS wants
+        row = 0
+        for page, count in zip(pages, counts):
+            decode_into(halves[0, row:row + count], page[:, :half])
+            decode_into(halves[1, row:row + count], page[:, half:])
+            row += count
+        cells = self._assign_halves(halves[0], halves[1])
+        bounds = np.cumsum([0, *counts])
         return [np.unique(cells[low:high]).astype(np.uint16) for low, high in zip(bounds[:-1], bounds[1:])]
 
     def scores(self, query: np.ndarray) -> np.ndarray:
@@ -138,6 +152,12 @@ class CandidateIndex:
         self.tail[int(page_id)] = cells
         self.high_water = max(self.high_water, int(page_id))
         self._tail_postings = None
+
+    def put_assigned(self, batches: list[tuple[list[int], list[np.ndarray]]]) -> None:
+        """Add batches of committed pages by their cells: (page ids, each page's cells)."""
+        for page_ids, cells in batches:
+            for page_id, one in zip(page_ids, cells):
+                self.put(page_id, one)
 
     def needs_rebuild(self) -> bool:
         return len(self.tail) > max(TAIL_MERGE_PAGES, self.base_pages // 10)

@@ -14,6 +14,7 @@ for pages committed after its save, rebuilt from the vector file if it is lost.
 from __future__ import annotations
 
 import errno
+import hashlib
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,6 +25,7 @@ import numpy as np
 
 from ..errors import IndexLockedError, IndexMismatchError, StorageFullError
 from . import candidates as stage
+from .assigning import Assigned, BackgroundAssigner
 from .threads import one_thread
 from .candidates import CandidateIndex
 from .locking import WriteLock
@@ -34,7 +36,7 @@ from .store import NewPage, PageFilter, PageTable, Store
 from .vectors import VECTOR_TYPES, VectorFile, file_name
 
 MODES = ("fast", "exact")
-_ASSIGN_PAGES = 64  # pages whose vectors are assigned to cells at once when they are committed
+_ASSIGN_PAGES = 64  # committed pages handed to the cell-assigning thread at once
 DEFAULT_VECTOR_TYPE = {"fast": "bfloat16", "exact": "float16"}
 
 
@@ -97,12 +99,18 @@ class IndexStorage:
         self._depth = 0  # writing() is re-entrant: only the outermost call locks and recovers
         self._durable = True  # every commit survives power loss (see bulk())
         self._live_rows: int | None = None  # vector rows committed pages use, kept during a write session
+        self._writing_file: str | None = None  # the vector file's name during a write session
+        self._assigner = BackgroundAssigner()  # cells of committed pages, computed beside the writer
+        self._unassigned: list[tuple[int, int, int]] = []  # committed (page id, offset, count) not yet handed over
 
     # --- vectors ----------------------------------------------------------------------------
     @property
     def vectors(self) -> VectorFile:
-        """The vector file the latest commit refers to (compaction replaces it by a new one)."""
-        return self._vector_file(self.store.vector_file())
+        """The vector file the latest commit refers to (compaction replaces it by a new one; inside a
+        write session only this writer can, so the name is looked up once per session)."""
+        if self._writing_file is None:
+            return self._vector_file(self.store.vector_file())
+        return self._vector_file(self._writing_file)
 
     def _vector_file(self, name: str) -> VectorFile:
         """The vector file called `name` ("": the index's first file), opened once."""
@@ -125,8 +133,10 @@ class IndexStorage:
         self._depth += 1
         try:
             with one_thread():
+                self._writing_file = self.store.vector_file()
                 self._recover()
                 yield
+                self._settle_assignments()
         except (OSError, sqlite3.OperationalError) as error:
             if not _is_storage_full(error):
                 raise
@@ -137,6 +147,8 @@ class IndexStorage:
         finally:
             self._depth -= 1
             self._live_rows = None
+            self._writing_file = None
+            self._drop_assignments()  # after a failure: recomputed from the vector file when next needed
             if self._vectors is not None:
                 self._vectors.close()
             lock.close()
@@ -192,12 +204,17 @@ class IndexStorage:
             self._save_candidates()
         self.compact_if_wasteful()  # a writer killed between an update and its compaction
 
-    def append_page(self, number: int, width: int, height: int, vectors: np.ndarray) -> NewPage:
+    def append_page(self, number: int, width: int, height: int, vectors: np.ndarray,
+                    fingerprint: hashlib._Hash | None = None) -> NewPage:
         """Append one page's vectors (not yet visible: commit_document does that); returns the page
-        to commit. With a pool factor, similar vectors are merged first (so fewer are stored)."""
+        to commit. With a pool factor, similar vectors are merged first (so fewer are stored).
+        `fingerprint`, a hash, is updated with the rows as stored."""
         if self.options.pool_factor > 1:
             vectors = pool_tokens(vectors, self.options.pool_factor)
-        offset = self.vectors.append(vectors)
+        stored = self.vectors.encode(vectors)
+        if fingerprint is not None:
+            fingerprint.update(stored)
+        offset = self.vectors.append_stored(stored)
         return NewPage(number, width, height, offset, len(vectors))
 
     def commit_document(self, path: Path, *, sha256: str, size: int, mtime: float, kind: str,
@@ -227,33 +244,50 @@ class IndexStorage:
         return len(document_ids)
 
     def _index_committed(self, added: list[tuple[int, int, int]]) -> None:
-        """Give the candidate index the committed pages (page id, offset, count): logged in its
-        tail, folded into its postings now and then; trained once the index is big enough and
-        retrained when the index has grown many times since."""
+        """Give the candidate index the committed pages (page id, offset, count): their cells are
+        computed on the assigning thread a batch at a time and logged in the index's tail when they
+        come back; the index is trained once big enough and retrained when it has grown many times
+        since."""
         if self.options.mode != "fast":
             return
         candidates = self._candidates
         if candidates is None or self._pages >= stage.RETRAIN_GROWTH * candidates.trained_pages:
             if self._pages >= stage.TRAIN_MIN_PAGES:
+                self._drop_assignments()  # the new codebook assigns every page anew
                 self._candidates = self._trained(self.store.page_table(), self.vectors)
                 self._save_candidates()
             return
-        if not added:
-            return
-        # Cells come from the stored values (what search sees), a batch of pages at a time: FAISS
-        # assigns many vectors at once several times faster than one page's.
-        page_ids, offsets, counts = (np.array(column, dtype=np.int64) for column in zip(*added))
-        page_cells = []
-        for start in range(0, len(added), _ASSIGN_PAGES):
-            part = slice(start, start + _ASSIGN_PAGES)
-            page_cells += candidates.codebook.page_cells(self.vectors.read(offsets[part], counts[part]))
-        page_ids = page_ids.tolist()
-        for page_id, one in zip(page_ids, page_cells):
-            candidates.put(page_id, one)
-        if candidates.needs_rebuild():
-            self._save_candidates()
-        else:
-            candidates.log(self.path, page_ids, page_cells)
+        self._unassigned += added
+        if len(self._unassigned) >= _ASSIGN_PAGES:
+            self._apply(self._submit_unassigned())
+
+    def _submit_unassigned(self) -> list[Assigned]:
+        """Hand the buffered committed pages to the assigning thread (their cells come from the
+        stored values, what search sees); returns the batches ready to apply."""
+        page_ids, offsets, counts = zip(*self._unassigned)
+        self._unassigned = []
+        mapped = self.vectors.mapped().view(np.ndarray)  # the views keep this mapping alive
+        stored = [mapped[offset:offset + count] for offset, count in zip(offsets, counts)]
+        return self._assigner.submit(self._candidates.codebook, list(page_ids), stored, self.vectors.decode_into)
+
+    def _apply(self, batches: list[Assigned]) -> None:
+        """Put assigned pages into the candidate index's tail and log them (or fold and save)."""
+        for page_ids, cells in batches:
+            self._candidates.put_assigned([(page_ids, cells)])
+            if self._candidates.needs_rebuild():
+                self._save_candidates()
+            else:
+                self._candidates.log(self.path, page_ids, cells)
+
+    def _settle_assignments(self) -> None:
+        """Wait for every committed page's cells and apply them."""
+        if self._unassigned:
+            self._apply(self._submit_unassigned())
+        self._apply(self._assigner.finish())
+
+    def _drop_assignments(self) -> None:
+        self._unassigned = []
+        self._assigner.close()
 
     def _current_candidates(self, table: PageTable, vectors: VectorFile) -> CandidateIndex | None:
         """The candidate index holding every page of `table` (None in exact mode or while the index
@@ -274,20 +308,34 @@ class IndexStorage:
             self._unsaved = True
         return self._candidates
 
-    def _trained(self, table: PageTable, vectors: VectorFile, chunk_pages: int = 1024) -> CandidateIndex:
-        """A candidate index trained on a sample of `table`'s pages, holding all of them."""
+    def _trained(self, table: PageTable, vectors: VectorFile, chunk_pages: int = 512) -> CandidateIndex:
+        """A candidate index trained on a sample of `table`'s pages, holding all of them (their cells
+        assigned a chunk at a time, every other chunk on a helper thread)."""
         rng = np.random.default_rng(len(table))
         share = min(1.0, 4 * stage.TRAIN_SAMPLE_VECTORS / max(int(table.counts.sum()), 1))
         sample = table.subset(rng.random(len(table)) < share) if share < 1 else table
         candidates = CandidateIndex.train(vectors.read(sample.offsets, sample.counts))
         candidates.trained_pages = len(table)
-        for start in range(0, len(table), chunk_pages):
-            part = slice(start, start + chunk_pages)
-            candidates.add(table.page_ids[part].tolist(), vectors.read(table.offsets[part], table.counts[part]))
+        mapped = vectors.mapped().view(np.ndarray)
+        helper = BackgroundAssigner()
+        try:
+            for start in range(0, len(table), chunk_pages):
+                part = slice(start, start + chunk_pages)
+                page_ids = table.page_ids[part].tolist()
+                stored = [mapped[offset:offset + count]
+                          for offset, count in zip(table.offsets[part].tolist(), table.counts[part].tolist())]
+                if start // chunk_pages % 2:
+                    candidates.put_assigned(helper.submit(candidates.codebook, page_ids, stored, vectors.decode_into))
+                else:
+                    candidates.put_assigned([(page_ids, candidates.codebook.page_cells(stored, vectors.decode_into))])
+            candidates.put_assigned(helper.finish())
+        finally:
+            helper.close()
         return candidates
 
     def _save_candidates(self) -> None:
-        """Fold the tail into the postings and save them (inside a write)."""
+        """Fold the tail into the postings and save them (inside a write); pages still being
+        assigned are logged after the save."""
         self._candidates.rebuild(self.store.page_table().page_ids)
         self._candidates.save(self.path)
         self._unsaved = False
@@ -297,6 +345,7 @@ class IndexStorage:
         """Copy every committed page's rows, in order, into a new vector file; then switch to it in
         one commit; returns the rows freed. A crash before the commit leaves the old file in charge
         (the new one is deleted on recovery); after it, the old file is the leftover."""
+        self._settle_assignments()  # pages waiting for cells are named by offsets in the old file
         old = self.vectors
         table = self.store.page_table()
         freed = old.rows - int(table.counts.sum())
@@ -305,14 +354,16 @@ class IndexStorage:
         epoch = self.store.vector_epoch() + 1
         new = VectorFile(self.path, old.dim, file_name(self.options.vector_type, epoch), self.options.vector_type)
         new.path.unlink(missing_ok=True)
-        moves = [(int(page_id), new.append(old.read_rows(int(o), int(o + c))))
-                 for page_id, o, c in zip(table.page_ids, table.offsets, table.counts)]
+        stored = old.mapped().view(np.ndarray)
+        moves = [(page_id, new.append_stored(stored[offset:offset + count]))
+                 for page_id, offset, count in zip(table.page_ids.tolist(), table.offsets.tolist(), table.counts.tolist())]
         new.sync()
         new.close()
         with self.store.transaction():
             self.store.set_offsets(moves)
             self.store.set_meta("vector_epoch", str(epoch))
             self.store.set_meta("vector_file", new.path.name)
+        self._writing_file = new.path.name
         old.close()
         old.path.unlink(missing_ok=True)
         if self._candidates is not None:  # drop removed pages from the postings while we are at it

@@ -57,12 +57,17 @@ class VectorFile:
 
     def append(self, vectors: np.ndarray) -> int:
         """Append a (n, dim) array of float values; returns the row offset of its first row."""
-        if vectors.ndim != 2 or vectors.shape[1] != self.dim:
-            raise ValueError(f"expected (n, {self.dim}) vectors, got {vectors.shape}")
+        return self.append_stored(self.encode(vectors))
+
+    def append_stored(self, stored: np.ndarray) -> int:
+        """Append rows already in the stored type (`encode`); returns the row offset of the first."""
+        if stored.ndim != 2 or stored.shape[1] != self.dim or stored.dtype != self.stored_dtype:
+            raise ValueError(f"expected (n, {self.dim}) {np.dtype(self.stored_dtype).name} rows, "
+                             f"got {stored.shape} {stored.dtype.name}")
         if self._appender is None:
             self._appender = open(self.path, "ab")
         offset = self._appender.tell() // self._row_bytes
-        self._appender.write(self.encode(vectors).tobytes())
+        self._appender.write(np.ascontiguousarray(stored))
         return offset
 
     def sync(self, durable: bool = True) -> None:
@@ -92,6 +97,13 @@ class VectorFile:
         if self.vector_type == "float16":
             return np.asarray(stored, dtype=np.float32)
         return from_bfloat16_bits(stored)
+
+    def decode_into(self, out: np.ndarray, stored: np.ndarray) -> None:
+        """Stored rows as float32 into `out` (of their shape), in one pass."""
+        if self.vector_type == "float16":
+            np.copyto(out, stored)
+        else:
+            np.left_shift(stored, 16, out=out.view(np.uint32), dtype=np.uint32)
 
     def read(self, offsets: np.ndarray, counts: np.ndarray) -> list[np.ndarray]:
         """float32 copies of the row ranges [offset, offset + count)."""
