@@ -4,8 +4,9 @@ The products here are small (a page's vectors against 256 half-centroids, a quer
 a few dozen pages), and thread pools cost more than they save on them when another process wants a
 core: on the 2-core dev machine, assigning one page's vectors took 0.3 ms on one thread and 40 ms
 with two OpenBLAS threads; a search of 100,000 pages took 42.5 ms (p50) with torch on one thread
-and 145 ms with its two OpenMP threads while another process kept one core busy. Indexing and
-search therefore run on one thread each; concurrent searches use the cores instead. The limits
+and 145 ms with its two OpenMP threads while another process kept one core busy. A search
+therefore runs on one thread (concurrent searches use the cores instead), and so does each of an
+index writer's two threads: its own and the one that assigns cells (assigning.py). The limits
 hold for the calling thread's OpenMP work (its thread count is per thread), so a model running in
 another thread keeps its own; OpenBLAS's count is process-wide.
 """
