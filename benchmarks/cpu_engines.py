@@ -92,7 +92,8 @@ def retriever_section(work: Path, args) -> None:
         "colmodernvbert", work / "retriever", size="real")
     load = lambda engine: Retriever.load(str(folder), device="cpu", engine=engine, image_edge=args.edge)  # noqa: E731
     options = {"torch fp32 eager": load("torch"), "torch dynamic int8 (Linear)": torch_dynamic_int8(load("torch")),
-               "openvino (docqa engine)": load("openvino")}
+               "openvino (docqa engine)": load("openvino"),
+               "openvino, every vision op int8 (recipe 2)": openvino_retriever(folder, args.edge, "static-all")}
     batch = pages(args.batch, args.edge)
     reference = options["torch fp32 eager"].encode_pages(batch)
     fidelity = {name: min_cosine(reference, r.encode_pages(batch)) for name, r in options.items()}
@@ -164,7 +165,8 @@ def vision_section(work: Path, args) -> None:
 
 def openvino_retriever(folder: Path, edge: int, vision: str) -> Retriever:
     """The retriever on the openvino engine with its vision encoder quantized as ``vision``
-    ("static": the docqa engine; "weights": int8 weights only, f32 compute)."""
+    ("static": the docqa engine; "static-all": every vision operation int8, the engine's recipe 2;
+    "weights": int8 weights only, f32 compute)."""
     from docqa.engines.openvino import OpenVINOEngine
 
     retriever = Retriever.load(str(folder), device="cpu", engine="torch", image_edge=edge)
@@ -189,7 +191,8 @@ def topk_section(work: Path, args) -> None:
     else:
         folder = build_retriever_checkpoint("colmodernvbert", work / f"topk-{args.topk_size}", size=args.topk_size)
     fp32 = Retriever.load(str(folder), device="cpu", engine="torch", image_edge=edge)
-    options = {"openvino engine (vision static int8)": openvino_retriever(folder, edge, "static"),
+    options = {"openvino engine (vision MLP static int8)": openvino_retriever(folder, edge, "static"),
+               "openvino, every vision op static int8 (recipe 2)": openvino_retriever(folder, edge, "static-all"),
                "openvino vision int8 weights only": openvino_retriever(folder, edge, "weights")}
     corpus, carried = labelled_corpus(args.corpus, edge)
     relevant = np.linspace(0, len(corpus) - 1, args.queries).round().astype(int)
