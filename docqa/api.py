@@ -36,7 +36,7 @@ from .index.search import ScoredPage
 from .index.storage import IndexOptions, IndexStorage
 from .ingest import IngestReport, run_ingest
 from .index.store import DB_NAME, DocumentRecord, NewPage, PageFilter, Store, check_metadata_key
-from .index.vectors import VectorFile
+from .index.vectors import VectorFile, as_float32
 
 if TYPE_CHECKING:  # the model stack is imported where a model is loaded: `info` and `remove` never need it
     from .encoders import EncoderStamp, Retriever
@@ -333,7 +333,7 @@ class DocIndex:
         `path` is the document's label (it need not exist on disk); a document already at `path` is
         replaced. The first add to a new index fixes `dim` and records that no model built the index.
         """
-        arrays = [np.asarray(page, dtype=np.float32) for page in pages]  # float16 input: converted once
+        arrays = [as_float32(page) for page in pages]  # float16 input: converted once
         if not arrays or any(a.ndim != 2 or len(a) == 0 or a.shape[1] != arrays[0].shape[1] for a in arrays):
             raise ValueError("pages must be a non-empty list of (n_i, dim) arrays with n_i >= 1 and one dim")
         if not all(np.isfinite(a).all() for a in arrays):

@@ -16,7 +16,7 @@ from docqa.index import storage as storage_module
 from docqa.index.candidates import CELLS, LOG_NAME, CandidateIndex, Codebook
 from docqa.index.search import brute_force_top_k, page_scores, two_stage_top_k
 from docqa.index.store import PageTable
-from docqa.index.vectors import VectorFile
+from docqa.index.vectors import VectorFile, as_float32
 
 
 def _normalised(rng: np.random.Generator, rows: int, dim: int) -> np.ndarray:
@@ -61,6 +61,17 @@ def test_brute_force_equals_reference(tmp_path, seed, k):
     # bfloat16 keeps 8 significant bits: each product is off by at most ~2 * 2^-8 of |q| |x| = 1 here
     bound = len(query) * 3 * 2.0 ** -8
     np.testing.assert_allclose(page_scores(query, table, vectors, bfloat16=True, chunk_rows=7), reference, atol=bound)
+
+
+def test_float16_converts_exactly_at_every_bit_pattern():
+    every = np.arange(2**16, dtype=np.uint16).view(np.float16).reshape(256, 256)
+    finite = np.isfinite(every)
+    expected = every.astype(np.float32)
+    got = as_float32(every[finite])  # every finite value, subnormals and both zeros included
+    assert got.dtype == np.float32 and np.array_equal(got.view(np.uint32), expected[finite].view(np.uint32))
+    specials = as_float32(every)  # with infinities and NaNs in it
+    assert np.array_equal(specials, expected, equal_nan=True) and np.isinf(specials).sum() == 2
+    assert as_float32(every[:, ::3]).shape == (256, 86)  # strided input
 
 
 def test_codebook_assigns_each_half_to_its_nearest_centroid():

