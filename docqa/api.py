@@ -192,6 +192,8 @@ class DocIndex:
                     f"the checkpoint {model!r} differs from the one {self.path} was built with"
                     " (its config changed); re-ingest into a new index"
                 )
+            if build is not None:
+                _check_conversion(self.path, build["encoder"], retriever.stamp)
             self._retriever = retriever
         return self._retriever
 
@@ -205,6 +207,7 @@ class DocIndex:
                                                                                          built["config_hash"]):
                 made_by = repr(built["model"]) if built else "given embeddings"
                 raise IndexMismatchError(f"{self.path} was built with {made_by}, not {retriever.stamp.model!r}")
+            _check_conversion(self.path, built, retriever.stamp)
         self._retriever = retriever
 
     def _write_build(self, stamp: EncoderStamp | None, dim: int) -> None:
@@ -326,6 +329,7 @@ class DocIndex:
                 f"{self.path} was built with the {built.get('engine', 'torch')} engine; it cannot take vectors"
                 f" of the {stamp.engine} engine (use another --index)"
             )
+        _check_conversion(self.path, built, stamp)
 
     def add_embeddings(self, path: str, pages: list[np.ndarray], *, metadata: dict | None = None) -> int:
         """Add one document whose pages are the given (n_i, dim) multi-vectors; returns its id.
@@ -459,6 +463,20 @@ class DocIndex:
         if self._storage is not None:
             self._storage.close()
         self.store.close()
+
+
+def _check_conversion(path: Path, built: dict, stamp: EncoderStamp) -> None:
+    """Refuse vectors of a converted engine whose conversion differs from the one that built the
+    index (recorded as its precision: a new conversion recipe computes other vectors). torch's
+    precision follows the device (bfloat16 on a GPU, float32 on a CPU: vectors that agree to
+    bfloat16 rounding), so an index ingested on a GPU is still searched on a CPU."""
+    recorded = built.get("precision")
+    if stamp.engine != "torch" and recorded is not None and recorded != stamp.precision:
+        raise IndexMismatchError(
+            f"{path} was built by the {stamp.engine} engine computing in {recorded}; this docqa's"
+            f" {stamp.engine} engine computes in {stamp.precision} (its conversion changed) and their"
+            " vectors are not mixed: re-ingest into another --index"
+        )
 
 
 def _same_model(model: str) -> str:

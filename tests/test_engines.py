@@ -214,6 +214,28 @@ def test_index_records_its_engine_and_refuses_another(retriever_checkpoint, tmp_
     assert len(err) == 1 and "torch engine" in err[0]
 
 
+def test_index_refuses_the_same_engine_with_another_conversion(retriever_checkpoint, fast_default, tmp_path, capsys):
+    """An index built by an earlier openvino conversion recipe (another precision in its stamp) takes
+    neither queries nor pages from the current one."""
+    index = DocIndex.open("ov", create=True)
+    index.ingest([make_pdf(tmp_path / "docs" / "a.pdf", 1, title="recipe")], model=str(retriever_checkpoint),
+                 image_edge=512)
+    build = index.build
+    assert build["encoder"]["engine"] == OPENVINO
+    build["encoder"]["precision"] = "int8 (an earlier recipe)"
+    with index.store.transaction():
+        index.store.set_meta("build", json.dumps(build))
+    index.close()
+    with pytest.raises(IndexMismatchError, match="its conversion changed"):
+        DocIndex.open("ov").search("recipe")
+    with pytest.raises(IndexMismatchError, match="its conversion changed"):
+        DocIndex.open("ov").ingest([make_pdf(tmp_path / "docs" / "b.pdf", 1, title="more")], image_edge=512)
+    capsys.readouterr()
+    assert main(["search", "recipe", "--index", "ov"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "an earlier recipe" in err[0]
+
+
 def test_indexes_stamped_before_engines_count_as_torch(retriever_checkpoint, tmp_path):
     pdf = make_pdf(tmp_path / "docs" / "a.pdf", 1, title="old")
     index = DocIndex.open("old", create=True)
