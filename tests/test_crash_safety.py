@@ -29,8 +29,8 @@ KILL_POINTS = [
     KillPoint("docqa.encoders", "Retriever.encode_batch", 1, "before", "encode"),
     KillPoint("docqa.encoders", "Retriever.encode_batch", 2, "after", "encode"),
     KillPoint("docqa.encoders", "Retriever.encode_batch", 4, "before", "encode"),
-    KillPoint("docqa.index.vectors", "VectorFile.append_stored", 1, "after", "store"),
-    KillPoint("docqa.index.vectors", "VectorFile.append_stored", 6, "before", "store"),
+    KillPoint("docqa.index.vectors", "VectorFile.append", 1, "after", "store"),
+    KillPoint("docqa.index.vectors", "VectorFile.append", 6, "before", "store"),
     KillPoint("docqa.index.vectors", "VectorFile.sync", 1, "after", "store"),
     KillPoint("docqa.index.vectors", "VectorFile.sync", 3, "before", "store"),
     KillPoint("docqa.index.store", "Store.put_document", 1, "after", "store"),  # inside the transaction

@@ -31,7 +31,7 @@ def _reference(index: DocIndex, query: np.ndarray, k: int, keep=lambda path, met
     scored = []
     for path, metadata, number, offset, count, page_id in rows:
         if keep(path, json.loads(metadata)):
-            page = index.vectors.read_rows(offset, offset + count)
+            page = index.vectors.read([offset], [count])[0]
             scored.append((-float((query @ page.T).max(axis=1).sum()), page_id, path, number))
     return [(path, number) for _, _, path, number in sorted(scored)[:k]]
 
@@ -169,7 +169,7 @@ def test_vector_types_store_what_they_say(tmp_path):
     for vector_type, dtype_bits in (("float16", 11), ("bfloat16", 8)):
         index = DocIndex.open(tmp_path / vector_type, create=True, options={"vector_type": vector_type})
         index.add_embeddings("/a.pdf", pages)
-        stored = index.vectors.read_rows(0, 36)
+        stored = index.vectors.read([0], [36])[0]
         error = np.abs(stored - np.concatenate(pages)).max()
         assert 0 < error <= 2.0 ** -dtype_bits  # rounded to nearest: half a unit in the last place of values < 1
         best[vector_type] = index.search_embeddings(query, k=1, exact=True)[0]

@@ -29,7 +29,7 @@ def _build(tmp_path, rng, pages: int, dim: int = 16):
     offsets, counts = [], []
     for _ in range(pages):
         page = _normalised(rng, int(rng.integers(3, 40)), dim).astype(np.float16)
-        offsets.append(vectors.append(page))
+        offsets.append(vectors.append(vectors.encode(page)))
         counts.append(len(page))
     vectors.sync()
     return vectors, PageTable(np.arange(100, 100 + pages), np.array(offsets), np.array(counts))

@@ -214,7 +214,7 @@ class IndexStorage:
         stored = self.vectors.encode(vectors)
         if fingerprint is not None:
             fingerprint.update(stored)
-        offset = self.vectors.append_stored(stored)
+        offset = self.vectors.append(stored)
         return NewPage(number, width, height, offset, len(vectors))
 
     def commit_document(self, path: Path, *, sha256: str, size: int, mtime: float, kind: str,
@@ -355,7 +355,7 @@ class IndexStorage:
         new = VectorFile(self.path, old.dim, file_name(self.options.vector_type, epoch), self.options.vector_type)
         new.path.unlink(missing_ok=True)
         stored = old.mapped().view(np.ndarray)
-        moves = [(page_id, new.append_stored(stored[offset:offset + count]))
+        moves = [(page_id, new.append(stored[offset:offset + count]))
                  for page_id, offset, count in zip(table.page_ids.tolist(), table.offsets.tolist(), table.counts.tolist())]
         new.sync()
         new.close()

@@ -69,12 +69,8 @@ class VectorFile:
         except FileNotFoundError:
             return 0
 
-    def append(self, vectors: np.ndarray) -> int:
-        """Append a (n, dim) array of float values; returns the row offset of its first row."""
-        return self.append_stored(self.encode(vectors))
-
-    def append_stored(self, stored: np.ndarray) -> int:
-        """Append rows already in the stored type (`encode`); returns the row offset of the first."""
+    def append(self, stored: np.ndarray) -> int:
+        """Append rows in the stored type (`encode` makes them); returns the row offset of the first."""
         if stored.ndim != 2 or stored.shape[1] != self.dim or stored.dtype != self.stored_dtype:
             raise ValueError(f"expected (n, {self.dim}) {np.dtype(self.stored_dtype).name} rows, "
                              f"got {stored.shape} {stored.dtype.name}")
@@ -134,12 +130,6 @@ class VectorFile:
         for offset, count in zip(np.asarray(offsets).tolist(), np.asarray(counts).tolist()):
             out[row:row + count] = mapped[offset:offset + count]
             row += count
-
-    def read_rows(self, start: int, stop: int) -> np.ndarray:
-        """float32 copy of rows [start, stop)."""
-        if stop <= start:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        return self.decode(self.mapped()[start:stop])
 
     def mapped(self) -> np.ndarray:
         """The file's rows as one (rows, dim) array, memory-mapped read-only once per file length
