@@ -78,7 +78,7 @@ def test_codebook_assigns_each_half_to_its_nearest_centroid():
     rng = np.random.default_rng(1)
     vectors = _normalised(rng, 3000, 16)
     codebook = Codebook.train(vectors)
-    cells = codebook.assign(vectors[:200])
+    cells = np.concatenate(codebook.page_cells([vector[None] for vector in vectors[:200]])).astype(np.int64)
     for half in (0, 1):
         part = vectors[:200, half * 8:(half + 1) * 8]
         distances = ((part[:, None, :] - codebook.centroids[half][None]) ** 2).sum(axis=2)

@@ -80,13 +80,8 @@ class Codebook:
             centroids.append(kmeans.centroids)
         return cls(np.stack(centroids))
 
-    def assign(self, vectors: np.ndarray) -> np.ndarray:
-        """The cell of each vector (nearest centroid per half, by Euclidean distance)."""
-        vectors = np.asarray(vectors, dtype=np.float32)
-        half = self.centroids.shape[2]
-        return self._assign_halves(np.ascontiguousarray(vectors[:, :half]), np.ascontiguousarray(vectors[:, half:]))
-
     def _assign_halves(self, first: np.ndarray, second: np.ndarray) -> np.ndarray:
+        """The cell of each vector, given its two halves: nearest centroid per half (Euclidean)."""
         _, nearest_first = self._halves[0].search(first, 1)
         _, nearest_second = self._halves[1].search(second, 1)
         return (nearest_first[:, 0] * HALF_CENTROIDS + nearest_second[:, 0]).astype(np.int64)
