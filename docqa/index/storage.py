@@ -266,8 +266,7 @@ class IndexStorage:
         stored values, what search sees); returns the batches ready to apply."""
         page_ids, offsets, counts = zip(*self._unassigned)
         self._unassigned = []
-        mapped = self.vectors.mapped().view(np.ndarray)  # the views keep this mapping alive
-        stored = [mapped[offset:offset + count] for offset, count in zip(offsets, counts)]
+        stored = self.vectors.stored_rows(offsets, counts)
         return self._assigner.submit(self._candidates.codebook, list(page_ids), stored, self.vectors.decode_into)
 
     def _apply(self, batches: list[Assigned]) -> None:
@@ -316,14 +315,12 @@ class IndexStorage:
         sample = table.subset(rng.random(len(table)) < share) if share < 1 else table
         candidates = CandidateIndex.train(vectors.read(sample.offsets, sample.counts))
         candidates.trained_pages = len(table)
-        mapped = vectors.mapped().view(np.ndarray)
         helper = BackgroundAssigner()
         try:
             for start in range(0, len(table), chunk_pages):
                 part = slice(start, start + chunk_pages)
                 page_ids = table.page_ids[part].tolist()
-                stored = [mapped[offset:offset + count]
-                          for offset, count in zip(table.offsets[part].tolist(), table.counts[part].tolist())]
+                stored = vectors.stored_rows(table.offsets[part].tolist(), table.counts[part].tolist())
                 if start // chunk_pages % 2:
                     candidates.put_assigned(helper.submit(candidates.codebook, page_ids, stored, vectors.decode_into))
                 else:
@@ -354,9 +351,8 @@ class IndexStorage:
         epoch = self.store.vector_epoch() + 1
         new = VectorFile(self.path, old.dim, file_name(self.options.vector_type, epoch), self.options.vector_type)
         new.path.unlink(missing_ok=True)
-        stored = old.mapped().view(np.ndarray)
-        moves = [(page_id, new.append(stored[offset:offset + count]))
-                 for page_id, offset, count in zip(table.page_ids.tolist(), table.offsets.tolist(), table.counts.tolist())]
+        stored = old.stored_rows(table.offsets.tolist(), table.counts.tolist())
+        moves = [(page_id, new.append(rows)) for page_id, rows in zip(table.page_ids.tolist(), stored)]
         new.sync()
         new.close()
         with self.store.transaction():

@@ -122,6 +122,12 @@ class VectorFile:
         mapped = self.mapped()
         return [self.decode(mapped[o : o + c]) for o, c in zip(offsets, counts)]
 
+    def stored_rows(self, offsets: list[int], counts: list[int]) -> list[np.ndarray]:
+        """The row ranges [offset, offset + count) as stored, views of the file's mapping (which
+        they keep alive: they stay readable after the file is replaced by compaction)."""
+        mapped = self.mapped().view(np.ndarray)
+        return [mapped[offset:offset + count] for offset, count in zip(offsets, counts)]
+
     def gather(self, offsets: np.ndarray, counts: np.ndarray, out: np.ndarray) -> None:
         """Copy the row ranges [offset, offset + count), one after another, into `out` (as stored:
         float16, or bfloat16 bits in uint16)."""
