@@ -320,7 +320,7 @@ class IndexStorage:
             for start in range(0, len(table), chunk_pages):
                 part = slice(start, start + chunk_pages)
                 page_ids = table.page_ids[part].tolist()
-                stored = vectors.stored_rows(table.offsets[part].tolist(), table.counts[part].tolist())
+                stored = vectors.stored_rows(table.offsets[part], table.counts[part])
                 if start // chunk_pages % 2:
                     candidates.put_assigned(helper.submit(candidates.codebook, page_ids, stored, vectors.decode_into))
                 else:
@@ -351,7 +351,7 @@ class IndexStorage:
         epoch = self.store.vector_epoch() + 1
         new = VectorFile(self.path, old.dim, file_name(self.options.vector_type, epoch), self.options.vector_type)
         new.path.unlink(missing_ok=True)
-        stored = old.stored_rows(table.offsets.tolist(), table.counts.tolist())
+        stored = old.stored_rows(table.offsets, table.counts)
         moves = [(page_id, new.append(rows)) for page_id, rows in zip(table.page_ids.tolist(), stored)]
         new.sync()
         new.close()

@@ -43,11 +43,6 @@ def to_bfloat16_bits(vectors: np.ndarray) -> np.ndarray:
     return ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
 
 
-def from_bfloat16_bits(bits: np.ndarray) -> np.ndarray:
-    """uint16 bfloat16 bit patterns as float32 values (exact)."""
-    return (np.asarray(bits, dtype=np.uint32) << 16).view(np.float32)
-
-
 class VectorFile:
     """Rows of `dim` float16 or bfloat16 values (`vector_type`). Writers append and `sync()` before
     committing the pages that point at the new rows; readers only read rows that committed pages
@@ -104,9 +99,9 @@ class VectorFile:
 
     def decode(self, stored: np.ndarray) -> np.ndarray:
         """Stored rows as float32 (exact)."""
-        if self.vector_type == "float16":
-            return np.asarray(stored, dtype=np.float32)
-        return from_bfloat16_bits(stored)
+        out = np.empty(stored.shape, dtype=np.float32)
+        self.decode_into(out, stored)
+        return out
 
     def decode_into(self, out: np.ndarray, stored: np.ndarray) -> None:
         """Stored rows as float32 into `out` (of their shape), in one pass."""
@@ -117,27 +112,26 @@ class VectorFile:
 
     def read(self, offsets: np.ndarray, counts: np.ndarray) -> list[np.ndarray]:
         """float32 copies of the row ranges [offset, offset + count)."""
-        if len(offsets) == 0:
-            return []
-        mapped = self.mapped()
-        return [self.decode(mapped[o : o + c]) for o, c in zip(offsets, counts)]
+        return [self.decode(rows) for rows in self.stored_rows(offsets, counts)]
 
-    def stored_rows(self, offsets: list[int], counts: list[int]) -> list[np.ndarray]:
+    def stored_rows(self, offsets: np.ndarray, counts: np.ndarray) -> list[np.ndarray]:
         """The row ranges [offset, offset + count) as stored, views of the file's mapping (which
         they keep alive: they stay readable after the file is replaced by compaction)."""
-        mapped = self.mapped().view(np.ndarray)
-        return [mapped[offset:offset + count] for offset, count in zip(offsets, counts)]
+        if len(offsets) == 0:
+            return []
+        mapped = self._map().view(np.ndarray)  # slices of a plain array: no memmap object per page
+        return [mapped[offset:offset + count]
+                for offset, count in zip(np.asarray(offsets).tolist(), np.asarray(counts).tolist())]
 
     def gather(self, offsets: np.ndarray, counts: np.ndarray, out: np.ndarray) -> None:
         """Copy the row ranges [offset, offset + count), one after another, into `out` (as stored:
         float16, or bfloat16 bits in uint16)."""
-        mapped = self.mapped().view(np.ndarray)  # slices of a plain array: no memmap object per page
         row = 0
-        for offset, count in zip(np.asarray(offsets).tolist(), np.asarray(counts).tolist()):
-            out[row:row + count] = mapped[offset:offset + count]
-            row += count
+        for rows in self.stored_rows(offsets, counts):
+            out[row:row + len(rows)] = rows
+            row += len(rows)
 
-    def mapped(self) -> np.ndarray:
+    def _map(self) -> np.ndarray:
         """The file's rows as one (rows, dim) array, memory-mapped read-only once per file length
         (not once per read)."""
         if self._appender is not None:
