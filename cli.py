@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Thin shim so `python cli.py ...` works from a checkout; the CLI lives in docqa/cli.py."""
+"""Thin shim so `python cli.py ...` works from a checkout; the CLI lives in docqa/cli/."""
 
 from docqa.cli import main
 

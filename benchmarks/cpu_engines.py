@@ -28,9 +28,9 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from docqa.answer import Conversation, Generator, PageImage  # noqa: E402
-from docqa.encoders import Retriever  # noqa: E402
-from docqa.engines.openvino import calibration_pages  # noqa: E402
+from docqa.models.generator import Conversation, Generator, PageImage  # noqa: E402
+from docqa.models.retriever import Retriever  # noqa: E402
+from docqa.models.engines.openvino import calibration_pages  # noqa: E402
 from tiny_generators import build_generator_checkpoint  # noqa: E402
 from tiny_retrievers import build_retriever_checkpoint  # noqa: E402
 from trained_retriever import corpus as labelled_corpus  # noqa: E402
@@ -112,7 +112,7 @@ def vision_section(work: Path, args) -> None:
     import nncf
     import openvino as ov
 
-    from docqa.engines.openvino import _capture_inputs, _one_by_one, _quiet, _tensors, _VisionGraph
+    from docqa.models.engines.openvino import _capture_inputs, _one_by_one, _quiet, _tensors, _VisionGraph
 
     folder = Path(args.retriever) if args.retriever else build_retriever_checkpoint(
         "colmodernvbert", work / "retriever", size="real")
@@ -167,7 +167,7 @@ def openvino_retriever(folder: Path, edge: int, vision: str) -> Retriever:
     """The retriever on the openvino engine with its vision encoder quantized as ``vision``
     ("static": the docqa engine; "static-all": every vision operation int8, the engine's recipe 2;
     "weights": int8 weights only, f32 compute)."""
-    from docqa.engines.openvino import OpenVINOEngine
+    from docqa.models.engines.openvino import OpenVINOEngine
 
     retriever = Retriever.load(str(folder), device="cpu", engine="torch", image_edge=edge)
     OpenVINOEngine(retriever_vision=vision).prepare_retriever(

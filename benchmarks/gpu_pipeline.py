@@ -24,9 +24,9 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 import torch  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
-from docqa.answer import Generator  # noqa: E402
+from docqa.models.generator import Generator  # noqa: E402
 from docqa.api import DocIndex  # noqa: E402
-from docqa.ask import Asker  # noqa: E402
+from docqa.answer.ask import Asker  # noqa: E402
 from tiny_generators import build_generator_checkpoint  # noqa: E402
 from tiny_retrievers import build_retriever_checkpoint  # noqa: E402
 
@@ -79,7 +79,7 @@ def main() -> None:
     generator.model.generate(**inputs, max_new_tokens=64, min_new_tokens=64, do_sample=False,
                              pad_token_id=generator.processor.tokenizer.pad_token_id)
     plain_s = time.perf_counter() - t0
-    from docqa.answer import Conversation  # noqa: E402
+    from docqa.models.generator import Conversation  # noqa: E402
     t0 = time.perf_counter()
     streamed = list(generator.stream(Conversation(), "What is the revenue on page 7?", pages, max_new_tokens=64))
     stream_s = time.perf_counter() - t0

@@ -35,9 +35,9 @@ import torch  # noqa: E402
 from pdf2image import convert_from_path  # noqa: E402
 
 from docqa.api import DocIndex  # noqa: E402
-from docqa.encoders import Retriever  # noqa: E402
-from docqa.render import render_pages  # noqa: E402
-from docqa.sources import PDF  # noqa: E402
+from docqa.models.retriever import Retriever  # noqa: E402
+from docqa.inputs.render import render_pages  # noqa: E402
+from docqa.inputs.sources import PDF  # noqa: E402
 from documents import make_pdf  # noqa: E402
 from tiny_retrievers import FAMILIES, build_retriever_checkpoint  # noqa: E402
 

@@ -38,7 +38,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image, ImageDraw, ImageFont  # noqa: E402
 
-from docqa.encoders import Retriever  # noqa: E402
+from docqa.models.retriever import Retriever  # noqa: E402
 from tiny_retrievers import build_retriever_checkpoint  # noqa: E402
 
 # one token each in the tiny checkpoint's tokenizer (after a space), so a query token is a word

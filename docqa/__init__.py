@@ -18,7 +18,7 @@ _EXPORTS = {
     "RemoveReport": "api",
     "IngestSettings": "config",
     "DocQAError": "errors",
-    "IngestReport": "ingest",
+    "IngestReport": "ingest.local",
 }
 __all__ = [*_EXPORTS, "__version__"]
 

@@ -34,12 +34,12 @@ from .errors import (
 )
 from .index.search import ScoredPage
 from .index.storage import IndexOptions, IndexStorage
-from .ingest import IngestReport, run_ingest
+from .ingest.local import IngestReport, run_ingest
 from .index.store import DB_NAME, DocumentRecord, NewPage, PageFilter, Store, check_metadata_key
 from .index.vectors import VectorFile, as_float32
 
 if TYPE_CHECKING:  # the model stack is imported where a model is loaded: `info` and `remove` never need it
-    from .encoders import EncoderStamp, Retriever
+    from .models.retriever import EncoderStamp, Retriever
 
 BUILD_KEY = "build"
 EMBEDDINGS_KIND = "embeddings"  # documents added with add_embeddings (no file behind them)
@@ -181,8 +181,8 @@ class DocIndex:
                 )
             model, image_edge = built["model"], built["image_edge"]
         if self._retriever is None:
-            from .checkpoints import check_device
-            from .encoders import Retriever, default_retriever
+            from .models.checkpoints import check_device
+            from .models.retriever import Retriever, default_retriever
 
             device = check_device(device)
             retriever = Retriever.load(model or default_retriever(device), device=device, image_edge=image_edge,
@@ -285,7 +285,7 @@ class DocIndex:
                 for key in settings.tags:
                     check_metadata_key(key)
                 if settings.ray is not None:  # render and encode on Ray; this process plans and commits
-                    from .cluster.ingest import RayPipeline
+                    from .ingest.ray import RayPipeline
 
                     pipeline = RayPipeline.start(settings, self.build)
                     self._accept_stamp(pipeline.stamp)

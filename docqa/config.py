@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .render import DEFAULT_CHUNK_PAGES, DEFAULT_TIMEOUT_S
+from .inputs.render import DEFAULT_CHUNK_PAGES, DEFAULT_TIMEOUT_S
 
 DEFAULT_INDEX = "default"
 

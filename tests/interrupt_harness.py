@@ -29,10 +29,10 @@ import time
 import torch  # noqa: F401  (imported once, before any fork)
 from transformers import Idefics3ForConditionalGeneration, Idefics3Processor  # noqa: F401
 
-import docqa.answer
-import docqa.ask
-import docqa.cli
-import docqa.encoders
+import docqa.models.generator
+import docqa.answer.ask
+import docqa.cli.main
+import docqa.models.retriever
 
 SLOW_S = 60.0
 
@@ -50,19 +50,19 @@ def torch_work(seconds: float) -> None:
 
 
 def slow_render() -> None:
-    original = docqa.ask.render_pages
+    original = docqa.answer.ask.render_pages
 
     def render_pages(*args, **kwargs):
         announce("render")
         subprocess.run(["sleep", str(SLOW_S)], check=False)
         yield from original(*args, **kwargs)
 
-    docqa.ask.render_pages = render_pages
+    docqa.answer.ask.render_pages = render_pages
 
 
 def slow_generation(stage: str) -> None:
-    original_load = docqa.answer.Generator.load.__func__
-    original_config = docqa.answer.Generator._generation_config
+    original_load = docqa.models.generator.Generator.load.__func__
+    original_config = docqa.models.generator.Generator._generation_config
     decoding, announced = threading.Event(), threading.Event()
 
     def prefill_hook(module, args):
@@ -92,12 +92,12 @@ def slow_generation(stage: str) -> None:
         config.min_new_tokens = max_new_tokens  # the answer keeps going until it is interrupted
         return config
 
-    docqa.answer.Generator.load = classmethod(load)
-    docqa.answer.Generator._generation_config = generation_config
+    docqa.models.generator.Generator.load = classmethod(load)
+    docqa.models.generator.Generator._generation_config = generation_config
 
 
 def slow_ingest() -> None:
-    original = docqa.encoders.Retriever.encode_batch  # what ingest calls per batch of pages
+    original = docqa.models.retriever.Retriever.encode_batch  # what ingest calls per batch of pages
     calls = []
 
     def encode_batch(self, batch):
@@ -107,7 +107,7 @@ def slow_ingest() -> None:
             torch_work(SLOW_S)
         return original(self, batch)
 
-    docqa.encoders.Retriever.encode_batch = encode_batch
+    docqa.models.retriever.Retriever.encode_batch = encode_batch
 
 
 def child(request: dict) -> None:
@@ -127,7 +127,7 @@ def child(request: dict) -> None:
         slow_generation(stage)
     elif stage == "ingest":
         slow_ingest()
-    raise SystemExit(docqa.cli.main(request["argv"]))
+    raise SystemExit(docqa.cli.main.main(request["argv"]))
 
 
 def serve() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from docqa.cluster.ingest import PageEncoder
+from docqa.ingest.ray import PageEncoder
 
 
 class DyingEncoder(PageEncoder):

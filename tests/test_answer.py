@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from docqa.answer import (
+from docqa.models.generator import (
     DEFAULT_CPU_ANSWER_MODEL,
     DEFAULT_GPU_ANSWER_MODEL,
     INSTRUCTIONS,

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from docqa.cli import main
+from docqa.cli.main import main
 
 from documents import make_image, make_pdf
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from docqa.cli import build_parser, main
+from docqa.cli.main import build_parser, main
 
 from documents import make_image, make_pdf
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from docqa.cli import main
+from docqa.cli.main import main
 
 from documents import make_image, make_pdf
 
@@ -132,7 +132,7 @@ def test_commands_without_a_model_do_not_import_torch(world):
     """`info`, `remove` and `--help` never import the model stack (it costs seconds)."""
     script = (
         "import json, sys\n"
-        "from docqa.cli import main\n"
+        "from docqa.cli.main import main\n"
         f"codes = [main(['info', '--index', {world['index']!r}]), main(['remove', 'x', '--index', {world['index']!r}])]\n"
         "try:\n    main(['--help'])\nexcept SystemExit as e:\n    codes.append(e.code)\n"
         "print(json.dumps({'codes': codes, 'heavy': [m for m in ('torch', 'transformers') if m in sys.modules]}))\n"
@@ -160,8 +160,8 @@ def test_pages_are_bounded_by_the_answer_models_context(world):
     """With a long answer, fewer pages fit: the bound holds for the prompt the model really gets."""
     from PIL import Image
 
-    from docqa.answer import Conversation, Generator, PageImage
-    from docqa.ask import Asker
+    from docqa.models.generator import Conversation, Generator, PageImage
+    from docqa.answer.ask import Asker
 
     generator = Generator.load(world["answerer"], device="cpu")
     asker = Asker(generator, k=50, max_pages=50, max_new_tokens=5000, conversation=Conversation(max_images=50))

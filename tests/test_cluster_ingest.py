@@ -13,7 +13,7 @@ import pytest
 
 from docqa import DocIndex
 from docqa.cluster import ingest as cluster_ingest
-from docqa.ingest import Job
+from docqa.ingest.local import Job
 
 from documents import make_mixed_folder
 from stored import stored_pages
@@ -93,7 +93,7 @@ def test_a_dying_encoder_actor_is_retried_and_every_page_lands_once(
 
 DRIVER_DIES_AFTER_FIRST_COMMIT = textwrap.dedent("""
     import os, sys
-    import docqa.cluster.ingest as cluster_ingest
+    import docqa.ingest.ray as cluster_ingest
     from docqa import DocIndex
 
     real = cluster_ingest.commit_job
@@ -133,7 +133,7 @@ def test_a_rerun_after_the_driver_died_encodes_only_the_uncommitted_documents(
 
 
 def test_without_ray_installed_the_cli_says_how_to_install_it(corpus, monkeypatch, capsys):
-    from docqa.cli import main
+    from docqa.cli.main import main
 
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now raises ImportError
     assert main(["ingest", str(corpus), "--ray"]) == 2

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from docqa import DocIndex
-from docqa.cli import main
+from docqa.cli.main import main
 from docqa.cluster.shards import ShardSet, shard_of, write_shard_list
 from docqa.errors import IndexMismatchError
 

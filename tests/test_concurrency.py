@@ -18,7 +18,7 @@ SETTINGS = {"batch_size": 1, "image_edge": 512}
 def _slow_encoding(started: Path) -> None:
     """Make the writer slow enough for the others to overlap it; touch `started` once it encodes
     (it holds the write lock by then)."""
-    from docqa.encoders import Retriever
+    from docqa.models.retriever import Retriever
 
     single_threaded()
     real = Retriever.encode_batch

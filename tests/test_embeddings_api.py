@@ -190,7 +190,7 @@ def test_vector_types_store_what_they_say(tmp_path):
 
 
 def test_cli_refuses_other_index_options(tmp_path, retriever_checkpoint, capsys):
-    from docqa.cli import main
+    from docqa.cli.main import main
 
     make_image(tmp_path / "docs" / "a.png", text="a")
     model = str(retriever_checkpoint)

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image, ImageDraw
 from transformers import ModernBertConfig
 
-from docqa.encoders import Retriever, default_image_edge
+from docqa.models.retriever import Retriever, default_image_edge
 from docqa.errors import ModelLoadError, UnsupportedModelError
 
 FAMILIES = ("colmodernvbert", "colqwen2", "colpali")

@@ -18,12 +18,12 @@ import numpy as np
 import pytest
 import torch
 
-from docqa.answer import Conversation, Generator, PageImage
+from docqa.models.generator import Conversation, Generator, PageImage
 from docqa.api import DocIndex
-from docqa.cli import main
-from docqa.encoders import Retriever
-from docqa.engines import OPENVINO, TORCH, openvino_missing
-from docqa.engines.cache import converted
+from docqa.cli.main import main
+from docqa.models.retriever import Retriever
+from docqa.models.engines import OPENVINO, TORCH, openvino_missing
+from docqa.models.engines.cache import converted
 from docqa.errors import IndexMismatchError, ModelLoadError
 from documents import make_pdf
 
@@ -46,7 +46,7 @@ def fast_default(engine_cache, monkeypatch) -> Path:
 
 
 def _pages() -> list:
-    from docqa.engines.openvino import calibration_pages
+    from docqa.models.engines.openvino import calibration_pages
 
     portrait, landscape = calibration_pages(900)[:2]
     return [portrait.rotate(180), landscape.transpose(0)]  # not the calibration pages themselves
@@ -99,7 +99,7 @@ def _colour_page():
 def test_static_int8_is_calibrated_on_colour_pages_too(retriever_checkpoint, tmp_path, monkeypatch):
     """Calibrated on black-and-white pages alone, static int8 clips what colour pages activate (so a
     colour page's vectors drift from fp32); the calibration pages' colour figures keep them close."""
-    from docqa.engines import openvino
+    from docqa.models.engines import openvino
 
     reference = Retriever.load(str(retriever_checkpoint), device="cpu", engine=TORCH)
     pages = [_colour_page()]
@@ -130,7 +130,7 @@ def test_the_benchmarks_comparison_recipes_are_their_own_cache_entries(retriever
     int8 weights with f32 compute) are converted apart from the default, and the default, which keeps
     the most sensitive operations in f32, stays at least as close to fp32 as all-int8 (README's top-10
     table compares the three)."""
-    from docqa.engines.openvino import OpenVINOEngine
+    from docqa.models.engines.openvino import OpenVINOEngine
 
     reference = Retriever.load(str(retriever_checkpoint), device="cpu", engine=TORCH)
     default = Retriever.load(str(retriever_checkpoint), device="cpu", engine=OPENVINO)
@@ -154,7 +154,7 @@ def test_the_retriever_runs_its_sensitive_operations_in_f32(retriever_checkpoint
     ``RETRIEVER_VISION_F32`` (patch embedding, attention projections) and the whole text encoder in f32."""
     import re
 
-    from docqa.engines.openvino import RETRIEVER_VISION_F32
+    from docqa.models.engines.openvino import RETRIEVER_VISION_F32
 
     vlm = Retriever.load(str(retriever_checkpoint), device="cpu", engine=OPENVINO)._model.vlm
 
@@ -254,7 +254,7 @@ def test_indexes_stamped_before_engines_count_as_torch(retriever_checkpoint, tmp
 _CONVERTER = textwrap.dedent("""
     import os, sys, time
     from pathlib import Path
-    from docqa.engines.cache import converted
+    from docqa.models.engines.cache import converted
 
     def convert(folder):
         (folder / "half").write_text("written")

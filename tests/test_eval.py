@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from docqa import DocIndex
-from docqa.cli import main
+from docqa.cli.main import main
 from docqa.errors import MissingDependencyError, QrelsError
 from docqa.eval import (
     DocumentMatcher,

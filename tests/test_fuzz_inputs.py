@@ -15,8 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from docqa.errors import InputFileError
-from docqa.render import count_pages, render_pages
-from docqa.sources import classify
+from docqa.inputs.render import count_pages, render_pages
+from docqa.inputs.sources import classify
 
 from documents import make_image, make_palette_alpha_png, make_pdf, make_tiff
 

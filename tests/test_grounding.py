@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from docqa.cli import main
-from docqa.encoders import Retriever
-from docqa.grounding import (
+from docqa.cli.main import main
+from docqa.models.retriever import Retriever
+from docqa.answer.grounding import (
     EncodedPage,
     PatchGrid,
     contributions,
@@ -24,7 +24,7 @@ from docqa.grounding import (
     patch_grids,
     strongest_region,
 )
-from docqa.render import fit_within
+from docqa.inputs.render import fit_within
 
 from documents import make_image, make_pdf
 

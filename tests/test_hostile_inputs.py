@@ -18,12 +18,12 @@ import tracemalloc
 from pathlib import Path
 
 import pytest
-import docqa.render as render
+import docqa.inputs.render as render
 from docqa import DocIndex
 from docqa.errors import InputFileError
-from docqa.ingest import IngestReport
-from docqa.render import count_pages, render_pages
-from docqa.sources import IMAGE, PDF, classify, printable
+from docqa.ingest.local import IngestReport
+from docqa.inputs.render import count_pages, render_pages
+from docqa.inputs.sources import IMAGE, PDF, classify, printable
 
 from documents import (
     make_encrypted_pdf,
@@ -316,7 +316,7 @@ def test_huge_page_render_is_capped_and_poppler_stays_small(tmp_path):
     started = time.monotonic()
     own, poppler = _peak_rss_mb(f"""
         from pathlib import Path
-        from docqa.render import render_pages
+        from docqa.inputs.render import render_pages
         (page,) = render_pages(Path({str(pdf)!r}), "pdf", 256)
         assert page.image.size == (256, 256), page.image.size
     """)
@@ -335,7 +335,7 @@ def test_png_bomb_is_refused_from_its_header(tmp_path):
     own, _ = _peak_rss_mb(f"""
         from pathlib import Path
         from docqa.errors import InputFileError
-        from docqa.render import render_pages
+        from docqa.inputs.render import render_pages
         try:
             list(render_pages(Path({str(bomb)!r}), "image", 256))
         except InputFileError:

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import docqa.ingest
+import docqa.ingest.local
 from docqa import DocIndex
-from docqa.encoders import Retriever
+from docqa.models.retriever import Retriever
 from docqa.errors import IndexMismatchError, IndexNotFoundError, ModelLoadError
 
 from documents import make_image, make_mixed_folder, make_pdf
@@ -215,14 +215,14 @@ def test_rendering_stays_a_bounded_number_of_pages_ahead_of_encoding(tmp_path, r
     """A long PDF is never rendered (or preprocessed) whole ahead of a slow model: the pages in flight
     between poppler and the store are bounded by the queues, whatever the document's length."""
     rendered = [0]
-    real_render = docqa.ingest.render_pages
+    real_render = docqa.ingest.local.render_pages
 
     def counting(*args, **kwargs):
         for page in real_render(*args, **kwargs):
             rendered[0] += 1
             yield page
 
-    monkeypatch.setattr(docqa.ingest, "render_pages", counting)
+    monkeypatch.setattr(docqa.ingest.local, "render_pages", counting)
     index = DocIndex.open("long", create=True)
     pdf = make_pdf(tmp_path / "long.pdf", 60)
     ahead: list[int] = []

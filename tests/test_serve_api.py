@@ -15,8 +15,8 @@ pytest.importorskip("fastapi", reason='the server tests need the serve extra: pi
 
 from fastapi.testclient import TestClient  # noqa: E402
 
-from docqa.answer import Generator  # noqa: E402
-from docqa.cli import main  # noqa: E402
+from docqa.models.generator import Generator  # noqa: E402
+from docqa.cli.main import main  # noqa: E402
 from docqa.errors import DocQAError  # noqa: E402
 from docqa.serve import check_bind, create_app, require_serve_extra  # noqa: E402
 from docqa.serve.service import Limits, Service, safe_name  # noqa: E402

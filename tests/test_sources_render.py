@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from docqa.errors import InputFileError
-from docqa.render import count_pages, render_pages
-from docqa.sources import IMAGE, PDF, classify, sniff, walk
+from docqa.inputs.render import count_pages, render_pages
+from docqa.inputs.sources import IMAGE, PDF, classify, sniff, walk
 
 from documents import make_image, make_pdf, make_tiff
 
@@ -63,7 +63,7 @@ def test_pdf_pages_match_pdfinfo_and_fit_the_edge(tmp_path):
 
 def test_render_is_lazy_per_chunk(tmp_path, monkeypatch):
     """Only one chunk of a long PDF is rendered before the first page comes out."""
-    import docqa.render as render
+    import docqa.inputs.render as render
 
     calls = []
     real = render.convert_from_path

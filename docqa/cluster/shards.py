@@ -27,11 +27,11 @@ from types import ModuleType
 import numpy as np
 
 from ..api import DocIndex, Hit
-from .. import sources
+from ..inputs import sources
 from ..config import IngestSettings, index_path
-from ..encoders import Retriever
+from ..models.retriever import Retriever
 from ..errors import ClusterError, IndexMismatchError, IndexNotFoundError, QueryError
-from ..ingest import IngestReport
+from ..ingest.local import IngestReport
 from .ray_runtime import connect
 
 SHARD_LIST = "shards.json"

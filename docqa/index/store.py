@@ -19,7 +19,7 @@ import numpy as np
 import sqlite_utils
 
 from ..errors import IndexCorruptError
-from ..sources import printable
+from ..inputs.sources import printable
 
 DB_NAME = "docqa.db"
 SCHEMA_VERSION = 2

@@ -25,12 +25,12 @@ from typing import Any
 from PIL import Image
 
 from ..api import DocIndex, Hit
-from ..ask import Asker
+from ..answer.ask import Asker
 from ..config import IngestSettings
-from ..encoders import Retriever
+from ..models.retriever import Retriever
 from ..errors import DocQAError, IndexLockedError
-from ..grounding import Grounding, answer_query, ground, hit_page
-from ..sources import describe_content, sniff
+from ..answer.grounding import Grounding, answer_query, ground, hit_page
+from ..inputs.sources import describe_content, sniff
 
 UPLOADS = "uploads"  # inside the index folder
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._ -]+")
@@ -126,8 +126,8 @@ class Service:
         self.retriever()
 
     def _generator_instance(self):
-        from ..answer import Generator, default_answer_model
-        from ..checkpoints import default_device
+        from ..models.generator import Generator, default_answer_model
+        from ..models.checkpoints import default_device
 
         if self._generator is None:
             device = self.device or default_device()

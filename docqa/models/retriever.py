@@ -47,8 +47,8 @@ from transformers.utils import logging as hf_logging
 
 from .checkpoints import check_device, is_gpu, load_error, resolve, short_reason, torch_dtype
 from .engines import prepare_on_engine
-from .errors import UnsupportedModelError
-from .render import fit_within
+from ..errors import UnsupportedModelError
+from ..inputs.render import fit_within
 
 DEFAULT_CPU_RETRIEVER = "ModernVBERT/colmodernvbert-merged"
 DEFAULT_GPU_RETRIEVER = "vidore/colqwen2-v1.0-hf"
@@ -127,7 +127,7 @@ class EncoderStamp:
     dtype: str  # e.g. "float32"
     image_edge: int  # longest page edge in pixels fed to the model
     dim: int  # embedding dimension
-    engine: str = "torch"  # what runs the model: "torch" | "openvino" (docqa.engines)
+    engine: str = "torch"  # what runs the model: "torch" | "openvino" (docqa.models.engines)
     precision: str = "float32"  # what the engine computes in, e.g. "float32" or "int8 (...)"
 
 
@@ -171,7 +171,7 @@ class Retriever:
     ) -> Retriever:
         """Load a retriever from a local checkpoint folder or a hub id (cache first; fails fast offline).
 
-        ``device`` defaults to :func:`~docqa.checkpoints.default_device`, ``dtype`` to float32 on CPU and bfloat16 on
+        ``device`` defaults to :func:`~docqa.models.checkpoints.default_device`, ``dtype`` to float32 on CPU and bfloat16 on
         CUDA, ``image_edge`` to :func:`default_image_edge` for the checkpoint's family. For
         colmodernvbert ``image_edge`` is snapped to a whole number of tiles (512 px for the real
         model); the stamp records the value actually used.

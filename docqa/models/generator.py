@@ -43,8 +43,8 @@ from transformers.utils import logging as hf_logging
 
 from .checkpoints import check_device, load_error, resolve, short_reason, torch_dtype
 from .engines import prepare_on_engine
-from .errors import ModelLoadError, UnsupportedModelError
-from .render import fit_within
+from ..errors import ModelLoadError, UnsupportedModelError
+from ..inputs.render import fit_within
 
 DEFAULT_CPU_ANSWER_MODEL = "HuggingFaceTB/SmolVLM-500M-Instruct"
 DEFAULT_GPU_ANSWER_MODEL = "Qwen/Qwen2.5-VL-3B-Instruct"
@@ -347,7 +347,7 @@ class Generator:
         self.model_id = model_id
         self.max_image_edge = max_image_edge
         self._budget: ContextBudget | None = None
-        self.engine = engine  # what runs the model (docqa.engines)
+        self.engine = engine  # what runs the model (docqa.models.engines)
         self.precision = precision
 
     @classmethod

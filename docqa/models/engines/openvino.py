@@ -33,7 +33,7 @@ import torch
 from PIL import Image, ImageDraw
 from transformers.modeling_outputs import BaseModelOutput
 
-from ..errors import ModelLoadError
+from ...errors import ModelLoadError
 from . import OPENVINO, Engine
 from .cache import cache_key, cache_root, checkpoint_hash, converted
 

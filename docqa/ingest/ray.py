@@ -1,9 +1,9 @@
 """Ingest on Ray: render as Ray Data tasks, encode in an actor pool, commit on the driver.
 
-    driver: plan (docqa.ingest: walk, sniff, hash, skip unchanged)
+    driver: plan (docqa.ingest.local: walk, sniff, hash, skip unchanged)
       └▶ one row per document ──flat_map: render (CPU tasks)──▶ page rows (raw RGB) + an end row
            ──map_batches: PageEncoder actors (one model each; a GPU each when the cluster has them)──▶
-      ◀── page vectors streamed back; each document committed (docqa.ingest.commit_job) once all
+      ◀── page vectors streamed back; each document committed (docqa.ingest.local.commit_job) once all
           of its pages arrived, in one transaction, exactly as a local ingest does.
 
 Exactly once: Ray retries a render task or an encoder batch whose worker died, and only the output
@@ -23,13 +23,13 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from ..checkpoints import is_gpu
+from ..models.checkpoints import is_gpu
 from ..config import IngestSettings
-from ..encoders import EncoderStamp, Retriever, default_retriever
+from ..models.retriever import EncoderStamp, Retriever, default_retriever
 from ..errors import ClusterError, InputFileError
-from ..ingest import IngestReport, Job, commit_job
-from ..render import render_pages
-from .ray_runtime import cluster_cpus, cluster_gpus, connect
+from .local import IngestReport, Job, commit_job
+from ..inputs.render import render_pages
+from ..cluster.ray_runtime import cluster_cpus, cluster_gpus, connect
 
 # Row kinds flowing through the dataset.
 PAGE, END, ERROR = "page", "end", "error"
@@ -104,7 +104,7 @@ class _Arrivals:
 
 @dataclass
 class RayPipeline:
-    """An ingest pipeline (docqa.ingest.Pipeline) that renders and encodes on a Ray cluster."""
+    """An ingest pipeline (docqa.ingest.local.Pipeline) that renders and encodes on a Ray cluster."""
 
     ray: ModuleType
     stamp: EncoderStamp

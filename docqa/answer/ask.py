@@ -13,12 +13,12 @@ from pathlib import Path
 
 from PIL import Image
 
-from .answer import Answer, Conversation, Generator, PageImage, find_citations
-from .api import DocIndex
-from .config import MAX_PAGE_IMAGES, MAX_RESULTS
-from .errors import InputFileError, NoResultsError, QueryError, SourceChangedError
-from .render import render_pages
-from .sources import classify, sha256_of
+from ..models.generator import Answer, Conversation, Generator, PageImage, find_citations
+from ..api import DocIndex
+from ..config import MAX_PAGE_IMAGES, MAX_RESULTS
+from ..errors import InputFileError, NoResultsError, QueryError, SourceChangedError
+from ..inputs.render import render_pages
+from ..inputs.sources import classify, sha256_of
 
 DESCRIBE_PROMPT = (
     "Describe this page: what kind of document it is, what it is about, and the key facts it"

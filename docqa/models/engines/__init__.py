@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..checkpoints import is_gpu
-from ..errors import ModelLoadError
+from ...errors import ModelLoadError
 
 TORCH, OPENVINO = "torch", "openvino"
 ENGINES = (TORCH, OPENVINO)

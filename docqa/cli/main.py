@@ -15,9 +15,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from . import __version__
-from .config import DEFAULT_INDEX, MAX_BATCH_SIZE, MAX_IMAGE_EDGE, MAX_PAGE_IMAGES, MAX_RESULTS, IngestSettings
-from .errors import DocQAError
+from .. import __version__
+from ..config import DEFAULT_INDEX, MAX_BATCH_SIZE, MAX_IMAGE_EDGE, MAX_PAGE_IMAGES, MAX_RESULTS, IngestSettings
+from ..errors import DocQAError
 
 EXIT_OK, EXIT_PARTIAL, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
 KEPT_ON_INTERRUPT = "interrupted; every document committed before this point is kept (run ingest again to go on)"
@@ -247,7 +247,7 @@ def _add_shard_options(parser: argparse.ArgumentParser) -> None:
 def _open_searchable(args: argparse.Namespace):
     """The index to search: --shards as one (threads, or Ray actors with --ray), else --index."""
     if args.shards:
-        from .cluster.shards import ShardSet
+        from ..cluster.shards import ShardSet
 
         return ShardSet.open(args.shards, ray=args.ray)
     if args.ray is not None:
@@ -284,7 +284,7 @@ def _positive_int_up_to(ceiling: int):
 
 def _open_index(name: str | None, create: bool = False, options: dict | None = None):
     """Open an index; the import is here so `--help` does not pay for importing torch."""
-    from .api import DocIndex
+    from ..api import DocIndex
 
     return DocIndex.open(name, create=create, options=options)
 
@@ -300,7 +300,7 @@ def _ingest(args: argparse.Namespace) -> int:
                               image_edge=args.image_edge, engine=args.engine, sync=args.sync, tags=dict(args.tag),
                               progress=sys.stderr.isatty(), ray=args.ray, ray_encoders=args.ray_encoders)
     if args.shards:
-        from .cluster.shards import ingest_sharded
+        from ..cluster.shards import ingest_sharded
 
         report = ingest_sharded(args.shards, args.paths, settings)
     else:
@@ -329,7 +329,7 @@ def _search(args: argparse.Namespace) -> int:
     results = [hit.to_json() for hit in hits]
     failed = 0
     if args.heatmaps and hits:
-        from .grounding import ground_hit, heatmap_name
+        from ..answer.grounding import ground_hit, heatmap_name
 
         folder = _heatmap_folder(args.heatmaps)
         retriever = index.retriever(device=args.device, engine=args.engine)
@@ -388,9 +388,9 @@ def _remove(args: argparse.Namespace) -> int:
 
 def _asker(args: argparse.Namespace, with_index: bool):
     """The answer model (and index) a question command needs."""
-    from .answer import Conversation, Generator, default_answer_model
-    from .ask import Asker
-    from .checkpoints import check_device
+    from ..models.generator import Conversation, Generator, default_answer_model
+    from ..answer.ask import Asker
+    from ..models.checkpoints import check_device
 
     index = _open_searchable(args) if with_index else None
     device = check_device(args.device)
@@ -433,7 +433,7 @@ def _print_answer(stream, as_json: bool, heatmaps: tuple[str, object] | None = N
 
 def _answer_heatmaps(stream, folder: str, retriever) -> list[dict]:
     """Ground question + answer on each page shown; write the PNGs; the box fields per citation."""
-    from .grounding import answer_query, ground, heatmap_name
+    from ..answer.grounding import answer_query, ground, heatmap_name
 
     target = _heatmap_folder(folder)
     query = answer_query(stream.result.answer.question, stream.result.answer.text)
@@ -447,7 +447,7 @@ def _answer_heatmaps(stream, folder: str, retriever) -> list[dict]:
 
 
 def _ask(args: argparse.Namespace) -> int:
-    from .ask import check_question
+    from ..answer.ask import check_question
 
     check_question(args.question)  # before the answer model takes seconds to load
     if args.heatmaps and args.image:
@@ -457,7 +457,7 @@ def _ask(args: argparse.Namespace) -> int:
         _print_answer(asker.ask(args.question), args.json, (args.heatmaps, asker.index.retriever(device=args.device)))
         return EXIT_OK
     if args.image:
-        from .ask import page_of_file
+        from ..answer.ask import page_of_file
 
         asker = _asker(args, with_index=False)
         page = page_of_file(Path(args.image), args.page, asker.generator.max_image_edge)
@@ -468,7 +468,7 @@ def _ask(args: argparse.Namespace) -> int:
 
 
 def _describe(args: argparse.Namespace) -> int:
-    from .ask import DESCRIBE_PROMPT, page_of_file
+    from ..answer.ask import DESCRIBE_PROMPT, page_of_file
 
     asker = _asker(args, with_index=False)
     page = page_of_file(Path(args.file), args.page, asker.generator.max_image_edge)
@@ -486,7 +486,7 @@ def _describe(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from .eval import evaluate_index, read_qrels
+    from ..eval import evaluate_index, read_qrels
 
     qrels = read_qrels(args.qrels)
     report = evaluate_index(_open_index(args.index), qrels, k=args.k, exact=args.exact, device=args.device)
@@ -509,7 +509,7 @@ def _eval(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     import os
 
-    from .serve import check_bind, require_serve_extra, serve
+    from ..serve import check_bind, require_serve_extra, serve
 
     token = args.token or os.environ.get("DOCQA_TOKEN") or None
     check_bind(args.host, token)
@@ -584,7 +584,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_ERROR
     try:
         if getattr(args, "device", None) is not None:  # a bad --device is refused before any work
-            from .checkpoints import check_device
+            from ..models.checkpoints import check_device
 
             check_device(args.device)
         return args.handler(args)

@@ -19,7 +19,7 @@ from pdf2image.exceptions import (
 )
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import DocQAError, InputFileError
+from ..errors import DocQAError, InputFileError
 from .sources import IMAGE, PDF, printable
 
 DEFAULT_CHUNK_PAGES = 8

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
-from .errors import DeviceError, ModelLoadError
+from ..errors import DeviceError, ModelLoadError
 
 if TYPE_CHECKING:
     import torch

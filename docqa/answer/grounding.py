@@ -29,9 +29,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from .errors import SourceChangedError
-from .render import fit_within
-from .sources import sha256_of
+from ..errors import SourceChangedError
+from ..inputs.render import fit_within
+from ..inputs.sources import sha256_of
 
 _ROW_COL = re.compile(r"<row_(\d+)_col_(\d+)>")
 REGION_FRACTION = 0.5  # canvas cells at least this fraction of the maximum belong to the strongest region

@@ -21,15 +21,15 @@ import numpy as np
 
 from tqdm import tqdm
 
-from . import sources
-from .config import IngestSettings
-from .errors import InputFileError
-from .render import RenderedPage, count_pages, render_pages
-from .index.store import NewPage
+from ..inputs import sources
+from ..config import IngestSettings
+from ..errors import InputFileError
+from ..inputs.render import RenderedPage, count_pages, render_pages
+from ..index.store import NewPage
 
 if TYPE_CHECKING:
-    from .api import DocIndex
-    from .encoders import Retriever
+    from ..api import DocIndex
+    from ..models.retriever import Retriever
 
 
 @dataclass(frozen=True)

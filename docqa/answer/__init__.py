@@ -1,0 +1,1 @@
+"""Answers: retrieved pages to grounded answers (asking, citations, where on the page)."""

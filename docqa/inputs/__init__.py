@@ -1,0 +1,1 @@
+"""Inputs: files to page images (discovering and sniffing sources, rendering PDF pages and images)."""

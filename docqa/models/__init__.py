@@ -1,0 +1,1 @@
+"""Models: checkpoints to encoders and generators (loading, retriever, answer generator, CPU engines)."""
