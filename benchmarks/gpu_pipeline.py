@@ -61,7 +61,7 @@ def main() -> None:
 
     index = DocIndex.open(work / "index", create=True)
     report = index.ingest([work / "docs"], model=str(retriever_dir), batch_size=args.batch_size)
-    encoder = index.build["encoder"]
+    encoder = index.build.encoder.to_json()
     search_s = []
     for query in ["revenue by region", "page 7 line 3", "a box in the lower right", "quarterly totals", "line 40"]:
         t0 = time.perf_counter()

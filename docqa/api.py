@@ -22,13 +22,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from . import __version__
+from .build import BUILD_KEY, BuildStamp, EncoderStamp
 from .config import IngestSettings, index_path
 from .errors import (
     IndexMismatchError,
     IndexNotFoundError,
     InputFileError,
-    ModelRequiredError,
     OptionsError,
     QueryError,
 )
@@ -39,9 +38,8 @@ from .index.store import DB_NAME, DocumentRecord, NewPage, PageFilter, Store, ch
 from .index.vectors import VectorFile, as_float32
 
 if TYPE_CHECKING:  # the model stack is imported where a model is loaded: `info` and `remove` never need it
-    from .models.retriever import EncoderStamp, Retriever
+    from .models.retriever import Retriever
 
-BUILD_KEY = "build"
 EMBEDDINGS_KIND = "embeddings"  # documents added with add_embeddings (no file behind them)
 
 
@@ -69,16 +67,19 @@ class IndexInfo:
     documents: int
     pages: int
     bytes_on_disk: int
-    build: dict | None
+    build: BuildStamp | None
 
     def to_json(self) -> dict:
+        options = None
+        if self.build is not None:
+            options = self.build.options if self.build.options is not None else IndexOptions().to_json()
         return {
             "index": self.index,
             "model": self.model,
             "documents": self.documents,
             "pages": self.pages,
             "bytes_on_disk": self.bytes_on_disk,
-            "options": (self.build or {}).get("options", IndexOptions().to_json()) if self.build else None,
+            "options": options,
         }
 
 
@@ -102,10 +103,10 @@ class DocIndex:
         self.store.migrate()
         self._retriever: Retriever | None = None
         self._storage: IndexStorage | None = None
-        self._build: dict | None = None
+        self._build: BuildStamp | None = None
         self._created: Path | None = None  # the folder open(create=True) made, until a document lands
         build = self.build
-        built = IndexOptions.from_build(build) if build is not None else None
+        built = IndexOptions.from_build(build.to_json()) if build is not None else None
         if isinstance(options, dict):  # only the options named: the rest as the index has them
             try:
                 options = IndexOptions(**{**built.to_json(), **options}) if built else IndexOptions(**options)
@@ -139,47 +140,27 @@ class DocIndex:
 
     # --- build stamp and model --------------------------------------------------------------
     @property
-    def build(self) -> dict | None:
+    def build(self) -> BuildStamp | None:
         """The build stamp (read once it exists: it never changes after the first ingest or add)."""
         if self._build is None:
-            self._build = self.store.get_json(BUILD_KEY)
+            recorded = self.store.get_json(BUILD_KEY)
+            self._build = None if recorded is None else BuildStamp.from_json(recorded)
         return self._build
 
     @property
     def dim(self) -> int | None:
         """The vectors' dimension, fixed by the first ingest or add (None while the index is empty)."""
         build = self.build
-        return None if build is None else int(build.get("dim") or build["encoder"]["dim"])
+        return None if build is None else build.dim
+
     def retriever(self, model: str | None = None, device: str | None = None,
                   image_edge: int | None = None, engine: str | None = None) -> Retriever:
         """The index's retriever, loaded once; refuses a model, image edge or engine other than the
         ones it was built with (an index is never mixed). Without ``engine`` it uses the index's."""
         build = self.build
         if build is not None:
-            built = build["encoder"]
-            if built is None:
-                raise ModelRequiredError(
-                    f"{self.path} holds embeddings given through add_embeddings, not made by a model, so it"
-                    " cannot encode text or pages; search it with DocIndex.search_embeddings, or ingest"
-                    " into another --index"
-                )
-            built_engine = built.get("engine", "torch")  # indexes stamped before engines existed
-            if engine is not None and engine != built_engine:
-                raise IndexMismatchError(
-                    f"{self.path} was built with the {built_engine} engine; it cannot take --engine {engine}"
-                    " (vectors of different engines are not mixed; use another --index)"
-                )
-            engine = built_engine
-            if model is not None and _same_model(model) != built["model"]:
-                raise IndexMismatchError(
-                    f"{self.path} was built with model {built['model']!r}; it cannot take {model!r}"
-                    " (use another --index for another model)"
-                )
-            if image_edge is not None and image_edge != built["image_edge"]:
-                raise IndexMismatchError(
-                    f"{self.path} was built at image edge {built['image_edge']} px; it cannot take {image_edge}"
-                )
-            model, image_edge = built["model"], built["image_edge"]
+            built = build.check_load_request(self.path, model, image_edge, engine)
+            model, image_edge, engine = built.model, built.image_edge, built.engine
         if self._retriever is None:
             from .models.checkpoints import check_device
             from .models.retriever import Retriever, default_retriever
@@ -187,36 +168,24 @@ class DocIndex:
             device = check_device(device)
             retriever = Retriever.load(model or default_retriever(device), device=device, image_edge=image_edge,
                                        engine=engine)
-            if build is not None and retriever.stamp.config_hash != build["encoder"]["config_hash"]:
-                raise IndexMismatchError(
-                    f"the checkpoint {model!r} differs from the one {self.path} was built with"
-                    " (its config changed); re-ingest into a new index"
-                )
             if build is not None:
-                _check_conversion(self.path, build["encoder"], retriever.stamp)
+                build.check_loaded(self.path, retriever.stamp)
             self._retriever = retriever
         return self._retriever
 
     def adopt_retriever(self, retriever: Retriever) -> None:
         """Use an already loaded retriever (several handles on one index sharing one model, as the
         server does); refused when it is not the model the index was built with."""
-        build = self.build
-        if build is not None:
-            built = build["encoder"]
-            if built is None or (retriever.stamp.model, retriever.stamp.config_hash) != (built["model"],
-                                                                                         built["config_hash"]):
-                made_by = repr(built["model"]) if built else "given embeddings"
-                raise IndexMismatchError(f"{self.path} was built with {made_by}, not {retriever.stamp.model!r}")
-            _check_conversion(self.path, built, retriever.stamp)
+        if self.build is not None:
+            self.build.check_adopted(self.path, retriever.stamp)
         self._retriever = retriever
 
     def _write_build(self, stamp: EncoderStamp | None, dim: int) -> None:
         """Record what builds this index: the model's stamp (None for given embeddings of `dim`)
         and the index options."""
-        build = {"encoder": None if stamp is None else asdict(stamp), "dim": dim,
-                 "options": self.options.to_json(), "docqa_version": __version__, "created": time.time()}
+        build = BuildStamp.new(stamp, dim, self.options.to_json())
         with self.store.transaction():
-            self.store.set_meta(BUILD_KEY, json.dumps(build))
+            self.store.set_meta(BUILD_KEY, json.dumps(build.to_json()))
         self._build = build
 
     # --- storage: what the ingest pipelines call --------------------------------------------
@@ -315,21 +284,7 @@ class DocIndex:
             self._write_build(stamp, stamp.dim)
             self._storage_for(stamp.dim)
             return
-        built = build["encoder"]
-        if built is None:
-            self.retriever()  # raises ModelRequiredError: given embeddings, no model to ingest with
-        if (stamp.model, stamp.config_hash, stamp.image_edge) != (
-                built["model"], built["config_hash"], built["image_edge"]):
-            raise IndexMismatchError(
-                f"{self.path} was built with model {built['model']!r} at image edge {built['image_edge']} px;"
-                f" it cannot take {stamp.model!r} at {stamp.image_edge} px (use another --index)"
-            )
-        if stamp.engine != built.get("engine", "torch"):
-            raise IndexMismatchError(
-                f"{self.path} was built with the {built.get('engine', 'torch')} engine; it cannot take vectors"
-                f" of the {stamp.engine} engine (use another --index)"
-            )
-        _check_conversion(self.path, built, stamp)
+        build.check_ingest(self.path, stamp)
 
     def add_embeddings(self, path: str, pages: list[np.ndarray], *, metadata: dict | None = None) -> int:
         """Add one document whose pages are the given (n_i, dim) multi-vectors; returns its id.
@@ -456,7 +411,7 @@ class DocIndex:
         documents, pages = self.store.counts()
         build = self.build
         size = sum(entry.stat().st_size for entry in self.path.iterdir() if entry.is_file())
-        return IndexInfo(index=str(self.path), model=(build["encoder"] or {}).get("model") if build else None,
+        return IndexInfo(index=str(self.path), model=build.model if build else None,
                          documents=documents, pages=pages, bytes_on_disk=size, build=build)
 
     def close(self) -> None:
@@ -464,22 +419,3 @@ class DocIndex:
             self._storage.close()
         self.store.close()
 
-
-def _check_conversion(path: Path, built: dict, stamp: EncoderStamp) -> None:
-    """Refuse vectors of a converted engine whose conversion differs from the one that built the
-    index (recorded as its precision: a new conversion recipe computes other vectors). torch's
-    precision follows the device (bfloat16 on a GPU, float32 on a CPU: vectors that agree to
-    bfloat16 rounding), so an index ingested on a GPU is still searched on a CPU."""
-    recorded = built.get("precision")
-    if stamp.engine != "torch" and recorded is not None and recorded != stamp.precision:
-        raise IndexMismatchError(
-            f"{path} was built by the {stamp.engine} engine computing in {recorded}; this docqa's"
-            f" {stamp.engine} engine computes in {stamp.precision} (its conversion changed) and their"
-            " vectors are not mixed: re-ingest into another --index"
-        )
-
-
-def _same_model(model: str) -> str:
-    """How a model is recorded: local folders as absolute paths, hub ids as given."""
-    path = Path(model).expanduser()
-    return str(path.resolve()) if path.is_dir() else model

@@ -56,7 +56,7 @@ def test_ray_ingest_builds_the_same_index_as_a_local_ingest(corpus, retriever_ch
         local_report.to_json() | {"index": None, "seconds": None, "timings": None}
     assert (ray_report.added, ray_report.failed, ray_report.skipped, ray_report.pages_added) == (4, 1, 1, 8)
     assert _documents(on_ray) == _documents(local)
-    assert on_ray.build["encoder"] == local.build["encoder"]
+    assert on_ray.build.encoder == local.build.encoder
     local_pages, ray_pages = stored_pages(local), stored_pages(on_ray)
     assert local_pages.keys() == ray_pages.keys()
     for key, vectors in local_pages.items():

@@ -49,7 +49,7 @@ def filled(tmp_path):
 
 def test_first_add_fixes_dim_and_records_no_model(filled, tmp_path):
     index, rng = filled
-    assert index.build["encoder"] is None and index.dim == DIM
+    assert index.build.encoder is None and index.dim == DIM
     assert index.info().model is None
     with pytest.raises(IndexMismatchError):
         index.add_embeddings("/x.pdf", [_unit(rng, 3, DIM + 1)])

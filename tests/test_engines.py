@@ -200,8 +200,8 @@ def test_index_records_its_engine_and_refuses_another(retriever_checkpoint, tmp_
     pdf = make_pdf(tmp_path / "docs" / "a.pdf", 1, title="engines")
     index = DocIndex.open("e", create=True)
     index.ingest([pdf], model=str(retriever_checkpoint), engine=TORCH, image_edge=512)
-    assert index.build["encoder"]["engine"] == TORCH
-    assert index.build["encoder"]["precision"] == "float32"
+    assert index.build.encoder.engine == TORCH
+    assert index.build.encoder.precision == "float32"
     index.close()
     reopened = DocIndex.open("e")
     with pytest.raises(IndexMismatchError, match="built with the torch engine"):
@@ -220,7 +220,7 @@ def test_index_refuses_the_same_engine_with_another_conversion(retriever_checkpo
     index = DocIndex.open("ov", create=True)
     index.ingest([make_pdf(tmp_path / "docs" / "a.pdf", 1, title="recipe")], model=str(retriever_checkpoint),
                  image_edge=512)
-    build = index.build
+    build = index.build.to_json()
     assert build["encoder"]["engine"] == OPENVINO
     build["encoder"]["precision"] = "int8 (an earlier recipe)"
     with index.store.transaction():
@@ -240,7 +240,7 @@ def test_indexes_stamped_before_engines_count_as_torch(retriever_checkpoint, tmp
     pdf = make_pdf(tmp_path / "docs" / "a.pdf", 1, title="old")
     index = DocIndex.open("old", create=True)
     index.ingest([pdf], model=str(retriever_checkpoint), image_edge=512)
-    build = index.build
+    build = index.build.to_json()
     del build["encoder"]["engine"], build["encoder"]["precision"]
     with index.store.transaction():
         index.store.set_meta("build", json.dumps(build))

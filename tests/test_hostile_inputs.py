@@ -163,7 +163,7 @@ def _page_sizes(index: DocIndex, path: Path) -> list[tuple[int, int]]:
 
 def test_pages_fit_the_image_edge_and_exif_rotation_is_applied(hostile):
     index, _, root = hostile
-    edge = index.build["encoder"]["image_edge"]
+    edge = index.build.encoder.image_edge
     for name in INDEXED:
         path = root / "x.pdf" / name if name == "inner.pdf" else root / name
         assert all(max(size) <= edge for size in _page_sizes(index, path)), name

@@ -27,6 +27,7 @@ from types import ModuleType
 import numpy as np
 
 from ..api import DocIndex, Hit
+from ..build import BuildStamp, common_stamp
 from ..inputs import sources
 from ..config import IngestSettings, index_path
 from ..models.retriever import Retriever
@@ -35,7 +36,6 @@ from ..ingest.local import IngestReport
 from .ray_runtime import connect
 
 SHARD_LIST = "shards.json"
-_STAMP_KEYS = ("model", "family", "config_hash", "image_edge")  # same encoder: comparable vectors
 
 
 @dataclass(frozen=True)
@@ -118,7 +118,8 @@ class ShardActor:
         self.index = DocIndex.open(path)
 
     def build(self) -> dict | None:
-        return self.index.build
+        """The shard's build stamp as JSON (what crosses the Ray boundary)."""
+        return None if self.index.build is None else self.index.build.to_json()
 
     def search_embeddings(self, query: np.ndarray, k: int, exact: bool, where: dict | None,
                           path: str | None, rerank: int | None = None) -> list[Hit]:
@@ -128,7 +129,7 @@ class ShardActor:
 class ShardSet:
     """Several shards searched as one index (`search` / `search_embeddings` as on DocIndex)."""
 
-    def __init__(self, paths: list[Path], builds: list[dict | None], *, local: list[DocIndex] | None = None,
+    def __init__(self, paths: list[Path], builds: list[BuildStamp | None], *, local: list[DocIndex] | None = None,
                  actors: list | None = None, ray: ModuleType | None = None) -> None:
         self.paths = paths
         self.path = paths[0].parent  # what messages name (Asker: "... has no pages yet")
@@ -136,7 +137,7 @@ class ShardSet:
         self._actors = actors
         self._ray = ray
         self._retriever: Retriever | None = None
-        self.build = _common_build(paths, builds)
+        self.build = common_stamp(paths, builds)
 
     @classmethod
     def open(cls, locations: Sequence[str | os.PathLike[str]], *, ray: str | None = None,
@@ -154,7 +155,8 @@ class ShardSet:
         remote = runtime.remote(num_cpus=cpus_per_shard)(ShardActor)
         actors = [remote.remote(str(path)) for path in paths]
         builds = runtime.get([actor.build.remote() for actor in actors])
-        return cls(paths, builds, actors=actors, ray=runtime)
+        stamps = [None if build is None else BuildStamp.from_json(build) for build in builds]
+        return cls(paths, stamps, actors=actors, ray=runtime)
 
     def retriever(self, device: str | None = None, engine: str | None = None) -> Retriever:
         """The shards' common retriever, loaded here once (queries are encoded on this machine)."""
@@ -163,15 +165,14 @@ class ShardSet:
                 self._retriever = next(index for index in self._local if index.build).retriever(
                     device=device, engine=engine)
             else:
-                encoder = self.build["encoder"]
-                built_engine = encoder.get("engine", "torch")
-                if engine is not None and engine != built_engine:
-                    raise IndexMismatchError(f"the shards were built with the {built_engine} engine; they cannot"
+                encoder = self.build.encoder_for(self.path)
+                if engine is not None and engine != encoder.engine:
+                    raise IndexMismatchError(f"the shards were built with the {encoder.engine} engine; they cannot"
                                              f" take --engine {engine}")
-                retriever = Retriever.load(encoder["model"], device=device, image_edge=encoder["image_edge"],
-                                           engine=built_engine)
-                if retriever.stamp.config_hash != encoder["config_hash"]:
-                    raise IndexMismatchError(f"the checkpoint {encoder['model']!r} differs from the one the"
+                retriever = Retriever.load(encoder.model, device=device, image_edge=encoder.image_edge,
+                                           engine=encoder.engine)
+                if retriever.stamp.config_hash != encoder.config_hash:
+                    raise IndexMismatchError(f"the checkpoint {encoder.model!r} differs from the one the"
                                              " shards were built with (its config changed)")
                 self._retriever = retriever
         return self._retriever
@@ -222,30 +223,3 @@ def merge_top_k(per_shard: list[list[Hit]], shards: list[str], k: int) -> list[S
 def _fields(hit: Hit) -> dict:
     return {name: getattr(hit, name) for name in Hit.__dataclass_fields__}
 
-
-def _common_build(paths: list[Path], builds: list[dict | None]) -> dict | None:
-    """The build stamp every non-empty shard shares; a mix of encoders (or dims) is refused."""
-    stamped = [(path, build) for path, build in zip(paths, builds) if build is not None]
-    if not stamped:
-        return None
-    first_path, first = stamped[0]
-    for path, build in stamped[1:]:
-        if _comparable(build) != _comparable(first):
-            raise IndexMismatchError(
-                f"shards {first_path} and {path} were built differently ({_describe(first)} vs"
-                f" {_describe(build)}); their scores cannot be merged")
-    return first
-
-
-def _comparable(build: dict) -> tuple:
-    """What must agree for two shards' scores to be comparable: the encoder (or none) and the dim."""
-    encoder = build["encoder"]
-    dim = build.get("dim") or encoder["dim"]
-    return dim, None if encoder is None else tuple(encoder[name] for name in _STAMP_KEYS)
-
-
-def _describe(build: dict) -> str:
-    encoder = build["encoder"]
-    if encoder is None:
-        return f"given {build.get('dim')}-dim embeddings"
-    return f"model {encoder['model']!r}, config {encoder['config_hash'][:12]}, edge {encoder['image_edge']} px"

@@ -25,7 +25,8 @@ from tqdm import tqdm
 
 from ..models.checkpoints import is_gpu
 from ..config import IngestSettings
-from ..models.retriever import EncoderStamp, Retriever, default_retriever
+from ..build import BuildStamp, EncoderStamp
+from ..models.retriever import Retriever, default_retriever
 from ..errors import ClusterError, InputFileError
 from .local import IngestReport, Job, commit_job
 from ..inputs.render import render_pages
@@ -113,7 +114,7 @@ class RayPipeline:
     gpus_per_encoder: float
 
     @classmethod
-    def start(cls, settings: IngestSettings, build: dict | None) -> RayPipeline:
+    def start(cls, settings: IngestSettings, build: BuildStamp | None) -> RayPipeline:
         """Connect to Ray, pick the device and actor count, and load the model once on a worker
         (fails fast, before any file is planned, if it cannot load there)."""
         ray = connect(settings.ray)
@@ -121,10 +122,10 @@ class RayPipeline:
         device = settings.device or ("cuda" if gpus else "cpu")
         if is_gpu(device) and not gpus:
             raise ClusterError(f"--device {device} asked for, but the Ray cluster has no GPU")
-        encoded_by = (build or {}).get("encoder") or {}
-        model = settings.model or encoded_by.get("model") or default_retriever(device)
-        image_edge = settings.image_edge or encoded_by.get("image_edge")
-        engine = settings.engine or (encoded_by.get("engine", "torch") if encoded_by else None)
+        encoded_by = build.encoder if build is not None else None
+        model = settings.model or (encoded_by.model if encoded_by else None) or default_retriever(device)
+        image_edge = settings.image_edge or (encoded_by.image_edge if encoded_by else None)
+        engine = settings.engine or (encoded_by.engine if encoded_by else None)
         gpus_per_encoder = 1.0 if is_gpu(device) else 0.0
         encoders = settings.ray_encoders or (gpus if gpus_per_encoder else max(1, cluster_cpus(ray) - 1))
         loader = ray.remote(num_cpus=1, num_gpus=gpus_per_encoder, max_retries=RETRIES)(_load_stamp)

@@ -47,6 +47,7 @@ from transformers.utils import logging as hf_logging
 
 from .checkpoints import check_device, is_gpu, load_error, resolve, short_reason, torch_dtype
 from .engines import prepare_on_engine
+from ..build import EncoderStamp
 from ..errors import UnsupportedModelError
 from ..inputs.render import fit_within
 
@@ -115,20 +116,6 @@ def _family_spec(family: str, model: str) -> _Family:
             f"{', '.join(_FAMILIES)} (e.g. {DEFAULT_CPU_RETRIEVER} or {DEFAULT_GPU_RETRIEVER})"
         )
     return _FAMILIES[family]
-
-
-@dataclass(frozen=True)
-class EncoderStamp:
-    """What an index records about the model that built it."""
-
-    model: str  # the id/path as the user gave it (local folders: absolute path)
-    family: str  # "colmodernvbert" | "colqwen2" | "colpali" (from config.model_type)
-    config_hash: str  # sha256 of the model config's canonical JSON (stable across loads)
-    dtype: str  # e.g. "float32"
-    image_edge: int  # longest page edge in pixels fed to the model
-    dim: int  # embedding dimension
-    engine: str = "torch"  # what runs the model: "torch" | "openvino" (docqa.models.engines)
-    precision: str = "float32"  # what the engine computes in, e.g. "float32" or "int8 (...)"
 
 
 def config_hash(config: PreTrainedConfig) -> str:

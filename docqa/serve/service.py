@@ -184,8 +184,7 @@ class Service:
 
     def info(self) -> dict:
         info = self.reader.info()
-        build = info.build or {}
-        return {**info.to_json(), "family": (build.get("encoder") or {}).get("family"),
+        return {**info.to_json(), "family": info.build.family if info.build else None,
                 "answer_model": self.answer_model, "limits": self.limits.__dict__,
                 "jobs_running": sum(not job.finished for job in list(self._jobs.values()))}
 
