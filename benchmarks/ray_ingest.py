@@ -31,7 +31,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from docqa.api import DocIndex  # noqa: E402
-from docqa.ingest.local import IngestReport, Job, commit_job  # noqa: E402
+from docqa.ingest.local import commit_job  # noqa: E402
+from docqa.ingest.plan import Job  # noqa: E402
+from docqa.ingest.report import IngestReport  # noqa: E402
 from documents import make_pdf  # noqa: E402
 from tiny_retrievers import build_retriever_checkpoint  # noqa: E402
 

@@ -18,7 +18,7 @@ _EXPORTS = {
     "RemoveReport": "api",
     "IngestSettings": "config",
     "DocQAError": "errors",
-    "IngestReport": "ingest.local",
+    "IngestReport": "ingest.report",
 }
 __all__ = [*_EXPORTS, "__version__"]
 

@@ -33,7 +33,8 @@ from .errors import (
 )
 from .index.search import ScoredPage
 from .index.storage import IndexOptions, IndexStorage
-from .ingest.local import IngestReport, run_ingest
+from .ingest.local import run_ingest
+from .ingest.report import IngestReport
 from .index.store import DB_NAME, DocumentRecord, NewPage, PageFilter, Store, check_metadata_key
 from .index.vectors import VectorFile, as_float32
 

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from docqa import DocIndex
-from docqa.cluster import ingest as cluster_ingest
-from docqa.ingest.local import Job
+from docqa.ingest import ray as cluster_ingest
+from docqa.ingest.plan import Job
 
 from documents import make_mixed_folder
 from stored import stored_pages

@@ -23,7 +23,7 @@ KILL_POINTS = [
     KillPoint("docqa.inputs.sources", "classify", 3, "after", "walk"),
     KillPoint("docqa.inputs.sources", "sha256_of", 1, "before", "hash"),
     KillPoint("docqa.inputs.sources", "sha256_of", 4, "after", "hash"),
-    KillPoint("docqa.ingest.local", "count_pages", 2, "before", "walk"),
+    KillPoint("docqa.ingest.plan", "count_pages", 2, "before", "walk"),
     KillPoint("docqa.inputs.render", "convert_from_path", 1, "before", "render"),
     KillPoint("docqa.inputs.render", "convert_from_path", 3, "after", "render"),
     KillPoint("docqa.models.retriever", "Retriever.encode_batch", 1, "before", "encode"),

@@ -21,7 +21,7 @@ import pytest
 import docqa.inputs.render as render
 from docqa import DocIndex
 from docqa.errors import InputFileError
-from docqa.ingest.local import IngestReport
+from docqa.ingest.report import IngestReport
 from docqa.inputs.render import count_pages, render_pages
 from docqa.inputs.sources import IMAGE, PDF, classify, printable
 

@@ -32,7 +32,7 @@ from ..inputs import sources
 from ..config import IngestSettings, index_path
 from ..models.retriever import Retriever
 from ..errors import ClusterError, IndexMismatchError, IndexNotFoundError, QueryError
-from ..ingest.local import IngestReport
+from ..ingest.report import IngestReport
 from .ray_runtime import connect
 
 SHARD_LIST = "shards.json"

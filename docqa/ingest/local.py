@@ -13,100 +13,22 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
 
 from tqdm import tqdm
 
-from ..inputs import sources
 from ..config import IngestSettings
 from ..errors import InputFileError
-from ..inputs.render import RenderedPage, count_pages, render_pages
-from ..index.store import NewPage
+from ..inputs.render import RenderedPage, render_pages
+from .plan import Job, plan_jobs, remove_vanished
+from .report import IngestReport, Timings
 
 if TYPE_CHECKING:
     from ..api import DocIndex
     from ..models.retriever import Retriever
-
-
-@dataclass(frozen=True)
-class Failure:
-    path: str
-    error: str
-
-
-@dataclass
-class IngestReport:
-    index: str
-    added: int = 0
-    updated: int = 0
-    unchanged: int = 0
-    removed: int = 0
-    failed: int = 0
-    skipped: int = 0
-    pages_added: int = 0
-    failures: list[Failure] = field(default_factory=list)
-    seconds: float = 0.0
-    timings: Timings = field(default_factory=lambda: Timings())
-
-    def fail(self, path: Path | str, error: str) -> None:
-        """Record a file that could not be indexed (its name made printable, whatever its bytes)."""
-        self.failed += 1
-        self.failures.append(Failure(sources.printable(path), error))
-
-    def to_json(self) -> dict:
-        return {
-            "index": self.index,
-            "documents": {
-                "added": self.added,
-                "updated": self.updated,
-                "unchanged": self.unchanged,
-                "removed": self.removed,
-                "failed": self.failed,
-                "skipped": self.skipped,
-            },
-            "pages_added": self.pages_added,
-            "failures": [{"path": f.path, "error": f.error} for f in self.failures],
-            "seconds": round(self.seconds, 3),
-            "timings": self.timings.to_json(),
-        }
-
-
-@dataclass
-class Timings:
-    """Where an ingest's time went, per stage (seconds of work; render and preprocess run in their
-    own threads and overlap encode, so the stages add up to more than the wall time)."""
-
-    render_s: float = 0.0  # poppler / image decoding (render thread)
-    preprocess_s: float = 0.0  # the processor: resizing, tiling, tokenizing (preprocess thread)
-    encode_s: float = 0.0  # the model's forward passes (main thread)
-    store_s: float = 0.0  # vector appends and commits (main thread)
-
-    def to_json(self) -> dict:
-        return {name: round(value, 3) for name, value in asdict(self).items()}
-
-
-@dataclass
-class Job:
-    """One file to (re-)index."""
-
-    path: Path
-    kind: str
-    sha256: str
-    size: int
-    mtime: float
-    page_count: int
-    replaces: bool
-    metadata: dict
-    pages: list[NewPage] = field(default_factory=list)
-    error: str | None = None
-
-    def store_page(self, index: DocIndex, number: int, width: int, height: int, vectors: np.ndarray) -> None:
-        """Append one encoded page's vectors (invisible until commit_job) and remember where they are."""
-        self.pages.append(index.add_page(number, width, height, vectors))
 
 
 # Renders and encodes the planned jobs, storing pages and committing each finished job with
@@ -153,9 +75,9 @@ def run_ingest(
     given = [Path(p).expanduser().absolute() for p in paths]
     seen: set[Path] = set()
     with tqdm(desc="scan", unit="file", disable=not settings.progress, leave=False) as scanned:
-        jobs = _plan(index, given, report, seen, settings.render_timeout_s, scanned, settings.tags)
+        jobs = plan_jobs(index, given, report, seen, settings.render_timeout_s, scanned, settings.tags)
     if settings.sync:
-        _remove_vanished(index, given, seen, report)
+        remove_vanished(index, given, seen, report)
     total_pages = sum(job.page_count for job in jobs)
     if settings.on_progress is not None:
         settings.on_progress(0, total_pages)
@@ -169,59 +91,6 @@ def run_ingest(
     index.compact_if_wasteful()
     report.seconds = time.monotonic() - started
     return report
-
-
-def _plan(
-    index: DocIndex, given: list[Path], report: IngestReport, seen: set[Path], timeout_s: float,
-    scanned: tqdm, tags: dict[str, str],
-) -> list[Job]:
-    """Walk, sniff and hash; return the files whose content is new or changed (unchanged files
-    only get `tags` added to their metadata)."""
-    jobs: list[Job] = []
-    for found in sources.walk(given):
-        scanned.update()
-        if isinstance(found, tuple):
-            report.fail(found[0], found[1])
-            continue
-        seen.add(found)
-        try:
-            source = sources.classify(found)
-            if source.kind is None:
-                if source.claimed:
-                    report.fail(found, sources.describe_content(sources.read_head(found)))
-                else:
-                    report.skipped += 1
-                continue
-            before = found.stat()
-            digest = sources.sha256_of(found)
-        except OSError as error:
-            report.fail(found, f"cannot read the file: {error.strerror or error}")
-            continue
-        existing = index.store.document(found)
-        if existing is not None and existing.sha256 == digest:
-            report.unchanged += 1
-            if tags:
-                with index.store.transaction():
-                    index.store.merge_metadata(existing.id, tags)
-            continue
-        try:
-            pages = count_pages(found, source.kind, timeout_s)
-        except InputFileError as error:
-            report.fail(error.path, error.reason)
-            continue
-        metadata = {**(index.store.metadata(existing.id) if existing else {}), **tags}  # an update keeps its tags
-        jobs.append(
-            Job(found, source.kind, digest, before.st_size, before.st_mtime, pages, existing is not None, metadata)
-        )
-    return jobs
-
-
-def _remove_vanished(index: DocIndex, given: list[Path], seen: set[Path], report: IngestReport) -> None:
-    """--sync: drop documents under the given folders whose files are gone."""
-    resolved = [path.resolve() for path in given]
-    gone = [doc for doc in index.store.documents_under(resolved) if doc.file not in seen and not doc.file.exists()]
-    if gone:
-        report.removed += index.delete_documents([doc.id for doc in gone])
 
 
 def _page_stream(

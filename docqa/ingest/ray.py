@@ -1,6 +1,6 @@
 """Ingest on Ray: render as Ray Data tasks, encode in an actor pool, commit on the driver.
 
-    driver: plan (docqa.ingest.local: walk, sniff, hash, skip unchanged)
+    driver: plan (docqa.ingest.plan: walk, sniff, hash, skip unchanged)
       └▶ one row per document ──flat_map: render (CPU tasks)──▶ page rows (raw RGB) + an end row
            ──map_batches: PageEncoder actors (one model each; a GPU each when the cluster has them)──▶
       ◀── page vectors streamed back; each document committed (docqa.ingest.local.commit_job) once all
@@ -28,7 +28,9 @@ from ..config import IngestSettings
 from ..build import BuildStamp, EncoderStamp
 from ..models.retriever import Retriever, default_retriever
 from ..errors import ClusterError, InputFileError
-from .local import IngestReport, Job, commit_job
+from .local import commit_job
+from .plan import Job
+from .report import IngestReport
 from ..inputs.render import render_pages
 from ..cluster.ray_runtime import cluster_cpus, cluster_gpus, connect
 

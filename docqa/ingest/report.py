@@ -1,0 +1,66 @@
+"""What an ingest reports: documents added, updated, unchanged, removed, failed or skipped, the
+failures by file, and where the time went per stage."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from ..inputs import sources
+
+
+@dataclass(frozen=True)
+class Failure:
+    path: str
+    error: str
+
+
+@dataclass
+class IngestReport:
+    index: str
+    added: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    removed: int = 0
+    failed: int = 0
+    skipped: int = 0
+    pages_added: int = 0
+    failures: list[Failure] = field(default_factory=list)
+    seconds: float = 0.0
+    timings: Timings = field(default_factory=lambda: Timings())
+
+    def fail(self, path: Path | str, error: str) -> None:
+        """Record a file that could not be indexed (its name made printable, whatever its bytes)."""
+        self.failed += 1
+        self.failures.append(Failure(sources.printable(path), error))
+
+    def to_json(self) -> dict:
+        return {
+            "index": self.index,
+            "documents": {
+                "added": self.added,
+                "updated": self.updated,
+                "unchanged": self.unchanged,
+                "removed": self.removed,
+                "failed": self.failed,
+                "skipped": self.skipped,
+            },
+            "pages_added": self.pages_added,
+            "failures": [{"path": f.path, "error": f.error} for f in self.failures],
+            "seconds": round(self.seconds, 3),
+            "timings": self.timings.to_json(),
+        }
+
+
+@dataclass
+class Timings:
+    """Where an ingest's time went, per stage (seconds of work; render and preprocess run in their
+    own threads and overlap encode, so the stages add up to more than the wall time)."""
+
+    render_s: float = 0.0  # poppler / image decoding (render thread)
+    preprocess_s: float = 0.0  # the processor: resizing, tiling, tokenizing (preprocess thread)
+    encode_s: float = 0.0  # the model's forward passes (main thread)
+    store_s: float = 0.0  # vector appends and commits (main thread)
+
+    def to_json(self) -> dict:
+        return {name: round(value, 3) for name, value in asdict(self).items()}
