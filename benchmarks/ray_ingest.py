@@ -106,7 +106,8 @@ def driver_commit_rate(folder: Path, pages: int, vectors: int, per_document: int
     index.add_embeddings("warm-up", [page_vectors])  # fixes dim 128
     report = IngestReport(index=str(folder))
     started = time.monotonic()
-    with index._storage_for(index.dim).writing():  # what DocIndex.ingest holds around a pipeline
+    storage = index.storage
+    with storage.writing():  # what DocIndex.ingest holds around a pipeline
         for number in range(0, pages, per_document):
             source = folder / f"doc-{number}.pdf"
             source.write_bytes(b"%PDF")
@@ -114,8 +115,8 @@ def driver_commit_rate(folder: Path, pages: int, vectors: int, per_document: int
             count = min(per_document, pages - number)
             job = Job(source, "pdf", f"{number:064x}", info.st_size, info.st_mtime, count, False, {})
             for page in range(1, count + 1):
-                job.store_page(index, page, 0, 0, page_vectors)
-            commit_job(index, job, report)
+                job.store_page(storage, page, 0, 0, page_vectors)
+            commit_job(storage, job, report)
     assert report.pages_added == pages
     return pages / (time.monotonic() - started)
 

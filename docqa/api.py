@@ -35,7 +35,7 @@ from .index.search import ScoredPage
 from .index.storage import IndexOptions, IndexStorage
 from .ingest.local import run_ingest
 from .ingest.report import IngestReport
-from .index.store import DB_NAME, DocumentRecord, NewPage, PageFilter, Store, check_metadata_key
+from .index.store import DB_NAME, DocumentRecord, PageFilter, Store, check_metadata_key
 from .index.vectors import VectorFile, as_float32
 
 if TYPE_CHECKING:  # the model stack is imported where a model is loaded: `info` and `remove` never need it
@@ -189,7 +189,7 @@ class DocIndex:
             self.store.set_meta(BUILD_KEY, json.dumps(build.to_json()))
         self._build = build
 
-    # --- storage: what the ingest pipelines call --------------------------------------------
+    # --- storage: what the ingest pipelines write to ------------------------------------------
     @property
     def storage(self) -> IndexStorage:
         """The storage engine (the index must have its dimension: after the first ingest or add)."""
@@ -209,23 +209,6 @@ class DocIndex:
     def vectors(self) -> VectorFile:
         """The vector file the latest commit refers to."""
         return self.storage.vectors
-
-    def add_page(self, number: int, width: int, height: int, vectors: np.ndarray) -> NewPage:
-        """Append one page's vectors (inside a write; visible once commit_document commits the page
-        this returns)."""
-        return self.storage.append_page(number, width, height, vectors)
-
-    def commit_document(self, path: Path, *, sha256: str, size: int, mtime: float, kind: str,
-                        pages: list[NewPage], metadata: dict | None = None) -> int:
-        """Make a document and its pages visible atomically (inside a write)."""
-        return self.storage.commit_document(path, sha256=sha256, size=size, mtime=mtime, kind=kind,
-                                            pages=pages, metadata=metadata)
-
-    def delete_documents(self, document_ids: list[int]) -> int:
-        return self.storage.delete(document_ids)
-
-    def compact_if_wasteful(self) -> int:
-        return self.storage.compact_if_wasteful()
 
     @contextmanager
     def bulk(self) -> Iterator[DocIndex]:
@@ -259,12 +242,12 @@ class DocIndex:
 
                     pipeline = RayPipeline.start(settings, self.build)
                     self._accept_stamp(pipeline.stamp)
-                    report = run_ingest(self, given, settings, None, pipeline=pipeline)
+                    report = run_ingest(self.storage, given, settings, None, pipeline=pipeline)
                 else:
                     retriever = self.retriever(settings.model, settings.device, settings.image_edge,
                                                settings.engine)
                     self._accept_stamp(retriever.stamp)
-                    report = run_ingest(self, given, settings, retriever)
+                    report = run_ingest(self.storage, given, settings, retriever)
             except BaseException:  # a bad model, device, path or tag, or Ctrl-C: leave no empty index behind
                 self._discard_if_new_and_empty()
                 raise
@@ -311,8 +294,9 @@ class DocIndex:
             digest = hashlib.sha256()  # a fingerprint of the rows as stored
             new_pages = [self.storage.append_page(number, 0, 0, vectors, fingerprint=digest)
                          for number, vectors in enumerate(arrays, start=1)]
-            document_id = self.commit_document(Path(path), sha256=digest.hexdigest(), size=0, mtime=time.time(),
-                                               kind=EMBEDDINGS_KIND, pages=new_pages, metadata=metadata)
+            document_id = self.storage.commit_document(Path(path), sha256=digest.hexdigest(), size=0,
+                                                       mtime=time.time(), kind=EMBEDDINGS_KIND, pages=new_pages,
+                                                       metadata=metadata)
             self.storage.compact_if_wasteful()
         return document_id
 

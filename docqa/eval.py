@@ -468,7 +468,7 @@ def evaluate_index(index: DocIndex, qrels: Qrels, *, k: int = 10, exact: bool = 
     """
     if index.build is None:
         raise DocIndexError(f"{index.path} has no documents yet; ingest some before evaluating")
-    matcher = DocumentMatcher(IndexedDocument(r.id, r.file, r.pages) for r in index.store.all_documents())
+    matcher = DocumentMatcher(IndexedDocument(r.id, r.file, r.pages) for r in index.documents())
     grades: list[dict[Hashable, float]] = []
     unmatched: list[str] = []
     for judged in qrels.queries:

@@ -27,13 +27,13 @@ from .plan import Job, plan_jobs, remove_vanished
 from .report import IngestReport, Timings
 
 if TYPE_CHECKING:
-    from ..api import DocIndex
+    from ..index.storage import IndexStorage
     from ..models.retriever import Retriever
 
 
 # Renders and encodes the planned jobs, storing pages and committing each finished job with
 # commit_job: the local pipeline below, or docqa.cluster's on Ray.
-Pipeline = Callable[["DocIndex", list[Job], IngestSettings, IngestReport, tqdm], None]
+Pipeline = Callable[["IndexStorage", list[Job], IngestSettings, IngestReport, tqdm], None]
 
 _DONE = object()
 
@@ -62,22 +62,22 @@ _release_free_memory = _glibc_trim()
 
 
 def run_ingest(
-    index: DocIndex, paths: Iterable[str | Path], settings: IngestSettings, retriever: Retriever | None,
+    storage: IndexStorage, paths: Iterable[str | Path], settings: IngestSettings, retriever: Retriever | None,
     *, pipeline: Pipeline | None = None,
 ) -> IngestReport:
-    """Bring the index up to date with `paths` (the caller holds the write lock).
+    """Bring the index stored by `storage` up to date with `paths` (the caller holds the write lock).
 
     Planning (walk, sniff, hash, skip unchanged), --sync and the report are the same whoever
     encodes: `pipeline` (default: render and encode here with `retriever`).
     """
     started = time.monotonic()
-    report = IngestReport(index=str(index.path))
+    report = IngestReport(index=str(storage.path))
     given = [Path(p).expanduser().absolute() for p in paths]
     seen: set[Path] = set()
     with tqdm(desc="scan", unit="file", disable=not settings.progress, leave=False) as scanned:
-        jobs = plan_jobs(index, given, report, seen, settings.render_timeout_s, scanned, settings.tags)
+        jobs = plan_jobs(storage, given, report, seen, settings.render_timeout_s, scanned, settings.tags)
     if settings.sync:
-        remove_vanished(index, given, seen, report)
+        remove_vanished(storage, given, seen, report)
     total_pages = sum(job.page_count for job in jobs)
     if settings.on_progress is not None:
         settings.on_progress(0, total_pages)
@@ -85,10 +85,10 @@ def run_ingest(
         total=total_pages, unit="page", desc="ingest", disable=not settings.progress, leave=False
     ) as bar:
         if pipeline is None:
-            _encode_and_commit(index, jobs, settings, retriever, report, bar)
+            _encode_and_commit(storage, jobs, settings, retriever, report, bar)
         else:
-            pipeline(index, jobs, settings, report, bar)
-    index.compact_if_wasteful()
+            pipeline(storage, jobs, settings, report, bar)
+    storage.compact_if_wasteful()
     report.seconds = time.monotonic() - started
     return report
 
@@ -197,7 +197,7 @@ def _prefetch(items: Iterator, depth: int, name: str = "docqa-render") -> Iterat
 
 
 def _encode_and_commit(
-    index: DocIndex,
+    storage: IndexStorage,
     jobs: list[Job],
     settings: IngestSettings,
     retriever: Retriever,
@@ -217,7 +217,7 @@ def _encode_and_commit(
         timings.encode_s += stored - started
         for (job, page), vectors in zip(batch.pages, embeddings):
             if job.error is None:
-                job.store_page(index, page.number, *page.image.size, vectors)
+                job.store_page(storage, page.number, *page.image.size, vectors)
         timings.store_s += time.monotonic() - stored
         _release_free_memory()
         bar.update(len(batch.pages))
@@ -230,7 +230,7 @@ def _encode_and_commit(
         while rendered:  # a file's end comes after its last batch (_batches), so all its pages are encoded
             job = rendered.popleft()
             if job.error is None:
-                commit_job(index, job, report)
+                commit_job(storage, job, report)
         timings.store_s += time.monotonic() - started
 
     pages = _prefetch(_timed(_page_stream(jobs, settings, retriever.stamp.image_edge), timings),
@@ -251,7 +251,7 @@ def _encode_and_commit(
     commit_rendered()
 
 
-def commit_job(index: DocIndex, job: Job, report: IngestReport) -> None:
+def commit_job(storage: IndexStorage, job: Job, report: IngestReport) -> None:
     """Make one document visible, unless its file changed while it was being read."""
     try:
         after = job.path.stat()
@@ -264,7 +264,7 @@ def commit_job(index: DocIndex, job: Job, report: IngestReport) -> None:
     if len(job.pages) != job.page_count:
         report.fail(job.path, f"only {len(job.pages)} of {job.page_count} pages could be read")
         return
-    index.commit_document(
+    storage.commit_document(
         job.path, sha256=job.sha256, size=job.size, mtime=job.mtime, kind=job.kind, pages=job.pages,
         metadata=job.metadata,
     )

@@ -17,7 +17,7 @@ from ..inputs.render import count_pages
 from .report import IngestReport
 
 if TYPE_CHECKING:
-    from ..api import DocIndex
+    from ..index.storage import IndexStorage
 
 
 @dataclass
@@ -35,17 +35,18 @@ class Job:
     pages: list[NewPage] = field(default_factory=list)
     error: str | None = None
 
-    def store_page(self, index: DocIndex, number: int, width: int, height: int, vectors: np.ndarray) -> None:
+    def store_page(self, storage: IndexStorage, number: int, width: int, height: int, vectors: np.ndarray) -> None:
         """Append one encoded page's vectors (invisible until commit_job) and remember where they are."""
-        self.pages.append(index.add_page(number, width, height, vectors))
+        self.pages.append(storage.append_page(number, width, height, vectors))
 
 
 def plan_jobs(
-    index: DocIndex, given: list[Path], report: IngestReport, seen: set[Path], timeout_s: float,
+    storage: IndexStorage, given: list[Path], report: IngestReport, seen: set[Path], timeout_s: float,
     scanned: tqdm, tags: dict[str, str],
 ) -> list[Job]:
     """Walk, sniff and hash; return the files whose content is new or changed (unchanged files
     only get `tags` added to their metadata)."""
+    store = storage.store  # the index's catalogue: read here, written only for tags of unchanged files
     jobs: list[Job] = []
     for found in sources.walk(given):
         scanned.update()
@@ -66,28 +67,28 @@ def plan_jobs(
         except OSError as error:
             report.fail(found, f"cannot read the file: {error.strerror or error}")
             continue
-        existing = index.store.document(found)
+        existing = store.document(found)
         if existing is not None and existing.sha256 == digest:
             report.unchanged += 1
             if tags:
-                with index.store.transaction():
-                    index.store.merge_metadata(existing.id, tags)
+                with store.transaction():
+                    store.merge_metadata(existing.id, tags)
             continue
         try:
             pages = count_pages(found, source.kind, timeout_s)
         except InputFileError as error:
             report.fail(error.path, error.reason)
             continue
-        metadata = {**(index.store.metadata(existing.id) if existing else {}), **tags}  # an update keeps its tags
+        metadata = {**(store.metadata(existing.id) if existing else {}), **tags}  # an update keeps its tags
         jobs.append(
             Job(found, source.kind, digest, before.st_size, before.st_mtime, pages, existing is not None, metadata)
         )
     return jobs
 
 
-def remove_vanished(index: DocIndex, given: list[Path], seen: set[Path], report: IngestReport) -> None:
+def remove_vanished(storage: IndexStorage, given: list[Path], seen: set[Path], report: IngestReport) -> None:
     """--sync: drop documents under the given folders whose files are gone."""
     resolved = [path.resolve() for path in given]
-    gone = [doc for doc in index.store.documents_under(resolved) if doc.file not in seen and not doc.file.exists()]
+    gone = [doc for doc in storage.store.documents_under(resolved) if doc.file not in seen and not doc.file.exists()]
     if gone:
-        report.removed += index.delete_documents([doc.id for doc in gone])
+        report.removed += storage.delete([doc.id for doc in gone])

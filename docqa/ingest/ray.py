@@ -26,6 +26,7 @@ from tqdm import tqdm
 from ..models.checkpoints import is_gpu
 from ..config import IngestSettings
 from ..build import BuildStamp, EncoderStamp
+from ..index.storage import IndexStorage
 from ..models.retriever import Retriever, default_retriever
 from ..errors import ClusterError, InputFileError
 from .local import commit_job
@@ -134,7 +135,7 @@ class RayPipeline:
         stamp = ray.get(loader.remote(model, device, image_edge, engine))
         return cls(ray, stamp, device, encoders, gpus_per_encoder)
 
-    def __call__(self, index, jobs: list[Job], settings: IngestSettings, report: IngestReport,
+    def __call__(self, storage: IndexStorage, jobs: list[Job], settings: IngestSettings, report: IngestReport,
                  bar: tqdm) -> None:
         if not jobs:
             return
@@ -144,17 +145,17 @@ class RayPipeline:
                 arrivals = waiting.get(int(batch["job"][row]))
                 if arrivals is None:  # already committed or failed: a duplicate from a retry
                     continue
-                bar.update(self._take(index, arrivals, batch, row, report))
+                bar.update(self._take(storage, arrivals, batch, row, report))
                 if arrivals.job.error is not None or arrivals.complete:
                     del waiting[int(batch["job"][row])]
                     if arrivals.job.error is None:
                         arrivals.job.pages.sort(key=lambda page: page.number)
-                        commit_job(index, arrivals.job, report)
+                        commit_job(storage, arrivals.job, report)
         for arrivals in waiting.values():
             report.fail(arrivals.job.path, f"{len(arrivals.numbers)} of {arrivals.job.page_count} pages came "
                         "back from the cluster; run ingest again")
 
-    def _take(self, index, arrivals: _Arrivals, batch: dict[str, np.ndarray], row: int,
+    def _take(self, storage: IndexStorage, arrivals: _Arrivals, batch: dict[str, np.ndarray], row: int,
               report: IngestReport) -> int:
         """Apply one row to its document; returns the number of new pages stored (0 or 1)."""
         kind = batch["kind"][row]
@@ -168,7 +169,7 @@ class RayPipeline:
             number = int(batch["number"][row])
             vectors = np.frombuffer(batch["vectors"][row], dtype=STORED_DTYPE).reshape(
                 int(batch["count"][row]), self.stamp.dim)
-            job.store_page(index, number, int(batch["width"][row]), int(batch["height"][row]), vectors)
+            job.store_page(storage, number, int(batch["width"][row]), int(batch["height"][row]), vectors)
             arrivals.numbers.add(number)
             return 1
         return 0
