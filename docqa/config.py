@@ -7,9 +7,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .inputs.render import DEFAULT_CHUNK_PAGES, DEFAULT_TIMEOUT_S
-
 DEFAULT_INDEX = "default"
+DEFAULT_CHUNK_PAGES = 8  # PDF pages per pdftoppm call
+DEFAULT_TIMEOUT_S = 120.0  # poppler time allowed per file
 
 # What one command may ask for at most: larger requests are lowered (with a note) or refused.
 MAX_RESULTS = 1000  # pages one search returns (-k)

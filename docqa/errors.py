@@ -83,3 +83,19 @@ class MissingDependencyError(DocQAError):
 
 class ClusterError(DocQAError):
     """A Ray cluster is unreachable, or a distributed run or sharded search cannot go ahead."""
+
+
+class PopplerMissingError(DocQAError):
+    """pdftoppm/pdfinfo are not installed, so no PDF can be rendered."""
+
+
+class UploadRejected(DocQAError):
+    """An upload that is not a PDF or a supported image (the message says what it is)."""
+
+
+class UploadTooLarge(DocQAError):
+    """An upload over the size limit."""
+
+
+class NotFound(DocQAError):
+    """No page, document or job with that id."""

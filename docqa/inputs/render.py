@@ -19,11 +19,10 @@ from pdf2image.exceptions import (
 )
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ..errors import DocQAError, InputFileError
+from ..config import DEFAULT_CHUNK_PAGES, DEFAULT_TIMEOUT_S
+from ..errors import InputFileError, PopplerMissingError
 from .sources import IMAGE, PDF, printable
 
-DEFAULT_CHUNK_PAGES = 8
-DEFAULT_TIMEOUT_S = 120.0
 # Decompression-bomb guard: an image declaring more pixels than Pillow's default warning threshold
 # (268 MB as RGB) is refused from its header, before anything is decoded.
 MAX_IMAGE_PIXELS = 89_478_485
@@ -34,10 +33,6 @@ _DECODE_ERRORS = (
     OSError, ValueError, SyntaxError, TypeError, EOFError, KeyError, IndexError, struct.error,
     ZeroDivisionError, Image.DecompressionBombError,
 )
-
-
-class PopplerMissingError(DocQAError):
-    """pdftoppm/pdfinfo are not installed, so no PDF can be rendered."""
 
 
 @dataclass

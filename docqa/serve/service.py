@@ -28,7 +28,7 @@ from ..api import DocIndex, Hit
 from ..answer.ask import Asker
 from ..config import IngestSettings
 from ..models.retriever import Retriever
-from ..errors import DocQAError, IndexLockedError
+from ..errors import DocQAError, IndexLockedError, NotFound, UploadRejected, UploadTooLarge
 from ..answer.grounding import Grounding, answer_query, ground, hit_page
 from ..inputs.sources import describe_content, sniff
 
@@ -47,14 +47,6 @@ class Limits:
     max_query_chars: int = 1000
     max_image_edge: int = 2048
     max_jobs_kept: int = 100
-
-
-class UploadRejected(DocQAError):
-    """An upload that is not a PDF or a supported image (the message says what it is)."""
-
-
-class NotFound(DocQAError):
-    """No page, document or job with that id."""
 
 
 @dataclass
@@ -356,10 +348,6 @@ class Service:
             while len(self._images) > keep:
                 self._images.popitem(last=False)
         return value
-
-
-class UploadTooLarge(DocQAError):
-    """An upload over the size limit."""
 
 
 class _ReadOnly:
