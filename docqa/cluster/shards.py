@@ -31,6 +31,7 @@ from ..build import BuildStamp, common_stamp
 from ..inputs import sources
 from ..config import IngestSettings, index_path
 from ..models.retriever import Retriever
+from ..files import atomic_write
 from ..errors import ClusterError, IndexMismatchError, IndexNotFoundError, QueryError
 from ..ingest.report import IngestReport
 from .ray_runtime import connect
@@ -53,9 +54,7 @@ def write_shard_list(parent: str | os.PathLike[str], shards: Sequence[str | os.P
     listed = [os.path.relpath(index_path(shard), folder) if index_path(shard).is_relative_to(folder)
               else str(index_path(shard)) for shard in shards]
     target = folder / SHARD_LIST
-    temporary = target.with_suffix(".tmp")
-    temporary.write_text(json.dumps({"shards": listed}, indent=1))
-    os.replace(temporary, target)
+    atomic_write(target, json.dumps({"shards": listed}, indent=1))
     return target
 
 

@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ...errors import ModelLoadError
+from ...files import atomic_write
 
 _WEIGHT_SUFFIXES = (".safetensors", ".bin")
 
@@ -63,7 +64,7 @@ def checkpoint_hash(source: str) -> str:
             for block in iter(lambda: handle.read(1 << 22), b""):
                 digest.update(block)
     memo[memo_key] = digest.hexdigest()
-    _write_atomically(memo_path, json.dumps(memo))
+    atomic_write(memo_path, json.dumps(memo))
     return memo[memo_key]
 
 
@@ -116,10 +117,3 @@ def _fsync_tree(folder: Path) -> None:
     for path in folder.iterdir():
         with path.open("rb") as handle:
             os.fsync(handle.fileno())
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)
