@@ -56,6 +56,13 @@ class Hit:
     kind: str
     file: Path  # the file itself; `path` is for display (undecodable bytes escaped)
 
+    @classmethod
+    def from_row(cls, row: dict, *, rank: int, score: float) -> Hit:
+        """A hit from a row of Store.pages_with_documents."""
+        return cls(rank=rank, score=score, path=row["path"], page=row["page"], document_id=row["document_id"],
+                   page_id=row["page_id"], sha256=row["sha256"], kind=row["kind"],
+                   file=Path(os.fsdecode(row["path_key"])))
+
     def to_json(self) -> dict:
         fields = ("rank", "score", "path", "page", "document_id", "page_id")
         return {name: getattr(self, name) for name in fields}
@@ -342,10 +349,7 @@ class DocIndex:
         for hit in scored:
             row = details.get(hit.page_id)
             if row is not None:  # removed by a writer since the page table was read
-                hits.append(Hit(rank=len(hits) + 1, score=hit.score, path=row["path"], page=row["page"],
-                                document_id=row["document_id"], page_id=hit.page_id,
-                                sha256=row["sha256"], kind=row["kind"],
-                                file=Path(os.fsdecode(row["path_key"]))))
+                hits.append(Hit.from_row(row, rank=len(hits) + 1, score=hit.score))
         return hits
 
     def remove(self, paths: Iterable[str | os.PathLike[str]]) -> RemoveReport:
@@ -371,8 +375,7 @@ class DocIndex:
         row = self.store.pages_with_documents([page_id]).get(page_id)
         if row is None:
             return None
-        return Hit(rank=0, score=0.0, path=row["path"], page=row["page"], document_id=row["document_id"],
-                   page_id=page_id, sha256=row["sha256"], kind=row["kind"], file=Path(os.fsdecode(row["path_key"])))
+        return Hit.from_row(row, rank=0, score=0.0)
 
     def documents(self) -> list[DocumentRecord]:
         """Every indexed document, in path order."""

@@ -18,6 +18,15 @@ MAX_IMAGE_EDGE = 4096  # px, the retriever's page edge (--image-edge); 2048 is t
 MAX_BATCH_SIZE = 256  # pages per retriever forward pass (--batch-size)
 
 
+def split_key_value(text: str) -> tuple[str, str]:
+    """KEY=VALUE (a tag given to --tag / --where or the server's ``where``) as (key, value); the
+    value may be empty or hold more "=" signs. ValueError when there is no "=" or no key."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise ValueError(f"expected KEY=VALUE, got {text!r}")
+    return key, value
+
+
 def docqa_home() -> Path:
     """The folder that holds `indexes/`: $DOCQA_HOME, else the current directory."""
     return Path(os.environ.get("DOCQA_HOME") or os.getcwd())

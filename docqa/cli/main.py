@@ -16,7 +16,15 @@ from pathlib import Path
 from typing import NoReturn
 
 from .. import __version__
-from ..config import DEFAULT_INDEX, MAX_BATCH_SIZE, MAX_IMAGE_EDGE, MAX_PAGE_IMAGES, MAX_RESULTS, IngestSettings
+from ..config import (
+    DEFAULT_INDEX,
+    MAX_BATCH_SIZE,
+    MAX_IMAGE_EDGE,
+    MAX_PAGE_IMAGES,
+    MAX_RESULTS,
+    IngestSettings,
+    split_key_value,
+)
 from ..errors import DocQAError
 
 EXIT_OK, EXIT_PARTIAL, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -256,8 +264,11 @@ def _open_searchable(args: argparse.Namespace):
 
 
 def _key_value(text: str) -> tuple[str, str]:
-    key, sep, value = text.partition("=")
-    if not sep or not key or '"' in key:
+    try:
+        key, value = split_key_value(text)
+    except ValueError:
+        key, value = "", ""
+    if not key or '"' in key:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE with a non-empty key without double quotes, got {text!r}")
     return key, value
 

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
+from ..config import split_key_value
 from ..errors import (
     DocQAError,
     IndexLockedError,
@@ -118,8 +119,9 @@ def create_app(service: Service, token: str | None = None) -> FastAPI:
                path: Annotated[str | None, Query(max_length=1000, description="path glob filter")] = None) -> dict:
         tags = {}
         for item in where:
-            key, sep, value = item.partition("=")
-            if not sep or not key:
+            try:
+                key, value = split_key_value(item)
+            except ValueError:
                 return _error(422, f"where: expected KEY=VALUE, got {item!r}")
             tags[key] = value
         hits = service.search(q, k, exact=exact, where=tags, path=path)
