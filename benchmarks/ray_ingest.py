@@ -32,7 +32,7 @@ import torch  # noqa: E402
 
 from docqa.api import DocIndex  # noqa: E402
 from docqa.ingest.local import commit_job  # noqa: E402
-from docqa.ingest.plan import Job  # noqa: E402
+from docqa.ingest.plan import PlannedFile  # noqa: E402
 from docqa.ingest.report import IngestReport  # noqa: E402
 from documents import make_pdf  # noqa: E402
 from tiny_retrievers import build_retriever_checkpoint  # noqa: E402
@@ -97,7 +97,7 @@ def main() -> None:
 
 
 def driver_commit_rate(folder: Path, pages: int, vectors: int, per_document: int = 10) -> float:
-    """Pages/s the driver's own work sustains: Job.store_page per page, commit_job per document,
+    """Pages/s the driver's own work sustains: PlannedFile.store_page per page, commit_job per file,
     under one write lock as in a run (vectors come as float16, as from the encoder actors)."""
     rng = np.random.default_rng(0)
     page_vectors = rng.standard_normal((vectors, 128)).astype(np.float32)
@@ -113,7 +113,7 @@ def driver_commit_rate(folder: Path, pages: int, vectors: int, per_document: int
             source.write_bytes(b"%PDF")
             info = source.stat()
             count = min(per_document, pages - number)
-            job = Job(source, "pdf", f"{number:064x}", info.st_size, info.st_mtime, count, False, {})
+            job = PlannedFile(source, "pdf", f"{number:064x}", info.st_size, info.st_mtime, count, False, {})
             for page in range(1, count + 1):
                 job.store_page(storage, page, 0, 0, page_vectors)
             commit_job(storage, job, report)

@@ -13,7 +13,7 @@ import pytest
 
 from docqa import DocIndex
 from docqa.ingest import ray as cluster_ingest
-from docqa.ingest.plan import Job
+from docqa.ingest.plan import PlannedFile
 
 from documents import make_mixed_folder
 from stored import stored_pages
@@ -33,13 +33,13 @@ def _documents(index: DocIndex) -> dict[str, tuple[str, int, str]]:
 def _count_stored_pages(monkeypatch) -> list[int]:
     """Spy: page numbers the driver receives encoded from the cluster."""
     received: list[int] = []
-    real = Job.store_page
+    real = PlannedFile.store_page
 
     def recording(self, index, number, *rest):
         received.append(number)
         return real(self, index, number, *rest)
 
-    monkeypatch.setattr(Job, "store_page", recording)
+    monkeypatch.setattr(PlannedFile, "store_page", recording)
     return received
 
 

@@ -241,7 +241,7 @@ def ground(retriever, query: str, image: Image.Image) -> Grounding:
     return ground_encoded(query_vectors, page, fit_within(image, retriever.stamp.image_edge))
 
 
-def hit_page(file: Path, page: int, sha256: str, kind: str, edge: int, shown_as: str) -> Image.Image:
+def render_indexed_page(file: Path, page: int, sha256: str, kind: str, edge: int, shown_as: str) -> Image.Image:
     """Re-render an indexed page from its source file, refusing a file that changed since indexing."""
     from .ask import load_page  # ask imports the index facade; keep this module light to import
 
@@ -257,7 +257,7 @@ def hit_page(file: Path, page: int, sha256: str, kind: str, edge: int, shown_as:
 
 def ground_hit(retriever, query: str, hit) -> Grounding:
     """Ground ``query`` on a search hit's page (re-rendered from its source at the retriever's edge)."""
-    image = hit_page(hit.file, hit.page, hit.sha256, hit.kind, retriever.stamp.image_edge, hit.path)
+    image = render_indexed_page(hit.file, hit.page, hit.sha256, hit.kind, retriever.stamp.image_edge, hit.path)
     return ground(retriever, query, image)
 
 
@@ -267,6 +267,6 @@ def heatmap_name(rank: int, path: str, page: int) -> str:
     return f"{rank:02d}-{stem}-p{page}.png"
 
 
-def answer_query(question: str, answer: str) -> str:
+def grounding_query(question: str, answer: str) -> str:
     """What an answer is grounded with: the question together with the answer's text."""
     return f"{question}\n{answer}".strip()

@@ -444,10 +444,10 @@ def _print_answer(stream, as_json: bool, heatmaps: tuple[str, object] | None = N
 
 def _answer_heatmaps(stream, folder: str, retriever) -> list[dict]:
     """Ground question + answer on each page shown; write the PNGs; the box fields per citation."""
-    from ..answer.grounding import answer_query, ground, heatmap_name
+    from ..answer.grounding import grounding_query, ground, heatmap_name
 
     target = _heatmap_folder(folder)
-    query = answer_query(stream.result.answer.question, stream.result.answer.text)
+    query = grounding_query(stream.result.answer.question, stream.result.answer.text)
     extras = []
     for rank, page in enumerate(stream.pages, start=1):
         grounding = ground(retriever, query, page.image)

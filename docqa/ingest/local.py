@@ -23,7 +23,7 @@ from tqdm import tqdm
 from ..config import IngestSettings
 from ..errors import InputFileError
 from ..inputs.render import RenderedPage, render_pages
-from .plan import Job, plan_jobs, remove_vanished
+from .plan import PlannedFile, plan_jobs, remove_vanished
 from .report import IngestReport, Timings
 
 if TYPE_CHECKING:
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
 # Renders and encodes the planned jobs, storing pages and committing each finished job with
 # commit_job: the local pipeline below, or docqa.cluster's on Ray.
-Pipeline = Callable[["IndexStorage", list[Job], IngestSettings, IngestReport, tqdm], None]
+Pipeline = Callable[["IndexStorage", list[PlannedFile], IngestSettings, IngestReport, tqdm], None]
 
 _DONE = object()
 
@@ -94,8 +94,8 @@ def run_ingest(
 
 
 def _page_stream(
-    jobs: list[Job], settings: IngestSettings, image_edge: int
-) -> Iterator[tuple[Job, RenderedPage | InputFileError | object]]:
+    jobs: list[PlannedFile], settings: IngestSettings, image_edge: int
+) -> Iterator[tuple[PlannedFile, RenderedPage | InputFileError | object]]:
     """Every page of every job in order, then a _DONE marker per job; errors come as items."""
     for job in jobs:
         try:
@@ -127,7 +127,7 @@ def _timed(items: Iterator, timings: Timings) -> Iterator:
 class _Batch:
     """Rendered pages and the model inputs made from them."""
 
-    pages: list[tuple[Job, RenderedPage]]
+    pages: list[tuple[PlannedFile, RenderedPage]]
     inputs: dict
 
 
@@ -135,8 +135,8 @@ def _batches(items: Iterator, retriever: Retriever, batch_size: int, timings: Ti
     """Group rendered pages into preprocessed batches of `batch_size`; other items (a file's error or
     end) are passed on after the batch holding the pages that came before them, so a file's end
     never overtakes its last pages."""
-    pages: list[tuple[Job, RenderedPage]] = []
-    held: list[tuple[Job, object]] = []
+    pages: list[tuple[PlannedFile, RenderedPage]] = []
+    held: list[tuple[PlannedFile, object]] = []
 
     def flush() -> Iterator:
         if pages:
@@ -198,14 +198,14 @@ def _prefetch(items: Iterator, depth: int, name: str = "docqa-render") -> Iterat
 
 def _encode_and_commit(
     storage: IndexStorage,
-    jobs: list[Job],
+    jobs: list[PlannedFile],
     settings: IngestSettings,
     retriever: Retriever,
     report: IngestReport,
     bar: tqdm,
 ) -> None:
     """Render (thread) -> preprocess (thread) -> encode and store (this thread), bounded queues between."""
-    rendered: deque[Job] = deque()  # jobs fully rendered, in order, awaiting commit
+    rendered: deque[PlannedFile] = deque()  # jobs fully rendered, in order, awaiting commit
     timings = report.timings
     encoded = [0]  # pages encoded so far
     total_pages = sum(job.page_count for job in jobs)
@@ -251,7 +251,7 @@ def _encode_and_commit(
     commit_rendered()
 
 
-def commit_job(storage: IndexStorage, job: Job, report: IngestReport) -> None:
+def commit_job(storage: IndexStorage, job: PlannedFile, report: IngestReport) -> None:
     """Make one document visible, unless its file changed while it was being read."""
     try:
         after = job.path.stat()

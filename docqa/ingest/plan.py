@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 
 @dataclass
-class Job:
+class PlannedFile:
     """One file to (re-)index."""
 
     path: Path
@@ -43,11 +43,11 @@ class Job:
 def plan_jobs(
     storage: IndexStorage, given: list[Path], report: IngestReport, seen: set[Path], timeout_s: float,
     scanned: tqdm, tags: dict[str, str],
-) -> list[Job]:
+) -> list[PlannedFile]:
     """Walk, sniff and hash; return the files whose content is new or changed (unchanged files
     only get `tags` added to their metadata)."""
     store = storage.store  # the index's catalogue: read here, written only for tags of unchanged files
-    jobs: list[Job] = []
+    jobs: list[PlannedFile] = []
     for found in sources.walk(given):
         scanned.update()
         if isinstance(found, tuple):
@@ -81,7 +81,8 @@ def plan_jobs(
             continue
         metadata = {**(store.metadata(existing.id) if existing else {}), **tags}  # an update keeps its tags
         jobs.append(
-            Job(found, source.kind, digest, before.st_size, before.st_mtime, pages, existing is not None, metadata)
+            PlannedFile(found, source.kind, digest, before.st_size, before.st_mtime, pages, existing is not None,
+                        metadata)
         )
     return jobs
 

@@ -30,7 +30,7 @@ from ..index.storage import IndexStorage
 from ..models.retriever import Retriever, default_retriever
 from ..errors import ClusterError, InputFileError
 from .local import commit_job
-from .plan import Job
+from .plan import PlannedFile
 from .report import IngestReport
 from ..inputs.render import render_pages
 from ..cluster.ray_runtime import cluster_cpus, cluster_gpus, connect
@@ -97,7 +97,7 @@ def _load_stamp(model: str, device: str, image_edge: int | None, engine: str | N
 class _Arrivals:
     """What the driver holds of one document until it commits."""
 
-    job: Job
+    job: PlannedFile
     numbers: set[int] = field(default_factory=set)
     rendered: int | None = None  # pages the render task produced, once its END row arrived
 
@@ -135,8 +135,8 @@ class RayPipeline:
         stamp = ray.get(loader.remote(model, device, image_edge, engine))
         return cls(ray, stamp, device, encoders, gpus_per_encoder)
 
-    def __call__(self, storage: IndexStorage, jobs: list[Job], settings: IngestSettings, report: IngestReport,
-                 bar: tqdm) -> None:
+    def __call__(self, storage: IndexStorage, jobs: list[PlannedFile], settings: IngestSettings,
+                 report: IngestReport, bar: tqdm) -> None:
         if not jobs:
             return
         waiting = {number: _Arrivals(job) for number, job in enumerate(jobs)}
@@ -174,7 +174,7 @@ class RayPipeline:
             return 1
         return 0
 
-    def _dataset(self, jobs: list[Job], settings: IngestSettings):
+    def _dataset(self, jobs: list[PlannedFile], settings: IngestSettings):
         """The lazy Ray Data pipeline over `jobs` (nothing runs until the driver iterates it)."""
         documents = [{"job": number, "path": os.fsencode(job.path), "kind": job.kind}
                      for number, job in enumerate(jobs)]

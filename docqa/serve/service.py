@@ -29,7 +29,7 @@ from ..answer.ask import Asker
 from ..config import IngestSettings
 from ..models.retriever import Retriever
 from ..errors import DocQAError, IndexLockedError, NotFound, UploadRejected, UploadTooLarge
-from ..answer.grounding import Grounding, answer_query, ground, hit_page
+from ..answer.grounding import Grounding, grounding_query, ground, render_indexed_page
 from ..inputs.sources import describe_content, sniff
 
 UPLOADS = "uploads"  # inside the index folder
@@ -149,7 +149,7 @@ class Service:
         cached = self._cached(key)
         if cached is not None:
             return cached
-        image = hit_page(hit.file, hit.page, hit.sha256, hit.kind, edge, hit.path)
+        image = render_indexed_page(hit.file, hit.page, hit.sha256, hit.kind, edge, hit.path)
         return self._cache(key, _png(image))
 
     def grounding(self, page_id: int, query: str) -> Grounding:
@@ -157,7 +157,7 @@ class Service:
         retriever = self.retriever()
         if retriever is None:
             raise NotFound("the index is empty")
-        image = hit_page(hit.file, hit.page, hit.sha256, hit.kind, retriever.stamp.image_edge, hit.path)
+        image = render_indexed_page(hit.file, hit.page, hit.sha256, hit.kind, retriever.stamp.image_edge, hit.path)
         return ground(retriever, query, image)
 
     def heatmap_png(self, page_id: int, query: str) -> bytes:
@@ -199,7 +199,7 @@ class Service:
                 yield "token", {"text": piece}
             result = stream.result
             notes = result.notes
-        query = answer_query(question, result.answer.text)
+        query = grounding_query(question, result.answer.text)
         citations = []
         for page, citation in zip(stream.pages, result.answer.citations):
             box = ground(retriever, query, page.image).to_json()
