@@ -65,7 +65,7 @@ def pages(n: int, edge: int) -> list:
 
 
 def torch_dynamic_int8(retriever: Retriever) -> Retriever:
-    vlm = retriever._model.vlm
+    vlm = retriever.model.vlm
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for part in (vlm.vision_model, vlm.text_model):
@@ -112,19 +112,19 @@ def vision_section(work: Path, args) -> None:
     import nncf
     import openvino as ov
 
-    from docqa.models.engines.openvino import _capture_inputs, _one_by_one, _quiet, _tensors, _VisionGraph
+    from docqa.models.engines.openvino import capture_inputs, one_by_one, quiet, tensors, VisionGraph
 
     folder = Path(args.retriever) if args.retriever else build_retriever_checkpoint(
         "colmodernvbert", work / "retriever", size="real")
     retriever = Retriever.load(str(folder), device="cpu", engine="torch", image_edge=args.edge)
-    model, processor = retriever._model, retriever.processor
+    model, processor = retriever.model, retriever.processor
     vision = model.vlm.vision_model
-    sample = _capture_inputs(vision, _VisionGraph, lambda: model(**_tensors(processor.process_images(
+    sample = capture_inputs(vision, VisionGraph, lambda: model(**tensors(processor.process_images(
         pages(1, args.edge)))))
-    calibration = _capture_inputs(vision, _VisionGraph, lambda: model(**_tensors(processor.process_images(
+    calibration = capture_inputs(vision, VisionGraph, lambda: model(**tensors(processor.process_images(
         calibration_pages(args.edge)[:1]))))
-    graph = _VisionGraph(vision).eval()
-    with _quiet():
+    graph = VisionGraph(vision).eval()
+    with quiet():
         converted = ov.convert_model(graph, example_input=sample)
         recipes = {"openvino f32 (default hint = bf16 here)": (converted, {}),
                    "openvino f32": (converted, {"INFERENCE_PRECISION_HINT": "f32"}),
@@ -132,7 +132,7 @@ def vision_section(work: Path, args) -> None:
                                                          {"INFERENCE_PRECISION_HINT": "f32"}),
                    "openvino nncf static int8 (docqa engine)": (nncf.quantize(
                        converted.clone(), nncf.Dataset([tuple(t.numpy() for t in item)
-                                                        for item in _one_by_one(calibration)]),
+                                                        for item in one_by_one(calibration)]),
                        model_type=nncf.ModelType.TRANSFORMER), {"INFERENCE_PRECISION_HINT": "f32"})}
     core = ov.Core()
     compiled = {name: core.compile_model(m, "CPU", {**config, "INFERENCE_NUM_THREADS": torch.get_num_threads()})
@@ -171,7 +171,7 @@ def openvino_retriever(folder: Path, edge: int, vision: str) -> Retriever:
 
     retriever = Retriever.load(str(folder), device="cpu", engine="torch", image_edge=edge)
     OpenVINOEngine(retriever_vision=vision).prepare_retriever(
-        retriever._model, "colmodernvbert", retriever.processor, str(folder), edge)
+        retriever.model, "colmodernvbert", retriever.processor, str(folder), edge)
     return retriever
 
 

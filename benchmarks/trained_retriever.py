@@ -113,7 +113,7 @@ def _in_batch_accuracy(retriever: Retriever, numbers: list[int], edge: int) -> f
     """Share of queries whose own page scores highest among the pages of ``numbers``."""
     pages, queries = _batch(retriever, numbers, edge)
     with torch.no_grad():
-        scores = maxsim(retriever._model(**queries).embeddings, retriever._model(**pages).embeddings)
+        scores = maxsim(retriever.model(**queries).embeddings, retriever.model(**pages).embeddings)
     return float((scores.argmax(dim=1) == torch.arange(len(numbers))).float().mean())
 
 
@@ -123,7 +123,7 @@ def train(out_dir: Path, steps: int = 600, batch: int = 16, lr: float = 3e-3, ed
     torch.set_num_threads(1)
     folder = build_retriever_checkpoint("colmodernvbert", Path(out_dir), size="tiny")
     retriever = Retriever.load(str(folder), device="cpu", engine="torch", image_edge=edge)
-    model = retriever._model
+    model = retriever.model
     torch.manual_seed(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.1)

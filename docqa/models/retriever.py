@@ -147,6 +147,11 @@ class Retriever:
         self.stamp = stamp
         self._lock = threading.Lock()
 
+    @property
+    def model(self) -> PreTrainedModel:
+        """The torch model behind the engine (what an engine converts; benchmarks time it)."""
+        return self._model
+
     @classmethod
     def load(
         cls,

@@ -80,15 +80,15 @@ class OpenVINOEngine(Engine):
         pages = calibration_pages(image_edge)
 
         def run_pages(batch_pages: list[Image.Image]) -> Callable[[], None]:
-            return lambda: model(**_tensors(processor.process_images(batch_pages)))
+            return lambda: model(**tensors(processor.process_images(batch_pages)))
 
         vision = _converted_part(
-            "retriever vision encoder", checkpoint, weights, image_edge, vlm.vision_model, _VisionGraph,
+            "retriever vision encoder", checkpoint, weights, image_edge, vlm.vision_model, VisionGraph,
             [run_pages([page]) for page in pages], quantize=self.retriever_vision.removesuffix("-all"),
             keep_f32=RETRIEVER_VISION_F32 if self.retriever_vision == "static" else ())
         text = _converted_part(
             "retriever text encoder", checkpoint, weights, image_edge, vlm.text_model, _EmbeddingsGraph,
-            [lambda: model(**_tensors(processor.process_queries(["what is the total amount due?"])))],
+            [lambda: model(**tensors(processor.process_queries(["what is the total amount due?"])))],
             quantize="none")
         vlm.vision_model = _OVVision(vision)
         vlm.text_model = _OVEncoder(text, vlm.text_model.get_input_embeddings())
@@ -105,12 +105,12 @@ class OpenVINOEngine(Engine):
             def run() -> None:
                 messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is this?"}]}]
                 prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-                model(**_tensors(processor(text=[prompt], images=[page], return_tensors="pt")))
+                model(**tensors(processor(text=[prompt], images=[page], return_tensors="pt")))
             return run
 
         vision = _converted_part(
             "answer model vision encoder", checkpoint, checkpoint_hash(checkpoint), edge, inner.vision_model,
-            _VisionGraph, [run_page(page) for page in calibration_pages(edge)], quantize="static")
+            VisionGraph, [run_page(page) for page in calibration_pages(edge)], quantize="static")
         inner.vision_model = _OVVision(vision)
         with warnings.catch_warnings():  # torch.ao.quantization announces its move to torchao
             warnings.simplefilter("ignore")
@@ -161,7 +161,7 @@ def calibration_pages(edge: int) -> list[Image.Image]:
     return pages
 
 
-class _VisionGraph(torch.nn.Module):
+class VisionGraph(torch.nn.Module):
     """What is converted of a vision encoder: pixels and patch mask in, last hidden state out."""
 
     def __init__(self, vision: torch.nn.Module) -> None:
@@ -226,7 +226,7 @@ class _Captured(Exception):
     """Stops a forward pass once the inputs of the part being converted are recorded."""
 
 
-def _capture_inputs(module: torch.nn.Module, graph: type[torch.nn.Module], run: Callable[[], None]) -> tuple:
+def capture_inputs(module: torch.nn.Module, graph: type[torch.nn.Module], run: Callable[[], None]) -> tuple:
     """The positional inputs ``graph`` takes, as ``module`` receives them while ``run()`` executes."""
     captured: dict[str, Any] = {}
 
@@ -242,7 +242,7 @@ def _capture_inputs(module: torch.nn.Module, graph: type[torch.nn.Module], run: 
         pass
     finally:
         handle.remove()
-    if graph is _VisionGraph:
+    if graph is VisionGraph:
         return captured["pixel_values"], captured["patch_attention_mask"]
     return captured["inputs_embeds"], captured["attention_mask"]
 
@@ -260,12 +260,12 @@ def _converted_part(label: str, checkpoint: str, weights_hash: str, edge: int, m
                     recipe=RECIPE_VERSION, openvino=ov.__version__, nncf=nncf.__version__, shapes="dynamic")
 
     def convert(folder: Path) -> None:
-        samples = [_capture_inputs(module, graph, run) for run in runs]
-        with _quiet():
+        samples = [capture_inputs(module, graph, run) for run in runs]
+        with quiet():
             model = ov.convert_model(graph(module).eval(), example_input=samples[0])
             if quantize == "static":
                 calibration = [tuple(t.numpy() for t in tiles) for sample in samples
-                               for tiles in _one_by_one(sample)][:_CALIBRATION_TILES]
+                               for tiles in one_by_one(sample)][:_CALIBRATION_TILES]
                 model = nncf.quantize(model, nncf.Dataset(calibration), model_type=nncf.ModelType.TRANSFORMER,
                                       subset_size=len(calibration),
                                       ignored_scope=nncf.IgnoredScope(patterns=list(keep_f32), validate=False))
@@ -284,13 +284,13 @@ def _converted_part(label: str, checkpoint: str, weights_hash: str, edge: int, m
     return core.compile_model(core.read_model(folder / "model.xml"), "CPU", config)
 
 
-def _one_by_one(sample: tuple[torch.Tensor, ...]) -> list[tuple[torch.Tensor, ...]]:
+def one_by_one(sample: tuple[torch.Tensor, ...]) -> list[tuple[torch.Tensor, ...]]:
     """Split a batch of inputs into batch-1 items (calibration statistics per tile)."""
     return [tuple(tensor[i:i + 1] for tensor in sample) for i in range(sample[0].shape[0])]
 
 
 @contextlib.contextmanager
-def _quiet():
+def quiet():
     """Conversion chatter goes to stderr, never stdout (--json): nncf's progress bars are redirected,
     its INFO tables (a handler bound to stdout) and tracer warnings are dropped."""
     nncf_log = logging.getLogger("nncf")
@@ -304,5 +304,5 @@ def _quiet():
         nncf_log.setLevel(level)
 
 
-def _tensors(batch: Any) -> dict[str, torch.Tensor]:
+def tensors(batch: Any) -> dict[str, torch.Tensor]:
     return {name: value for name, value in batch.items() if isinstance(value, torch.Tensor) and name != "labels"}
