@@ -32,7 +32,8 @@ from PIL import Image, ImageDraw
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # docqa, and the checkpoint factories of the tests
 
-from docqa.models.generator import DEFAULT_MAX_IMAGE_EDGE, Conversation, Generator, PageImage  # noqa: E402
+from docqa.answer.prompt import Conversation, PageImage  # noqa: E402
+from docqa.models.generator import DEFAULT_MAX_IMAGE_EDGE, Generator  # noqa: E402
 from tiny_generators import build_generator_checkpoint  # noqa: E402
 
 SIZES = {"256m": "real", "500m": "real500m"}

@@ -28,7 +28,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from docqa.models.generator import Conversation, Generator, PageImage  # noqa: E402
+from docqa.answer.prompt import Conversation, PageImage  # noqa: E402
+from docqa.models.generator import Generator  # noqa: E402
 from docqa.models.retriever import Retriever  # noqa: E402
 from docqa.models.engines.openvino import calibration_pages  # noqa: E402
 from tiny_generators import build_generator_checkpoint  # noqa: E402

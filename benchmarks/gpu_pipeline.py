@@ -79,7 +79,7 @@ def main() -> None:
     generator.model.generate(**inputs, max_new_tokens=64, min_new_tokens=64, do_sample=False,
                              pad_token_id=generator.processor.tokenizer.pad_token_id)
     plain_s = time.perf_counter() - t0
-    from docqa.models.generator import Conversation  # noqa: E402
+    from docqa.answer.prompt import Conversation  # noqa: E402
     t0 = time.perf_counter()
     streamed = list(generator.stream(Conversation(), "What is the revenue on page 7?", pages, max_new_tokens=64))
     stream_s = time.perf_counter() - t0

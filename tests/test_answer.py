@@ -7,17 +7,13 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from docqa.answer.citations import find_citations
+from docqa.answer.prompt import INSTRUCTIONS, Answer, Conversation, PageImage, build_messages
 from docqa.models.generator import (
     DEFAULT_CPU_ANSWER_MODEL,
     DEFAULT_GPU_ANSWER_MODEL,
-    INSTRUCTIONS,
-    Answer,
-    Conversation,
     Generator,
-    PageImage,
-    build_messages,
     default_answer_model,
-    find_citations,
 )
 from docqa.errors import ModelLoadError, UnsupportedModelError
 from tiny_generators import build_generator_checkpoint

@@ -160,7 +160,8 @@ def test_pages_are_bounded_by_the_answer_models_context(world):
     """With a long answer, fewer pages fit: the bound holds for the prompt the model really gets."""
     from PIL import Image
 
-    from docqa.models.generator import Conversation, Generator, PageImage
+    from docqa.answer.prompt import Conversation, PageImage
+    from docqa.models.generator import Generator
     from docqa.answer.ask import Asker
 
     generator = Generator.load(world["answerer"], device="cpu")

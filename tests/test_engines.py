@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 import torch
 
-from docqa.models.generator import Conversation, Generator, PageImage
+from docqa.answer.prompt import Conversation, PageImage
+from docqa.models.generator import Generator
 from docqa.api import DocIndex
 from docqa.cli.main import main
 from docqa.models.retriever import Retriever

@@ -13,7 +13,9 @@ from pathlib import Path
 
 from PIL import Image
 
-from ..models.generator import Answer, Conversation, Generator, PageImage, find_citations
+from ..models.generator import Generator
+from .citations import find_citations
+from .prompt import Answer, Conversation, PageImage
 from ..api import DocIndex
 from ..config import MAX_PAGE_IMAGES, MAX_RESULTS
 from ..errors import InputFileError, NoResultsError, QueryError, SourceChangedError

@@ -399,7 +399,8 @@ def _remove(args: argparse.Namespace) -> int:
 
 def _asker(args: argparse.Namespace, with_index: bool):
     """The answer model (and index) a question command needs."""
-    from ..models.generator import Conversation, Generator, default_answer_model
+    from ..answer.prompt import Conversation
+    from ..models.generator import Generator, default_answer_model
     from ..answer.ask import Asker
     from ..models.checkpoints import check_device
 

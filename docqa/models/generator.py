@@ -1,11 +1,12 @@
-"""Answer stage: page images in, a grounded answer with file + page citations out.
+"""The answer model: loading a checkpoint, its processor (and the workarounds some processors
+need), the context budget, and streaming generation.
 
 No retrieval happens here: the caller hands over the pages (``PageImage``) to answer from. The
-prompt shows each page as an image preceded by its label ``[report.pdf, page 4]`` and asks for an
-answer grounded only in those pages, cited the same way. ``Generator`` wraps any transformers
+prompt (docqa.answer.prompt) shows each page as an image preceded by its label
+``[report.pdf, page 4]`` and asks for an answer grounded only in those pages, cited the same way
+(docqa.answer.citations finds the citations). ``Generator`` wraps any transformers
 image-text-to-text checkpoint whose processor has a chat template (SmolVLM/Idefics3, Qwen2-VL,
-Qwen2.5-VL, ...), streams the answer as it is generated, and keeps multi-turn state in a
-``Conversation`` whose page images are bounded (oldest dropped first).
+Qwen2.5-VL, ...) and streams the answer as it is generated.
 
 CPU default: SmolVLM-500M-Instruct. benchmarks/answer_latency.py (real architectures, random
 weights, fp32, 2 threads pinned on an idle Xeon; pages at 1024 px = 2x2 tiles + a global view):
@@ -30,12 +31,10 @@ import copy
 import inspect
 import os
 import queue
-import re
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 from PIL import Image
@@ -43,225 +42,22 @@ from transformers.utils import logging as hf_logging
 
 from .checkpoints import check_device, load_error, resolve, short_reason, torch_dtype
 from .engines import prepare_on_engine
+from ..answer.citations import find_citations
+from ..answer.prompt import Answer, Conversation, PageImage, build_messages
 from ..errors import ModelLoadError, UnsupportedModelError
 from ..inputs.render import fit_within
 
 DEFAULT_CPU_ANSWER_MODEL = "HuggingFaceTB/SmolVLM-500M-Instruct"
 DEFAULT_GPU_ANSWER_MODEL = "Qwen/Qwen2.5-VL-3B-Instruct"
 DEFAULT_MAX_IMAGE_EDGE = 1024
-DEFAULT_MAX_IMAGES = 4
 _STOP_WAIT_S = 0.5  # how long a stopped stream waits for generation to end at a token boundary
 _BUDGET_QUESTION = "x " * 128  # the room a question gets when the context is budgeted (128 tokens or so)
 
 _IDEFICS3_TYPES = {"idefics3", "smolvlm"}
 
-INSTRUCTIONS = (
-    "Answer the question using only the document pages shown below. Each page image is preceded by "
-    "its label. Cite every page you use as [file, page N], for example [report.pdf, page 4]. If the "
-    "pages do not contain the answer, say that it is not found in the pages."
-)
-
-
 def default_answer_model(device: str) -> str:
     """The answer model docqa uses when none is named: a small one on CPU, a stronger one on GPU."""
     return DEFAULT_GPU_ANSWER_MODEL if device.startswith("cuda") else DEFAULT_CPU_ANSWER_MODEL
-
-
-@dataclass
-class PageImage:
-    """One page to answer from: its source file, 1-based page number, retrieval score and image."""
-
-    path: str
-    page: int
-    score: float | None
-    image: Image.Image
-    page_id: int | None = None  # the indexed page it came from, if any
-
-    @property
-    def label(self) -> str:
-        """How the page is named in prompts and citations, e.g. ``report.pdf, page 4``."""
-        return f"{Path(self.path).name}, page {self.page}"
-
-
-@dataclass
-class Citation:
-    """A page that was shown to the model; ``cited`` is True when the answer text refers to it."""
-
-    path: str
-    page: int
-    score: float | None
-    cited: bool
-
-
-@dataclass
-class Answer:
-    """A generated answer with one citation per page shown (in the order shown)."""
-
-    question: str
-    text: str
-    citations: list[Citation]
-    model: str
-    generate_s: float
-
-
-@dataclass
-class Turn:
-    """One question/answer exchange. ``dropped`` pages no longer have their image in the context."""
-
-    question: str
-    pages: list[PageImage]
-    answer: str
-    dropped: list[PageImage] = field(default_factory=list)
-
-
-class Conversation:
-    """Multi-turn chat state with a bound on the page images kept in context.
-
-    When the page images of all turns would exceed ``max_images``, the oldest images are dropped
-    first (their labels and the text of the turns stay) and a note is appended to ``notes``.
-    The pages of the question being asked are always shown; an earlier image of a page shown
-    again is dropped rather than repeated.
-    """
-
-    def __init__(self, max_images: int = DEFAULT_MAX_IMAGES) -> None:
-        if max_images < 0:
-            raise ValueError(f"max_images must be >= 0, got {max_images}")
-        self.max_images = max_images
-        self.turns: list[Turn] = []
-        self.notes: list[str] = []
-
-    def pages(self) -> list[PageImage]:
-        """All pages whose images are still in the context, oldest first."""
-        return [page for turn in self.turns for page in turn.pages]
-
-    def reset(self) -> None:
-        """Forget every turn and note."""
-        self.turns.clear()
-        self.notes.clear()
-
-    def make_room(self, incoming: list[PageImage]) -> list[str]:
-        """Free room for the images of ``incoming`` pages; return the notes recorded.
-
-        Earlier images of pages shown again are dropped first (the new turn shows them), then the
-        oldest images until history plus ``incoming`` fit ``max_images``.
-        """
-        again = {(page.path, page.page) for page in incoming}
-        for turn in self.turns:
-            turn.dropped += [page for page in turn.pages if (page.path, page.page) in again]
-            turn.pages = [page for page in turn.pages if (page.path, page.page) not in again]
-        return self._trim(max(self.max_images - len(incoming), 0))
-
-    def add(self, question: str, pages: list[PageImage], answer: str) -> list[str]:
-        """Record a finished turn, then enforce the image budget; return the notes recorded."""
-        self.turns.append(Turn(question, list(pages), answer))
-        return self._trim(self.max_images)
-
-    def _trim(self, limit: int) -> list[str]:
-        excess = len(self.pages()) - limit
-        dropped: list[str] = []
-        for turn in self.turns:
-            while excess > 0 and turn.pages:
-                page = turn.pages.pop(0)
-                turn.dropped.append(page)
-                dropped.append(page.label)
-                excess -= 1
-        if not dropped:
-            return []
-        note = (f"Dropped {len(dropped)} older page image(s) from the conversation to stay within "
-                f"{self.max_images} images: {'; '.join(dropped)}.")
-        self.notes.append(note)
-        return [note]
-
-
-def _user_content(pages: list[PageImage], question: str, dropped: list[PageImage] = ()) -> list[dict[str, Any]]:
-    content: list[dict[str, Any]] = []
-    for page in dropped:
-        content.append({"type": "text", "text": f"[{page.label}] (image not shown again)\n"})
-    for page in pages:
-        content.append({"type": "text", "text": f"[{page.label}]\n"})
-        content.append({"type": "image", "image": page.image})
-    content.append({"type": "text", "text": f"\nQuestion: {question}"})
-    return content
-
-
-def build_messages(conversation: Conversation | None, question: str, pages: list[PageImage]) -> list[dict]:
-    """Chat-template messages: earlier turns (with their remaining images), then the new question.
-
-    The new user turn starts with the grounding instructions, then each page as its label followed
-    by its image, then the question. Content is always a list of typed parts (SmolVLM's template
-    indexes ``content[0]``); image parts carry the PIL image under ``"image"``.
-    """
-    messages: list[dict] = []
-    for turn in conversation.turns if conversation is not None else []:
-        messages.append({"role": "user", "content": _user_content(turn.pages, turn.question, turn.dropped)})
-        messages.append({"role": "assistant", "content": [{"type": "text", "text": turn.answer}]})
-    content = [{"type": "text", "text": INSTRUCTIONS + "\n"}, *_user_content(pages, question)]
-    messages.append({"role": "user", "content": content})
-    return messages
-
-
-_PAGE_REF = re.compile(
-    r"\b(?:pages?|pgs?\.?|pp\.|p\.)\s*(\d+(?:\s*(?:,|and|&|-|–|to)\s*\d+)*)|\bp(\d+)\b", re.IGNORECASE
-)
-_BIND_BEFORE = re.compile(r"[\s,:;(\[]*\Z")  # "report.pdf, page 4", "report.pdf (p. 4)"
-_BIND_AFTER = re.compile(r"\A[\s,(\[]*(of|in|from|on)?[\s,(\[]*\Z", re.IGNORECASE)  # "page 4 of report.pdf"
-
-
-def _page_numbers(group: str) -> set[int]:
-    numbers: set[int] = set()
-    for part in re.split(r"\s*(?:,|and|&)\s*", group):
-        bounds = [int(n) for n in re.findall(r"\d+", part)]
-        if len(bounds) == 2 and bounds[0] <= bounds[1] <= bounds[0] + 50:
-            numbers.update(range(bounds[0], bounds[1] + 1))
-        else:
-            numbers.update(bounds)
-    return numbers
-
-
-def _file_mentions(text: str, names: set[str]) -> list[tuple[int, int, str, bool]]:
-    """(start, end, file name, by full name?) of each mention of a shown file, by full name or stem."""
-    found = []
-    for name in names:
-        stem = Path(name).stem
-        for alias in {name, stem} if len(stem) >= 2 else {name}:
-            pattern = r"(?<![\w.])" + re.escape(alias) + r"(?![\w]|\.\w)"
-            found += [(m.start(), m.end(), name, alias == name) for m in re.finditer(pattern, text, re.IGNORECASE)]
-    return sorted(found)
-
-
-def find_citations(text: str, pages: list[PageImage]) -> list[Citation]:
-    """One Citation per shown page (same order); ``cited`` where the answer refers to that page.
-
-    A reference is a page number ("page 4", "p. 4", "pp. 3-4", "pages 2 and 5") bound to a file
-    named right before it ("[report.pdf, page 4]") or right after it ("page 4 of report.pdf"), by
-    full name or stem. A page number with no file next to it counts only when exactly one shown
-    page has that number; a bare file name (full name, not stem) counts only when exactly one page
-    of that file was shown.
-    """
-    names = {Path(p.path).name for p in pages}
-    mentions = _file_mentions(text, names)
-    cited: set[tuple[str, int]] = set()
-    bound_mentions: set[int] = set()
-    for ref in _PAGE_REF.finditer(text):
-        numbers = _page_numbers(ref.group(1)) if ref.group(1) else {int(ref.group(2))}
-        before = [m for m in mentions if m[1] <= ref.start() and _BIND_BEFORE.search(text[m[1]:ref.start()])]
-        after = [(m, bind.group(1)) for m in mentions if m[0] >= ref.end()
-                 and (bind := _BIND_AFTER.match(text[ref.end():m[0]]))]
-        # "page 4 of report.pdf" beats "memo.pdf, page 2", which beats "page 4 (report.pdf)"
-        owner = next((m for m, word in after if word), before[-1] if before else after[0][0] if after else None)
-        if owner is not None:
-            bound_mentions.add(owner[0])
-            cited.update((owner[2], n) for n in numbers)
-            continue
-        for n in numbers:
-            matching = [p for p in pages if p.page == n]
-            if len({Path(p.path).name for p in matching}) == 1:
-                cited.add((Path(matching[0].path).name, n))
-    for start, _, name, full in mentions:
-        same_file = {p.page for p in pages if Path(p.path).name == name}
-        if full and start not in bound_mentions and len(same_file) == 1:
-            cited.add((name, next(iter(same_file))))
-    return [Citation(p.path, p.page, p.score, (Path(p.path).name, p.page) in cited) for p in pages]
 
 
 def _load_images_only_processor(processor_class: type, model: str, local_only: bool) -> Any:
