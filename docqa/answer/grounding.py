@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from ..errors import SourceChangedError
+from ..errors import DocQAError, SourceChangedError
 from ..inputs.render import fit_within
 from ..inputs.sources import sha256_of
 
@@ -259,6 +259,31 @@ def ground_hit(retriever, query: str, hit) -> Grounding:
     """Ground ``query`` on a search hit's page (re-rendered from its source at the retriever's edge)."""
     image = render_indexed_page(hit.file, hit.page, hit.sha256, hit.kind, retriever.stamp.image_edge, hit.path)
     return ground(retriever, query, image)
+
+
+def ground_hits(retriever, query: str, hits: list) -> list[Grounding | DocQAError]:
+    """Ground ``query`` on each hit's page; where a page cannot be re-rendered (its source changed
+    or is gone), the error in its place."""
+    grounded: list[Grounding | DocQAError] = []
+    for hit in hits:
+        try:
+            grounded.append(ground_hit(retriever, query, hit))
+        except DocQAError as error:
+            grounded.append(error)
+    return grounded
+
+
+def ground_answer(retriever, question: str, answer: str, pages: list) -> list[Grounding]:
+    """Ground question and answer together (grounding_query) on each page shown (``PageImage``s)."""
+    query = grounding_query(question, answer)
+    return [ground(retriever, query, page.image) for page in pages]
+
+
+def save_heatmap(folder: Path, rank: int, path: str, page: int, grounding: Grounding) -> Path:
+    """Write one result's heatmap PNG into ``folder`` (named by heatmap_name); returns its path."""
+    target = folder / heatmap_name(rank, path, page)
+    grounding.overlay().save(target)
+    return target
 
 
 def heatmap_name(rank: int, path: str, page: int) -> str:

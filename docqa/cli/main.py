@@ -340,20 +340,17 @@ def _search(args: argparse.Namespace) -> int:
     results = [hit.to_json() for hit in hits]
     failed = 0
     if args.heatmaps and hits:
-        from ..answer.grounding import ground_hit, heatmap_name
+        from ..answer.grounding import ground_hits, save_heatmap
 
         folder = _heatmap_folder(args.heatmaps)
         retriever = index.retriever(device=args.device, engine=args.engine)
-        for hit, result in zip(hits, results):
-            try:
-                grounding = ground_hit(retriever, args.query, hit)
-            except DocQAError as error:
+        for hit, result, grounding in zip(hits, results, ground_hits(retriever, args.query, hits)):
+            if isinstance(grounding, DocQAError):
                 failed += 1
                 result.update(heatmap=None, box=None)
-                print(f"docqa: no heatmap for {hit.path} page {hit.page}: {error}", file=sys.stderr)
+                print(f"docqa: no heatmap for {hit.path} page {hit.page}: {grounding}", file=sys.stderr)
                 continue
-            target = folder / heatmap_name(hit.rank, hit.path, hit.page)
-            grounding.overlay().save(target)
+            target = save_heatmap(folder, hit.rank, hit.path, hit.page, grounding)
             result.update(heatmap=str(target), **grounding.to_json())
     if args.json:
         _print_json({"query": args.query, "results": results})
@@ -445,17 +442,13 @@ def _print_answer(stream, as_json: bool, heatmaps: tuple[str, object] | None = N
 
 def _answer_heatmaps(stream, folder: str, retriever) -> list[dict]:
     """Ground question + answer on each page shown; write the PNGs; the box fields per citation."""
-    from ..answer.grounding import grounding_query, ground, heatmap_name
+    from ..answer.grounding import ground_answer, save_heatmap
 
     target = _heatmap_folder(folder)
-    query = grounding_query(stream.result.answer.question, stream.result.answer.text)
-    extras = []
-    for rank, page in enumerate(stream.pages, start=1):
-        grounding = ground(retriever, query, page.image)
-        path = target / heatmap_name(rank, page.path, page.page)
-        grounding.overlay().save(path)
-        extras.append({"heatmap": str(path), **grounding.to_json()})
-    return extras
+    answer = stream.result.answer
+    groundings = ground_answer(retriever, answer.question, answer.text, stream.pages)
+    return [{"heatmap": str(save_heatmap(target, rank, page.path, page.page, grounding)), **grounding.to_json()}
+            for rank, (page, grounding) in enumerate(zip(stream.pages, groundings), start=1)]
 
 
 def _ask(args: argparse.Namespace) -> int:

@@ -29,7 +29,7 @@ from ..answer.ask import Asker
 from ..config import IngestSettings
 from ..models.retriever import Retriever
 from ..errors import DocQAError, IndexLockedError, NotFound, UploadRejected, UploadTooLarge
-from ..answer.grounding import Grounding, grounding_query, ground, render_indexed_page
+from ..answer.grounding import Grounding, ground, ground_answer, render_indexed_page
 from ..inputs.sources import describe_content, sniff
 
 UPLOADS = "uploads"  # inside the index folder
@@ -199,10 +199,10 @@ class Service:
                 yield "token", {"text": piece}
             result = stream.result
             notes = result.notes
-        query = grounding_query(question, result.answer.text)
         citations = []
-        for page, citation in zip(stream.pages, result.answer.citations):
-            box = ground(retriever, query, page.image).to_json()
+        groundings = ground_answer(retriever, question, result.answer.text, stream.pages)
+        for page, citation, grounding in zip(stream.pages, result.answer.citations, groundings):
+            box = grounding.to_json()
             citations.append({"page_id": page.page_id, "path": citation.path, "name": Path(citation.path).name,
                               "page": citation.page, "score": citation.score, "cited": citation.cited,
                               "box": box["box_fraction"]})
