@@ -31,7 +31,7 @@ from transformers import Idefics3ForConditionalGeneration, Idefics3Processor  # 
 
 import docqa.models.generator
 import docqa.answer.ask
-import docqa.cli.main
+from docqa.cli import main as docqa_main
 import docqa.models.retriever
 
 SLOW_S = 60.0
@@ -127,7 +127,7 @@ def child(request: dict) -> None:
         slow_generation(stage)
     elif stage == "ingest":
         slow_ingest()
-    raise SystemExit(docqa.cli.main.main(request["argv"]))
+    raise SystemExit(docqa_main(request["argv"]))
 
 
 def serve() -> None:
