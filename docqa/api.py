@@ -14,11 +14,11 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -66,6 +66,44 @@ class Hit:
     def to_json(self) -> dict:
         fields = ("rank", "score", "path", "page", "document_id", "page_id")
         return {name: getattr(self, name) for name in fields}
+
+
+@runtime_checkable
+class Searchable(Protocol):
+    """The search contract: what a question is answered from (docqa.answer.ask.Asker).
+
+    DocIndex, the shard set (docqa.cluster.shards.ShardSet) and the server's read-only view
+    implement it."""
+
+    @property
+    def path(self) -> Path:
+        """What messages name (an index folder; the shards' parent folder)."""
+        ...
+
+    def search(self, query: str, k: int = 5, *, where: dict | None = None,
+               path: str | None = None) -> Sequence[Hit]:
+        """The k pages that best match `query`, best first; `where` (tags) and `path` (a glob) filter."""
+        ...
+
+
+@runtime_checkable
+class VectorSearchable(Searchable, Protocol):
+    """A Searchable that also encodes queries with its own retriever and searches by query
+    vectors (DocIndex and ShardSet: what the CLI's search takes)."""
+
+    def search(self, query: str, k: int = 5, *, device: str | None = None, exact: bool = False,
+               rerank: int | None = None, where: dict | None = None, path: str | None = None,
+               engine: str | None = None) -> Sequence[Hit]:
+        """As Searchable.search; `device` and `engine` for the query encoder, `exact` and `rerank`
+        as in DocIndex.search_embeddings."""
+        ...
+
+    def search_embeddings(self, query: np.ndarray, k: int = 10, *, exact: bool = False, rerank: int | None = None,
+                          where: dict | None = None, path: str | None = None) -> Sequence[Hit]:
+        ...
+
+    def retriever(self, *, device: str | None = None, engine: str | None = None) -> Retriever:
+        ...
 
 
 @dataclass(frozen=True)

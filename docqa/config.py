@@ -16,6 +16,14 @@ MAX_RESULTS = 1000  # pages one search returns (-k)
 MAX_PAGE_IMAGES = 20  # page images one question shows the answer model (--max-pages, --max-images)
 MAX_IMAGE_EDGE = 4096  # px, the retriever's page edge (--image-edge); 2048 is the largest default
 MAX_BATCH_SIZE = 256  # pages per retriever forward pass (--batch-size)
+MAX_RESULTS_WHY = "the most pages one search returns"
+
+
+def lowered(option: str, value: int, ceiling: int, why: str) -> tuple[int, str | None]:
+    """`value` kept within `ceiling`, and the note saying it was lowered (None when it fits)."""
+    if value <= ceiling:
+        return value, None
+    return ceiling, f"{option} {value} lowered to {ceiling}: {why}"
 
 
 def split_key_value(text: str) -> tuple[str, str]:

@@ -16,8 +16,8 @@ from PIL import Image
 from ..models.generator import Generator
 from .citations import find_citations
 from .prompt import Answer, Conversation, PageImage
-from ..api import DocIndex
-from ..config import MAX_PAGE_IMAGES, MAX_RESULTS
+from ..api import Searchable
+from ..config import MAX_PAGE_IMAGES, MAX_RESULTS, MAX_RESULTS_WHY, lowered
 from ..errors import InputFileError, NoResultsError, QueryError, SourceChangedError
 from ..inputs.render import render_pages
 from ..inputs.sources import classify, sha256_of
@@ -80,7 +80,7 @@ class AnswerStream:
 class Asker:
     """Questions over one index (or over given pages), one generator, one conversation."""
 
-    def __init__(self, generator: Generator, index: DocIndex | None = None, *, k: int = 3,
+    def __init__(self, generator: Generator, index: Searchable | None = None, *, k: int = 3,
                  max_pages: int = 3, max_new_tokens: int = 256, conversation: Conversation | None = None,
                  where: dict | None = None, path: str | None = None) -> None:
         """Bounds what one question may cost: `k`, `max_pages` and the conversation's `max_images`
@@ -90,7 +90,7 @@ class Asker:
         self.index = index
         self.max_new_tokens = max_new_tokens
         self.notes: list[str] = []
-        self.k = self._bounded("-k", k, MAX_RESULTS, "the most pages one search returns")
+        self.k = self._bounded("-k", k, MAX_RESULTS, MAX_RESULTS_WHY)
         ceiling, why = self._page_ceiling()
         self.max_pages = self._bounded("--max-pages", max_pages, ceiling, why)
         if conversation is None:
@@ -118,10 +118,10 @@ class Asker:
                      f"{budget.page_tokens} tokens a page, next to an answer of {self.max_new_tokens} tokens")
 
     def _bounded(self, option: str, value: int, ceiling: int, why: str) -> int:
-        if value <= ceiling:
-            return value
-        self.notes.append(f"{option} {value} lowered to {ceiling}: {why}")
-        return ceiling
+        value, note = lowered(option, value, ceiling, why)
+        if note is not None:
+            self.notes.append(note)
+        return value
 
     def retrieve(self, question: str) -> tuple[list[PageImage], list[str]]:
         """The top pages for `question` (in the context of the conversation so far), as images

@@ -13,7 +13,7 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from .. import __version__
 from ..config import (
@@ -22,10 +22,15 @@ from ..config import (
     MAX_IMAGE_EDGE,
     MAX_PAGE_IMAGES,
     MAX_RESULTS,
+    MAX_RESULTS_WHY,
     IngestSettings,
+    lowered,
     split_key_value,
 )
 from ..errors import DocQAError
+
+if TYPE_CHECKING:
+    from ..api import VectorSearchable
 
 EXIT_OK, EXIT_PARTIAL, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
 KEPT_ON_INTERRUPT = "interrupted; every document committed before this point is kept (run ingest again to go on)"
@@ -252,7 +257,7 @@ def _add_shard_options(parser: argparse.ArgumentParser) -> None:
                         'one a local Ray is started); needs pip install "docqa[ray]"')
 
 
-def _open_searchable(args: argparse.Namespace):
+def _open_searchable(args: argparse.Namespace) -> VectorSearchable:
     """The index to search: --shards as one (threads, or Ray actors with --ray), else --index."""
     if args.shards:
         from ..cluster.shards import ShardSet
@@ -332,11 +337,11 @@ def _ingest(args: argparse.Namespace) -> int:
 
 def _search(args: argparse.Namespace) -> int:
     index = _open_searchable(args)
-    if args.k > MAX_RESULTS:
-        print(f"docqa: note: -k {args.k} lowered to {MAX_RESULTS}: the most pages one search returns",
-              file=sys.stderr)
-    hits = index.search(args.query, k=min(args.k, MAX_RESULTS), device=args.device, exact=args.exact, rerank=args.rerank,
-                         where=dict(args.where), path=args.path, engine=args.engine)
+    k, note = lowered("-k", args.k, MAX_RESULTS, MAX_RESULTS_WHY)
+    if note is not None:
+        print(f"docqa: note: {note}", file=sys.stderr)
+    hits = index.search(args.query, k=k, device=args.device, exact=args.exact, rerank=args.rerank,
+                        where=dict(args.where), path=args.path, engine=args.engine)
     results = [hit.to_json() for hit in hits]
     failed = 0
     if args.heatmaps and hits:

@@ -126,7 +126,7 @@ class ShardActor:
 
 
 class ShardSet:
-    """Several shards searched as one index (`search` / `search_embeddings` as on DocIndex)."""
+    """Several shards searched as one index (a docqa.api.VectorSearchable, as DocIndex is)."""
 
     def __init__(self, paths: list[Path], builds: list[BuildStamp | None], *, local: list[DocIndex] | None = None,
                  actors: list | None = None, ray: ModuleType | None = None) -> None:

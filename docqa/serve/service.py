@@ -351,7 +351,8 @@ class Service:
 
 
 class _ReadOnly:
-    """The index as an Asker sees it: searches go through the service (one at a time on the reader)."""
+    """The index as an Asker sees it (a docqa.api.Searchable): searches go through the service (one
+    at a time on the reader)."""
 
     def __init__(self, service: Service) -> None:
         self._service = service
