@@ -14,37 +14,12 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
-from typing import Any
 
-from ..checkpoints import is_gpu
 from ...errors import ModelLoadError
-
-TORCH, OPENVINO = "torch", "openvino"
-ENGINES = (TORCH, OPENVINO)
+from ..checkpoints import is_gpu
+from .base import ENGINES, OPENVINO, TORCH, Engine
 
 log = logging.getLogger("docqa")
-
-
-class Engine:
-    """Runs a loaded torch model: the base class is the plain torch engine (the model as loaded)."""
-
-    name = TORCH
-
-    def supports(self, role: str, kind: str) -> bool:
-        """Whether this engine runs ``kind`` (a retriever family or answer model type) for ``role``."""
-        return True
-
-    def precision(self, role: str, dtype: str) -> str:
-        """What the engine computes in for ``role`` ("retriever" | "answer model"); torch: the weights' dtype."""
-        return dtype
-
-    def prepare_retriever(self, model: Any, family: str, processor: Any, checkpoint: str, image_edge: int) -> str:
-        """Make ``model`` (a ColPali-family retriever) run on this engine; return its precision."""
-        return self.precision("retriever", str(model.dtype).removeprefix("torch."))
-
-    def prepare_generator(self, model: Any, processor: Any, checkpoint: str) -> str:
-        """Make ``model`` (an image-text-to-text model) run on this engine; return its precision."""
-        return self.precision("answer model", str(model.dtype).removeprefix("torch."))
 
 
 def openvino_missing() -> str | None:

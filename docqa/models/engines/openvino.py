@@ -34,7 +34,7 @@ from PIL import Image, ImageDraw
 from transformers.modeling_outputs import BaseModelOutput
 
 from ...errors import ModelLoadError
-from . import OPENVINO, Engine
+from .base import OPENVINO, Engine
 from .cache import cache_key, cache_root, checkpoint_hash, converted
 
 log = logging.getLogger("docqa")
