@@ -474,9 +474,10 @@ def evaluate_index(index: DocIndex, qrels: Qrels, *, k: int = 10, exact: bool = 
     for judged in qrels.queries:
         graded: dict[Hashable, float] = {}
         for judgment in judged.relevant:
-            key = _page_key(matcher, judgment, qrels.base)
-            if isinstance(key, str):
-                unmatched.append(f"{judgment.path} page {judgment.page} ({judged.where}): {key}")
+            found = _page_key(matcher, judgment, qrels.base)
+            key: Hashable = found
+            if isinstance(found, str):
+                unmatched.append(f"{judgment.path} page {judgment.page} ({judged.where}): {found}")
                 key = ("unmatched", judgment.path, judgment.page)  # never in a ranking
             graded[key] = max(judgment.grade, graded.get(key, 0.0))
         grades.append(graded)

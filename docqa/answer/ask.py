@@ -108,6 +108,7 @@ class Asker:
         if fit is None or fit >= MAX_PAGE_IMAGES:
             return MAX_PAGE_IMAGES, "the most page images docqa shows the model for one question"
         if fit < 1:
+            assert budget.positions is not None  # fit is None without a known context
             room = budget.positions - budget.prompt_tokens - budget.page_tokens
             raise QueryError(
                 f"--max-new-tokens {self.max_new_tokens} leaves no room for a page image in the "

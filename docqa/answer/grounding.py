@@ -23,7 +23,9 @@ re-rendered from its source (sha256-checked) and re-encoded with the index's ret
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 from pathlib import Path
 
 import numpy as np
@@ -96,7 +98,7 @@ class Grounding:
 
 
 # --- layouts ---------------------------------------------------------------------------------
-def patch_grids(family: str, inputs: dict, processor: object) -> list[PatchGrid]:
+def patch_grids(family: str, inputs: dict, processor: Any) -> list[PatchGrid]:
     """Where the image patches of one processed page sit, for ``family``'s processor layout."""
     ids = [int(i) for i in inputs["input_ids"][0].tolist()]
     image_id = int(processor.image_token_id)
@@ -139,7 +141,7 @@ def _square(length: int) -> tuple[int, int]:
     return side, side
 
 
-def _tile_grids(ids: list[int], runs: list[tuple[int, int]], processor: object) -> list[PatchGrid]:
+def _tile_grids(ids: list[int], runs: list[tuple[int, int]], processor: Any) -> list[PatchGrid]:
     """Idefics3-style: each run is a tile named by the ``<row_r_col_c>`` token before it, or the global view."""
     tokens = processor.tokenizer.convert_ids_to_tokens([ids[start - 1] if start else ids[0] for start, _ in runs])
     tiles = [(_ROW_COL.fullmatch(str(token)), run) for token, run in zip(tokens, runs)]
@@ -261,7 +263,7 @@ def ground_hit(retriever, query: str, hit) -> Grounding:
     return ground(retriever, query, image)
 
 
-def ground_hits(retriever, query: str, hits: list) -> list[Grounding | DocQAError]:
+def ground_hits(retriever, query: str, hits: Sequence) -> list[Grounding | DocQAError]:
     """Ground ``query`` on each hit's page; where a page cannot be re-rendered (its source changed
     or is gone), the error in its place."""
     grounded: list[Grounding | DocQAError] = []

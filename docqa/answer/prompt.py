@@ -7,6 +7,7 @@ Pure: no model, no torch; docqa.models.generator turns these messages into model
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -128,7 +129,7 @@ class Conversation:
         return [note]
 
 
-def _user_content(pages: list[PageImage], question: str, dropped: list[PageImage] = ()) -> list[dict[str, Any]]:
+def _user_content(pages: list[PageImage], question: str, dropped: Sequence[PageImage] = ()) -> list[dict[str, Any]]:
     content: list[dict[str, Any]] = []
     for page in dropped:
         content.append({"type": "text", "text": f"[{page.label}] (image not shown again)\n"})

@@ -164,6 +164,7 @@ class ShardSet:
                 self._retriever = next(index for index in self._local if index.build).retriever(
                     device=device, engine=engine)
             else:
+                assert self.build is not None, "no shard holds pages yet"
                 encoder = self.build.encoder_for(self.path)
                 if engine is not None and engine != encoder.engine:
                     raise IndexMismatchError(f"the shards were built with the {encoder.engine} engine; they cannot"
@@ -195,9 +196,11 @@ class ShardSet:
         if self.build is None:
             return []
         if self._actors is not None:
+            assert self._ray is not None
             per_shard = self._ray.get([actor.search_embeddings.remote(query, k, exact, where, path, rerank)
                                        for actor in self._actors])
         else:
+            assert self._local is not None
             with ThreadPoolExecutor(max_workers=len(self._local), thread_name_prefix="docqa-shard") as pool:
                 per_shard = list(pool.map(
                     lambda index: index.search_embeddings(query, k, exact=exact, rerank=rerank, where=where, path=path)
@@ -208,6 +211,7 @@ class ShardSet:
         for index in self._local or []:
             index.close()
         for actor in self._actors or []:
+            assert self._ray is not None
             self._ray.kill(actor)
 
 

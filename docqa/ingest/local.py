@@ -85,6 +85,7 @@ def run_ingest(
         total=total_pages, unit="page", desc="ingest", disable=not settings.progress, leave=False
     ) as bar:
         if pipeline is None:
+            assert retriever is not None, "a local ingest needs a retriever"
             _encode_and_commit(storage, jobs, settings, retriever, report, bar)
         else:
             pipeline(storage, jobs, settings, report, bar)

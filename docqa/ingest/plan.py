@@ -72,7 +72,7 @@ def plan_jobs(
             report.unchanged += 1
             if tags:
                 with store.transaction():
-                    store.merge_metadata(existing.id, tags)
+                    store.merge_metadata(existing.id, dict(tags))
             continue
         try:
             pages = count_pages(found, source.kind, timeout_s)

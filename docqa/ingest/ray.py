@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import ModuleType
 
 import numpy as np
@@ -47,7 +48,7 @@ def render_document(row: dict, *, image_edge: int, chunk_pages: int, timeout_s: 
     path = os.fsdecode(row["path"])
     pages = 0
     try:
-        for page in render_pages(path, row["kind"], image_edge, chunk_pages=chunk_pages, timeout_s=timeout_s):
+        for page in render_pages(Path(path), row["kind"], image_edge, chunk_pages=chunk_pages, timeout_s=timeout_s):
             width, height = page.image.size
             pages += 1
             yield _row(row["job"], PAGE, number=page.number, width=width, height=height,

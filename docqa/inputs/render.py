@@ -112,7 +112,7 @@ def _poppler_missing() -> PopplerMissingError:
 def _pdf_page_count(path: Path, clock: _Clock) -> int:
     try:
         with clock.running("reading the PDF") as left:
-            info = pdfinfo_from_path(str(path), timeout=left)
+            info = pdfinfo_from_path(str(path), timeout=left)  # type: ignore[arg-type]  # a float is fine
     except (PDFInfoNotInstalledError, FileNotFoundError) as error:
         raise _poppler_missing() from error
     except (PDFPageCountError, PDFSyntaxError, ValueError) as error:
@@ -144,7 +144,7 @@ def _render_pdf(
         try:
             with clock.running("rendering the PDF") as left:
                 images = convert_from_path(
-                    str(path), first_page=start, last_page=end, size=image_edge, timeout=left
+                    str(path), first_page=start, last_page=end, size=image_edge, timeout=left,  # type: ignore[arg-type]
                 )
                 pages = [
                     RenderedPage(start + offset, fit_within(image, image_edge))
@@ -204,7 +204,7 @@ def _frame_count(path: Path, image: Image.Image) -> int:
     if image.format != "TIFF":
         return 1
     try:
-        return int(image.n_frames)
+        return int(image.n_frames)  # type: ignore[attr-defined]  # multi-frame formats only
     except _DECODE_ERRORS as error:
         raise InputFileError(printable(path), _image_reason(error)) from error
 

@@ -60,7 +60,7 @@ def default_answer_model(device: str) -> str:
     return DEFAULT_GPU_ANSWER_MODEL if device.startswith("cuda") else DEFAULT_CPU_ANSWER_MODEL
 
 
-def _load_images_only_processor(processor_class: type, model: str, local_only: bool) -> Any:
+def _load_images_only_processor(processor_class: Any, model: str, local_only: bool) -> Any:
     """Load ``processor_class`` without its video processor (which needs torchvision; docqa sends no video).
 
     transformers derives a processor's parts from its ``__init__`` signature, so a subclass whose
@@ -194,7 +194,7 @@ class Generator:
                 f"model. Fix: pass --answer-model with a vision-language chat model such as "
                 f"{DEFAULT_CPU_ANSWER_MODEL}."
             )
-        processor_class = PROCESSOR_MAPPING.get(type(config), None)
+        processor_class: Any = PROCESSOR_MAPPING.get(type(config), None)
         if processor_class is not None and "video_processor" in processor_class.get_attributes():
             processor = _load_images_only_processor(processor_class, model, local_only)
         else:

@@ -26,7 +26,7 @@ import hashlib
 import json
 import threading
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -142,7 +142,7 @@ class Retriever:
 
     def __init__(self, model: PreTrainedModel, processor: ProcessorMixin, stamp: EncoderStamp) -> None:
         self._model = model
-        self.processor = processor  # exposed for callers that map vectors back to image regions
+        self.processor: Any = processor  # exposed for callers that map vectors back to image regions
         self._forward_kwargs = _FAMILIES[stamp.family].forward_kwargs
         self.stamp = stamp
         self._lock = threading.Lock()
@@ -179,7 +179,8 @@ class Retriever:
         family = config.model_type
         spec = _family_spec(family, model)
         try:
-            network = spec.model_class.from_pretrained(source, dtype=dtype_, local_files_only=local_files_only)
+            network: Any = spec.model_class.from_pretrained(source, dtype=dtype_,
+                                                       local_files_only=local_files_only)
             processor = spec.processor_class.from_pretrained(source, local_files_only=local_files_only)
         except Exception as error:
             raise load_error("retriever", model, short_reason(error), "--model") from error

@@ -151,7 +151,7 @@ def calibration_pages(edge: int) -> list[Image.Image]:
             for hue in range(12):
                 for shade in range(4):
                     rgb = colorsys.hsv_to_rgb(hue / 12, 1 - shade * 0.2, 1 - shade * 0.15)
-                    x, y = margin + hue * cell_w, top + shade * cell_h
+                    x, y = margin + hue * cell_w, top + shade * cell_h  # type: ignore[assignment]
                     draw.rectangle([x, y, x + cell_w, y + cell_h], fill=tuple(round(255 * c) for c in rgb))
         for bar in range(6):  # a bar chart
             x = margin + bar * (width - 2 * margin) // 6
