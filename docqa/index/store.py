@@ -72,13 +72,6 @@ class PageTable:
         """The pages where the boolean mask `keep` is set, in the same order."""
         return PageTable(self.page_ids[keep], self.offsets[keep], self.counts[keep])
 
-    def rows_to_pages(self, rows: np.ndarray) -> np.ndarray:
-        """Position in this table of the page owning each vector row, or -1 for rows no page owns."""
-        position = np.searchsorted(self.offsets, rows, side="right") - 1
-        safe = np.clip(position, 0, None)
-        owned = (position >= 0) & (rows < self.offsets[safe] + self.counts[safe])
-        return np.where(owned, position, -1)
-
 
 @dataclass(frozen=True)
 class PageFilter:
