@@ -24,17 +24,17 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from ..models.checkpoints import is_gpu
-from ..config import IngestSettings
 from ..build import BuildStamp, EncoderStamp
-from ..index.storage import IndexStorage
-from ..models.retriever import Retriever, default_retriever
+from ..cluster.ray_runtime import cluster_cpus, cluster_gpus, connect
+from ..config import IngestSettings
 from ..errors import ClusterError, InputFileError
+from ..index.storage import IndexStorage
+from ..inputs.render import render_pages
+from ..models.checkpoints import is_gpu
+from ..models.retriever import Retriever, default_retriever
 from .local import commit_job
 from .plan import PlannedFile
 from .report import IngestReport
-from ..inputs.render import render_pages
-from ..cluster.ray_runtime import cluster_cpus, cluster_gpus, connect
 
 # Row kinds flowing through the dataset.
 PAGE, END, ERROR = "page", "end", "error"
