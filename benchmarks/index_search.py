@@ -238,7 +238,7 @@ def docqa_serve(folder: str, queries: np.ndarray, exact: bool, budget_s: float, 
         return [int(Path(hit.path).stem.split("-")[1]) + hit.page - 1 for hit in hits]
 
     latencies, results = time_queries(search, queries, budget_s)
-    stats = index.search_stats() if hasattr(index, "search_stats") else {}
+    stats = index.storage.search_stats() if hasattr(index.storage, "search_stats") else {}
     return {"open_s": opened, "latencies_s": latencies, "results": results,
             "recall_estimate": stats.get("recall_estimate"),
             "rss_anon_growth_bytes": rss_anon_bytes() - baseline, "peak_rss_bytes": peak_rss_bytes()}
