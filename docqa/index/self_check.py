@@ -10,7 +10,8 @@ random sample of at most `SAMPLE_PAGES` pages, the rerank depth scaled to the sa
 cost is bounded at any index size. The smallest of the depths tried (`DEPTH_MULTIPLES` times the
 default depth) whose estimated recall@10
 reaches `TARGET_RECALL` becomes the index's default rerank depth (the deepest, when none does);
-the estimate at that depth is kept with the index and shown by `IndexStorage.search_stats()`.
+the estimate at that depth is kept with the index (measured again when the postings are saved
+after the index has doubled since) and shown by `IndexStorage.search_stats()`.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ OTHER_TOKENS = 6
 QUERY_NOISE = 1.0  # per dimension, times the vectors' norm / sqrt(dim)
 SAMPLE_PAGES = 3072
 DEPTH_MULTIPLES = (1, 2, 3)  # rerank depths tried: these times search.RERANK_PAGES
-TARGET_RECALL = 0.95
+TARGET_RECALL = 0.97  # the issue's target is 0.95: the margin covers the estimate's own noise
+REESTIMATE_GROWTH = 2  # measured again when the postings are saved after the index has doubled
 K = 10
 
 

@@ -336,7 +336,13 @@ class IndexStorage:
     def _save_candidates(self) -> None:
         """Fold the tail into the postings and save them (inside a write); pages still being
         assigned are logged after the save."""
-        self._candidates.rebuild(self.store.page_table().page_ids)
+        table = self.store.page_table()
+        self._candidates.rebuild(table.page_ids)
+        estimate = self._candidates.recall_estimate
+        if estimate is None or len(table) >= self_check.REESTIMATE_GROWTH * estimate.pages:
+            # measured on a smaller index: its depth may no longer reach the target; measure again
+            self._candidates.recall_estimate = self_check.estimate(table, self._candidates, self.vectors,
+                                                                   seed=len(table))
         self._candidates.save(self.path)
         self._unsaved = False
 
