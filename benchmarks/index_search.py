@@ -52,7 +52,9 @@ from synthetic_corpus import (  # noqa: E402
     cache_dir,
     cached_corpus,
     cached_ground_truth,
+    families,
     recall_at_k,
+    sweep,
 )
 
 PAGES_PER_DOCUMENT = 10
@@ -219,7 +221,8 @@ def _document_path(first_page: int) -> str:
     return f"doc-{first_page:07d}.pdf"
 
 
-def docqa_serve(folder: str, queries: np.ndarray, exact: bool, budget_s: float, rerank: int | None = None) -> dict:
+def docqa_serve(folder: str, queries: np.ndarray, exact: bool, budget_s: float, rerank: int | None = None,
+                warm: bool = True) -> dict:
     import torch  # noqa: F401  search's products run in torch; like docqa, a library, not the index
     from docqa.api import DocIndex  # imported before the baseline: the library is not the index
 
@@ -227,15 +230,56 @@ def docqa_serve(folder: str, queries: np.ndarray, exact: bool, budget_s: float, 
     started = time.perf_counter()
     index = DocIndex.open(folder)
     opened = time.perf_counter() - started
-    warm_page_cache(index.vectors.path)
+    if warm:
+        warm_page_cache(index.vectors.path)
 
     def search(query: np.ndarray) -> list[int]:
-        hits = index.search_embeddings(query, k=10, exact=exact, rerank=rerank)
+        hits = index.search_embeddings(nonzero_rows(query), k=10, exact=exact, rerank=rerank)
         return [int(Path(hit.path).stem.split("-")[1]) + hit.page - 1 for hit in hits]
 
     latencies, results = time_queries(search, queries, budget_s)
+    stats = index.storage.search_stats() if hasattr(index.storage, "search_stats") else {}
     return {"open_s": opened, "latencies_s": latencies, "results": results,
+            "recall_estimate": stats.get("recall_estimate"),
             "rss_anon_growth_bytes": rss_anon_bytes() - baseline, "peak_rss_bytes": peak_rss_bytes()}
+
+
+CAP_BASE_BYTES = 1 << 30
+CAP_PER_PAGE_BYTES = 24 << 10
+
+
+def capped_serve(folder: Path, queries: np.ndarray, budget_s: float, pages: int) -> dict | None:
+    """docqa_serve inside a memory cgroup of 1 GB + 24 KB per page that counts page cache, the
+    index's files evicted from the page cache first, the vector file not pre-read (None, with the
+    reason printed, where no cgroup can be made)."""
+    import memory_cap
+
+    reason = memory_cap.why_not()
+    if reason is not None:
+        raise RuntimeError(f"capped run skipped: {reason}")
+    queries_file = cache_dir() / f"capped-queries-{os.getpid()}.npy"
+    np.save(queries_file, queries)
+    memory_cap.evict(list(Path(folder).iterdir()))
+    limit = CAP_BASE_BYTES + CAP_PER_PAGE_BYTES * pages
+    code = (f"import sys, json, numpy as np; sys.path[:0] = {[str(ROOT), str(ROOT / 'benchmarks')]!r};"
+            "import index_search as b;"
+            f"print(json.dumps(b.docqa_serve({str(folder)!r}, np.load({str(queries_file)!r}), False, {budget_s!r},"
+            " warm=False)))")
+    try:
+        done = memory_cap.run_capped([sys.executable, "-c", code], limit, "docqa-capped")
+    finally:
+        queries_file.unlink(missing_ok=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"capped search failed (rc {done.returncode}): {done.stderr.strip()[-1500:]}")
+    served = json.loads(done.stdout.strip().splitlines()[-1])
+    served["limit_bytes"] = limit
+    return served
+
+
+def nonzero_rows(query: np.ndarray) -> np.ndarray:
+    """A query without its padding (queries of fewer tokens are padded with zero rows, which add 0
+    to every page's MaxSim)."""
+    return query[np.abs(query).sum(axis=1) > 0]
 
 
 def warm_page_cache(path: Path) -> None:
@@ -414,6 +458,7 @@ def summarise(method: str, pages: int, measured: dict, scores: np.ndarray, note:
         "p95_ms": float(np.percentile(latencies, 95) * 1000),
         "queries_timed": len(latencies),
         "recall_at_10": recall_at_k(measured["results"], scores[: len(measured["results"])]),
+        "top1": top1_agreement(measured["results"], scores),
         "rss_anon_kb_per_page": measured["rss_anon_growth_bytes"] / pages / 1024,
         "disk_kb_per_page": measured["disk_bytes"] / pages / 1024 if measured.get("disk_bytes") else None,
         "peak_rss_mb": measured["peak_rss_bytes"] / 2**20,
@@ -421,18 +466,23 @@ def summarise(method: str, pages: int, measured: dict, scores: np.ndarray, note:
     }
 
 
+def top1_agreement(found: list[list[int]], scores: np.ndarray, tie: float = 1e-4) -> float:
+    """Share of queries whose first result is the exact top-1 page (or ties with it)."""
+    return float(np.mean([bool(pages) and row[pages[0]] >= row.max() - tie for row, pages in zip(scores, found)]))
+
+
 def table(rows: list[dict]) -> str:
     def number(value, spec: str) -> str:
         return "—" if value is None else format(value, spec)
 
-    lines = ["| method | pages | build pages/s | open s | p50 ms | p95 ms | queries | recall@10 "
+    lines = ["| family | method | pages | build pages/s | open s | p50 ms | p95 ms | queries | recall@10 | top-1 "
              "| RssAnon KB/page | disk KB/page | peak RSS MB | note |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for row in rows:
         lines.append(
-            f"| {row['method']} | {row['pages']:,} | {number(row['build_pages_per_s'], ',.0f')} "
+            f"| {row.get('family', '')} | {row['method']} | {row['pages']:,} | {number(row['build_pages_per_s'], ',.0f')} "
             f"| {row['open_s']:.3f} | {row['p50_ms']:,.1f} | {row['p95_ms']:,.1f} | {row['queries_timed']} "
-            f"| {row['recall_at_10']:.3f} | {row['rss_anon_kb_per_page']:.1f} "
+            f"| {row['recall_at_10']:.3f} | {row['top1']:.0%} | {row['rss_anon_kb_per_page']:.1f} "
             f"| {number(row['disk_kb_per_page'], ',.1f')} | {row['peak_rss_mb']:,.0f} | {row['note']} |")
     return "\n".join(lines)
 
@@ -440,40 +490,67 @@ def table(rows: list[dict]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000], help="corpus sizes in pages")
+    parser.add_argument("--families", nargs="*", default=list(families()),
+                        help=f"corpus families (benchmarks/synthetic_corpus.py): {', '.join(families())}")
+    parser.add_argument("--sweep", type=int, default=0, help="also this many corpora with random generator parameters")
+    parser.add_argument("--sweep-seed", type=int, default=0)
     parser.add_argument("--queries", type=int, default=50, help="queries per size (at least 50 for p95)")
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--mode", action="append", default=[], metavar="NAME[:KEY=VALUE,...]",
                         help="a docqa index mode: DocIndex.open options (repeatable; default: the built-in modes)")
-    parser.add_argument("--methods", nargs="+", default=["docqa", "brute", "fast-plaid", "before"],
+    parser.add_argument("--methods", nargs="+", default=["docqa", "brute", "fast-plaid"],
                         choices=["docqa", "exact", "brute", "fast-plaid", "before"],
                         help="exact = docqa's search_embeddings(exact=True) on the first mode's index")
     parser.add_argument("--fastplaid-python", default=FASTPLAID_PYTHON)
     parser.add_argument("--fastplaid-max-pages", type=int, default=10000,
                         help="fast-plaid builds at ~11 pages/s here: larger sizes are skipped")
+    parser.add_argument("--fastplaid-families", nargs="*", default=None,
+                        help="families fast-plaid runs on (default: all); its builds take 15-35 min per 10k pages here")
     parser.add_argument("--rebuild-fastplaid", action="store_true", help="ignore a cached fast-plaid build")
     parser.add_argument("--before-ref", default=BEFORE_REF, help="git commit of the pre-issue-7 index")
     parser.add_argument("--before-sizes", type=int, nargs="*", default=[1000, 2000],
                         help="sizes for the pre-issue-7 index (seconds per query beyond 2k pages)")
     parser.add_argument("--budget", type=float, default=120.0,
                         help="seconds of timed queries per slow method and size (at least 5 queries)")
-    parser.add_argument("--sanity-pages", type=int, default=2000,
+    parser.add_argument("--sanity-pages", type=int, default=0,
                         help="pages for the structured-vs-iid threshold-search check (0: skip)")
     parser.add_argument("--rerank", type=int, nargs="*", default=[], metavar="N",
                         help="also time the first mode's index with search_embeddings(rerank=N), one row each")
+    parser.add_argument("--capped", action="store_true",
+                        help="also search the first mode's index inside a memory cgroup of 1 GB + 24 KB/page")
     parser.add_argument("--keep-indexes", action="store_true")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     args = parser.parse_args()
     log = (lambda text: print(text, file=sys.stderr, flush=True)) if args.json else print
 
-    params, query_params = CorpusParams(seed=args.seed), QueryParams(queries=args.queries)
+    chosen = {**families(), **sweep(args.sweep, args.sweep_seed)}
+    names = [name for name in chosen if name in args.families or name.startswith("sweep-")]
     modes = dict(parse_mode(text) for text in args.mode) or DOCQA_MODES
-    sizes = sorted(set(args.sizes) | (set(args.before_sizes) if "before" in args.methods else set()))
-    report = {"machine": machine(), "corpus": asdict(params), "queries": asdict(query_params),
-              "pages_per_document": PAGES_PER_DOCUMENT, "modes": modes, "rows": [], "skipped": []}
+    report = {"machine": machine(), "pages_per_document": PAGES_PER_DOCUMENT, "modes": modes,
+              "families": {}, "rows": [], "skipped": []}
     log(f"machine: {report['machine']}")
-    log(f"corpus parameters: {report['corpus']}")
-    log(f"query parameters: {report['queries']}")
     log(f"cache: {cache_dir()}")
+    for family in names:
+        params, query_params = chosen[family]
+        query_params = QueryParams(**{**asdict(query_params), "queries": args.queries})
+        report["families"][family] = {"corpus": asdict(params), "queries": asdict(query_params)}
+        log(f"[{family}] corpus parameters: {asdict(params)}")
+        log(f"[{family}] query parameters: {asdict(query_params)}")
+        run_family(args, family, params, query_params, modes, report, log)
+
+    if args.json:
+        print(json.dumps(report))
+        return
+    print()
+    print(table(report["rows"]))
+    for line in versus_fastplaid(report["rows"]):
+        print(line)
+    for line in report["skipped"]:
+        print(f"skipped: {line}")
+
+
+def run_family(args: argparse.Namespace, family: str, params: CorpusParams, query_params: QueryParams,
+               modes: dict, report: dict, log) -> None:
+    sizes = sorted(set(args.sizes) | (set(args.before_sizes) if "before" in args.methods else set()))
     full = cached_corpus(params, max(sizes), log=log)
     before_root = before_checkout(args.before_ref) if "before" in args.methods or args.sanity_pages else ""
     if args.sanity_pages:
@@ -494,8 +571,8 @@ def main() -> None:
     for pages in sizes:
         corpus = full.prefix(pages)
         queries, sources, scores = cached_ground_truth(corpus, query_params, log=log)
-        report.setdefault("truth", {})[pages] = truth = truth_shape(scores, sources)
-        log(f"exact MaxSim at {pages:,} pages: the query's source page ranks first for"
+        report.setdefault("truth", {}).setdefault(family, {})[pages] = truth = truth_shape(scores, sources)
+        log(f"[{family}] exact MaxSim at {pages:,} pages: the query's source page ranks first for"
             f" {truth['source_first']:.0%} of queries; mean score of rank 1 / 10 / 100 / median:"
             f" {truth['rank1']:.2f} / {truth['rank10']:.2f} / {truth['rank100']:.2f} / {truth['median']:.2f}")
         queries_file = cache_dir() / f"queries-{params.key()}-{query_params.key()}-{pages}.npy"
@@ -508,28 +585,36 @@ def main() -> None:
             try:
                 measured, note = run()
             except Exception as error:  # noqa: BLE001 - one method's failure must not lose the others' rows
-                report["skipped"].append(f"{method} at {pages:,} pages failed: {type(error).__name__}: {error}")
+                report["skipped"].append(f"{family}: {method} at {pages:,} pages failed: {type(error).__name__}: {error}")
                 log(report["skipped"][-1])
                 return
             if measured is not None:
-                row = summarise(method, pages, measured, scores, note)
+                row = {"family": family, **summarise(method, pages, measured, scores, note)}
                 report["rows"].append(row)
                 log(table([row]).splitlines()[-1])
 
         if in_main and {"docqa", "exact"} & set(args.methods):
             for position, (name, options) in enumerate(modes.items()):
-                folder = index_root / f"{name}-{pages}"
+                folder = index_root / f"{family}-{name}-{pages}"
                 built: dict = {}
 
-                def build_and_serve(exact: bool, rerank: int | None = None, folder=folder, options=options,
-                                    built=built):
+                def build_and_serve(exact: bool, rerank: int | None = None, capped: bool = False, folder=folder,
+                                    options=options, built=built):
                     if not built:
                         shutil.rmtree(folder, ignore_errors=True)
                         folder.parent.mkdir(parents=True, exist_ok=True)
                         built.update(in_fresh_process(docqa_build, corpus_args, str(folder), options))
-                    served = in_fresh_process(docqa_serve, str(folder), queries, exact, args.budget, rerank)
-                    plain = options and not exact and rerank is None
-                    return {**built, **served}, json.dumps(options) if plain else ""
+                    if capped:
+                        served = capped_serve(folder, queries, args.budget, pages)
+                        if served is None:
+                            return None, ""
+                    else:
+                        served = in_fresh_process(docqa_serve, str(folder), queries, exact, args.budget, rerank)
+                    plain = options and not exact and rerank is None and not capped
+                    note = json.dumps(options) if plain else ""
+                    if served.get("recall_estimate") is not None and plain:
+                        note += f"; index's own recall estimate {served['recall_estimate']:.3f}"
+                    return {**built, **served}, note
 
                 if "docqa" in args.methods:
                     add(f"docqa:{name}", lambda: build_and_serve(False))
@@ -537,6 +622,8 @@ def main() -> None:
                     add(f"docqa:{name} --exact", lambda: build_and_serve(True))
                 for rerank in args.rerank if position == 0 else []:
                     add(f"docqa:{name} --rerank {rerank}", lambda rerank=rerank: build_and_serve(False, rerank))
+                if args.capped and position == 0:
+                    add(f"docqa:{name}, capped 1 GB + 24 KB/page", lambda: build_and_serve(False, capped=True))
                 if not args.keep_indexes:
                     shutil.rmtree(folder, ignore_errors=True)
         if in_main and "brute" in args.methods:
@@ -544,7 +631,9 @@ def main() -> None:
                                                      "fp16 vectors memory-mapped, no build"))
         if in_main and "fast-plaid" in args.methods:
             if pages > args.fastplaid_max_pages:
-                report["skipped"].append(f"fast-plaid at {pages:,} pages (above --fastplaid-max-pages)")
+                report["skipped"].append(f"{family}: fast-plaid at {pages:,} pages (above --fastplaid-max-pages)")
+            elif args.fastplaid_families is not None and family not in args.fastplaid_families:
+                report["skipped"].append(f"{family}: fast-plaid at {pages:,} pages (not in --fastplaid-families)")
             elif not Path(args.fastplaid_python).exists():
                 report["skipped"].append(f"fast-plaid: no {args.fastplaid_python}")
             else:
@@ -553,24 +642,15 @@ def main() -> None:
             add(f"before issue 7 ({args.before_ref})",
                 lambda: _before_row(before_root, corpus_args, queries, args.budget))
 
-    if args.json:
-        print(json.dumps(report))
-        return
-    print()
-    print(table(report["rows"]))
-    for line in versus_fastplaid(report["rows"]):
-        print(line)
-    for line in report["skipped"]:
-        print(f"skipped: {line}")
-
 
 def versus_fastplaid(rows: list[dict]) -> list[str]:
     """docqa's default mode against fast-plaid at each size both ran: the p50 ratio and both recalls."""
     lines = []
     for plaid in (row for row in rows if row["method"].startswith("fast-plaid")):
-        ours = next((row for row in rows if row["pages"] == plaid["pages"] and row["method"].startswith("docqa:")), None)
+        ours = next((row for row in rows if row["pages"] == plaid["pages"] and row.get("family") == plaid.get("family")
+                     and row["method"].startswith("docqa:")), None)
         if ours is not None:
-            lines.append(f"{ours['method']} vs {plaid['method']} at {plaid['pages']:,} pages: p50 {ours['p50_ms']:,.1f} vs "
+            lines.append(f"[{plaid.get('family', '')}] {ours['method']} vs {plaid['method']} at {plaid['pages']:,} pages: p50 {ours['p50_ms']:,.1f} vs "
                          f"{plaid['p50_ms']:,.1f} ms ({plaid['p50_ms'] / ours['p50_ms']:.1f}x faster), recall@10 "
                          f"{ours['recall_at_10']:.3f} vs {plaid['recall_at_10']:.3f}")
     return lines

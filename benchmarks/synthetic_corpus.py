@@ -27,7 +27,7 @@ import functools
 import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -59,6 +59,17 @@ class CorpusParams:
     duplicate_window: int = 5000  # a duplicate's source is among the previous this-many pages
     duplicate_noise: float = 0.08  # perturbation added to each token of a duplicate (cos ~0.997)
     duplicate_drop: float = 0.08  # up to this share of the source's tokens is dropped
+    # Families beyond the default (all off by default: the default corpus is unchanged by them)
+    templates: int = 0  # shared page templates (forms, slide decks, letterheads); 0: none
+    template_tokens: int = 300  # vectors of one template
+    template_share: tuple[float, float] = (0.6, 0.85)  # share of a templated page's tokens from its template
+    template_noise: float = 0.1  # a template token on a page = template vector + this noise
+    blank_share: float = 0.0  # pages that are nearly blank
+    blank_background: float = 0.97  # background share of a nearly blank page
+    short_share: float = 0.0  # pages with `short_tokens` vectors (pooled pages)
+    short_tokens: int = 50
+    long_share: float = 0.0  # pages with `long_tokens` vectors
+    long_tokens: int = 1500
 
     def key(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
@@ -73,6 +84,12 @@ class QueryParams:
     generic_background_cos: float = 0.6  # how far each generic direction leans towards a background one
     generic_noise: float = 0.1  # per-query jitter of a generic token (cos ~0.995 between queries)
     seed_offset: int = 0  # a different query set over the same corpus
+    # Per-query ranges (used when the maximum is above the value above): drawn uniformly per query
+    page_tokens_max: int = 0
+    query_noise_max: float = 0.0
+    generic_tokens_max: int = 0
+    other_topic_tokens: int = 0  # tokens near random topics other than the page's
+    sources_max: int = 1  # a query's page tokens come from 1..sources_max pages
 
     def key(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
@@ -84,6 +101,10 @@ def _layout(p: CorpusParams) -> tuple[np.ndarray, np.ndarray]:
     layout = np.random.default_rng([p.seed, 1])
     base = np.clip(np.rint(layout.normal(p.tokens_mean, p.tokens_sd, _LAYOUT_PAGES)),
                    p.tokens_min, p.tokens_max).astype(np.int64)
+    if p.short_share or p.long_share:
+        kind = np.random.default_rng([p.seed, 5]).random(_LAYOUT_PAGES)
+        base[kind < p.short_share] = p.short_tokens
+        base[(kind >= p.short_share) & (kind < p.short_share + p.long_share)] = p.long_tokens
     is_duplicate = layout.random(_LAYOUT_PAGES) < p.duplicate_share
     is_duplicate[0] = False
     back = layout.integers(1, p.duplicate_window + 1, _LAYOUT_PAGES)
@@ -118,6 +139,11 @@ class SyntheticCorpus:
         self.topics = _normalise(shared.standard_normal((p.topics, p.dim), dtype=np.float32))
         self.background = _normalise(shared.standard_normal((p.background, p.dim), dtype=np.float32))
         self._generic_raw = shared.standard_normal((64, p.dim), dtype=np.float32)  # sliced per QueryParams
+        if p.templates:
+            extra = np.random.default_rng([p.seed, 4])
+            self.template_vectors = _normalise(  # each template: background-leaning and content-like vectors
+                self.topics[extra.integers(0, p.topics, (p.templates, p.template_tokens))]
+                + _noise(extra, (p.templates, p.template_tokens, p.dim), 1.0, p.dim))
         self.source, self.counts = _layout(p)  # per page: the page it near-duplicates (or -1); vector count
 
     def layout(self, pages: int) -> np.ndarray:
@@ -138,8 +164,16 @@ class SyntheticCorpus:
             vectors = _normalise(vectors[keep] + _noise(rng, (len(keep), p.dim), p.duplicate_noise, p.dim))
             return vectors, background[keep]
         count = int(self.counts[number])
-        n_background = int(round(count * rng.uniform(*p.background_share)))
-        n_content = count - n_background
+        share = rng.uniform(*p.background_share)
+        if p.blank_share and rng.random() < p.blank_share:
+            share = p.blank_background
+        n_background = int(round(count * share))
+        n_template = 0
+        if p.templates:
+            template = int(rng.integers(p.templates))
+            n_template = int(round(count * rng.uniform(*p.template_share)))
+            n_background = int(round((count - n_template) * share))  # the rest of the page as usual
+        n_content = count - n_background - n_template
         topics = rng.choice(p.topics, p.topics_per_page, replace=False)
         weights = rng.dirichlet(np.ones(p.topics_per_page))
         motif_topics = rng.choice(topics, p.motifs_per_page, p=weights)
@@ -151,8 +185,15 @@ class SyntheticCorpus:
         background_weights = rng.dirichlet(np.full(p.background, 0.5))
         kinds = rng.choice(p.background, n_background, p=background_weights)
         margins = self.background[kinds] + _noise(rng, (n_background, p.dim), p.background_noise, p.dim)
-        vectors = _normalise(np.concatenate([content, margins]))
-        mask = np.concatenate([np.zeros(n_content, bool), np.ones(n_background, bool)])
+        parts, mask_parts = [content, margins], [np.zeros(n_content, bool), np.ones(n_background, bool)]
+        if n_template:
+            rows = rng.choice(p.template_tokens, min(n_template, p.template_tokens), replace=False)
+            rows = np.resize(rows, n_template)
+            parts.append(self.template_vectors[template, rows]
+                         + _noise(rng, (n_template, p.dim), p.template_noise, p.dim))
+            mask_parts.append(np.ones(n_template, bool))  # template tokens are not the page's own content
+        vectors = _normalise(np.concatenate(parts))
+        mask = np.concatenate(mask_parts)
         order = rng.permutation(count)  # background patches are spread over the page
         return vectors[order], mask[order]
 
@@ -173,14 +214,51 @@ class SyntheticCorpus:
         generic = self.generic_directions(query)
         rng = np.random.default_rng([p.seed, 3, n_pages, query.seed_offset])
         sources = rng.integers(0, n_pages, query.queries)
-        out = np.empty((query.queries, query.page_tokens + query.generic_tokens, p.dim), np.float32)
+        if not (query.page_tokens_max > query.page_tokens or query.query_noise_max > query.query_noise
+                or query.generic_tokens_max > query.generic_tokens or query.other_topic_tokens
+                or query.sources_max > 1):
+            out = np.empty((query.queries, query.page_tokens + query.generic_tokens, p.dim), np.float32)
+            for row, source in enumerate(sources):
+                vectors, background = self.page(int(source))
+                content = np.flatnonzero(~background)
+                if len(content) < query.page_tokens:  # a page that is mostly template or background
+                    content = np.arange(len(vectors))
+                picked = rng.choice(content, min(query.page_tokens, len(content)), replace=False)
+                taken = vectors[picked] + _noise(rng, (len(picked), p.dim), query.query_noise, p.dim)
+                jitter = generic + _noise(rng, generic.shape, query.generic_noise, p.dim)
+                out[row] = _normalise(np.concatenate([taken, jitter]))
+            return out, sources
+        return self._varied_queries(n_pages, query, rng, sources)
+
+    def _varied_queries(self, n_pages: int, query: QueryParams, rng: np.random.Generator,
+                        sources: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Queries whose token counts, noise and number of source pages are drawn per query;
+        shorter ones are padded with zero rows (which add 0 to every page's MaxSim)."""
+        p = self.params
+        most_page = max(query.page_tokens, query.page_tokens_max)
+        most_generic = max(query.generic_tokens, query.generic_tokens_max)
+        all_generic = self.generic_directions(replace(query, generic_tokens=most_generic))
+        out = np.zeros((query.queries, most_page + most_generic + query.other_topic_tokens, p.dim), np.float32)
         for row, source in enumerate(sources):
-            vectors, background = self.page(int(source))
-            content = np.flatnonzero(~background)
-            picked = rng.choice(content, min(query.page_tokens, len(content)), replace=False)
-            taken = vectors[picked] + _noise(rng, (len(picked), p.dim), query.query_noise, p.dim)
-            jitter = generic + _noise(rng, generic.shape, query.generic_noise, p.dim)
-            out[row] = _normalise(np.concatenate([taken, jitter]))
+            n_page = int(rng.integers(query.page_tokens, max(query.page_tokens, query.page_tokens_max) + 1))
+            noise = float(rng.uniform(query.query_noise, max(query.query_noise, query.query_noise_max)))
+            n_generic = int(rng.integers(query.generic_tokens, most_generic + 1))
+            n_sources = int(rng.integers(1, query.sources_max + 1))
+            pages = [int(source), *rng.integers(0, n_pages, n_sources - 1).tolist()]
+            taken = []
+            for index, page in enumerate(pages):
+                vectors, background = self.page(page)
+                content = np.flatnonzero(~background)
+                if len(content) == 0:
+                    content = np.arange(len(vectors))
+                share = n_page // len(pages) + (index < n_page % len(pages))
+                picked = rng.choice(content, min(share, len(content)), replace=False)
+                taken.append(vectors[picked] + _noise(rng, (len(picked), p.dim), noise, p.dim))
+            others = self.topics[rng.integers(0, p.topics, query.other_topic_tokens)]
+            taken.append(others + _noise(rng, others.shape, 1.0, p.dim))
+            jitter = all_generic[:n_generic] + _noise(rng, (n_generic, p.dim), query.generic_noise, p.dim)
+            tokens = _normalise(np.concatenate([*taken, jitter]))
+            out[row, :len(tokens)] = tokens
         return out, sources
 
 
@@ -317,3 +395,46 @@ def recall_at_k(found: list[list[int]], scores: np.ndarray, k: int = 10, tie: fl
         hits = sum(1 for page in set(list(pages)[:k]) if row[page] >= kth - tie)  # a repeat counts once
         shares.append(hits / min(k, len(row)))
     return float(np.mean(shares))
+
+
+# --- the family of corpora the search targets are checked on ----------------------------------------
+def families() -> dict[str, tuple[CorpusParams, QueryParams]]:
+    """Structurally different corpora (issue 16), each with its queries; every parameter is printed
+    by the benchmark."""
+    varied = QueryParams(page_tokens=3, page_tokens_max=20, query_noise=0.4, query_noise_max=1.4,
+                         generic_tokens=0, generic_tokens_max=12, sources_max=3)
+    return {
+        "motifs": (CorpusParams(), QueryParams()),  # few topics with page-local motifs (the original)
+        "topics": (CorpusParams(topics=4000, motif_spread=0.0, tokens_mean=350, tokens_sd=40, tokens_min=280,
+                                tokens_max=420, background_share=(0.25, 0.35), duplicate_share=0.03),
+                   QueryParams(page_tokens=10, generic_tokens=6, other_topic_tokens=4)),
+        "templates": (CorpusParams(seed=2, templates=300, topics=1000), QueryParams()),
+        "background": (CorpusParams(seed=3, background_share=(0.5, 0.7), blank_share=0.1),
+                       QueryParams(page_tokens=8, generic_tokens=12)),
+        "lengths": (CorpusParams(seed=4, short_share=0.4, long_share=0.15), QueryParams()),
+        "queries": (CorpusParams(seed=5), varied),
+    }
+
+
+def sweep(count: int, seed: int = 0) -> dict[str, tuple[CorpusParams, QueryParams]]:
+    """`count` corpora with generator parameters drawn at random (seeded), so that no hand-picked
+    setting is the only one that passes."""
+    rng = np.random.default_rng([seed, 99])
+    drawn = {}
+    for number in range(count):
+        low = float(rng.uniform(0.0, 0.5))
+        corpus = CorpusParams(
+            seed=100 + number, topics=int(rng.choice([32, 256, 1000, 4000])),
+            topics_per_page=int(rng.integers(1, 6)), motifs_per_page=int(rng.integers(4, 64)),
+            motif_spread=float(rng.uniform(0.0, 1.5)), token_noise=float(rng.uniform(0.2, 0.9)),
+            background=int(rng.integers(1, 9)), background_share=(low, low + float(rng.uniform(0.0, 0.3))),
+            duplicate_share=float(rng.uniform(0.0, 0.2)),
+            templates=int(rng.choice([0, 0, 50, 500])), template_share=(0.3, 0.8),
+            blank_share=float(rng.choice([0.0, 0.05, 0.2])),
+            short_share=float(rng.choice([0.0, 0.3])), long_share=float(rng.choice([0.0, 0.1])))
+        queries = QueryParams(page_tokens=int(rng.integers(3, 12)), page_tokens_max=20,
+                              query_noise=float(rng.uniform(0.3, 0.8)), query_noise_max=1.4,
+                              generic_tokens=0, generic_tokens_max=int(rng.integers(0, 13)),
+                              other_topic_tokens=int(rng.integers(0, 5)), sources_max=int(rng.integers(1, 4)))
+        drawn[f"sweep-{number}"] = (corpus, queries)
+    return drawn

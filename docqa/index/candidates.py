@@ -39,6 +39,8 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from .self_check import RecallEstimate
+
 FILE_NAME = "candidates.npz"
 LOG_NAME = "candidates.log"
 HALF_CENTROIDS = 256  # per half: 256 x 256 = 65,536 cells (page cells are stored as uint16)
@@ -126,6 +128,7 @@ class CandidateIndex:
         self.high_water = 0  # every committed page with an id <= this was added
         self.log_id = 0  # pairs the saved postings with the log of pages added after them
         self._tail_postings: tuple[np.ndarray, np.ndarray] | None = None  # the tail as postings, built on use
+        self.recall_estimate: RecallEstimate | None = None  # its own recall, measured when trained (self_check.py)
 
     # --- building ---------------------------------------------------------------------------
     @classmethod
@@ -213,8 +216,12 @@ class CandidateIndex:
         try:
             with os.fdopen(handle, "wb") as temp:
                 header = [self.trained_pages, self.base_pages, self.high_water, self.log_id]
+                estimate = self.recall_estimate
+                extra = {} if estimate is None else {"estimate": np.array(
+                    [estimate.rerank, estimate.recall_at_10, estimate.top1, estimate.queries, estimate.pages,
+                     estimate.sample_pages], dtype=np.float64)}
                 np.savez(temp, centroids=self.codebook.centroids, pointers=self.pointers, ids=self.ids,
-                         header=np.array(header, dtype=np.int64))
+                         header=np.array(header, dtype=np.int64), **extra)
                 temp.flush()
                 os.fsync(temp.fileno())
             _write_atomically(directory / LOG_NAME, _LOG_HEADER.pack(_LOG_MAGIC, self.log_id))
@@ -244,6 +251,9 @@ class CandidateIndex:
                 return None
             index.pointers, index.ids = arrays["pointers"], arrays["ids"]
             index.base_pages, index.high_water, index.log_id = base_pages, high_water, log_id
+            if "estimate" in arrays:  # saved before recall estimates existed: none (the default depth)
+                rerank, recall, top1, queries, pages, sample = arrays["estimate"].tolist()
+                index.recall_estimate = RecallEstimate(int(rerank), recall, top1, int(queries), int(pages), int(sample))
         except (OSError, KeyError, ValueError, zipfile.BadZipFile, EOFError):
             return None
         for page_id, cells in _read_log(directory / LOG_NAME, log_id):

@@ -16,6 +16,7 @@ took about 60 ms per 512 pages.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,6 +44,7 @@ def page_scores(query: np.ndarray, table: PageTable, vectors: VectorFile, *, bfl
     query token). Reads about `chunk_rows` rows at a time, so memory stays bounded."""
     import torch  # here, not at import: commands that never search (info, remove) stay light
 
+    bfloat16 = bfloat16 and bfloat16_is_native()  # emulated bf16 products are ~6x slower than float32
     scores = np.zeros(len(table), dtype=np.float32)
     counts = np.asarray(table.counts, dtype=np.int64)
     if len(table) == 0 or not counts.any():
@@ -84,6 +86,18 @@ def page_scores(query: np.ndarray, table: PageTable, vectors: VectorFile, *, bfl
                 similarities[:, :n].numpy(), firsts[present], axis=1).sum(axis=0)
         start = stop
     return scores
+
+
+@functools.lru_cache(maxsize=1)
+def bfloat16_is_native() -> bool:
+    """Whether this CPU multiplies bfloat16 in hardware (AVX512-BF16 or AMX). Without it (AVX2-only
+    CPUs) torch emulates bfloat16 products: 547k x 128 rows against 20 tokens took 1.8 s in
+    bfloat16 and 0.32 s in float32 on an AVX2 EPYC, so search multiplies in float32 there."""
+    try:
+        flags = next((line for line in open("/proc/cpuinfo") if line.startswith("flags")), "")
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def brute_force_top_k(query: np.ndarray, k: int, table: PageTable, vectors: VectorFile,

@@ -31,6 +31,7 @@ from .candidates import CandidateIndex
 from .locking import WriteLock
 from .pooling import pool_tokens
 from . import search as scoring
+from . import self_check
 from .search import ScoredPage, brute_force_top_k
 from .store import NewPage, PageFilter, PageTable, Store
 from .vectors import VECTOR_TYPES, VectorFile, file_name
@@ -328,12 +329,20 @@ class IndexStorage:
             candidates.put_assigned(helper.finish())
         finally:
             helper.close()
+        candidates.rebuild(table.page_ids)  # the estimate searches postings, not a tail
+        candidates.recall_estimate = self_check.estimate(table, candidates, vectors, seed=len(table))
         return candidates
 
     def _save_candidates(self) -> None:
         """Fold the tail into the postings and save them (inside a write); pages still being
         assigned are logged after the save."""
-        self._candidates.rebuild(self.store.page_table().page_ids)
+        table = self.store.page_table()
+        self._candidates.rebuild(table.page_ids)
+        estimate = self._candidates.recall_estimate
+        if estimate is None or len(table) >= self_check.REESTIMATE_GROWTH * estimate.pages:
+            # measured on a smaller index: its depth may no longer reach the target; measure again
+            self._candidates.recall_estimate = self_check.estimate(table, self._candidates, self.vectors,
+                                                                   seed=len(table))
         self._candidates.save(self.path)
         self._unsaved = False
 
@@ -378,9 +387,26 @@ class IndexStorage:
         """The k best pages for a (n_tokens, dim) query: exact MaxSim over every page (`exact`, exact
         mode, small or selectively filtered sets), else over the candidate stage's best pages."""
         with one_thread(with_torch=True):
-            return self._search(query, k, exact, rerank or scoring.RERANK_PAGES, page_filter)
+            return self._search(query, k, exact, rerank, page_filter)
 
-    def _search(self, query: np.ndarray, k: int, exact: bool, rerank: int,
+    def search_stats(self) -> dict:
+        """What the candidate stage knows of itself: its own recall estimate (self_check.py) and the
+        rerank depth it chose from it; empty in exact mode or before the index has a candidate stage."""
+        if self.options.mode != "fast" or self.dim is None:
+            return {}
+        table, _, name, _ = self.store.snapshot()
+        candidates = self._current_candidates(table, self._vector_file(name))
+        if candidates is None:
+            return {"candidate_stage": False}
+        estimate = candidates.recall_estimate
+        stats = {"candidate_stage": True, "rerank": scoring.RERANK_PAGES}
+        if estimate is not None:
+            stats.update(rerank=estimate.rerank, recall_estimate=estimate.recall_at_10, top1_estimate=estimate.top1,
+                         estimate_queries=estimate.queries, estimated_at_pages=estimate.pages,
+                         estimate_sample_pages=estimate.sample_pages)
+        return stats
+
+    def _search(self, query: np.ndarray, k: int, exact: bool, rerank: int | None,
                 page_filter: PageFilter | None) -> list[ScoredPage]:
         for attempt in range(3):
             table, _, name, allowed = self.store.snapshot(page_filter)
@@ -389,6 +415,9 @@ class IndexStorage:
                 candidates = None if exact else self._current_candidates(table, vectors)
                 if allowed is not None:
                     table = table.subset(np.isin(table.page_ids, allowed))
+                if rerank is None:  # the depth the index chose from its own recall estimate
+                    estimate = candidates.recall_estimate if candidates is not None else None
+                    rerank = estimate.rerank if estimate is not None else scoring.RERANK_PAGES
                 if candidates is None or len(table) <= max(rerank, 4 * k):
                     return brute_force_top_k(query, k, table, vectors)
                 return scoring.two_stage_top_k(query, k, table, candidates, vectors, rerank)
