@@ -1,0 +1,72 @@
+"""The documents stay true to the code: the generated CLI reference, README's command summary and
+test command, and every relative link in README.md and docs/."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from docqa.cli import reference
+
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+TEST_COMMAND = "python3 -m pytest -q"
+
+
+def test_cli_reference_is_current() -> None:
+    on_disk = (ROOT / "docs" / "cli.md").read_text(encoding="utf-8")
+    assert on_disk == reference.render(), f"docs/cli.md is stale: run {reference.GENERATE}"
+
+
+def test_cli_reference_documents_every_command_and_option() -> None:
+    text = reference.render()
+    parser = reference._parser()
+    for name, _, sub in reference._subcommands(parser):
+        assert f"\n## docqa {name}\n" in text
+        for action in sub._actions:
+            for flag in action.option_strings:
+                assert flag in text, f"docqa {name} {flag} missing from the reference"
+
+
+def test_reference_check_fails_when_stale_and_passes_once_written(tmp_path: Path) -> None:
+    target = tmp_path / "cli.md"
+    target.write_text("# an old reference\n", encoding="utf-8")
+    assert reference.main(["--check", "--output", str(target)]) == 1
+    assert target.read_text(encoding="utf-8") == "# an old reference\n"  # --check writes nothing
+    assert reference.main(["--output", str(target)]) == 0
+    assert reference.main(["--check", "--output", str(target)]) == 0
+
+
+def test_every_command_is_in_the_readme_summary() -> None:
+    documented = set(re.findall(r"^\| `docqa ([a-z][\w-]*)", README.read_text(encoding="utf-8"), re.MULTILINE))
+    commands = {name.split()[0] for name in reference.command_names()}
+    assert commands, "the parser has no subcommands"
+    assert commands <= documented, f"README's command summary lacks: {sorted(commands - documented)}"
+    assert documented <= commands, f"README's command summary names unknown commands: {sorted(documented - commands)}"
+
+
+def test_readme_test_command_is_what_ci_runs() -> None:
+    text = README.read_text(encoding="utf-8")
+    section = text.split("## Run the tests", 1)
+    assert len(section) == 2, "README has no 'Run the tests' heading"
+    assert f"```bash\n{TEST_COMMAND}\n```" in section[1].split("\n## ", 1)[0]
+    ci = ROOT / ".ci" / "run"
+    if ci.exists():
+        assert TEST_COMMAND in ci.read_text(encoding="utf-8").splitlines()
+
+
+def test_readme_stays_short() -> None:
+    assert len(README.read_text(encoding="utf-8").splitlines()) <= 250
+
+
+def test_relative_links_resolve() -> None:
+    files = [README, ROOT / "benchmarks" / "RESULTS.md", *sorted((ROOT / "docs").glob("*.md"))]
+    broken = []
+    for file in files:
+        for target in re.findall(r"\]\(([^)\s]+)\)", file.read_text(encoding="utf-8")):
+            if re.match(r"[a-z]+:", target) or target.startswith("#"):
+                continue
+            path = target.split("#", 1)[0]
+            if not (file.parent / path).exists():
+                broken.append(f"{file.relative_to(ROOT)} -> {target}")
+    assert not broken, broken
