@@ -4,7 +4,11 @@ test command, and every relative link in README.md and docs/."""
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 from docqa.cli import reference
 
@@ -70,3 +74,14 @@ def test_relative_links_resolve() -> None:
             if not (file.parent / path).exists():
                 broken.append(f"{file.relative_to(ROOT)} -> {target}")
     assert not broken, broken
+
+
+@pytest.mark.slow
+def test_api_reference_builds(tmp_path: Path) -> None:
+    """scripts/api_reference.py imports every module and renders it with pdoc (what CI builds)."""
+    pytest.importorskip("pdoc")
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "api_reference.py"), str(tmp_path)],
+                            capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert 'id="DocIndex"' in (tmp_path / "docqa" / "api.html").read_text(encoding="utf-8")
+    assert "DocIndex" in (tmp_path / "docqa.html").read_text(encoding="utf-8")
