@@ -55,8 +55,13 @@ def modules(package: str = "docqa") -> tuple[list[str], list[str]]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Build docqa's API reference with pdoc.")
-    parser.add_argument("output", type=Path, nargs="?", default=ROOT / "build" / "api",
-                        help="folder to write the HTML into (default build/api)")
+    parser.add_argument(
+        "output",
+        type=Path,
+        nargs="?",
+        default=ROOT / "build" / "api",
+        help="folder to write the HTML into (default build/api)",
+    )
     args = parser.parse_args(argv)
     try:
         import pdoc
