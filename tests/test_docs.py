@@ -63,16 +63,25 @@ def test_readme_stays_short() -> None:
     assert len(README.read_text(encoding="utf-8").splitlines()) <= 250
 
 
-def test_relative_links_resolve() -> None:
+def _anchors(markdown: str) -> set[str]:
+    """GitHub's heading anchors: lower case, punctuation dropped, spaces to hyphens."""
+    headings = re.findall(r"^#+ (.+)$", re.sub(r"```.*?```", "", markdown, flags=re.DOTALL), re.MULTILINE)
+    return {re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-") for heading in headings}
+
+
+def test_relative_links_and_their_anchors_resolve() -> None:
     files = [README, ROOT / "benchmarks" / "RESULTS.md", *sorted((ROOT / "docs").glob("*.md"))]
     broken = []
     for file in files:
         for target in re.findall(r"\]\(([^)\s]+)\)", file.read_text(encoding="utf-8")):
-            if re.match(r"[a-z]+:", target) or target.startswith("#"):
+            if re.match(r"[a-z]+:", target):
                 continue
-            path = target.split("#", 1)[0]
-            if not (file.parent / path).exists():
+            path, _, anchor = target.partition("#")
+            linked = file.parent / path if path else file
+            if not linked.exists():
                 broken.append(f"{file.relative_to(ROOT)} -> {target}")
+            elif anchor and linked.suffix == ".md" and anchor not in _anchors(linked.read_text(encoding="utf-8")):
+                broken.append(f"{file.relative_to(ROOT)} -> {target} (no such heading)")
     assert not broken, broken
 
 
