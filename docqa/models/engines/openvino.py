@@ -1,4 +1,4 @@
-"""The OpenVINO engine: int8 on a CPU (VNNI), chosen by measurement (README, "CPU engines").
+"""The OpenVINO engine: int8 on a CPU (VNNI), converted once per checkpoint (docs/engines.md).
 
 What runs where, per model (the rest of each model, i.e. its glue, stays torch fp32):
 
@@ -11,11 +11,11 @@ What runs where, per model (the rest of each model, i.e. its glue, stays torch f
 - answer model (idefics3 / SmolVLM): the vision encoder as above (static int8 in OpenVINO); the
   decoder's Linear layers are torch dynamic int8 (KV cache and generate() unchanged).
 
-Measured facts behind the recipe (2-core AVX-512 VNNI CPU, no AMX): OpenVINO's default precision
-hint on this CPU is bf16, which is slower here than f32, so every part is compiled with
-INFERENCE_PRECISION_HINT=f32 (int8 kernels are unaffected). The parts are converted one submodule at
-a time, so any number of pages or tiles works (dynamic shapes). Conversions are cached (see
-``cache.py``); OpenVINO uses as many threads as torch (``torch.get_num_threads()``).
+Every part is compiled with INFERENCE_PRECISION_HINT=f32 (int8 kernels are unaffected): OpenVINO's
+default hint is bf16 on CPUs that have it, which was slower than f32 (benchmarks/RESULTS.md). The
+parts are converted one submodule at a time, so any number of pages or tiles works (dynamic
+shapes). Conversions are cached (see ``cache.py``); OpenVINO uses as many threads as torch
+(``torch.get_num_threads()``).
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ RETRIEVER_PRECISION = "int8 (vision MLP w8a8 static; patch embedding, attention 
 ANSWER_PRECISION = "int8 (vision w8a8 static, decoder w8 dynamic)"
 # Kept in f32 in the retriever's vision encoder (nncf ignored-scope patterns over OpenVINO node names,
 # which carry the torch module path, so they match every layer of any size): measured one group at a
-# time on a trained retriever, these moved its scores most (README, "Ranking fidelity"); they are
+# time on a trained retriever, these moved its scores most (benchmarks/RESULTS.md, "Ranking fidelity"); they are
 # about a third of the encoder's multiply-adds.
 RETRIEVER_VISION_F32 = (r".*\.embeddings\.patch_embedding[/.].*", r".*\.self_attn\.(q|k|v|out)_proj[/.].*")
 _CALIBRATION_PAGES = 4
@@ -128,7 +128,7 @@ def calibration_pages(edge: int) -> list[Image.Image]:
 
     Static int8 fixes each activation's range from these pages, so they must span what real pages
     show: calibrated on the plain pages alone, a tiny retriever trained to tell colours apart lost
-    9 of 20 top-10 sets against fp32, with the colour figures 2 (README, "Ranking fidelity").
+    top-10 sets against fp32 that the colour figures keep (benchmarks/RESULTS.md, "Ranking fidelity").
     """
     pages = []
     for number in range(_CALIBRATION_PAGES):
