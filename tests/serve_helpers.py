@@ -98,3 +98,18 @@ def running_server(app, limits=None):
         server.should_exit = True
         thread.join(timeout=30)
         sock.close()
+
+
+def authenticated(app):
+    """``app`` as an API client with the token sees it, on a local Host: the ASGI scope gets the
+    Bearer header, Host 127.0.0.1:8000 and that server address (for tools that bring their own client)."""
+    token_header = (b"authorization", f"Bearer {TOKEN}".encode())
+
+    async def wrapped(scope, receive, send):
+        if scope["type"] == "http":
+            headers = [(k, v) for k, v in scope["headers"] if k not in (b"host", b"authorization")]
+            scope = {**scope, "server": ("127.0.0.1", 8000),
+                     "headers": [(b"host", b"127.0.0.1:8000"), token_header, *headers]}
+        await app(scope, receive, send)
+
+    return wrapped
