@@ -38,7 +38,7 @@ from ..answer.grounding import Grounding, answer_query, ground, hit_page
 from ..inputs.render import IMAGE_FORMATS
 from ..inputs.sources import describe_content, sniff
 from .jobs import Job, JobStore
-from .slots import Budget, Busy, Ticket
+from .slots import Budget, Ticket
 
 UPLOADS = "uploads"  # inside the index folder
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._ -]+")
