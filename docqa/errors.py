@@ -99,3 +99,11 @@ class UploadTooLarge(DocQAError):
 
 class NotFound(DocQAError):
     """No page, document or job with that id."""
+
+
+class QuotaExceeded(DocQAError):
+    """The stored uploads would go over the server's disk quota."""
+
+
+class JobConflict(DocQAError):
+    """The job cannot do that in its state (e.g. deleting the file of a document that is indexed)."""

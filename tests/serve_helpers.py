@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from docqa.api import DocIndex
+from docqa.serve.security import Auth
 from docqa.serve.service import Limits, Service
 
 from documents import make_image, make_pdf
@@ -37,7 +38,7 @@ def wait_for_job(client, job_id: str, timeout_s: float = 60.0) -> dict:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         job = client.get(f"/api/jobs/{job_id}").json()
-        if job["state"] in ("done", "failed"):
+        if job["state"] in ("done", "failed", "cancelled"):
             return job
         time.sleep(0.1)
     raise AssertionError(f"job {job_id} did not finish in {timeout_s} s")
@@ -54,15 +55,37 @@ def sse_events(text: str) -> list[tuple[str, str]]:
     return events
 
 
+TOKEN = "test-token-0123456789abcdef"
+BASE = "http://127.0.0.1:8000"  # what TestClient clients pretend to talk to (the Host check needs a local name)
+
+
+def make_auth() -> Auth:
+    return Auth(token=TOKEN)
+
+
+def bearer() -> dict[str, str]:
+    return {"Authorization": f"Bearer {TOKEN}"}
+
+
+def api_client(app, **kwargs):
+    """A TestClient that authenticates like an API client (Bearer token), on a local Host."""
+    from fastapi.testclient import TestClient
+
+    return TestClient(app, base_url=BASE, headers=bearer(), **kwargs)
+
+
 @contextmanager
-def running_server(app):
-    """uvicorn in a thread on an ephemeral 127.0.0.1 port; yields the base URL."""
+def running_server(app, limits=None):
+    """uvicorn in a thread on an ephemeral 127.0.0.1 port, configured as `docqa serve` runs it
+    (read timeouts, per-client connection limit); yields the base URL."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     import uvicorn
 
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    from docqa.serve.transport import server_config
+
+    server = uvicorn.Server(server_config(app, port=0, limits=limits))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
@@ -75,3 +98,18 @@ def running_server(app):
         server.should_exit = True
         thread.join(timeout=30)
         sock.close()
+
+
+def authenticated(app):
+    """``app`` as an API client with the token sees it, on a local Host: the ASGI scope gets the
+    Bearer header, Host 127.0.0.1:8000 and that server address (for tools that bring their own client)."""
+    token_header = (b"authorization", f"Bearer {TOKEN}".encode())
+
+    async def wrapped(scope, receive, send):
+        if scope["type"] == "http":
+            headers = [(k, v) for k, v in scope["headers"] if k not in (b"host", b"authorization")]
+            scope = {**scope, "server": ("127.0.0.1", 8000),
+                     "headers": [(b"host", b"127.0.0.1:8000"), token_header, *headers]}
+        await app(scope, receive, send)
+
+    return wrapped

@@ -1,4 +1,5 @@
-"""The HTTP API through FastAPI's TestClient: every endpoint, traversal, tokens, limits, errors."""
+"""The HTTP API through FastAPI's TestClient: every endpoint, traversal, limits, errors (as an API
+client with a Bearer token; the browser's session, Host and CSRF rules are in test_serve_security)."""
 
 from __future__ import annotations
 
@@ -13,16 +14,18 @@ from PIL import Image
 
 pytest.importorskip("fastapi", reason='the server tests need the serve extra: pip install "docqa[serve]"')
 
-from fastapi.testclient import TestClient  # noqa: E402
 
 from docqa.models.generator import Generator  # noqa: E402
 from docqa.cli.main import main  # noqa: E402
 from docqa.errors import DocQAError  # noqa: E402
 from docqa.serve import check_bind, create_app, require_serve_extra  # noqa: E402
+from docqa.serve.security import Auth, TokenError  # noqa: E402
 from docqa.serve.service import Limits, Service, safe_name  # noqa: E402
 
 from documents import make_pdf  # noqa: E402
-from serve_helpers import build_corpus_index, service_on_copy, sse_events, wait_for_job  # noqa: E402
+from serve_helpers import (  # noqa: E402
+    TOKEN, api_client, build_corpus_index, make_auth, service_on_copy, sse_events, wait_for_job,
+)
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +43,7 @@ def service(tmp_path, corpus_index, generator_checkpoints):
 
 @pytest.fixture()
 def client(service):
-    with TestClient(create_app(service)) as client:
+    with api_client(create_app(service, make_auth())) as client:
         yield client
 
 
@@ -82,7 +85,7 @@ def test_search_takes_the_cli_filters(client):
     assert client.get("/api/search", params={"q": "   "}).status_code == 422  # the index's QueryError
 
 
-def test_info_documents_and_delete(client, service):
+def test_info_documents_and_delete(client, service, corpus_index):
     info = client.get("/api/info").json()
     assert (info["documents"], info["pages"], info["family"]) == (2, 3, "colmodernvbert")
     assert info["limits"]["max_k"] == 20
@@ -90,8 +93,9 @@ def test_info_documents_and_delete(client, service):
     assert [d["name"] for d in documents] == ["report.pdf", "scan.png"]
     scan = documents[1]
     deleted = client.delete(f"/api/documents/{scan['id']}")
-    assert deleted.status_code == 200 and deleted.json()["removed"] == [scan["path"]]
-    assert os.path.exists(scan["path"])  # not an upload: the user's own file is left alone
+    assert deleted.status_code == 200 and deleted.json()["removed"] == [scan["path"]] == ["scan.png"]
+    assert (corpus_index.parent / "docs" / "scan.png").exists()  # not an upload: the user's file is left alone
+    assert all(not os.path.isabs(d["path"]) for d in documents)
     assert [d["name"] for d in client.get("/api/documents").json()["documents"]] == ["report.pdf"]
     assert client.delete(f"/api/documents/{scan['id']}").status_code == 404
     names = {r["name"] for r in client.get("/api/search", params={"q": "scan", "k": 5}).json()["results"]}
@@ -108,7 +112,9 @@ def test_upload_is_sniffed_stored_under_the_index_and_ingested_in_the_background
     uploaded = [d for d in client.get("/api/documents").json()["documents"] if d["uploaded"]]
     assert len(uploaded) == 1 and uploaded[0]["pages"] == 3 and uploaded[0]["name"] == "new.pdf"
     stored = uploaded[0]["path"]
-    assert stored.startswith(str(service.uploads) + os.sep) and os.path.isfile(stored)
+    assert stored.startswith("uploads" + os.sep) and not os.path.isabs(stored)
+    stored = str(service.reader.path / stored)
+    assert os.path.isfile(stored)
     assert not (tmp_path / "evil").exists()
     # the progress stream replays the finished job and ends
     events = sse_events(client.get(f"/api/jobs/{job['id']}/events").text)
@@ -160,7 +166,7 @@ def test_traversal_attempts_fail_closed(client):
 
 def test_a_symlinked_or_changed_source_is_refused(client, service, tmp_path):
     page_id = _first_page_id(client)
-    source = client.get(f"/api/pages/{page_id}").json()["path"]
+    source = str(service.page(page_id).file)
     secret = tmp_path / "secret.pdf"
     make_pdf(secret, 2, title="secret")
     os.replace(source, source + ".moved")
@@ -254,7 +260,7 @@ def test_concurrent_questions_share_one_answer_model(client, monkeypatch):
 def test_ask_on_an_empty_index_is_a_404(tmp_path, retriever_checkpoint):
     service = Service(tmp_path / "empty", model=str(retriever_checkpoint), device="cpu")
     try:
-        with TestClient(create_app(service)) as client:
+        with api_client(create_app(service, make_auth())) as client:
             response = client.post("/api/ask", json={"question": "anything"})
             assert response.status_code == 404 and "upload" in response.json()["error"]
             assert client.get("/api/search", params={"q": "x"}).json()["results"] == []
@@ -271,35 +277,45 @@ def test_page_and_openapi_are_served(client):
     schema = client.get("/openapi.json").json()
     assert {"/api/search", "/api/ask", "/api/uploads", "/api/documents", "/api/pages/{page_id}/image",
             "/api/pages/{page_id}/heatmap", "/api/jobs/{job_id}", "/api/info"} <= set(schema["paths"])
-    assert client.get("/docs").status_code == 200
+    assert client.get("/docs").status_code == 404  # no Swagger UI: it would load scripts from a CDN
 
 
-def test_token_is_required_everywhere_when_set(service):
-    with TestClient(create_app(service, token="s3cret-token")) as client:
-        for path in ["/", "/static/app.js", "/openapi.json", "/api/info", "/api/search?q=x", "/api/documents"]:
+def test_token_is_required_everywhere(service):
+    with api_client(create_app(service, make_auth())) as client:
+        client.headers.pop("Authorization")
+        for path in ["/static/app.js", "/openapi.json", "/api/info", "/api/search?q=x", "/api/documents"]:
             response = client.get(path)
             assert response.status_code == 401 and "token" in response.json()["error"], path
+        assert client.get("/").status_code == 401 and "login" in client.get("/").text
         assert client.post("/api/uploads", files={"file": ("a.pdf", b"%PDF-1.4", "application/pdf")}).status_code == 401
         assert client.get("/api/info", headers={"Authorization": "Bearer wrong-token"}).status_code == 401
-        assert client.get("/api/info", headers={"Authorization": "Bearer s3cret-toke"}).status_code == 401
-        assert client.get("/api/info", headers={"Authorization": "Bearer s3cret-token"}).status_code == 200
-        assert client.get("/api/info", headers={"X-DocQA-Token": "s3cret-token"}).status_code == 200
-        # opening the page with ?token= sets an HttpOnly cookie that then carries the token (images, fetch)
-        opened = client.get("/?token=s3cret-token")
-        assert opened.status_code == 200 and "HttpOnly" in opened.headers["set-cookie"]
-        assert client.get("/api/info").status_code == 200  # the client kept the cookie
-        client.cookies.clear()
-        assert client.get("/api/info", headers={"Cookie": "docqa_token=nope"}).status_code == 401
+        assert client.get("/api/info", headers={"Authorization": f"Bearer {TOKEN[:-1]}"}).status_code == 401
+        assert client.get("/api/info", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
+        assert client.get("/api/info", headers={"X-DocQA-Token": TOKEN}).status_code == 401  # Bearer only
+        assert client.get(f"/api/info?token={TOKEN}").status_code == 401  # never in a URL but /login's
+        assert list(service.uploads.glob("**/*.pdf")) == []
 
 
-def test_binding_beyond_localhost_needs_a_token(capsys):
-    check_bind("127.0.0.1", None)
-    check_bind("0.0.0.0", "t")
-    with pytest.raises(DocQAError, match="--token"):
-        check_bind("0.0.0.0", None)
+def test_short_tokens_are_refused():
+    with pytest.raises(TokenError, match="at least 16"):
+        Auth(token="a")
+    with pytest.raises(TokenError):
+        Auth(token="sixteen chars ok")  # spaces
+    assert len(Auth().token) >= 40  # the default is random
+
+
+def test_binding_beyond_localhost_needs_tls_or_insecure(capsys):
+    check_bind("127.0.0.1", tls=False)
+    check_bind("0.0.0.0", tls=True)
+    check_bind("0.0.0.0", tls=False, insecure=True)
+    with pytest.raises(DocQAError, match="--certfile"):
+        check_bind("0.0.0.0", tls=False)
     assert main(["serve", "--host", "0.0.0.0", "--port", "8999"]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "--token" in err
+    assert err.count("\n") == 1 and "--certfile" in err
+    assert main(["serve", "--token", "short", "--port", "8999"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "at least 16" in err
 
 
 def test_missing_serve_extra_says_how_to_install(monkeypatch, capsys):

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, settings  # noqa: E402
 from docqa.serve import create_app  # noqa: E402
 from docqa.serve.service import Limits  # noqa: E402
 
-from serve_helpers import build_corpus_index, service_on_copy  # noqa: E402
+from serve_helpers import authenticated, build_corpus_index, make_auth, service_on_copy  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +24,7 @@ def fuzz_schema(tmp_path_factory, retriever_checkpoints, generator_checkpoints):
     template = build_corpus_index(root / "corpus", retriever_checkpoints["colmodernvbert"])
     service = service_on_copy(template, root / "idx", answer_model=generator_checkpoints["idefics3"],
                               limits=Limits(max_upload_bytes=100_000, max_request_bytes=4096, max_pages=1))
-    app = create_app(service)
+    app = authenticated(create_app(service, make_auth()))  # fuzz behind the login: every route is reached
     yield schemathesis.openapi.from_asgi("/openapi.json", app)
     service.close()
 

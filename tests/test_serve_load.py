@@ -19,7 +19,7 @@ pytest.importorskip("uvicorn")
 from docqa.serve import create_app  # noqa: E402
 
 from documents import make_pdf  # noqa: E402
-from serve_helpers import build_corpus_index, running_server, service_on_copy  # noqa: E402
+from serve_helpers import bearer, build_corpus_index, make_auth, running_server, service_on_copy  # noqa: E402
 
 CLIENTS = 8
 QUERIES = ["report revenue", "scan", "line 7", "quarterly totals", "page two", "what is the amount due"]
@@ -33,7 +33,7 @@ def run_load(base: str, seconds: float, upload: bytes) -> dict:
     stop = time.monotonic() + seconds
 
     def client(number: int) -> None:
-        with httpx.Client(base_url=base, timeout=60) as http:
+        with httpx.Client(base_url=base, headers=bearer(), timeout=60) as http:
             for request in range(100_000):  # bounded; the clock ends it first
                 if time.monotonic() >= stop:
                     return
@@ -49,7 +49,7 @@ def run_load(base: str, seconds: float, upload: bytes) -> dict:
                     if problem:
                         errors.append(problem)
 
-    with httpx.Client(base_url=base, timeout=60) as http:
+    with httpx.Client(base_url=base, headers=bearer(), timeout=60) as http:
         job = http.post("/api/uploads", files={"file": ("big.pdf", upload, "application/pdf")}).json()
         threads = [threading.Thread(target=client, args=(n,)) for n in range(CLIENTS)]
         for thread in threads:
@@ -82,7 +82,7 @@ def _load_test(tmp_path_factory, retriever_checkpoints, capsys, seconds: float, 
     service = service_on_copy(template, root / "idx")
     upload = make_pdf(root / "upload" / "big.pdf", pages, title="uploaded").read_bytes()
     try:
-        with running_server(create_app(service)) as base:
+        with running_server(create_app(service, make_auth())) as base:
             stats = run_load(base, seconds, upload)
     finally:
         service.close()

@@ -17,7 +17,7 @@ from pdf2image.exceptions import (
     PDFPopplerTimeoutError,
     PDFSyntaxError,
 )
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from ..config import DEFAULT_CHUNK_PAGES, DEFAULT_TIMEOUT_S
 from ..errors import InputFileError, PopplerMissingError
@@ -215,10 +215,28 @@ def _render_image(path: Path, image_edge: int, first_page: int) -> Iterator[Rend
             try:
                 image.seek(number - 1)
                 _check_pixels(path, image)
-                page = RenderedPage(number, fit_within(ImageOps.exif_transpose(image), image_edge))
+                page = RenderedPage(number, fit_within(_decoded_near(image, image_edge), image_edge))
             except _DECODE_ERRORS as error:
                 raise InputFileError(printable(path), _image_reason(error)) from error
             yield page
+
+
+_ORIENTATION = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+                5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+                8: Image.Transpose.ROTATE_90}
+
+
+def _decoded_near(image: Image.Image, image_edge: int) -> Image.Image:
+    """The current frame, decoded near `image_edge` rather than kept at full size next to copies of
+    it (a JPEG decodes at 1/2, 1/4 or 1/8 scale; others are reduced by an integer factor right
+    after decoding), turned upright by its EXIF orientation."""
+    orientation = image.getexif().get(0x0112)
+    if image.format == "JPEG":
+        image.draft(image.mode, (2 * image_edge, 2 * image_edge))
+    factor = max(image.size) // (2 * image_edge)
+    frame = image.reduce(factor) if factor >= 2 else image.copy()
+    method = _ORIENTATION.get(orientation)
+    return frame.transpose(method) if method is not None else frame
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

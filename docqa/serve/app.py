@@ -1,22 +1,28 @@
-"""The HTTP API and the web page (FastAPI). Routes only: the work is in ``service.Service``.
+"""The HTTP API and the web page (FastAPI): a router per group, authentication as a dependency.
 
-JSON under ``/api``, the page at ``/``, its three files at ``/static/NAME`` (a fixed list, never a
-path from the request), the schema at ``/openapi.json`` and ``/docs``. Errors are JSON
-``{"error": "..."}`` with a 4xx status (a 5xx only for a failure of the server itself).
+Routes only: the work is in ``service.Service``, who may call in ``security.Auth``. Groups: the
+page (``/``, ``/login``, ``/static/NAME`` from a fixed list, ``/openapi.json``), search and pages,
+ask, documents and uploads, jobs. Every route but ``/login`` and the page's shell depends on
+``authorized``. Errors are JSON ``{"error": "..."}`` with a 4xx status (429/503 with Retry-After
+when the server is busy; a 5xx only for a failure of the server itself). One ASGI layer sits in
+front of everything: security headers on every response and the request-size limit (both before
+any route or body parsing).
 """
 
-import hmac
+
+import asyncio
+import html
 import json
-from collections.abc import Iterator
-from http.cookies import SimpleCookie
+from collections.abc import AsyncIterator, Callable, Iterator
 from importlib import resources
 from typing import Annotated, Any
-from urllib.parse import parse_qs
 
-from fastapi import FastAPI, File, Path, Query, Request, UploadFile
+from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
@@ -26,22 +32,42 @@ from ..errors import (
     IndexLockedError,
     IndexMismatchError,
     InputFileError,
+    JobConflict,
     ModelLoadError,
     ModelRequiredError,
     NoResultsError,
+    NotFound,
     QueryError,
+    QuotaExceeded,
     SourceChangedError,
+    UploadRejected,
+    UploadTooLarge,
 )
-from .service import Limits, NotFound, Service, UploadRejected, UploadTooLarge
+from .security import Auth, Principal
+from .service import Limits, Service
+from .slots import Busy
 
-TOKEN_COOKIE = "docqa_token"
 _STATIC = {"app.js": "text/javascript; charset=utf-8", "style.css": "text/css; charset=utf-8"}
 _STATUS: list[tuple[type[DocQAError], int]] = [
-    (NotFound, 404), (NoResultsError, 404), (UploadRejected, 415), (UploadTooLarge, 413),
+    (NotFound, 404), (NoResultsError, 404), (UploadRejected, 415), (UploadTooLarge, 413), (QuotaExceeded, 507),
     (IndexLockedError, 409), (SourceChangedError, 409), (IndexMismatchError, 409), (ModelRequiredError, 409),
-    (InputFileError, 422), (QueryError, 422), (ModelLoadError, 503),
+    (JobConflict, 409), (InputFileError, 422), (QueryError, 422), (ModelLoadError, 503),
 ]
 PAGE_ID = Annotated[int, Path(ge=1, le=2**62, description="a page id from search or ask results")]
+JOB_ID = Annotated[str, Path(pattern=r"^[0-9]{1,12}$")]
+SECURITY_HEADERS = [
+    (b"content-security-policy", b"default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob:; "
+                                 b"connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"x-frame-options", b"DENY"),
+    (b"cross-origin-opener-policy", b"same-origin"),
+    (b"cross-origin-resource-policy", b"same-origin"),
+]
+_LOGIN_HELP = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>docqa: log in</title>
+<link rel="stylesheet" href="/static/style.css"></head><body><main class="panel"><h1>docqa</h1>
+<p>{message}</p><p>Open the login URL that <code>docqa serve</code> printed when it started, or start it
+again for a new one. Scripts send <code>Authorization: Bearer TOKEN</code>.</p></main></body></html>"""
 
 
 class AskRequest(BaseModel):
@@ -54,30 +80,56 @@ class AskRequest(BaseModel):
     path: str | None = Field(None, max_length=1000, description="only documents whose path matches this glob")
 
 
-def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
+async def authorized(request: Request) -> Principal:
+    """The dependency every protected route has: Host, token or session, CSRF (see security.Auth)."""
+    return request.app.state.auth.authorize(request)
+
+
+def _service(request: Request) -> Service:
+    return request.app.state.service
+
+
+ServiceDep = Annotated[Service, Depends(_service)]
+
+
+def create_app(service: Service, auth: Auth | None = None) -> FastAPI:
+    """The app over ``service``; ``auth`` holds its token (a random one when not given)."""
+    app = FastAPI(title="docqa", version=__version__, openapi_url=None, docs_url=None, redoc_url=None,
+                  description="Search and question answering over your documents, with where each match is. "
+                              "Every call needs Authorization: Bearer TOKEN.")
+    app.state.service = service
+    app.state.auth = auth or Auth()
+    _add_error_handlers(app)
+    protected = [Depends(authorized)]
+    app.include_router(_page_router())
+    app.include_router(_search_router(service.limits), dependencies=protected)
+    app.include_router(_ask_router(service.limits), dependencies=protected)
+    app.include_router(_documents_router(), dependencies=protected)
+    app.include_router(_jobs_router(), dependencies=protected)
+    app.add_middleware(_Transport, limits=service.limits)
+    return app
+
+
+# --- errors ---------------------------------------------------------------------------------------
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
 def _status_of(error: DocQAError) -> int:
+    if isinstance(error, Busy):
+        return error.status
     return next((status for kind, status in _STATUS if isinstance(error, kind)), 400)
 
 
-def _sse(event: str, data: dict) -> bytes:
-    return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
+def _docqa_error_response(request: Request, error: DocQAError) -> JSONResponse:
+    headers = {"Retry-After": str(error.retry_after)} if isinstance(error, Busy) else None
+    return _error(_status_of(error), request.app.state.service.scrub(str(error)), headers)
 
 
-def create_app(service: Service, token: str | None = None) -> FastAPI:
-    """The app over ``service``; with ``token``, every request must carry it."""
-    limits: Limits = service.limits
-    app = FastAPI(title="docqa", version=__version__,
-                  description="Search and question answering over your documents, with where each match is.")
-    app.state.service = service
-    static = {name: resources.files(__package__).joinpath("static", name).read_bytes() for name in _STATIC}
-    page_html = resources.files(__package__).joinpath("static", "index.html").read_text("utf-8")
-
+def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(DocQAError)
     async def docqa_error(request: Request, error: DocQAError) -> JSONResponse:
-        return _error(_status_of(error), str(error))
+        return _docqa_error_response(request, error)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, error: RequestValidationError) -> JSONResponse:
@@ -89,34 +141,72 @@ def create_app(service: Service, token: str | None = None) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
-        return _error(error.status_code, str(error.detail))
+        return _error(error.status_code, str(error.detail), getattr(error, "headers", None))
 
     @app.exception_handler(Exception)
     async def crashed(request: Request, error: Exception) -> JSONResponse:
         return _error(500, "internal error; the server log has the details")
 
-    # --- the page --------------------------------------------------------------------------
-    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    def home() -> HTMLResponse:
-        return HTMLResponse(page_html)
 
-    @app.get("/static/{name}", include_in_schema=False)
+# --- the page -------------------------------------------------------------------------------------
+def _page_router() -> APIRouter:
+    router = APIRouter(include_in_schema=False)
+    static = {name: resources.files(__package__).joinpath("static", name).read_bytes() for name in _STATIC}
+    page_html = resources.files(__package__).joinpath("static", "index.html").read_text("utf-8")
+
+    @router.get("/", response_class=HTMLResponse)
+    async def home(request: Request) -> Response:
+        auth: Auth = request.app.state.auth
+        auth.check_host(request)
+        principal = auth.principal(request)
+        if principal is None:
+            return HTMLResponse(_LOGIN_HELP.format(message="This server needs a login."), status_code=401)
+        xsrf = auth.xsrf(principal.nonce) if principal.via == "session" else ""
+        meta = f'<meta name="docqa-xsrf" content="{html.escape(xsrf)}">'
+        return HTMLResponse(page_html.replace("<head>", "<head>\n" + meta, 1),
+                            headers={"Cache-Control": "no-store"})
+
+    @router.get("/login")
+    async def login(request: Request, code: str | None = None, token: str | None = None) -> Response:
+        """Exchange a one-time login code (or the token) for a session cookie, then go to the page."""
+        auth: Auth = request.app.state.auth
+        auth.check_host(request)
+        if not auth.redeem(code, token):
+            return HTMLResponse(_LOGIN_HELP.format(message="That login link is not valid (any more)."),
+                                status_code=401)
+        response = RedirectResponse("/", status_code=303, headers={"Cache-Control": "no-store"})
+        response.set_cookie(auth.cookie_name(request), auth.new_session(), max_age=int(auth.session_s),
+                            httponly=True, samesite="strict", secure=request.url.scheme == "https", path="/")
+        return response
+
+    @router.get("/static/{name}", dependencies=[Depends(authorized)])
     def static_file(name: str) -> Response:
         if name not in static:
             return _error(404, "no such file")
-        return Response(static[name], media_type=_STATIC[name])
+        return Response(static[name], media_type=_STATIC[name], headers={"Cache-Control": "no-cache"})
 
-    # --- API -------------------------------------------------------------------------------
-    @app.get("/api/info", summary="What the index holds, its model and the server's limits")
-    def info() -> dict:
+    @router.get("/openapi.json", dependencies=[Depends(authorized)])
+    def openapi(request: Request) -> dict:
+        return request.app.openapi()
+
+    return router
+
+
+# --- search and pages -----------------------------------------------------------------------------
+def _search_router(limits: Limits) -> APIRouter:
+    router = APIRouter(prefix="/api")
+
+    @router.get("/info", summary="What the index holds, its model and the server's limits")
+    def info(service: ServiceDep) -> dict:
         return service.info()
 
-    @app.get("/api/search", summary="The top-k pages for a query (exact MaxSim)")
-    def search(q: Annotated[str, Query(min_length=1, max_length=limits.max_query_chars, description="the query")],
+    @router.get("/search", summary="The top-k pages for a query (exact MaxSim)")
+    def search(service: ServiceDep,
+               q: Annotated[str, Query(min_length=1, max_length=limits.max_query_chars, description="the query")],
                k: Annotated[int, Query(ge=1, le=limits.max_k)] = 5,
                exact: Annotated[bool, Query(description="score every page (brute force)")] = False,
                where: Annotated[list[str], Query(max_length=20, description="KEY=VALUE tag filter, repeatable")] = [],
-               path: Annotated[str | None, Query(max_length=1000, description="path glob filter")] = None) -> dict:
+               path: Annotated[str | None, Query(max_length=1000, description="path glob filter")] = None) -> Any:
         tags = {}
         for item in where:
             try:
@@ -125,153 +215,229 @@ def create_app(service: Service, token: str | None = None) -> FastAPI:
                 return _error(422, f"where: expected KEY=VALUE, got {item!r}")
             tags[key] = value
         hits = service.search(q, k, exact=exact, where=tags, path=path)
-        return {"query": q, "results": [{**hit.to_json(), "name": _name(hit.path)} for hit in hits]}
+        return {"query": q, "results": [service.hit_json(hit) for hit in hits]}
 
-    @app.post("/api/ask", summary="Answer a question from the best pages: server-sent events",
-              response_class=StreamingResponse,
-              responses={200: {"content": {"text/event-stream": {}},
-                               "description": "events: pages, token (repeated), citations, done (or error)"}})
-    def ask(request: AskRequest) -> StreamingResponse:
-        max_pages = request.max_pages or min(3, limits.max_pages)
-        if request.k > limits.max_k or max_pages > limits.max_pages:
-            return _error(422, f"k is at most {limits.max_k} and max_pages at most {limits.max_pages}")
-        events = service.ask(request.question, request.k, max_pages, request.max_new_tokens,
-                             where=request.where, path=request.path)
-        first = next(events)  # retrieval happens here: its errors become a 4xx, not a broken stream
-
-        def stream() -> Iterator[bytes]:
-            yield _sse(*first)
-            try:
-                for event in events:
-                    yield _sse(*event)
-            except DocQAError as error:
-                yield _sse("error", {"error": str(error)})
-            except Exception:
-                yield _sse("error", {"error": "the answer failed; the server log has the details"})
-            finally:
-                events.close()  # a client gone mid-answer stops generation here, not in a finalizer
-
-        return StreamingResponse(stream(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
-
-    @app.get("/api/pages/{page_id}", summary="One page: its file, page number and document")
-    def page(page_id: PAGE_ID) -> dict:
+    @router.get("/pages/{page_id}", summary="One page: its file, page number and document")
+    def page(service: ServiceDep, page_id: PAGE_ID) -> dict:
         hit = service.page(page_id)
-        return {"page_id": hit.page_id, "path": hit.path, "name": _name(hit.path), "page": hit.page,
-                "document_id": hit.document_id}
+        shown = service.hit_json(hit)
+        return {key: shown[key] for key in ("page_id", "path", "name", "page", "document_id")}
 
-    @app.get("/api/pages/{page_id}/image", summary="The page as a PNG, rendered from its source file",
-             response_class=Response, responses={200: {"content": {"image/png": {}}}})
-    def page_image(page_id: PAGE_ID,
+    @router.get("/pages/{page_id}/image", summary="The page as a PNG, rendered from its source file",
+                response_class=Response, responses={200: {"content": {"image/png": {}}}})
+    def page_image(service: ServiceDep, page_id: PAGE_ID,
                    edge: Annotated[int, Query(ge=32, le=limits.max_image_edge, description="longest edge, px")] = 512
                    ) -> Response:
         return Response(service.page_png(page_id, edge), media_type="image/png",
                         headers={"Cache-Control": "private, max-age=300"})
 
-    @app.get("/api/pages/{page_id}/heatmap", summary="The page with where the query matches drawn over it",
-             response_class=Response, responses={200: {"content": {"image/png": {}}}})
-    def page_heatmap(page_id: PAGE_ID,
+    @router.get("/pages/{page_id}/heatmap", summary="The page with where the query matches drawn over it",
+                response_class=Response, responses={200: {"content": {"image/png": {}}}})
+    def page_heatmap(service: ServiceDep, page_id: PAGE_ID,
                      q: Annotated[str, Query(min_length=1, max_length=limits.max_query_chars)]) -> Response:
         return Response(service.heatmap_png(page_id, q), media_type="image/png",
                         headers={"Cache-Control": "private, max-age=300"})
 
-    @app.get("/api/pages/{page_id}/grounding", summary="The box of the region that best matches the query")
-    def page_grounding(page_id: PAGE_ID,
+    @router.get("/pages/{page_id}/grounding", summary="The box of the region that best matches the query")
+    def page_grounding(service: ServiceDep, page_id: PAGE_ID,
                        q: Annotated[str, Query(min_length=1, max_length=limits.max_query_chars)]) -> dict:
         return {"page_id": page_id, "query": q, **service.grounding(page_id, q).to_json()}
 
-    @app.get("/api/documents", summary="Every indexed document")
-    def documents() -> dict:
+    return router
+
+
+# --- ask ------------------------------------------------------------------------------------------
+def _ask_router(limits: Limits) -> APIRouter:
+    router = APIRouter(prefix="/api")
+
+    @router.post("/ask", summary="Answer a question from the best pages: server-sent events",
+                 response_class=StreamingResponse,
+                 responses={200: {"content": {"text/event-stream": {}},
+                                  "description": "events: pages, token (repeated), citations, done (or error)"}})
+    async def ask(body: AskRequest, request: Request, service: ServiceDep) -> Response:
+        max_pages = body.max_pages or min(3, limits.max_pages)
+        if body.k > limits.max_k or max_pages > limits.max_pages:
+            return _error(422, f"k is at most {limits.max_k} and max_pages at most {limits.max_pages}")
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+
+        def emit(event: tuple[str, Any]) -> None:
+            loop.call_soon_threadsafe(events.put_nowait, event)
+
+        run = await run_in_threadpool(service.start_ask, body.question, body.k, max_pages, body.max_new_tokens,
+                                      emit=emit, where=body.where, path=body.path)
+        try:  # the first event decides: retrieval's errors (and a full line) are a 4xx/503, not a broken stream
+            first = await _next_event(events, request, limits.ask_wait_s + 600)
+        except BaseException:
+            run.stop()
+            raise
+        if first is None or first[0] in ("error", "end"):
+            run.stop()
+            if first is not None and isinstance(first[1], DocQAError):
+                raise first[1]
+            return _error(500, "the answer failed; the server log has the details")
+
+        async def stream() -> AsyncIterator[bytes]:
+            yield _sse(*first)
+            for _ in range(100_000):  # bounded: an answer is at most 1,024 tokens plus a few events
+                event = await _next_event(events, request, limits.ask_wait_s + 600)
+                if event is None or event[0] == "end":
+                    return
+                name, data = event
+                if name == "error":
+                    message = service.scrub(str(data)) if isinstance(data, DocQAError) else \
+                        "the answer failed; the server log has the details"
+                    yield _sse("error", {"error": message})
+                    continue
+                yield _sse(name, data)
+
+        return _Streaming(stream(), on_close=run.stop, media_type="text/event-stream",
+                          headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+
+    return router
+
+
+async def _next_event(events: asyncio.Queue, request: Request, timeout_s: float) -> tuple[str, Any] | None:
+    """The next event, or None once the client has gone or ``timeout_s`` passed without one."""
+    for _ in range(int(timeout_s) + 1):
+        try:
+            return await asyncio.wait_for(events.get(), timeout=1.0)
+        except TimeoutError:
+            if await request.is_disconnected():
+                return None
+    return None
+
+
+class _Streaming(StreamingResponse):
+    """A StreamingResponse that always closes its body and calls ``on_close``, even when the client
+    left before the first byte (Starlette then never iterates the body, so its ``finally`` alone is
+    not enough)."""
+
+    def __init__(self, content: AsyncIterator[bytes], *, on_close: Callable[[], None], **kwargs: Any) -> None:
+        super().__init__(content, **kwargs)
+        self._on_close = on_close
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._on_close()
+            close = getattr(self.body_iterator, "aclose", None)
+            if close is not None:
+                try:
+                    await close()
+                except (RuntimeError, asyncio.CancelledError):  # already closing or cancelled: nothing to free
+                    pass
+
+
+def _sse(event: str, data: dict) -> bytes:
+    return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
+
+
+# --- documents and uploads ------------------------------------------------------------------------
+_UPLOAD_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+    "type": "object", "required": ["file"],
+    "properties": {"file": {"type": "string", "format": "binary",
+                            "description": "a PDF or an image (png, jpeg, tiff, bmp, webp)"}}}}}}}
+
+
+def _documents_router() -> APIRouter:
+    router = APIRouter(prefix="/api")
+
+    @router.get("/documents", summary="Every indexed document")
+    def documents(service: ServiceDep) -> dict:
         return {"documents": service.documents()}
 
-    @app.delete("/api/documents/{document_id}", summary="Remove a document from the index")
-    def delete_document(document_id: Annotated[int, Path(ge=1, le=2**62)]) -> dict:
+    @router.delete("/documents/{document_id}", summary="Remove a document from the index")
+    def delete_document(service: ServiceDep, document_id: Annotated[int, Path(ge=1, le=2**62)]) -> dict:
         return service.delete_document(document_id)
 
-    @app.post("/api/uploads", status_code=202,
-              summary="Upload a PDF or page image; it is ingested in the background (poll or stream its job)")
-    def upload(file: Annotated[UploadFile, File(description="a PDF or an image (png, jpeg, tiff, bmp, webp)")]
-               ) -> dict:
-        def chunks() -> Iterator[bytes]:
-            while chunk := file.file.read(1 << 20):
-                yield chunk
+    @router.post("/uploads", status_code=202, openapi_extra=_UPLOAD_BODY,
+                 summary="Upload a PDF or page image; it is ingested in the background (poll or stream its job)")
+    async def upload(request: Request, service: ServiceDep) -> dict:
+        # The body is read here, after `authorized` ran: nobody unauthenticated gets a file parsed.
+        form = await request.form(max_files=1, max_fields=4, max_part_size=64 * 1024)
+        try:
+            file = form.get("file")
+            if not isinstance(file, UploadFile):
+                raise RequestValidationError([{"loc": ("body", "file"), "msg": "Field required",
+                                               "type": "missing"}])
 
-        job = service.upload(file.filename or "upload", chunks())
-        return job.to_json()
+            def chunks() -> Iterator[bytes]:
+                while chunk := file.file.read(1 << 20):
+                    yield chunk
 
-    @app.get("/api/jobs", summary="Upload jobs, oldest first")
-    def jobs() -> dict:
-        return {"jobs": [job.to_json() for job in service.jobs()]}
+            job = await run_in_threadpool(service.upload, file.filename or "upload", chunks())
+            return service.job_json(job)
+        finally:
+            await form.close()
 
-    @app.get("/api/jobs/{job_id}", summary="One upload job's state and progress")
-    def job(job_id: Annotated[str, Path(pattern=r"^[0-9]{1,12}$")]) -> dict:
-        return service.job(job_id).to_json()
+    return router
 
-    @app.get("/api/jobs/{job_id}/events", summary="A job's progress as server-sent events, until it ends",
-             response_class=StreamingResponse, responses={200: {"content": {"text/event-stream": {}}}})
-    def job_events(job_id: Annotated[str, Path(pattern=r"^[0-9]{1,12}$")]) -> StreamingResponse:
+
+# --- jobs -----------------------------------------------------------------------------------------
+def _jobs_router() -> APIRouter:
+    router = APIRouter(prefix="/api")
+
+    @router.get("/jobs", summary="Upload jobs, oldest first (failed ones with their reason)")
+    def jobs(service: ServiceDep) -> dict:
+        return {"jobs": [service.job_json(job) for job in service.jobs()]}
+
+    @router.get("/jobs/{job_id}", summary="One upload job's state and progress")
+    def job(service: ServiceDep, job_id: JOB_ID) -> dict:
+        return service.job_json(service.job(job_id))
+
+    @router.delete("/jobs/{job_id}", summary="Cancel a queued or running job; forget a finished one and "
+                                              "delete its stored file unless it is an indexed document")
+    def delete_job(service: ServiceDep, job_id: JOB_ID) -> dict:
+        return service.delete_job(job_id)
+
+    @router.get("/jobs/{job_id}/events", summary="A job's progress as server-sent events, until it ends",
+                response_class=StreamingResponse, responses={200: {"content": {"text/event-stream": {}}}})
+    async def job_events(service: ServiceDep, job_id: JOB_ID) -> Response:
         job = service.job(job_id)
+        ticket = service.streams.reserve()
+        ticket.wait(1, 0)
 
-        def stream() -> Iterator[bytes]:
+        async def stream() -> AsyncIterator[bytes]:
             last = None
-            for _ in range(24 * 3600):  # bounded: at most a day of 1 s waits
-                with job.changed:
-                    state = job.to_json()
-                    if state == last:
-                        job.changed.wait(timeout=1.0)
-                        state = job.to_json()
-                if state != last:
+            for _ in range(24 * 3600 * 4):  # bounded: at most a day of 0.25 s waits
+                raw = job.to_json()
+                if raw != last:
+                    last = raw
+                    state = await run_in_threadpool(service.job_json, job)
                     yield _sse("progress", state)
-                    last = state
-                if job.finished:
-                    yield _sse("done", state)
-                    return
+                    if job.finished and raw == job.to_json():
+                        yield _sse("done", state)
+                        return
+                await asyncio.sleep(0.25)
 
-        return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-store"})
+        return _Streaming(stream(), on_close=ticket.release, media_type="text/event-stream",
+                          headers={"Cache-Control": "no-store"})
 
-    app.add_middleware(_Guard, token=token, limits=limits)
-    return app
-
-
-def _name(path: str) -> str:
-    return path.replace("\\", "/").rsplit("/", 1)[-1]
+    return router
 
 
-class _Guard:
-    """ASGI middleware: the token check (constant-time) and the request-size limit, before any route.
+# --- the one ASGI layer ---------------------------------------------------------------------------
+class _Transport:
+    """Security headers on every response and the request-size limit, before routing or parsing."""
 
-    The token may come as ``Authorization: Bearer T``, an ``X-DocQA-Token`` header, the
-    ``docqa_token`` cookie, or ``?token=T`` (which also sets the cookie, so a browser opened on
-    ``/?token=T`` keeps working: images cannot carry headers).
-    """
-
-    def __init__(self, app: Any, token: str | None, limits: Limits) -> None:
+    def __init__(self, app: Any, limits: Limits) -> None:
         self.app = app
-        self.token = token.encode() if token else None
         self.limits = limits
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = {key.decode("latin-1").lower(): value for key, value in scope.get("headers", [])}
-        from_query = False
-        if self.token is not None:
-            given, from_query = self._given(scope, headers)
-            if given is None or not hmac.compare_digest(given, self.token):
-                await _send_json(send, 401, "a valid token is required (Authorization: Bearer TOKEN)",
-                                 [(b"www-authenticate", b"Bearer")])
-                return
         limit = self.limits.max_upload_bytes + 64 * 1024 if scope["path"] == "/api/uploads" \
             else self.limits.max_request_bytes
-        declared = headers.get("content-length", b"")
+        declared = next((v for k, v in scope.get("headers", []) if k.lower() == b"content-length"), b"")
         if declared:
-            try:
-                too_big = int(declared) > limit
-            except ValueError:
+            if not declared.isdigit() or len(declared) > 18:
                 await _send_json(send, 400, "malformed Content-Length header")
                 return
-            if too_big:
+            if int(declared) > limit:
                 await _send_json(send, 413, f"the request body is over the {limit} byte limit")
                 return
         received = 0
@@ -286,50 +452,27 @@ class _Guard:
                     raise _TooLarge(413, f"the request body is over the {limit} byte limit")
             return message
 
-        async def tracked_send(message: dict) -> None:
+        async def with_headers(message: dict) -> None:
             nonlocal started
             if message["type"] == "http.response.start":
                 started = True
-                if from_query:
-                    cookie = SimpleCookie()
-                    cookie[TOKEN_COOKIE] = self.token.decode("latin-1")
-                    cookie[TOKEN_COOKIE].update({"httponly": True, "samesite": "Strict", "path": "/"})
-                    value = cookie.output(header="").strip().encode("latin-1")
-                    message = {**message, "headers": [*message.get("headers", []), (b"set-cookie", value)]}
+                message = {**message, "headers": [*message.get("headers", []), *SECURITY_HEADERS]}
             await send(message)
 
         try:
-            await self.app(scope, limited_receive, tracked_send)
+            await self.app(scope, limited_receive, with_headers)
         except _TooLarge:
             if not started:
                 await _send_json(send, 413, f"the request body is over the {limit} byte limit")
-
-    def _given(self, scope: dict, headers: dict[str, bytes]) -> tuple[bytes | None, bool]:
-        authorization = headers.get("authorization", b"")
-        if authorization[:7].lower() == b"bearer ":
-            return authorization[7:].strip(), False
-        if "x-docqa-token" in headers:
-            return headers["x-docqa-token"], False
-        cookie = SimpleCookie()
-        try:
-            cookie.load(headers.get("cookie", b"").decode("latin-1"))
-        except Exception:  # a malformed Cookie header is just no cookie
-            cookie = SimpleCookie()
-        if TOKEN_COOKIE in cookie:
-            return cookie[TOKEN_COOKIE].value.encode("latin-1"), False
-        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
-        if query.get("token"):
-            return query["token"][0].encode("latin-1"), True
-        return None, False
 
 
 class _TooLarge(StarletteHTTPException):
     """Raised from inside body reading; an HTTPException, so FastAPI's body parser lets it through."""
 
 
-async def _send_json(send: Any, status: int, message: str, extra: list | None = None) -> None:
+async def _send_json(send: Any, status: int, message: str) -> None:
     body = json.dumps({"error": message}).encode()
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            *(extra or [])]})
+                            *SECURITY_HEADERS]})
     await send({"type": "http.response.body", "body": body})

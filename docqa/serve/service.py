@@ -5,20 +5,25 @@ access here. Threads: searches run on a reader handle of the index (one at a tim
 candidate index is not shared-safe); uploads are ingested, and deletes done, on a writer handle by
 one worker, so they never race. Both handles share the one retriever (its forward passes take
 turns); the answer model is loaded once, on first use, and answers one question at a time.
+
+Expensive work is bounded (``slots.Budget``): one answer at a time with a short line behind it,
+page renders by the bytes of pixels they decode, heatmaps one at a time. Answers are generated on
+a thread of their own (``AnswerRun``), never inside a generator the HTTP layer might abandon, so a
+client that leaves always hands the answer model back. Paths in what the service returns are
+relative (to the uploads folder's index, or to the common folder of the other documents) unless
+the service was made with ``absolute_paths``.
 """
 
 from __future__ import annotations
 
 import hashlib
-import itertools
 import os
 import re
 import tempfile
 import threading
-import time
 from collections import OrderedDict
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +33,13 @@ from ..api import DocIndex, Hit
 from ..answer.ask import Asker
 from ..config import IngestSettings
 from ..models.retriever import Retriever
-from ..errors import DocQAError, IndexLockedError, NotFound, UploadRejected, UploadTooLarge
+from ..errors import (DocQAError, IndexLockedError, JobConflict, NotFound, QuotaExceeded, UploadRejected,
+                      UploadTooLarge)
 from ..answer.grounding import Grounding, ground, ground_answer, render_indexed_page
+from ..inputs.render import IMAGE_FORMATS
 from ..inputs.sources import describe_content, sniff
+from .jobs import Job, JobStore
+from .slots import Budget, Ticket
 
 UPLOADS = "uploads"  # inside the index folder
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._ -]+")
@@ -38,7 +47,7 @@ _SAFE_NAME = re.compile(r"[^A-Za-z0-9._ -]+")
 
 @dataclass(frozen=True)
 class Limits:
-    """Bounds on what one request may ask for."""
+    """Bounds on what one request, and all requests together, may ask for."""
 
     max_upload_bytes: int = 100 * 1024 * 1024
     max_request_bytes: int = 1024 * 1024  # any request other than an upload
@@ -47,36 +56,67 @@ class Limits:
     max_query_chars: int = 1000
     max_image_edge: int = 2048
     max_jobs_kept: int = 100
+    max_upload_pages: int = 500  # pages per uploaded file; a longer one fails before any is encoded
+    upload_quota_bytes: int = 2 * 1024**3  # all stored uploads together
+    asks_waiting: int = 3  # questions waiting behind the one being answered; more get 429
+    ask_wait_s: float = 120.0
+    render_bytes: int = 768 * 1024**2  # decoded pixels of page renders running at once
+    renders_in_flight: int = 8
+    heatmaps_in_flight: int = 4
+    searches_in_flight: int = 16
+    wait_s: float = 30.0  # longest wait for a render, heatmap or search turn (then 503)
+    event_streams: int = 32  # open job event streams
+    image_cache_bytes: int = 64 * 1024**2
 
 
-@dataclass
-class Job:
-    """One uploaded file being ingested in the background."""
+class _Stop(DocQAError):
+    """Raised from the ingest's progress callback: the job was cancelled or has too many pages."""
 
-    id: str
-    name: str
-    state: str = "queued"  # queued | ingesting | done | failed
-    pages_done: int = 0
-    pages_total: int = 0
-    report: dict | None = None
-    error: str | None = None
-    created: float = field(default_factory=time.time)
-    path: Path | None = None
-    changed: threading.Condition = field(default_factory=threading.Condition, repr=False)
 
-    def to_json(self) -> dict:
-        return {"id": self.id, "name": self.name, "state": self.state, "pages_done": self.pages_done,
-                "pages_total": self.pages_total, "report": self.report, "error": self.error}
+class AnswerRun:
+    """One question answered on a thread of its own; events go to ``emit`` as (name, data) pairs,
+    ``("error", exception)`` for a failure, then ``("end", None)``. ``stop()`` never blocks: the
+    thread stops at the next event and then hands the answer model back."""
 
-    def update(self, **values: Any) -> None:
-        with self.changed:
-            for name, value in values.items():
-                setattr(self, name, value)
-            self.changed.notify_all()
+    def __init__(self, events: Callable[[], Iterator[tuple[str, dict]]], ticket: Ticket, wait_s: float,
+                 emit: Callable[[tuple[str, Any]], None]) -> None:
+        self._events = events
+        self._ticket = ticket
+        self._wait_s = wait_s
+        self._emit = emit
+        self._stopped = threading.Event()
+        self.finished = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="docqa-answer", daemon=True)
+        self._thread.start()
 
-    @property
-    def finished(self) -> bool:
-        return self.state in ("done", "failed")
+    def stop(self) -> None:
+        self._stopped.set()
+
+    def _run(self) -> None:
+        try:
+            self._ticket.wait(1, self._wait_s)
+            if self._stopped.is_set():
+                return
+            events = self._events()
+            try:
+                for event in events:
+                    if self._stopped.is_set():
+                        break
+                    self._emit(event)
+            finally:
+                events.close()  # in this thread, which iterated it: always safe, always runs
+        except Exception as error:  # noqa: BLE001  handed to the HTTP layer as an event
+            self._send(("error", error))
+        finally:
+            self._ticket.release()
+            self.finished.set()
+            self._send(("end", None))
+
+    def _send(self, event: tuple[str, Any]) -> None:
+        try:
+            self._emit(event)
+        except Exception:  # the event loop is gone (server stopping): nobody is listening
+            pass
 
 
 class Service:
@@ -84,23 +124,32 @@ class Service:
 
     def __init__(self, index: str | os.PathLike[str] | None, *, model: str | None = None,
                  answer_model: str | None = None, device: str | None = None,
-                 limits: Limits | None = None) -> None:
-        self.limits = limits or Limits()
+                 limits: Limits | None = None, absolute_paths: bool = False) -> None:
+        self.limits = limits = limits or Limits()
         self.reader = DocIndex.open(index, create=True)
         self.model = model
         self.answer_model = answer_model
         self.device = device
+        self.absolute_paths = absolute_paths
         self._read = threading.Lock()  # one search at a time on the reader handle
         self._write = threading.Lock()  # one writer (ingest or delete) at a time
-        self._generator_lock = threading.Lock()  # loads the answer model once; one answer at a time
+        self._generator_lock = threading.Lock()  # loads the answer model once
         self._generator = None
         self._retriever_lock = threading.Lock()
-        self._jobs: OrderedDict[str, Job] = OrderedDict()
-        self._queue: list[Job] = []
+        self.asks = Budget("questions", 1, max_in_flight=1 + limits.asks_waiting, wait_s=limits.ask_wait_s,
+                           retry_after=10)
+        self.renders = Budget("page renders", limits.render_bytes, max_in_flight=limits.renders_in_flight,
+                              wait_s=limits.wait_s)
+        self.heatmaps = Budget("heatmaps", 1, max_in_flight=limits.heatmaps_in_flight, wait_s=limits.wait_s)
+        self.searches = Budget("searches", 1, max_in_flight=limits.searches_in_flight, wait_s=limits.wait_s)
+        self.streams = Budget("event streams", limits.event_streams, max_in_flight=limits.event_streams, wait_s=0)
+        self._store = JobStore(self.reader.path, keep=limits.max_jobs_kept)
+        self._queue: list[Job] = self._store.recover()
         self._queue_ready = threading.Condition()
-        self._ids = itertools.count(1)
-        self._images: OrderedDict[tuple, bytes] = OrderedDict()  # small LRU of rendered pages
+        self._images: OrderedDict[tuple, bytes] = OrderedDict()  # LRU of rendered pages, bounded in bytes
+        self._images_bytes = 0
         self._images_lock = threading.Lock()
+        self._root: str | None = None  # common folder of the documents not uploaded here (cached)
         self._stopping = False
         self._worker = threading.Thread(target=self._work, name="docqa-ingest", daemon=True)
         self._worker.start()
@@ -121,10 +170,45 @@ class Service:
         from ..models.generator import Generator, default_answer_model
         from ..models.checkpoints import default_device
 
-        if self._generator is None:
-            device = self.device or default_device()
-            self._generator = Generator.load(self.answer_model or default_answer_model(device), device=device)
-        return self._generator
+        with self._generator_lock:
+            if self._generator is None:
+                device = self.device or default_device()
+                self._generator = Generator.load(self.answer_model or default_answer_model(device), device=device)
+            return self._generator
+
+    # --- paths -----------------------------------------------------------------------------
+    def shown(self, path: str | os.PathLike[str]) -> str:
+        """How a document's path appears in responses: relative unless ``absolute_paths``."""
+        path = os.fspath(path)
+        if self.absolute_paths:
+            return path
+        if _is_under(Path(path), self.reader.path):
+            return os.path.relpath(path, self.reader.path)
+        root = self._documents_root()
+        if root and _is_under(Path(path), Path(root)):
+            return os.path.relpath(path, root)
+        return Path(path).name
+
+    def scrub(self, text: str) -> str:
+        """An error message with the server's folders taken out (unless ``absolute_paths``)."""
+        if self.absolute_paths:
+            return text
+        text = text.replace(str(self.reader.path) + os.sep, "").replace(str(self.reader.path), "the index")
+        root = self._documents_root()
+        if root and root != os.sep:
+            text = text.replace(root.rstrip(os.sep) + os.sep, "")
+        return text
+
+    def _documents_root(self) -> str | None:
+        if self._root is None:
+            with self._read:
+                files = [os.fspath(r.file) for r in self.reader.documents()
+                         if not _is_under(r.file, self.reader.path)]
+            self._root = os.path.commonpath([os.path.dirname(f) for f in files]) if files else ""
+        return self._root or None
+
+    def _paths_changed(self) -> None:
+        self._root = None
 
     # --- reading ---------------------------------------------------------------------------
     def search(self, query: str, k: int, *, exact: bool = False, where: dict | None = None,
@@ -132,7 +216,7 @@ class Service:
         """The index's search, with its filters (tags ``where``, path glob ``path``) and ``exact``."""
         if self.retriever() is None:
             return []
-        with self._read:
+        with self.searches.take(), self._read:
             return self.reader.search(query, k=k, device=self.device, exact=exact, where=where, path=path)
 
     def page(self, page_id: int) -> Hit:
@@ -142,6 +226,9 @@ class Service:
             raise NotFound(f"no page with id {page_id}")
         return hit
 
+    def hit_json(self, hit: Hit) -> dict:
+        return {**hit.to_json(), "path": self.shown(hit.file), "name": Path(hit.path).name}
+
     def page_png(self, page_id: int, edge: int) -> bytes:
         """The page rendered from its source (sha256-checked), fitted into ``edge`` px, as PNG."""
         hit = self.page(page_id)
@@ -149,16 +236,24 @@ class Service:
         cached = self._cached(key)
         if cached is not None:
             return cached
-        image = render_indexed_page(hit.file, hit.page, hit.sha256, hit.kind, edge, hit.path)
-        return self._cache(key, _png(image))
+        return self._cache(key, _png(self._render(hit, edge)))
+
+    def _render(self, hit: Hit, edge: int) -> Image.Image:
+        """One page image, within the render budget (the bytes its decoding will take)."""
+        with self.renders.take(_render_cost(hit, edge)):
+            try:
+                return render_indexed_page(hit.file, hit.page, hit.sha256, hit.kind, edge, hit.path)
+            finally:
+                _release_free_memory()
 
     def grounding(self, page_id: int, query: str) -> Grounding:
         hit = self.page(page_id)
         retriever = self.retriever()
         if retriever is None:
             raise NotFound("the index is empty")
-        image = render_indexed_page(hit.file, hit.page, hit.sha256, hit.kind, retriever.stamp.image_edge, hit.path)
-        return ground(retriever, query, image)
+        with self.heatmaps.take():
+            image = self._render(hit, retriever.stamp.image_edge)
+            return ground(retriever, query, image)
 
     def heatmap_png(self, page_id: int, query: str) -> bytes:
         hit = self.page(page_id)
@@ -171,45 +266,63 @@ class Service:
     def documents(self) -> list[dict]:
         with self._read:
             records = self.reader.documents()
-        return [{"id": r.id, "path": r.path, "name": Path(r.path).name, "kind": r.kind, "pages": r.pages,
-                 "size": r.size, "uploaded": _is_under(r.file, self.uploads)} for r in records]
+        return [{"id": r.id, "path": self.shown(r.file), "name": Path(r.path).name, "kind": r.kind,
+                 "pages": r.pages, "size": r.size, "uploaded": _is_under(r.file, self.uploads)} for r in records]
 
     def info(self) -> dict:
         info = self.reader.info()
-        return {**info.to_json(), "family": info.build.family if info.build else None,
-                "answer_model": self.answer_model, "limits": self.limits.__dict__,
-                "jobs_running": sum(not job.finished for job in list(self._jobs.values()))}
+        shown = info.to_json()
+        if not self.absolute_paths:
+            shown["index"] = self.reader.path.name
+            if shown.get("model") and os.path.isabs(shown["model"]):
+                shown["model"] = Path(shown["model"]).name
+        return {**shown, "family": info.build.family if info.build else None,
+                "answer_model": None if self.answer_model is None else
+                (self.answer_model if self.absolute_paths or not os.path.isabs(self.answer_model)
+                 else Path(self.answer_model).name),
+                "limits": self.limits.__dict__,
+                "jobs_running": sum(not job.finished for job in self.jobs())}
 
     # --- asking ----------------------------------------------------------------------------
-    def ask(self, question: str, k: int, max_pages: int, max_new_tokens: int, *, where: dict | None = None,
-            path: str | None = None) -> Iterator[tuple[str, dict]]:
-        """(event, data) pairs: ``pages`` (what the model is shown), ``token`` (answer text as it
-        is generated), ``citations`` (each page shown, cited or not, with its box), ``done``.
-        One question at a time; the others wait their turn."""
+    def start_ask(self, question: str, k: int, max_pages: int, max_new_tokens: int, *,
+                  emit: Callable[[tuple[str, Any]], None], where: dict | None = None,
+                  path: str | None = None) -> AnswerRun:
+        """Answer on a thread of its own (see ``AnswerRun``); Busy at once when too many wait."""
         retriever = self.retriever()
         if retriever is None or self.reader.info().pages == 0:
             raise NotFound("the index is empty: upload a document first")
-        with self._generator_lock:
-            asker = Asker(self._generator_instance(), _ReadOnly(self), k=k, max_pages=max_pages,
-                          max_new_tokens=max_new_tokens, where=where, path=path)
-            stream = asker.ask(question)
-            yield "pages", {"pages": [{"page_id": p.page_id, "path": p.path, "name": Path(p.path).name,
-                                       "page": p.page, "score": p.score} for p in stream.pages]}
-            for piece in stream:
-                yield "token", {"text": piece}
-            result = stream.result
-            notes = result.notes
+        ticket = self.asks.reserve()
+        return AnswerRun(lambda: self._answer(retriever, question, k, max_pages, max_new_tokens, where, path),
+                         ticket, self.limits.ask_wait_s, emit)
+
+    def _answer(self, retriever: Retriever, question: str, k: int, max_pages: int, max_new_tokens: int,
+                where: dict | None, path: str | None) -> Iterator[tuple[str, dict]]:
+        """(event, data) pairs: ``pages`` (what the model is shown), ``token`` (answer text as it
+        is generated), ``citations`` (each page shown, cited or not, with its box), ``done``."""
+        asker = Asker(self._generator_instance(), _ReadOnly(self), k=k, max_pages=max_pages,
+                      max_new_tokens=max_new_tokens, where=where, path=path)
+        stream = asker.ask(question)
+        yield "pages", {"pages": [{"page_id": p.page_id, "path": self._shown_page(p.path),
+                                   "name": Path(p.path).name, "page": p.page, "score": p.score}
+                                  for p in stream.pages]}
+        for piece in stream:
+            yield "token", {"text": piece}
+        result = stream.result
         citations = []
         groundings = ground_answer(retriever, question, result.answer.text, stream.pages)
         for page, citation, grounding in zip(stream.pages, result.answer.citations, groundings):
             box = grounding.to_json()
-            citations.append({"page_id": page.page_id, "path": citation.path, "name": Path(citation.path).name,
-                              "page": citation.page, "score": citation.score, "cited": citation.cited,
-                              "box": box["box_fraction"]})
-        yield "citations", {"citations": citations, "notes": notes}
-        yield "done", {"answer": result.answer.text, "answer_model": result.answer.model,
+            citations.append({"page_id": page.page_id, "path": self._shown_page(citation.path),
+                              "name": Path(citation.path).name, "page": citation.page, "score": citation.score,
+                              "cited": citation.cited, "box": box["box_fraction"]})
+        yield "citations", {"citations": citations, "notes": [self.scrub(n) for n in result.notes]}
+        yield "done", {"answer": result.answer.text, "answer_model": result.answer.model if self.absolute_paths
+                       or not os.path.isabs(result.answer.model) else Path(result.answer.model).name,
                        "timings": {"retrieve_s": round(result.retrieve_s, 3),
                                    "generate_s": round(result.answer.generate_s, 3)}}
+
+    def _shown_page(self, path: str) -> str:
+        return self.shown(path)
 
     # --- writing ---------------------------------------------------------------------------
     @property
@@ -220,9 +333,11 @@ class Service:
         """Store an uploaded file under the index's ``uploads/`` folder and queue its ingest.
 
         The stored name is derived from the content (its sha256) and a sanitised base name: the
-        client's name never becomes a path. Content that is not a PDF or supported image is refused.
+        client's name never becomes a path. Content that is not a PDF or supported image is refused,
+        and so is an upload that would take the stored uploads over the quota.
         """
         self.uploads.mkdir(parents=True, exist_ok=True)
+        room = self.limits.upload_quota_bytes - _folder_bytes(self.uploads)
         digest = hashlib.sha256()
         size = 0
         head = b""
@@ -233,6 +348,9 @@ class Service:
                     size += len(chunk)
                     if size > self.limits.max_upload_bytes:
                         raise UploadTooLarge(f"the upload is over the {self.limits.max_upload_bytes} byte limit")
+                    if size > room:
+                        raise QuotaExceeded(f"the stored uploads would go over the server's quota of "
+                                            f"{self.limits.upload_quota_bytes} bytes; delete some first")
                     if len(head) < 1024:
                         head += chunk[: 1024 - len(head)]
                     digest.update(chunk)
@@ -247,31 +365,63 @@ class Service:
         folder.mkdir(exist_ok=True)
         target = folder / safe_name(name, kind)
         os.replace(temp, target)
-        job = Job(id=str(next(self._ids)), name=target.name, path=target)
         with self._queue_ready:
-            self._jobs[job.id] = job
-            while len(self._jobs) > self.limits.max_jobs_kept:
-                oldest = next(iter(self._jobs.values()))
-                if not oldest.finished:
-                    break
-                self._jobs.popitem(last=False)
+            job = self._store.add(target.name, target)
             self._queue.append(job)
             self._queue_ready.notify()
         return job
 
     def job(self, job_id: str) -> Job:
-        job = self._jobs.get(job_id)
+        job = self._store.jobs.get(job_id)
         if job is None:
             raise NotFound(f"no upload job {job_id!r}")
         return job
 
     def jobs(self) -> list[Job]:
-        return list(self._jobs.values())
+        return list(self._store.jobs.values())
+
+    def job_json(self, job: Job) -> dict:
+        state = job.to_json(self.reader.path)
+        if state["report"] and not self.absolute_paths:
+            report = dict(state["report"])
+            report["index"] = self.reader.path.name
+            report["failures"] = [{"path": self.shown(f["path"]), "error": self.scrub(f["error"])}
+                                  for f in report.get("failures", [])]
+            state["report"] = report
+        if state["error"]:
+            state["error"] = self.scrub(state["error"])
+        return state
+
+    def delete_job(self, job_id: str) -> dict:
+        """Cancel a queued or running job; forget a finished one, deleting its stored file unless a
+        document of the index is that file (delete the document for that)."""
+        job = self.job(job_id)
+        with self._queue_ready:
+            if job in self._queue:
+                self._queue.remove(job)
+                job.update(state="cancelled", error="cancelled before its ingest started")
+                self._store.save()
+        if job.state == "ingesting":
+            job.cancel.set()
+            return {**self.job_json(job), "cancelling": True}
+        if not job.finished:  # queued -> ingesting in between: the ingest sees the flag
+            job.cancel.set()
+            return {**self.job_json(job), "cancelling": True}
+        with self._read:
+            indexed = any(os.path.abspath(r.file) == os.path.abspath(job.path) for r in self.reader.documents())
+        deleted = False
+        if not indexed and _is_under(job.path, self.uploads):
+            job.path.unlink(missing_ok=True)
+            _remove_empty(job.path.parent)
+            deleted = True
+        self._store.remove(job.id)
+        return {**self.job_json(job), "deleted": True, "file_deleted": deleted}
 
     def delete_document(self, document_id: int) -> dict:
         """Remove a document (and its uploaded file, when it was uploaded here)."""
         if not self._write.acquire(timeout=5):
-            raise IndexLockedError("an upload is being ingested; try the delete again when it is done")
+            raise IndexLockedError("an upload is being ingested; try the delete again when it is done, "
+                                   "or cancel it (DELETE /api/jobs/ID)")
         try:
             with self._read:
                 record = next((r for r in self.reader.documents() if r.id == document_id), None)
@@ -284,7 +434,13 @@ class Service:
                 writer.close()
             if _is_under(record.file, self.uploads):
                 record.file.unlink(missing_ok=True)
-            return report.to_json()
+                _remove_empty(record.file.parent)
+            self._paths_changed()
+            shown = report.to_json()
+            if not self.absolute_paths:
+                shown = {"index": self.reader.path.name, "removed": [self.shown(record.file)] if shown["removed"]
+                         else [], "not_found": []}
+            return shown
         finally:
             self._write.release()
 
@@ -306,10 +462,25 @@ class Service:
             self._ingest(job)
 
     def _ingest(self, job: Job) -> None:
+        if job.cancel.is_set():
+            job.update(state="cancelled", error="cancelled before its ingest started")
+            self._store.save()
+            return
         job.update(state="ingesting")
+        self._store.save()
+        cap = self.limits.max_upload_pages
+
+        def progress(done: int, total: int) -> None:
+            job.update(pages_done=done, pages_total=total)
+            if total > cap:
+                raise _Stop(f"{job.name} has {total} pages, over the server's limit of {cap} pages per upload "
+                            "(docqa serve --max-upload-pages)")
+            if job.cancel.is_set():
+                raise _Stop(f"cancelled after {done} of {total} pages")
+
         settings = IngestSettings(model=self.model if self.reader.build is None else None, device=self.device,
                                   batch_size=1,  # release the shared model between pages: searches go on
-                                  on_progress=lambda done, total: job.update(pages_done=done, pages_total=total))
+                                  on_progress=progress)
         try:
             with self._write:
                 writer = self._writer()
@@ -317,21 +488,28 @@ class Service:
                     report = writer.ingest([job.path], settings)
                 finally:
                     writer.close()
+        except _Stop as stop:
+            cancelled = job.cancel.is_set()
+            job.update(state="cancelled" if cancelled else "failed", error=str(stop))
         except DocQAError as error:
             job.update(state="failed", error=str(error))
-            return
         except Exception as error:  # a bug: report it on the job rather than kill the worker
             job.update(state="failed", error=f"{type(error).__name__}: {error}")
-            return
-        state = "failed" if report.failed else "done"
-        error = "; ".join(f.error for f in report.failures) or None
-        job.update(state=state, report=report.to_json(), error=error)
+        else:
+            state = "failed" if report.failed else "done"
+            error = "; ".join(f.error for f in report.failures) or None
+            job.update(state=state, report=report.to_json(), error=error)
+        self._paths_changed()
+        self._store.save()
 
     def close(self) -> None:
         with self._queue_ready:
             self._stopping = True
             self._queue_ready.notify_all()
-        self._worker.join(timeout=5)
+        for job in self.jobs():
+            if job.state == "ingesting":
+                job.cancel.set()  # stops at its next page; jobs.json then says so
+        self._worker.join(timeout=10)
         self.reader.close()
 
     # --- cache -----------------------------------------------------------------------------
@@ -342,11 +520,14 @@ class Service:
                 self._images.move_to_end(key)
             return value
 
-    def _cache(self, key: tuple, value: bytes, keep: int = 256) -> bytes:
+    def _cache(self, key: tuple, value: bytes) -> bytes:
         with self._images_lock:
-            self._images[key] = value
-            while len(self._images) > keep:
-                self._images.popitem(last=False)
+            if key not in self._images:
+                self._images[key] = value
+                self._images_bytes += len(value)
+            while self._images_bytes > self.limits.image_cache_bytes and self._images:
+                _, dropped = self._images.popitem(last=False)
+                self._images_bytes -= len(dropped)
         return value
 
 
@@ -372,6 +553,56 @@ def safe_name(name: str, kind: str | None = None) -> str:
     return base
 
 
+def _render_cost(hit: Hit, edge: int) -> int:
+    """Bytes a render of ``hit`` at ``edge`` decodes: the whole image for a picture (its header
+    says how big), the requested size for a PDF page (pdftoppm renders at that size)."""
+    if hit.kind == "image":
+        try:
+            with Image.open(hit.file, formats=IMAGE_FORMATS) as image:
+                width, height = image.size
+            return width * height * 4 * 2  # decoded, then converted
+        except Exception:  # noqa: BLE001  the render itself reports what is wrong
+            return edge * edge * 4
+    return edge * edge * 3 * 3
+
+
+def _glibc_trim() -> Callable[[], None]:
+    """glibc's malloc_trim(0) (hands a big render's freed pages back), or a no-op elsewhere."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        trim = ctypes.CDLL(name).malloc_trim if name else None
+    except (OSError, AttributeError):
+        trim = None
+    if trim is None:
+        return lambda: None
+    trim.argtypes = [ctypes.c_size_t]
+    return lambda: trim(0)
+
+
+_release_free_memory = _glibc_trim()
+
+
+def _folder_bytes(folder: Path) -> int:
+    total = 0
+    for entry in folder.rglob("*"):
+        try:
+            if entry.is_file() and not entry.is_symlink():
+                total += entry.stat().st_size
+        except OSError:
+            pass
+    return total
+
+
+def _remove_empty(folder: Path) -> None:
+    try:
+        folder.rmdir()
+    except OSError:
+        pass
+
+
 def _is_under(path: Path, folder: Path) -> bool:
     try:
         return Path(os.path.abspath(path)).is_relative_to(os.path.abspath(folder))
@@ -385,4 +616,3 @@ def _png(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     image.convert("RGB").save(buffer, format="PNG", optimize=False)
     return buffer.getvalue()
-

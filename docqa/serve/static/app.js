@@ -15,8 +15,13 @@ function el(tag, attrs = {}, children = []) {
   return node;
 }
 
+// The session's XSRF token (the server puts it in the page): every state-changing request sends it.
+const XSRF = () => document.querySelector('meta[name="docqa-xsrf"]')?.content || "";
+
 async function api(path, options = {}) {
-  const response = await fetch(path, { credentials: "same-origin", ...options });
+  const headers = { ...(options.headers || {}) };
+  if (options.method && options.method !== "GET") headers["X-XSRF-Token"] = XSRF();
+  const response = await fetch(path, { credentials: "same-origin", ...options, headers });
   if (!response.ok) {
     let message = `${response.status} ${response.statusText}`;
     try { message = (await response.json()).error || message; } catch (_) { /* not JSON */ }
@@ -196,6 +201,7 @@ function uploadOne(file) {
   form.append("file", file);
   const request = new XMLHttpRequest();
   request.open("POST", "/api/uploads");
+  request.setRequestHeader("X-XSRF-Token", XSRF());
   request.upload.addEventListener("progress", (e) => { if (e.lengthComputable) bar.value = (50 * e.loaded) / e.total; });
   request.addEventListener("load", () => {
     let body = {};
@@ -215,8 +221,8 @@ async function follow(jobId, bar, state) {
     const fraction = job.pages_total ? job.pages_done / job.pages_total : 0;
     bar.value = 50 + 50 * (job.state === "done" ? 1 : fraction);
     state.textContent = job.state === "ingesting" ? `ingesting ${job.pages_done}/${job.pages_total} pages`
-      : job.state === "failed" ? `failed: ${job.error}` : job.state;
-    if (job.state === "done" || job.state === "failed") {
+      : job.state === "failed" || job.state === "cancelled" ? `${job.state}: ${job.error}` : job.state;
+    if (job.state === "done" || job.state === "failed" || job.state === "cancelled") {
       refreshDocuments();
       refreshInfo();
       return;
