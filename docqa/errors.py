@@ -83,3 +83,7 @@ class MissingDependencyError(DocQAError):
 
 class ClusterError(DocQAError):
     """A Ray cluster is unreachable, or a distributed run or sharded search cannot go ahead."""
+
+
+class RemoteCodeError(ModelLoadError):
+    """The checkpoint ships code of its own to run, and --trust-remote-code was not given."""
