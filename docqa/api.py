@@ -151,9 +151,12 @@ class DocIndex:
         build = self.build
         return None if build is None else int(build.get("dim") or build["encoder"]["dim"])
     def retriever(self, model: str | None = None, device: str | None = None,
-                  image_edge: int | None = None, engine: str | None = None) -> Retriever:
-        """The index's retriever, loaded once; refuses a model, image edge or engine other than the
-        ones it was built with (an index is never mixed). Without ``engine`` it uses the index's."""
+                  image_edge: int | None = None, engine: str | None = None, loader: str | None = None,
+                  trust_remote_code: bool = False) -> Retriever:
+        """The index's retriever, loaded once; refuses a model, image edge, engine or loader other
+        than the ones it was built with (an index is never mixed). Without ``engine`` or ``loader`` it
+        uses the index's. ``trust_remote_code`` is never taken from the index: a checkpoint with code
+        of its own needs it on every load."""
         build = self.build
         if build is not None:
             built = build["encoder"]
@@ -170,6 +173,13 @@ class DocIndex:
                     " (vectors of different engines are not mixed; use another --index)"
                 )
             engine = built_engine
+            built_loader = built.get("loader", "transformers")  # indexes stamped before loaders existed
+            if loader is not None and loader != built_loader:
+                raise IndexMismatchError(
+                    f"{self.path} was built by the {built_loader} loader; it cannot take vectors of the {loader}"
+                    " loader (use another --index)"
+                )
+            loader = built_loader
             if model is not None and _same_model(model) != built["model"]:
                 raise IndexMismatchError(
                     f"{self.path} was built with model {built['model']!r}; it cannot take {model!r}"
@@ -186,7 +196,7 @@ class DocIndex:
 
             device = check_device(device)
             retriever = Retriever.load(model or default_retriever(device), device=device, image_edge=image_edge,
-                                       engine=engine)
+                                       engine=engine, loader=loader, trust_remote_code=trust_remote_code)
             if build is not None and retriever.stamp.config_hash != build["encoder"]["config_hash"]:
                 raise IndexMismatchError(
                     f"the checkpoint {model!r} differs from the one {self.path} was built with"
@@ -194,6 +204,7 @@ class DocIndex:
                 )
             if build is not None:
                 _check_conversion(self.path, build["encoder"], retriever.stamp)
+                _check_loader(self.path, build["encoder"], retriever.stamp)
             self._retriever = retriever
         return self._retriever
 
@@ -208,6 +219,7 @@ class DocIndex:
                 made_by = repr(built["model"]) if built else "given embeddings"
                 raise IndexMismatchError(f"{self.path} was built with {made_by}, not {retriever.stamp.model!r}")
             _check_conversion(self.path, built, retriever.stamp)
+            _check_loader(self.path, built, retriever.stamp)
         self._retriever = retriever
 
     def _write_build(self, stamp: EncoderStamp | None, dim: int) -> None:
@@ -292,7 +304,8 @@ class DocIndex:
                     report = run_ingest(self, given, settings, None, pipeline=pipeline)
                 else:
                     retriever = self.retriever(settings.model, settings.device, settings.image_edge,
-                                               settings.engine)
+                                               settings.engine,
+                                               trust_remote_code=getattr(settings, "trust_remote_code", False))
                     self._accept_stamp(retriever.stamp)
                     report = run_ingest(self, given, settings, retriever)
             except BaseException:  # a bad model, device, path or tag, or Ctrl-C: leave no empty index behind
@@ -330,6 +343,7 @@ class DocIndex:
                 f" of the {stamp.engine} engine (use another --index)"
             )
         _check_conversion(self.path, built, stamp)
+        _check_loader(self.path, built, stamp)
 
     def add_embeddings(self, path: str, pages: list[np.ndarray], *, metadata: dict | None = None) -> int:
         """Add one document whose pages are the given (n_i, dim) multi-vectors; returns its id.
@@ -477,6 +491,15 @@ def _check_conversion(path: Path, built: dict, stamp: EncoderStamp) -> None:
             f" {stamp.engine} engine computes in {stamp.precision} (its conversion changed) and their"
             " vectors are not mixed: re-ingest into another --index"
         )
+
+
+def _check_loader(path: Path, built: dict, stamp: EncoderStamp) -> None:
+    """Refuse vectors of another loader or another revision of the checkpoint (models/retriever.py)."""
+    from .models.retriever import stamp_mismatch
+
+    reason = stamp_mismatch(built, stamp)
+    if reason is not None:
+        raise IndexMismatchError(f"{path}: {reason}")
 
 
 def _same_model(model: str) -> str:
