@@ -72,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="store this tag on every document added or updated (repeatable); filter on it "
                         "with search/ask --where")
     _add_engine_option(ingest, "the retriever (fixed at the index's first ingest)")
+    _add_trust_option(ingest)
     ingest.add_argument("--sync", action="store_true",
                         help="also remove indexed documents whose files are gone from the given folders")
     ingest.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
@@ -103,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_filter_options(search)
     _add_shard_options(search)
     _add_engine_option(search, "the query encoder (must be the index's)")
+    _add_trust_option(search)
     search.add_argument("--heatmaps", metavar="DIR", help="write one PNG per result into DIR: the page with "
                         "where the query matches drawn over it and the strongest region boxed")
     search.add_argument("--json", action="store_true", help="print the results as one JSON object")
@@ -228,6 +230,12 @@ def _add_engine_option(parser: argparse.ArgumentParser, what: str) -> None:
                         "or torch (fp32 on CPU, bf16 on GPU)")
 
 
+def _add_trust_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="let the retriever checkpoint run Python code of its own (off by default; "
+                        "recorded in the index, and needed again on every command that loads it)")
+
+
 def _add_filter_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--where", action="append", type=_key_value, default=[], metavar="KEY=VALUE",
                         help="only documents tagged KEY=VALUE (see ingest --tag; repeatable, all must hold)")
@@ -298,7 +306,8 @@ def _ingest(args: argparse.Namespace) -> int:
                                                ("vector_type", args.vector_type)) if value is not None}
     settings = IngestSettings(model=args.model, device=args.device, batch_size=args.batch_size,
                               image_edge=args.image_edge, engine=args.engine, sync=args.sync, tags=dict(args.tag),
-                              progress=sys.stderr.isatty(), ray=args.ray, ray_encoders=args.ray_encoders)
+                              progress=sys.stderr.isatty(), ray=args.ray, ray_encoders=args.ray_encoders,
+                              trust_remote_code=args.trust_remote_code)
     if args.shards:
         from ..cluster.shards import ingest_sharded
 
@@ -324,6 +333,8 @@ def _search(args: argparse.Namespace) -> int:
     if args.k > MAX_RESULTS:
         print(f"docqa: note: -k {args.k} lowered to {MAX_RESULTS}: the most pages one search returns",
               file=sys.stderr)
+    if args.trust_remote_code and hasattr(index, "adopt_retriever"):  # load it trusted; search reuses it
+        index.retriever(device=args.device, engine=args.engine, trust_remote_code=True)
     hits = index.search(args.query, k=min(args.k, MAX_RESULTS), device=args.device, exact=args.exact, rerank=args.rerank,
                          where=dict(args.where), path=args.path, engine=args.engine)
     results = [hit.to_json() for hit in hits]
