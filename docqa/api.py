@@ -200,20 +200,23 @@ class DocIndex:
         return None if build is None else build.dim
 
     def retriever(self, model: str | None = None, device: str | None = None,
-                  image_edge: int | None = None, engine: str | None = None) -> Retriever:
-        """The index's retriever, loaded once; refuses a model, image edge or engine other than the
-        ones it was built with (an index is never mixed). Without ``engine`` it uses the index's."""
+                  image_edge: int | None = None, engine: str | None = None, loader: str | None = None,
+                  trust_remote_code: bool = False) -> Retriever:
+        """The index's retriever, loaded once; refuses a model, image edge, engine or loader other
+        than the ones it was built with (an index is never mixed). Without ``engine`` or ``loader`` it
+        uses the index's. ``trust_remote_code`` is never taken from the index: a checkpoint with code
+        of its own needs it on every load."""
         build = self.build
         if build is not None:
-            built = build.check_load_request(self.path, model, image_edge, engine)
-            model, image_edge, engine = built.model, built.image_edge, built.engine
+            built = build.check_load_request(self.path, model, image_edge, engine, loader)
+            model, image_edge, engine, loader = built.model, built.image_edge, built.engine, built.loader
         if self._retriever is None:
             from .models.checkpoints import check_device
             from .models.retriever import Retriever, default_retriever
 
             device = check_device(device)
             retriever = Retriever.load(model or default_retriever(device), device=device, image_edge=image_edge,
-                                       engine=engine)
+                                       engine=engine, loader=loader, trust_remote_code=trust_remote_code)
             if build is not None:
                 build.check_loaded(self.path, retriever.stamp)
             self._retriever = retriever
@@ -290,7 +293,8 @@ class DocIndex:
                     report = run_ingest(self.storage, given, settings, None, pipeline=pipeline)
                 else:
                     retriever = self.retriever(settings.model, settings.device, settings.image_edge,
-                                               settings.engine)
+                                               settings.engine,
+                                               trust_remote_code=getattr(settings, "trust_remote_code", False))
                     self._accept_stamp(retriever.stamp)
                     report = run_ingest(self.storage, given, settings, retriever)
             except BaseException:  # a bad model, device, path or tag, or Ctrl-C: leave no empty index behind

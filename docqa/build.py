@@ -18,6 +18,7 @@ from . import __version__
 from .errors import IndexMismatchError, ModelRequiredError
 
 BUILD_KEY = "build"  # the meta-table key the stamp is stored under
+TRANSFORMERS = "transformers"  # the native loader (docqa.models.retriever has the other)
 
 
 @dataclass(frozen=True)
@@ -34,11 +35,15 @@ class EncoderStamp:
     # what the engine computes in, e.g. "float32" or "int8 (...)"; None in stamps written before
     # engine conversions were recorded
     precision: str | None = "float32"
+    loader: str = TRANSFORMERS  # how it was loaded: "transformers" (native class) | "sentence-transformers"
+    revision: str = ""  # hub commit of the snapshot, or "sha256:<config and weights>" of a local folder
+    trust_remote_code: bool = False  # whether the checkpoint's own code ran (--trust-remote-code)
+    layout: str = ""  # how page tokens map to the image ("tiles" | "grid" | "square"; "" when unknown)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> EncoderStamp:
         """A recorded encoder (stamps from before engines count as torch; before conversions were
-        recorded, the precision is unknown)."""
+        recorded, the precision is unknown; before loaders, the native loader and an unknown revision)."""
         known = {name: data[name] for name in cls.__dataclass_fields__ if name in data}
         return cls(**{"engine": "torch", "precision": None, **known})
 
@@ -103,10 +108,15 @@ class BuildStamp:
 
     # --- compatibility checks -------------------------------------------------------------------
     def check_load_request(self, where: Path | str, model: str | None, image_edge: int | None,
-                           engine: str | None) -> EncoderStamp:
-        """Refuse a model, image edge or engine asked for that is not the index's; returns the
-        encoder to load (the index's own model, edge and engine)."""
+                           engine: str | None, loader: str | None = None) -> EncoderStamp:
+        """Refuse a model, image edge, engine or loader asked for that is not the index's; returns the
+        encoder to load (the index's own model, edge, engine and loader)."""
         built = self.encoder_for(where)
+        if loader is not None and loader != built.loader:
+            raise IndexMismatchError(
+                f"{where} was built by the {built.loader} loader; it cannot take vectors of the {loader}"
+                " loader (use another --index)"
+            )
         if engine is not None and engine != built.engine:
             raise IndexMismatchError(
                 f"{where} was built with the {built.engine} engine; it cannot take --engine {engine}"
@@ -133,6 +143,7 @@ class BuildStamp:
                 " (its config changed); re-ingest into a new index"
             )
         self.check_conversion(where, stamp)
+        self.check_loader(where, stamp)
 
     def check_adopted(self, where: Path | str, stamp: EncoderStamp) -> None:
         """Refuse an already loaded retriever that is not the model the index was built with."""
@@ -141,6 +152,7 @@ class BuildStamp:
             made_by = repr(built.model) if built else "given embeddings"
             raise IndexMismatchError(f"{where} was built with {made_by}, not {stamp.model!r}")
         self.check_conversion(where, stamp)
+        self.check_loader(where, stamp)
 
     def check_ingest(self, where: Path | str, stamp: EncoderStamp) -> None:
         """Refuse pages from an encoder other than the one that built the index."""
@@ -156,6 +168,7 @@ class BuildStamp:
                 f" of the {stamp.engine} engine (use another --index)"
             )
         self.check_conversion(where, stamp)
+        self.check_loader(where, stamp)
 
     def check_conversion(self, where: Path | str, stamp: EncoderStamp) -> None:
         """Refuse vectors of a converted engine whose conversion differs from the one that built the
@@ -169,6 +182,19 @@ class BuildStamp:
                 f" {stamp.engine} engine computes in {stamp.precision} (its conversion changed) and their"
                 " vectors are not mixed: re-ingest into another --index"
             )
+
+    def check_loader(self, where: Path | str, stamp: EncoderStamp) -> None:
+        """Refuse vectors of another loader or another revision of the checkpoint (an unknown
+        revision, as in stamps from before revisions were recorded, matches any)."""
+        built = self.encoder_for(where)
+        if built.loader != stamp.loader:
+            raise IndexMismatchError(
+                f"{where}: it was built by the {built.loader} loader; this model loads through {stamp.loader}"
+                " (their vectors are not mixed; use another --index)")
+        if built.revision and stamp.revision and built.revision != stamp.revision:
+            raise IndexMismatchError(
+                f"{where}: it was built from revision {built.revision[:19]} of the checkpoint, not"
+                f" {stamp.revision[:19]} (the weights changed; re-ingest into another --index)")
 
     # --- several indexes searched as one (docqa.cluster.shards) ---------------------------------
     def comparable(self) -> tuple:

@@ -57,6 +57,7 @@ class IngestSettings:
     batch_size: int = 4
     image_edge: int | None = None
     engine: str | None = None  # "torch" | "openvino"; None: the index's, else the device's default
+    trust_remote_code: bool = False  # let a retriever checkpoint run code of its own (never kept from the index)
     sync: bool = False
     tags: dict[str, str] = field(default_factory=dict)  # stored on every document this run adds or updates
     chunk_pages: int = DEFAULT_CHUNK_PAGES  # PDF pages per pdftoppm call: bounds memory on huge files

@@ -107,3 +107,7 @@ class QuotaExceeded(DocQAError):
 
 class JobConflict(DocQAError):
     """The job cannot do that in its state (e.g. deleting the file of a document that is indexed)."""
+
+
+class RemoteCodeError(ModelLoadError):
+    """The checkpoint ships code of its own to run, and --trust-remote-code was not given."""

@@ -82,7 +82,13 @@ def _padded_vocab(n_tokens: int, wanted: int | None) -> int:
     return size
 
 
-def _build_idefics3(out_dir: Path, size: str) -> None:
+QWEN_VL_FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
+FAMILIES = ("idefics3", "smolvlm", *QWEN_VL_FAMILIES)
+
+
+def _build_idefics3(out_dir: Path, size: str, smolvlm: bool = False) -> None:
+    """SmolVLM v1 (Idefics3 classes), or with ``smolvlm`` SmolVLM2's own classes (model type
+    "smolvlm"; its processor also takes video, which docqa never sends)."""
     from transformers import (
         Idefics3Config,
         Idefics3ForConditionalGeneration,
@@ -116,19 +122,57 @@ def _build_idefics3(out_dir: Path, size: str) -> None:
                                                                                   "rope_theta": 100000.0},
                 bos_token_id=ids["<|im_start|>"], eos_token_id=ids["<end_of_utterance>"],
                 pad_token_id=ids["<|im_end|>"], tie_word_embeddings=False)
-    config = Idefics3Config(text_config=text, vision_config=dict(vision, model_type="idefics3_vision"),
-                            scale_factor=spec["scale_factor"], image_token_id=ids["<image>"],
-                            pad_token_id=ids["<|im_end|>"], tie_word_embeddings=False)
-    model = Idefics3ForConditionalGeneration(config).eval()
+    config_class, model_class, vision_type = (Idefics3Config, Idefics3ForConditionalGeneration, "idefics3_vision")
+    if smolvlm:
+        from transformers import SmolVLMConfig, SmolVLMForConditionalGeneration
+
+        config_class, model_class, vision_type = SmolVLMConfig, SmolVLMForConditionalGeneration, "smolvlm_vision"
+    config = config_class(text_config=text, vision_config=dict(vision, model_type=vision_type),
+                          scale_factor=spec["scale_factor"], image_token_id=ids["<image>"],
+                          pad_token_id=ids["<|im_end|>"], tie_word_embeddings=False)
+    model = model_class(config).eval()
     model.generation_config.bos_token_id = ids["<|im_start|>"]
     model.generation_config.eos_token_id = ids["<end_of_utterance>"]
     model.generation_config.pad_token_id = ids["<|im_end|>"]
     model.save_pretrained(out_dir)
+    if smolvlm:  # SmolVLMProcessor wants a video processor (torchvision): save the parts, as for Qwen2-VL
+        tokenizer.save_pretrained(out_dir)
+        from transformers import SmolVLMImageProcessorPil
+
+        SmolVLMImageProcessorPil(**{key: getattr(image_processor, key) for key in
+                                    ("size", "max_image_size", "image_mean", "image_std")}).save_pretrained(out_dir)
+        (out_dir / "chat_template.jinja").write_text(SMOLVLM_CHAT_TEMPLATE)
+        (out_dir / "processor_config.json").write_text(json.dumps(
+            {"processor_class": "SmolVLMProcessor", "image_seq_len": image_seq_len}, indent=2))
+        return
     processor.save_pretrained(out_dir)
 
 
-def _build_qwen2_vl(out_dir: Path) -> None:
-    from transformers import Qwen2Tokenizer, Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLImageProcessorPil
+def _qwen_vl_parts(kind: str, hidden: int, heads: int) -> tuple[type, type, dict, dict, int, str]:
+    """(config class, model class, text settings, vision settings, patch size, processor class) of a
+    tiny ``kind``: Qwen2-VL, Qwen2.5-VL (windowed vision, 14 px patches) or Qwen3-VL (16 px patches,
+    interleaved M-RoPE, deepstack features)."""
+    import transformers
+
+    rope = {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [2, 3, 3]}
+    if kind == "qwen2_vl":
+        vision = dict(depth=1, embed_dim=16, hidden_size=hidden, num_heads=2, mlp_ratio=2, patch_size=14)
+        return (transformers.Qwen2VLConfig, transformers.Qwen2VLForConditionalGeneration, {"rope_parameters": rope},
+                vision, 14, "Qwen2VLProcessor")
+    if kind == "qwen2_5_vl":
+        vision = dict(depth=2, hidden_size=hidden, intermediate_size=64, num_heads=2, out_hidden_size=hidden,
+                      patch_size=14, window_size=56, fullatt_block_indexes=[1])
+        return (transformers.Qwen2_5_VLConfig, transformers.Qwen2_5_VLForConditionalGeneration,
+                {"rope_parameters": rope}, vision, 14, "Qwen2_5_VLProcessor")
+    vision = dict(depth=2, hidden_size=hidden, intermediate_size=64, num_heads=2, out_hidden_size=hidden,
+                  patch_size=16, num_position_embeddings=256, deepstack_visual_indexes=[0])
+    text = {"head_dim": hidden // heads, "rope_parameters": {**rope, "mrope_interleaved": True}}
+    return (transformers.Qwen3VLConfig, transformers.Qwen3VLForConditionalGeneration, text, vision, 16,
+            "Qwen3VLProcessor")
+
+
+def _build_qwen2_vl(out_dir: Path, kind: str = "qwen2_vl") -> None:
+    from transformers import Qwen2Tokenizer, Qwen2VLImageProcessorPil
 
     specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
                 "<|image_pad|>", "<|video_pad|>"]
@@ -137,30 +181,30 @@ def _build_qwen2_vl(out_dir: Path) -> None:
                                extra_special_tokens=specials[1:])
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in specials}
     hidden, heads = 32, 2  # head_dim 16: mrope_section must sum to head_dim / 2
-    config = Qwen2VLConfig(
+    config_class, model_class, text, vision, patch, processor_class = _qwen_vl_parts(kind, hidden, heads)
+    config = config_class(
         text_config=dict(vocab_size=_padded_vocab(len(tokenizer), None), hidden_size=hidden,
                          intermediate_size=64, num_hidden_layers=1, num_attention_heads=heads,
-                         num_key_value_heads=1, max_position_embeddings=4096,
-                         rope_parameters={"rope_type": "default", "rope_theta": 1000000.0,
-                                          "mrope_section": [2, 3, 3]},
+                         num_key_value_heads=1, max_position_embeddings=4096, **text,
                          bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"],
                          pad_token_id=ids["<|endoftext|>"]),
-        vision_config=dict(depth=1, embed_dim=16, hidden_size=hidden, num_heads=2, mlp_ratio=2, patch_size=14,
-                           spatial_merge_size=2, temporal_patch_size=2),
+        vision_config=dict(vision, spatial_merge_size=2, temporal_patch_size=2),
         image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
     )
-    model = Qwen2VLForConditionalGeneration(config).eval()
+    model = model_class(config).eval()
     model.generation_config.eos_token_id = [ids["<|im_end|>"], ids["<|endoftext|>"]]
     model.generation_config.pad_token_id = ids["<|endoftext|>"]
     model.save_pretrained(out_dir)
     # Qwen2VLProcessor also wants a video processor, which needs torchvision. Save the parts a real
     # checkpoint ships instead: tokenizer, image processor, chat template and the processor class name.
     tokenizer.save_pretrained(out_dir)
-    image_processor = Qwen2VLImageProcessorPil(size={"shortest_edge": 28 * 28, "longest_edge": 28 * 28 * 64})
+    unit = 2 * patch  # one merged token per unit x unit square
+    image_processor = Qwen2VLImageProcessorPil(size={"shortest_edge": unit * unit, "longest_edge": unit * unit * 64},
+                                               patch_size=patch, merge_size=2)
     image_processor.save_pretrained(out_dir)
     (out_dir / "chat_template.jinja").write_text(QWEN2_VL_CHAT_TEMPLATE)
-    (out_dir / "processor_config.json").write_text(json.dumps({"processor_class": "Qwen2VLProcessor"}, indent=2))
+    (out_dir / "processor_config.json").write_text(json.dumps({"processor_class": processor_class}, indent=2))
 
 
 def build_generator_checkpoint(family: str, out_dir: Path, size: str = "tiny") -> Path:
@@ -176,10 +220,14 @@ def build_generator_checkpoint(family: str, out_dir: Path, size: str = "tiny") -
         if size not in _IDEFICS3_SIZES:
             raise ValueError(f"unknown idefics3 size {size!r}; choose from {sorted(_IDEFICS3_SIZES)}")
         _build_idefics3(out_dir, size)
-    elif family == "qwen2_vl":
+    elif family == "smolvlm":
         if size != "tiny":
-            raise ValueError("qwen2_vl checkpoints are only built at size 'tiny'")
-        _build_qwen2_vl(out_dir)
+            raise ValueError("smolvlm checkpoints are only built at size 'tiny'")
+        _build_idefics3(out_dir, size, smolvlm=True)
+    elif family in QWEN_VL_FAMILIES:
+        if size != "tiny":
+            raise ValueError(f"{family} checkpoints are only built at size 'tiny'")
+        _build_qwen2_vl(out_dir, family)
     else:
-        raise ValueError(f"unknown family {family!r}; choose 'idefics3' or 'qwen2_vl'")
+        raise ValueError(f"unknown family {family!r}; choose from {', '.join(FAMILIES)}")
     return out_dir

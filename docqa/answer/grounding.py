@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from ..errors import DocQAError, SourceChangedError
+from ..errors import DocQAError, SourceChangedError, UnsupportedModelError
 from ..inputs.render import fit_within
 from ..inputs.sources import sha256_of
 
@@ -98,16 +98,27 @@ class Grounding:
 
 
 # --- layouts ---------------------------------------------------------------------------------
-def patch_grids(family: str, inputs: dict, processor: Any) -> list[PatchGrid]:
-    """Where the image patches of one processed page sit, for ``family``'s processor layout."""
+_LAYOUTS = {"colmodernvbert": "tiles", "colqwen2": "grid", "colpali": "square"}
+
+
+def patch_grids(family: str, inputs: dict, processor: Any, layout: str = "") -> list[PatchGrid]:
+    """Where the image patches of one processed page sit: ``layout`` ("tiles" | "grid" | "square",
+    found from the retriever's processor, see docqa.models.retriever.page_layout), else the layout of
+    ``family``. A family with neither gets an UnsupportedModelError that says it cannot be drawn."""
+    layout = layout or _LAYOUTS.get(family, "")
+    if not layout:
+        raise UnsupportedModelError(
+            f"retriever family {family!r}: docqa cannot tell where its image patches lie on the page"
+            " (its processor is none of the tiled, grid or fixed-square kinds), so it cannot draw heatmaps"
+            " or boxes for it; search and answers still work")
     ids = [int(i) for i in inputs["input_ids"][0].tolist()]
     image_id = int(processor.image_token_id)
     runs = _runs(ids, image_id)
     if not runs:
         raise ValueError("the processed page has no image tokens")
-    if family == "colmodernvbert":
+    if layout == "tiles":
         return _tile_grids(ids, runs, processor)
-    if family == "colqwen2":
+    if layout == "grid":
         _, height, width = (int(v) for v in inputs["image_grid_thw"][0].tolist())
         merge = int(processor.image_processor.merge_size)
         start, length = runs[0]
@@ -115,10 +126,10 @@ def patch_grids(family: str, inputs: dict, processor: Any) -> list[PatchGrid]:
         if len(runs) != 1 or rows * cols != length:
             raise ValueError(f"unexpected ColQwen2 layout: runs {runs}, grid {rows}x{cols}")
         return [PatchGrid(start, rows, cols)]
-    if family == "colpali":
+    if layout == "square":
         start, length = runs[0]
         return [PatchGrid(start, *_square(length))]
-    raise ValueError(f"no patch layout for retriever family {family!r}")
+    raise ValueError(f"no patch layout {layout!r} for retriever family {family!r}")
 
 
 def _runs(ids: list[int], token: int) -> list[tuple[int, int]]:
@@ -233,7 +244,8 @@ def ground_encoded(query: np.ndarray, page: EncodedPage, image: Image.Image) -> 
 def encode_page(retriever, image: Image.Image) -> EncodedPage:
     """Encode one page image with ``retriever``, keeping each token's vector and the patch layout."""
     vectors, inputs = retriever.encode_page_with_inputs(image)
-    return EncodedPage(vectors, patch_grids(retriever.stamp.family, inputs, retriever.processor))
+    return EncodedPage(vectors, patch_grids(retriever.stamp.family, inputs, retriever.processor,
+                                       getattr(retriever.stamp, "layout", "")))
 
 
 def ground(retriever, query: str, image: Image.Image) -> Grounding:

@@ -16,7 +16,8 @@ def ingest_command(args: argparse.Namespace) -> int:
                                                ("vector_type", args.vector_type)) if value is not None}
     settings = IngestSettings(model=args.model, device=args.device, batch_size=args.batch_size,
                               image_edge=args.image_edge, engine=args.engine, sync=args.sync, tags=dict(args.tag),
-                              progress=sys.stderr.isatty(), ray=args.ray, ray_encoders=args.ray_encoders)
+                              progress=sys.stderr.isatty(), ray=args.ray, ray_encoders=args.ray_encoders,
+                              trust_remote_code=args.trust_remote_code)
     if args.shards:
         from ..cluster.shards import ingest_sharded
 

@@ -63,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="store this tag on every document added or updated (repeatable); filter on it "
                         "with search/ask --where")
     _add_engine_option(ingest, "the retriever (fixed at the index's first ingest)")
+    _add_trust_option(ingest)
     ingest.add_argument("--sync", action="store_true",
                         help="also remove indexed documents whose files are gone from the given folders")
     ingest.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
@@ -94,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_filter_options(search)
     _add_shard_options(search)
     _add_engine_option(search, "the query encoder (must be the index's)")
+    _add_trust_option(search)
     search.add_argument("--heatmaps", metavar="DIR", help="write one PNG per result into DIR: the page with "
                         "where the query matches drawn over it and the strongest region boxed")
     search.add_argument("--json", action="store_true", help="print the results as one JSON object")
@@ -191,6 +193,12 @@ def _add_answer_options(parser: argparse.ArgumentParser, max_pages: bool = True)
     parser.add_argument("--max-new-tokens", type=positive_int, default=256,
                         help="longest answer in tokens (default 256)")
     parser.add_argument("--json", action="store_true", help="print one JSON object (chat: one per line)")
+
+
+def _add_trust_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="let the retriever checkpoint run Python code of its own (off by default; "
+                        "recorded in the index, and needed again on every command that loads it)")
 
 
 def _add_engine_option(parser: argparse.ArgumentParser, what: str) -> None:

@@ -19,6 +19,8 @@ def search_command(args: argparse.Namespace) -> int:
     k, note = lowered("-k", args.k, MAX_RESULTS, MAX_RESULTS_WHY)
     if note is not None:
         print(f"docqa: note: {note}", file=sys.stderr)
+    if args.trust_remote_code and hasattr(index, "adopt_retriever"):  # load it trusted; search reuses it
+        index.retriever(device=args.device, engine=args.engine, trust_remote_code=True)
     hits = index.search(args.query, k=k, device=args.device, exact=args.exact, rerank=args.rerank,
                         where=dict(args.where), path=args.path, engine=args.engine)
     results = [hit.to_json() for hit in hits]

@@ -2,15 +2,19 @@
 
 A model is a local folder, a hub id already in the Hugging Face cache, or a hub id to download.
 Offline, the stock loader retries for about half a minute before failing; `resolve` decides in
-seconds and raises a ModelLoadError that names the model, the reason and the fix. `check_device`
+seconds and raises a ModelLoadError that names the model, the reason and the fix. `read_checkpoint`
+reads what a checkpoint says about itself (config, a sentence-transformers configuration, code of its
+own to run, its revision) before any of its code runs. `check_device`
 is the one place a `--device` value is validated. torch and huggingface_hub are imported only when
 a function here needs them, so commands without a model (`info`, `remove`) never import them.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import socket
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlparse
@@ -127,3 +131,95 @@ def _hub_reachable() -> bool:
     except OSError:
         return False
     return True
+
+
+# --- what a checkpoint folder says about itself (read before any model code runs) ---------------
+_ST_FILES = ("modules.json", "config_sentence_transformers.json")
+_CODE_CONFIGS = ("config.json", "processor_config.json", "preprocessor_config.json", "tokenizer_config.json")
+
+
+@dataclass(frozen=True)
+class CheckpointFacts:
+    """What docqa reads from a checkpoint's files to choose how to load it, without running its code."""
+
+    config: dict  # config.json as stored
+    sentence_transformers: bool  # it carries a sentence-transformers configuration
+    remote_code: tuple[str, ...]  # the checkpoint's own code files it asks to run ("" when none)
+    revision: str  # the hub snapshot's commit, or "sha256:..." over a local folder's config and weights
+
+    @property
+    def model_type(self) -> str:
+        return str(self.config.get("model_type", ""))
+
+    @property
+    def architectures(self) -> tuple[str, ...]:
+        return tuple(self.config.get("architectures") or ())
+
+
+def checkpoint_file(source: str, name: str, local_files_only: bool) -> Path | None:
+    """``name`` in the checkpoint ``source`` (a folder, or a hub id's snapshot), or None when it has none."""
+    folder = Path(source)
+    if folder.is_dir():
+        path = folder / name
+        return path if path.is_file() else None
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return Path(hf_hub_download(source, name, local_files_only=local_files_only))
+    except Exception:  # not in the repo, not cached: both mean "this checkpoint has no such file"
+        return None
+
+
+def read_checkpoint(source: str, model: str, local_files_only: bool, role: str = "retriever",
+                    option: str = "--model") -> CheckpointFacts:
+    """The facts of ``source`` (as :func:`resolve` gave it); ``model`` is the name the user gave."""
+    config_path = checkpoint_file(source, "config.json", local_files_only)
+    if config_path is None:
+        raise load_error(role, model, "it has no config.json", option)
+    try:
+        config = json.loads(config_path.read_text())
+    except (OSError, ValueError) as error:
+        raise load_error(role, model, f"config.json does not parse ({short_reason(error)})", option) from error
+    code: list[str] = []
+    for name in _CODE_CONFIGS:
+        path = config_path if name == "config.json" else checkpoint_file(source, name, local_files_only)
+        data = config if name == "config.json" else _json_or_empty(path)
+        code += _code_files((data.get("auto_map") or {}) if isinstance(data, dict) else {})
+    modules = _json_or_empty(checkpoint_file(source, "modules.json", local_files_only))
+    for module in modules if isinstance(modules, list) else []:
+        kind = str(module.get("type", "")) if isinstance(module, dict) else ""
+        if kind and not kind.startswith("sentence_transformers."):
+            code.append(kind.rsplit(".", 1)[0].replace(".", "/") + ".py")
+    sentence_transformers = any(checkpoint_file(source, name, local_files_only) for name in _ST_FILES)
+    return CheckpointFacts(config, sentence_transformers, tuple(dict.fromkeys(code)),
+                           _revision(source, config_path))
+
+
+def _json_or_empty(path: Path | None) -> object:
+    if path is None:
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _code_files(auto_map: dict) -> list[str]:
+    """The .py files an ``auto_map`` names ("modeling_x.Class" or "repo--modeling_x.Class")."""
+    files = []
+    for value in auto_map.values():
+        for ref in value if isinstance(value, list) else [value]:
+            if isinstance(ref, str) and "." in ref:
+                files.append(ref.split("--")[-1].rsplit(".", 1)[0] + ".py")
+    return files
+
+
+def _revision(source: str, config_path: Path) -> str:
+    if not Path(source).is_dir() and config_path.parent.parent.name == "snapshots":
+        return config_path.parent.name  # the hub commit this snapshot is
+    from .engines.cache import checkpoint_hash
+
+    try:
+        return "sha256:" + checkpoint_hash(source)
+    except (ModelLoadError, OSError):
+        return ""

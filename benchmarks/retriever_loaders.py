@@ -1,0 +1,81 @@
+"""Retriever loaders side by side: the native transformers class against sentence-transformers'
+MultiVectorEncoder, for the same real-size architecture (random weights), under torch and openvino.
+
+Both loaders load the same checkpoint folder (``Retriever.load(..., loader=...)``); every pass
+encodes the same pages end to end (resize, processor, forward) through ``Retriever.encode_pages``.
+Timed runs are interleaved (A B C D A B C D ...) and the minimum is reported, so load from other
+users hits every option alike. The openvino rows share one conversion (the same weights and recipe).
+Run under the shared lock:
+
+    flock /tmp/docqa-cpu.lock python benchmarks/retriever_loaders.py --pages 2 --rounds 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from cpu_engines import pages as make_pages  # noqa: E402
+from docqa.models.retriever import SENTENCE_TRANSFORMERS, TRANSFORMERS, Retriever  # noqa: E402
+from tiny_retrievers import build_retriever_checkpoint  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--family", default="colmodernvbert")
+    parser.add_argument("--size", default="real", choices=["real", "tiny"])
+    parser.add_argument("--edge", type=int, default=1024, help="page edge in px (default 1024: the CPU default)")
+    parser.add_argument("--pages", type=int, default=2, help="pages per timed pass (one batch)")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--engines", nargs="+", default=["torch", "openvino"])
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as scratch:
+        os.environ.setdefault("DOCQA_CACHE", str(Path(scratch) / "cache"))
+        checkpoint = build_retriever_checkpoint(args.family, Path(scratch) / args.family, size=args.size)
+        pages = make_pages(args.pages, args.edge)
+        options: dict[tuple[str, str], Retriever] = {}
+        for engine in args.engines:
+            for loader in (TRANSFORMERS, SENTENCE_TRANSFORMERS):
+                started = time.monotonic()
+                options[(loader, engine)] = Retriever.load(str(checkpoint), device="cpu", image_edge=args.edge,
+                                                           engine=engine, loader=loader)
+                print(f"loaded {loader} on {engine} in {time.monotonic() - started:.1f} s", file=sys.stderr)
+        reference = {key: retriever.encode_pages(pages[:1])[0] for key, retriever in options.items()}  # warm-up
+        times: dict[tuple[str, str], list[float]] = {key: [] for key in options}
+        for _ in range(args.rounds):
+            for key, retriever in options.items():
+                started = time.perf_counter()
+                retriever.encode_pages(pages)
+                times[key].append(time.perf_counter() - started)
+
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
+    print(f"\n{time.strftime('%Y-%m-%d %H:%M')} UTC, commit {commit.strip()}, {platform.processor() or platform.machine()}"
+          f", {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, load {os.getloadavg()[0]:.2f}")
+    print(f"{args.family} ({args.size} size, random weights), {args.pages} A4 pages at {args.edge} px per pass, "
+          f"min of {args.rounds} interleaved passes\n")
+    print("| loader | engine | precision | s per pass | pages/s | vs native same engine | max abs diff vs native |")
+    print("|---|---|---|---|---|---|---|")
+    for (loader, engine), retriever in options.items():
+        best = min(times[(loader, engine)])
+        native = min(times[(TRANSFORMERS, engine)])
+        diff = float(np.abs(reference[(loader, engine)] - reference[(TRANSFORMERS, engine)]).max()) \
+            if reference[(loader, engine)].shape == reference[(TRANSFORMERS, engine)].shape else float("nan")
+        print(f"| {loader} | {retriever.stamp.engine} | {retriever.stamp.precision} | {best:.2f} | "
+              f"{args.pages / best:.3f} | {native / best:.2f}x | {diff:.2e} |")
+
+
+if __name__ == "__main__":
+    main()
