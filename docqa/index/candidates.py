@@ -34,12 +34,12 @@ import struct
 import tempfile
 import zipfile
 from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import faiss
 import numpy as np
 
-from .self_check import RecallEstimate
 
 FILE_NAME = "candidates.npz"
 LOG_NAME = "candidates.log"
@@ -52,6 +52,21 @@ WALK_BUDGET = 30_000  # postings entries walked per query token (bounds search t
 MAX_WALKED_CELLS = 2048  # cells walked per query token at most
 TAIL_MERGE_PAGES = 2048  # rebuild the postings when the tail grows past this (or a tenth of the pages)
 
+
+
+@dataclass(frozen=True)
+class RecallEstimate:
+    """The recall a candidate index measured of its own settings when trained (self_check.py)."""
+
+    rerank: int  # the rerank depth chosen (pages at full index size)
+    recall_at_10: float  # estimated recall@10 against exact MaxSim at that depth
+    top1: float  # share of pseudo-queries whose exact top page came first
+    queries: int
+    pages: int  # pages in the index when estimated
+    sample_pages: int
+
+    def to_json(self) -> dict:
+        return asdict(self)
 
 class Codebook:
     """Two half-space k-means codebooks: vector -> cell id in [0, CELLS)."""

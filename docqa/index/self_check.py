@@ -16,9 +16,9 @@ after the index has grown 4-fold since) and shown by `IndexStorage.search_stats(
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-
 import numpy as np
+
+from .candidates import RecallEstimate
 
 QUERIES = 12
 PAGE_TOKENS = 12
@@ -29,19 +29,6 @@ DEPTH_MULTIPLES = (1, 2, 3)  # rerank depths tried: these times search.RERANK_PA
 TARGET_RECALL = 0.97  # the target is 0.95: the margin covers the estimate's own noise
 REESTIMATE_GROWTH = 4  # measured again when the postings are saved after the index has grown 4-fold
 K = 10
-
-
-@dataclass(frozen=True)
-class RecallEstimate:
-    rerank: int  # the rerank depth chosen (pages at full index size)
-    recall_at_10: float  # estimated recall@10 against exact MaxSim at that depth
-    top1: float  # share of pseudo-queries whose exact top page came first
-    queries: int
-    pages: int  # pages in the index when estimated
-    sample_pages: int
-
-    def to_json(self) -> dict:
-        return asdict(self)
 
 
 def pseudo_queries(pages: list[np.ndarray], rng: np.random.Generator, count: int = QUERIES) -> list[np.ndarray]:
