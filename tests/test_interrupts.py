@@ -135,7 +135,7 @@ def test_second_ctrl_c_during_prefill_does_not_abort(harness, setup, tmp_path):
 
 def test_ingest_stops_within_2_s_and_keeps_committed_documents(harness, setup, tmp_path):
     from docqa import DocIndex
-    from docqa.cli.main import KEPT_ON_INTERRUPT
+    from docqa.cli.common import KEPT_ON_INTERRUPT
 
     make_image(tmp_path / "docs" / "a.png", text="first")
     make_image(tmp_path / "docs" / "b.png", text="second")
