@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .inputs.render import DEFAULT_CHUNK_PAGES, DEFAULT_TIMEOUT_S
+from .inputs.sources import WalkOptions
 
 DEFAULT_INDEX = "default"
 
@@ -50,3 +51,4 @@ class IngestSettings:
     ray: str | None = None  # render and encode on Ray: "local" starts one, else a cluster address
     ray_encoders: int | None = None  # encoder actors (default: one per GPU, else CPUs - 1)
     on_progress: Callable[[int, int], None] | None = None  # (pages encoded, pages planned), after each batch
+    walk: WalkOptions = field(default_factory=WalkOptions)  # --hidden, --include, --exclude

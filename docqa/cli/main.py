@@ -18,6 +18,8 @@ from typing import NoReturn
 from .. import __version__
 from ..config import DEFAULT_INDEX, MAX_BATCH_SIZE, MAX_IMAGE_EDGE, MAX_PAGE_IMAGES, MAX_RESULTS, IngestSettings
 from ..errors import DocQAError
+from ..ingest.skipped import summary_lines as skipped_summary
+from ..inputs.sources import WalkOptions
 
 EXIT_OK, EXIT_PARTIAL, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
 KEPT_ON_INTERRUPT = "interrupted; every document committed before this point is kept (run ingest again to go on)"
@@ -44,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     ingest = commands.add_parser(
-        "ingest", help="index PDFs and page images under the given paths",
+        "ingest", help="index PDFs, images, office, web and text files under the given paths",
         description="Walk PATHs recursively, render every PDF page and image, embed it with a "
         "ColPali-family retriever and store it in the index. Unchanged files are skipped, changed "
         "files replace their old pages. Safe to re-run; stop it any time without losing committed files.",
@@ -83,6 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("--shards", nargs="+", metavar="DIR",
                         help="instead of --index: put each file into one of these indexes (created when missing), "
                         "picked by a stable hash of its path; a folder with a shards.json stands for its shards")
+    ingest.add_argument("--hidden", action="store_true", help="take hidden files and folders (names starting "
+                        "with a dot); by default they are skipped and counted")
+    ingest.add_argument("--include", action="append", default=[], metavar="GLOB", help="only files whose name "
+                        "or path under the folder given matches GLOB (repeatable; e.g. '*.docx')")
+    ingest.add_argument("--exclude", action="append", default=[], metavar="GLOB", help="leave out files and "
+                        "folders matching GLOB (repeatable; e.g. 'drafts/*')")
     ingest.add_argument("--json", action="store_true", help="print one JSON summary on stdout")
     ingest.set_defaults(handler=_ingest, interrupted=KEPT_ON_INTERRUPT)
 
@@ -298,7 +306,8 @@ def _ingest(args: argparse.Namespace) -> int:
                                                ("vector_type", args.vector_type)) if value is not None}
     settings = IngestSettings(model=args.model, device=args.device, batch_size=args.batch_size,
                               image_edge=args.image_edge, engine=args.engine, sync=args.sync, tags=dict(args.tag),
-                              progress=sys.stderr.isatty(), ray=args.ray, ray_encoders=args.ray_encoders)
+                              progress=sys.stderr.isatty(), ray=args.ray, ray_encoders=args.ray_encoders,
+                              walk=WalkOptions(hidden=args.hidden, include=args.include, exclude=args.exclude))
     if args.shards:
         from ..cluster.shards import ingest_sharded
 
@@ -316,6 +325,8 @@ def _ingest(args: argparse.Namespace) -> int:
               f"render {times.render_s:.1f} s, preprocess {times.preprocess_s:.1f} s")
         for failure in report.failures:
             print(f"  failed: {failure.path}: {failure.error}", file=sys.stderr)
+        for line in skipped_summary(report):
+            print(line, file=sys.stderr)
     return EXIT_PARTIAL if report.failed else EXIT_OK
 
 

@@ -13,6 +13,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,8 +24,10 @@ from tqdm import tqdm
 
 from ..inputs import sources
 from ..config import IngestSettings
-from ..errors import InputFileError
+from ..errors import DocQAError, InputFileError
 from ..inputs.render import RenderedPage, count_pages, render_pages
+from . import skipped as skips
+from .planning import plan_source
 from ..index.store import NewPage
 
 if TYPE_CHECKING:
@@ -49,6 +52,7 @@ class IngestReport:
     skipped: int = 0
     pages_added: int = 0
     failures: list[Failure] = field(default_factory=list)
+    skipped_files: list[skips.SkippedFile] = field(default_factory=list)
     seconds: float = 0.0
     timings: Timings = field(default_factory=lambda: Timings())
 
@@ -56,6 +60,11 @@ class IngestReport:
         """Record a file that could not be indexed (its name made printable, whatever its bytes)."""
         self.failed += 1
         self.failures.append(Failure(sources.printable(path), error))
+
+    def skip(self, path: Path | str, reason: str, group: str) -> None:
+        """Record a file left out on purpose (hidden, excluded, unsupported, too large, no LibreOffice)."""
+        self.skipped += 1
+        self.skipped_files.append(skips.SkippedFile(sources.printable(path), reason, group))
 
     def to_json(self) -> dict:
         return {
@@ -70,6 +79,7 @@ class IngestReport:
             },
             "pages_added": self.pages_added,
             "failures": [{"path": f.path, "error": f.error} for f in self.failures],
+            "skipped": [item.to_json() for item in skips.all_skipped(self)],
             "seconds": round(self.seconds, 3),
             "timings": self.timings.to_json(),
         }
@@ -103,6 +113,21 @@ class Job:
     metadata: dict
     pages: list[NewPage] = field(default_factory=list)
     error: str | None = None
+    converting: Future | None = None  # office/web/text files: the PDF being made (page_count 0 till then)
+
+    def converted(self, timeout_s: float) -> InputFileError | None:
+        """Wait for the conversion to PDF and count its pages; the error if it failed."""
+        if self.converting is None:
+            return None
+        future, self.converting = self.converting, None
+        try:
+            future.result()
+            self.page_count = count_pages(self.path, self.kind, timeout_s)
+        except InputFileError as error:
+            return error
+        except DocQAError as error:
+            return InputFileError(sources.printable(self.path), str(error))
+        return None
 
     def store_page(self, index: DocIndex, number: int, width: int, height: int, vectors: np.ndarray) -> None:
         """Append one encoded page's vectors (invisible until commit_job) and remember where they are."""
@@ -153,7 +178,9 @@ def run_ingest(
     given = [Path(p).expanduser().absolute() for p in paths]
     seen: set[Path] = set()
     with tqdm(desc="scan", unit="file", disable=not settings.progress, leave=False) as scanned:
-        jobs = _plan(index, given, report, seen, settings.render_timeout_s, scanned, settings.tags)
+        jobs = _plan(index, given, report, seen, settings, scanned)
+    if pipeline is not None:  # other pipelines need every page count up front
+        jobs = _converted_jobs(jobs, settings, report)
     if settings.sync:
         _remove_vanished(index, given, seen, report)
     total_pages = sum(job.page_count for job in jobs)
@@ -171,26 +198,38 @@ def run_ingest(
     return report
 
 
+def _converted_jobs(jobs: list[Job], settings: IngestSettings, report: IngestReport) -> list[Job]:
+    """`jobs` with every conversion finished and counted; those that failed are reported and dropped."""
+    kept = []
+    for job in jobs:
+        error = job.converted(settings.render_timeout_s)
+        if error is not None:
+            report.fail(job.path, error.reason)
+        else:
+            kept.append(job)
+    return kept
+
+
 def _plan(
-    index: DocIndex, given: list[Path], report: IngestReport, seen: set[Path], timeout_s: float,
-    scanned: tqdm, tags: dict[str, str],
+    index: DocIndex, given: list[Path], report: IngestReport, seen: set[Path], settings: IngestSettings,
+    scanned: tqdm,
 ) -> list[Job]:
     """Walk, sniff and hash; return the files whose content is new or changed (unchanged files
-    only get `tags` added to their metadata)."""
+    only get `tags` added to their metadata). Conversions to PDF start here, in the background."""
     jobs: list[Job] = []
-    for found in sources.walk(given):
+    timeout_s, tags = settings.render_timeout_s, settings.tags
+    for found in sources.walk(given, settings.walk):
         scanned.update()
         if isinstance(found, tuple):
             report.fail(found[0], found[1])
             continue
+        if isinstance(found, sources.Skipped):
+            report.skip(found.path, found.reason, found.group)
+            continue
         seen.add(found)
         try:
             source = sources.classify(found)
-            if source.kind is None:
-                if source.claimed:
-                    report.fail(found, sources.describe_content(sources.read_head(found)))
-                else:
-                    report.skipped += 1
+            if not plan_source(source, report):
                 continue
             before = found.stat()
             digest = sources.sha256_of(found)
@@ -204,16 +243,27 @@ def _plan(
                 with index.store.transaction():
                     index.store.merge_metadata(existing.id, tags)
             continue
+        converting = None
         try:
-            pages = count_pages(found, source.kind, timeout_s)
+            if source.kind in sources.CONVERTED:
+                pages, converting = 0, _converter().submit(found, source.kind, sha256=digest)
+            else:
+                pages = count_pages(found, source.kind, timeout_s)
         except InputFileError as error:
             report.fail(error.path, error.reason)
             continue
         metadata = {**(index.store.metadata(existing.id) if existing else {}), **tags}  # an update keeps its tags
         jobs.append(
-            Job(found, source.kind, digest, before.st_size, before.st_mtime, pages, existing is not None, metadata)
+            Job(found, source.kind, digest, before.st_size, before.st_mtime, pages, existing is not None, metadata,
+                converting=converting)
         )
     return jobs
+
+
+def _converter():
+    from ..inputs.converters import default_converter
+
+    return default_converter()
 
 
 def _remove_vanished(index: DocIndex, given: list[Path], seen: set[Path], report: IngestReport) -> None:
@@ -225,10 +275,17 @@ def _remove_vanished(index: DocIndex, given: list[Path], seen: set[Path], report
 
 
 def _page_stream(
-    jobs: list[Job], settings: IngestSettings, image_edge: int
+    jobs: list[Job], settings: IngestSettings, image_edge: int, bar: tqdm | None = None,
 ) -> Iterator[tuple[Job, RenderedPage | InputFileError | object]]:
     """Every page of every job in order, then a _DONE marker per job; errors come as items."""
     for job in jobs:
+        if job.converting is not None:  # converted in the background while earlier files were encoded
+            error = job.converted(settings.render_timeout_s)
+            if error is not None:
+                yield job, error
+                continue
+            if bar is not None and bar.total is not None:
+                bar.total += job.page_count
         try:
             for page in render_pages(
                 job.path, job.kind, image_edge,
@@ -354,7 +411,7 @@ def _encode_and_commit(
         bar.update(len(batch.pages))
         encoded[0] += len(batch.pages)
         if settings.on_progress is not None:
-            settings.on_progress(encoded[0], total_pages)
+            settings.on_progress(encoded[0], max(total_pages, bar.total or 0))
 
     def commit_rendered() -> None:
         started = time.monotonic()
@@ -364,7 +421,7 @@ def _encode_and_commit(
                 commit_job(index, job, report)
         timings.store_s += time.monotonic() - started
 
-    pages = _prefetch(_timed(_page_stream(jobs, settings, retriever.stamp.image_edge), timings),
+    pages = _prefetch(_timed(_page_stream(jobs, settings, retriever.stamp.image_edge, bar), timings),
                       depth=2 * settings.batch_size)
     batches = _batches(pages, retriever, settings.batch_size, timings)
     for event in _prefetch(batches, depth=1, name="docqa-preprocess"):
