@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from . import __version__
-from .config import IngestSettings, index_path
+from .config import IngestSettings, index_location_problem, index_not_found_message, index_path
 from .errors import (
     IndexMismatchError,
     IndexNotFoundError,
@@ -124,11 +124,11 @@ class DocIndex:
         fails before committing a document."""
         path = index_path(name_or_path)
         created = None
+        if (problem := index_location_problem(name_or_path, path)) is not None:
+            raise IndexNotFoundError(problem)
         if not (path / DB_NAME).exists():
             if not create:
-                raise IndexNotFoundError(
-                    f"no index at {path}; create it with `docqa ingest PATH... --index {name_or_path or 'default'}`"
-                )
+                raise IndexNotFoundError(index_not_found_message(name_or_path, path))
             created = next((folder for folder in reversed([path, *path.parents]) if not folder.exists()), None)
             path.mkdir(parents=True, exist_ok=True)
         index = cls(path, options)

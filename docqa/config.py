@@ -32,6 +32,30 @@ def index_path(name_or_path: str | os.PathLike[str] | None) -> Path:
     return docqa_home() / "indexes" / value
 
 
+def index_location_problem(name_or_path: str | os.PathLike[str] | None, path: Path) -> str | None:
+    """Why `path` (resolved from --index `name_or_path`) cannot hold an index, or None."""
+    given = os.fspath(name_or_path) if name_or_path is not None else DEFAULT_INDEX
+    blocker = next((folder for folder in [path, *path.parents] if folder.exists() and not folder.is_dir()), None)
+    if blocker is None:
+        return None
+    what = "is a file" if blocker == path else f"is under {blocker}, which is a file"
+    return f"--index {given}: {path} {what}, not an index folder (name a folder, or a name under {where_indexes_live()})"
+
+
+def where_indexes_live() -> str:
+    """Where index names are looked up, said for messages."""
+    home = os.environ.get("DOCQA_HOME")
+    root = docqa_home() / "indexes"
+    return f"{root} (DOCQA_HOME={home})" if home else f"{root} (DOCQA_HOME is not set: the current folder)"
+
+
+def index_not_found_message(name_or_path: str | os.PathLike[str] | None, path: Path) -> str:
+    """"No index" naming where it looked (and, for a name, where names are looked up)."""
+    given = os.fspath(name_or_path) if name_or_path is not None else DEFAULT_INDEX
+    where = f" (index names are looked up in {where_indexes_live()})" if path.parent == docqa_home() / "indexes" else ""
+    return f"no index at {path}{where}; create it with `docqa ingest PATH... --index {given}`"
+
+
 @dataclass(frozen=True)
 class IngestSettings:
     """Per-run ingest knobs; None means the default of the index's model family."""

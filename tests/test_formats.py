@@ -361,3 +361,27 @@ def test_every_file_not_indexed_is_named_in_json_and_summary(tmp_path, monkeypat
     assert "  skipped (excluded): 3" in captured.err
     for name in ("tool.py", "archive.zip", "huge.txt"):
         assert f"{docs / name}: matches no --include glob" in captured.err
+
+
+def test_a_symlink_is_indexed_under_the_path_given(tmp_path, retriever_checkpoint):
+    outside = make_pdf(tmp_path / "elsewhere" / "real.pdf", 1)
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    os.symlink(outside, docs / "link.pdf")
+    index = DocIndex.open("main", create=True)
+    index.ingest([docs], model=str(retriever_checkpoint), image_edge=512)
+    assert [record.path for record in index.store.all_documents()] == [str(docs / "link.pdf")]
+    assert [hit.path for hit in index.search("page", k=1)] == [str(docs / "link.pdf")]
+    assert index.remove([docs]).removed == [str(docs / "link.pdf")]  # removing the folder takes it
+
+
+def test_index_naming_a_file_is_one_line_and_no_index_says_where_it_looked(tmp_path, capsys, docqa_home):
+    a_file = tmp_path / "notes.log"
+    a_file.write_text("x")
+    for argv in (["ingest", str(tmp_path), "--index", str(a_file)], ["search", "x", "--index", str(a_file)]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"{a_file} is a file, not an index folder" in err
+    assert main(["search", "x", "--index", "nothing"]) == 2
+    err = capsys.readouterr().err
+    assert f"no index at {docqa_home / 'indexes' / 'nothing'}" in err and f"DOCQA_HOME={docqa_home}" in err

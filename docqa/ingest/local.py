@@ -268,7 +268,7 @@ def _converter():
 
 def _remove_vanished(index: DocIndex, given: list[Path], seen: set[Path], report: IngestReport) -> None:
     """--sync: drop documents under the given folders whose files are gone."""
-    resolved = [path.resolve() for path in given]
+    resolved = list(dict.fromkeys([*given, *(path.resolve() for path in given)]))  # documents keep the given path
     gone = [doc for doc in index.store.documents_under(resolved) if doc.file not in seen and not doc.file.exists()]
     if gone:
         report.removed += index.delete_documents([doc.id for doc in gone])

@@ -61,7 +61,7 @@ _SNIFF_BYTES = 1024  # PDF readers accept the %PDF- header anywhere in the first
 
 @dataclass(frozen=True)
 class SourceFile:
-    """A file found under the user's paths. `path` is absolute and resolved (symlinks followed)."""
+    """A file found under the user's paths. `path` is absolute, as the user's path reached it."""
 
     path: Path
     kind: str | None  # PDF, IMAGE, a CONVERTED kind, or None when the content is not a supported type
@@ -271,10 +271,11 @@ def _matches(globs: Sequence[str], name: str, relative: str) -> str | None:
 def walk(
     paths: Iterable[str | os.PathLike[str]], options: WalkOptions | None = None
 ) -> Iterator[Path | tuple[Path, str] | Skipped]:
-    """Yield every regular file under `paths`, resolved, each once, in a stable order.
+    """Yield every regular file under `paths`, each once, in a stable order, as the path it was
+    reached by (absolute; a symlink under its own name, not its target's).
 
     Symlinks are followed, but a directory or file reached twice (symlink loops, two links to one
-    file) is yielded once. A path that cannot be visited is yielded as `(path, reason)`; what the
+    file) is yielded once, by the first path that reached it. A path that cannot be visited is yielded as `(path, reason)`; what the
     options leave out (hidden, excluded) as Skipped, a hidden or excluded folder once, unentered.
     Paths given explicitly are taken even when hidden.
     """
@@ -327,7 +328,7 @@ def walk(
         elif resolved.is_file():
             if resolved not in seen_files:
                 seen_files.add(resolved)
-                yield resolved
+                yield path  # as reached from the user's path: a symlink keeps its own name
 
     for path in paths:
         start = Path(os.path.abspath(os.fspath(path)))
