@@ -19,6 +19,7 @@ from .. import __version__
 from ..config import DEFAULT_INDEX, MAX_BATCH_SIZE, MAX_IMAGE_EDGE, MAX_PAGE_IMAGES, MAX_RESULTS, IngestSettings
 from ..errors import DocQAError
 from ..ingest.skipped import summary_lines as skipped_summary
+from . import listing
 from ..inputs.sources import WalkOptions
 
 EXIT_OK, EXIT_PARTIAL, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -121,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--index", default=None, help=INDEX_HELP)
     info.add_argument("--json", action="store_true", help="print one JSON object")
     info.set_defaults(handler=_info)
+
+    listing.add_parser(commands, INDEX_HELP, _add_filter_options).set_defaults(handler=_list)
 
     remove = commands.add_parser("remove", help="remove documents from an index",
                                  description="Delete the documents at PATHs (a folder removes every "
@@ -384,6 +387,10 @@ def _info(args: argparse.Namespace) -> int:
               f"documents: {info.documents}\npages:     {info.pages}\n"
               f"on disk:   {info.bytes_on_disk / 1e6:.1f} MB")
     return EXIT_OK
+
+
+def _list(args: argparse.Namespace) -> int:
+    return listing.run(args, _open_index, _print_json)
 
 
 def _remove(args: argparse.Namespace) -> int:
