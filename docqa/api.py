@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 import numpy as np
 
 from .build import BUILD_KEY, BuildStamp, EncoderStamp
-from .config import IngestSettings, index_path
+from .config import IngestSettings, index_location_problem, index_not_found_message, index_path
 from .errors import (
     IndexMismatchError,
     IndexNotFoundError,
@@ -171,11 +171,11 @@ class DocIndex:
         fails before committing a document."""
         path = index_path(name_or_path)
         created = None
+        if (problem := index_location_problem(name_or_path, path)) is not None:
+            raise IndexNotFoundError(problem)
         if not (path / DB_NAME).exists():
             if not create:
-                raise IndexNotFoundError(
-                    f"no index at {path}; create it with `docqa ingest PATH... --index {name_or_path or 'default'}`"
-                )
+                raise IndexNotFoundError(index_not_found_message(name_or_path, path))
             created = next((folder for folder in reversed([path, *path.parents]) if not folder.exists()), None)
             path.mkdir(parents=True, exist_ok=True)
         index = cls(path, options)
@@ -422,6 +422,21 @@ class DocIndex:
     def documents(self) -> list[DocumentRecord]:
         """Every indexed document, in path order."""
         return self.store.all_documents()
+
+    def list_documents(self, *, where: dict[str, str] | None = None, path: str | None = None) -> list[dict]:
+        """Every document matching `where` tags and the `path` glob, ordered by path, as JSON objects
+        (path, pages, size, kind, sha256, tags, added)."""
+        import json
+        import time
+
+        clause, params = PageFilter(where=where or {}, path=path).sql()
+        rows = self.store.db.execute(
+            "SELECT path, pages, size, kind, sha256, metadata, indexed_at FROM documents"
+            f" WHERE {clause} ORDER BY path_key", params).fetchall()
+        return [{"path": row[0], "pages": row[1], "size": row[2], "kind": row[3], "sha256": row[4],
+                 "tags": json.loads(row[5] or "{}"),
+                 "added": None if row[6] is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(row[6]))}
+                for row in rows]
 
     def remove_documents(self, document_ids: Iterable[int]) -> RemoveReport:
         """Delete documents by id (ids not in the index are reported as not found)."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,6 +48,43 @@ def index_path(name_or_path: str | os.PathLike[str] | None) -> Path:
     return docqa_home() / "indexes" / value
 
 
+def index_location_problem(name_or_path: str | os.PathLike[str] | None, path: Path) -> str | None:
+    """Why `path` (resolved from --index `name_or_path`) cannot hold an index, or None."""
+    given = os.fspath(name_or_path) if name_or_path is not None else DEFAULT_INDEX
+    blocker = next((folder for folder in [path, *path.parents] if folder.exists() and not folder.is_dir()), None)
+    if blocker is None:
+        return None
+    what = "is a file" if blocker == path else f"is under {blocker}, which is a file"
+    return f"--index {given}: {path} {what}, not an index folder (name a folder, or a name under {where_indexes_live()})"
+
+
+def where_indexes_live() -> str:
+    """Where index names are looked up, said for messages."""
+    home = os.environ.get("DOCQA_HOME")
+    root = docqa_home() / "indexes"
+    return f"{root} (DOCQA_HOME={home})" if home else f"{root} (DOCQA_HOME is not set: the current folder)"
+
+
+def index_not_found_message(name_or_path: str | os.PathLike[str] | None, path: Path) -> str:
+    """"No index" naming where it looked (and, for a name, where names are looked up)."""
+    given = os.fspath(name_or_path) if name_or_path is not None else DEFAULT_INDEX
+    where = f" (index names are looked up in {where_indexes_live()})" if path.parent == docqa_home() / "indexes" else ""
+    return f"no index at {path}{where}; create it with `docqa ingest PATH... --index {given}`"
+
+
+@dataclass(frozen=True)
+class WalkOptions:
+    """What the walk takes: hidden files and folders (names starting with "."), and glob filters.
+
+    `include` globs (any must match) apply to files; `exclude` globs to files and folders. A glob
+    matches a file's name or its path relative to the folder given (``*.docx``, ``drafts/*``).
+    """
+
+    hidden: bool = False
+    include: Sequence[str] = ()
+    exclude: Sequence[str] = ()
+
+
 @dataclass(frozen=True)
 class IngestSettings:
     """Per-run ingest knobs; None means the default of the index's model family."""
@@ -68,3 +105,4 @@ class IngestSettings:
     ray: str | None = None  # render and encode on Ray: "local" starts one, else a cluster address
     ray_encoders: int | None = None  # encoder actors (default: one per GPU, else CPUs - 1)
     on_progress: Callable[[int, int], None] | None = None  # (pages encoded, pages planned), after each batch
+    walk: WalkOptions = field(default_factory=WalkOptions)  # --hidden, --include, --exclude

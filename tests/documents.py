@@ -90,10 +90,10 @@ def make_palette_alpha_png(path: Path, size: tuple[int, int] = (120, 160)) -> Pa
 
 
 def make_mixed_folder(root: Path) -> Path:
-    """A folder of 4 documents (two PDFs, a PNG, a 2-frame TIFF; 8 pages) and a text file to skip."""
+    """A folder of 4 documents (two PDFs, a PNG, a 2-frame TIFF; 8 pages) and a text file of no supported type (.log) to skip."""
     make_pdf(root / "reports" / "q1.pdf", 3, title="q1")
     make_pdf(root / "reports" / "q2.pdf", 2, title="q2")
     make_image(root / "scans" / "receipt.png", text="receipt")
     make_tiff(root / "scans" / "fax.tiff", 2)
-    (root / "notes.txt").write_text("not a document")
+    (root / "notes.log").write_text("not a document")
     return root

@@ -31,13 +31,13 @@ def world(tmp_path_factory, retriever_checkpoints, generator_checkpoints) -> dic
     docs = root / "docs"
     make_pdf(docs / "report.pdf", 2)
     make_image(docs / "scan.png")
-    (root / "notes.txt").write_text("not a page\n")
+    (root / "notes.log").write_text("not a page\n")
     (root / "qrels.jsonl").write_text('{"query": "total", "relevant": [{"path": "a.pdf", "page": 1, "grade": 1}]}\n')
     (root / "plain-folder").mkdir()
     index = DocIndex.open(root / "index", create=True)
     index.ingest([docs], model=str(retriever_checkpoints["colmodernvbert"]))
     index.close()
-    return {"docs": str(docs), "pdf": str(docs / "report.pdf"), "txt": str(root / "notes.txt"),
+    return {"docs": str(docs), "pdf": str(docs / "report.pdf"), "txt": str(root / "notes.log"),
             "qrels": str(root / "qrels.jsonl"),
             "folder": str(root / "plain-folder"), "index": str(root / "index"),
             "missing": str(root / "no-such-thing"), "retriever": str(retriever_checkpoints["colmodernvbert"]),

@@ -5,9 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..config import (
-    IngestSettings,
-)
+from ..config import IngestSettings, WalkOptions
+from ..ingest.skipped import summary_lines as skipped_summary
 from .common import EXIT_OK, EXIT_PARTIAL, open_index, print_json
 
 
@@ -17,7 +16,8 @@ def ingest_command(args: argparse.Namespace) -> int:
     settings = IngestSettings(model=args.model, device=args.device, batch_size=args.batch_size,
                               image_edge=args.image_edge, engine=args.engine, sync=args.sync, tags=dict(args.tag),
                               progress=sys.stderr.isatty(), ray=args.ray, ray_encoders=args.ray_encoders,
-                              trust_remote_code=args.trust_remote_code)
+                              trust_remote_code=args.trust_remote_code,
+                              walk=WalkOptions(hidden=args.hidden, include=args.include, exclude=args.exclude))
     if args.shards:
         from ..cluster.shards import ingest_sharded
 
@@ -35,6 +35,8 @@ def ingest_command(args: argparse.Namespace) -> int:
               f"render {times.render_s:.1f} s, preprocess {times.preprocess_s:.1f} s")
         for failure in report.failures:
             print(f"  failed: {failure.path}: {failure.error}", file=sys.stderr)
+        for line in skipped_summary(report):
+            print(line, file=sys.stderr)
     return EXIT_PARTIAL if report.failed else EXIT_OK
 
 

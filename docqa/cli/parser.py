@@ -14,6 +14,7 @@ from ..config import (
 from .asking import ask_command, chat_command, describe_command
 from .common import EXIT_ERROR, INDEX_HELP, KEPT_ON_INTERRUPT, key_value, positive_int, positive_int_up_to
 from .indexing import info_command, ingest_command, remove_command
+from .listing import add_list_parser
 from .searching import eval_command, search_command
 from .serving import add_serve_parser
 
@@ -34,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     ingest = commands.add_parser(
-        "ingest", help="index PDFs and page images under the given paths",
+        "ingest", help="index PDFs, images, office, web and text files under the given paths",
         description="Walk PATHs recursively, render every PDF page and image, embed it with a "
         "ColPali-family retriever and store it in the index. Unchanged files are skipped, changed "
         "files replace their old pages. Safe to re-run; stop it any time without losing committed files.",
@@ -75,6 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("--shards", nargs="+", metavar="DIR",
                         help="instead of --index: put each file into one of these indexes (created when missing), "
                         "picked by a stable hash of its path; a folder with a shards.json stands for its shards")
+    ingest.add_argument("--hidden", action="store_true", help="take hidden files and folders (names starting "
+                        "with a dot); by default they are skipped and counted")
+    ingest.add_argument("--include", action="append", default=[], metavar="GLOB", help="only files whose name "
+                        "or path under the folder given matches GLOB (repeatable; e.g. '*.docx')")
+    ingest.add_argument("--exclude", action="append", default=[], metavar="GLOB", help="leave out files and "
+                        "folders matching GLOB (repeatable; e.g. 'drafts/*')")
     ingest.add_argument("--json", action="store_true", help="print one JSON summary on stdout")
     ingest.set_defaults(handler=ingest_command, interrupted=KEPT_ON_INTERRUPT)
 
@@ -106,6 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--index", default=None, help=INDEX_HELP)
     info.add_argument("--json", action="store_true", help="print one JSON object")
     info.set_defaults(handler=info_command)
+
+    add_list_parser(commands, _add_filter_options)
 
     remove = commands.add_parser("remove", help="remove documents from an index",
                                  description="Delete the documents at PATHs (a folder removes every "

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from ..config import IngestSettings
 from ..errors import InputFileError
 from ..inputs.render import RenderedPage, render_pages
-from .plan import PlannedFile, plan_jobs, remove_vanished
+from .plan import PlannedFile, converted_jobs, plan_jobs, remove_vanished
 from .report import IngestReport, Timings
 
 if TYPE_CHECKING:
@@ -74,7 +74,9 @@ def run_ingest(
     given = [Path(p).expanduser().absolute() for p in paths]
     seen: set[Path] = set()
     with tqdm(desc="scan", unit="file", disable=not settings.progress, leave=False) as scanned:
-        jobs = plan_jobs(storage, given, report, seen, settings.render_timeout_s, scanned, settings.tags)
+        jobs = plan_jobs(storage, given, report, seen, settings, scanned)
+    if pipeline is not None:  # other pipelines need every page count up front
+        jobs = converted_jobs(jobs, settings, report)
     if settings.sync:
         remove_vanished(storage, given, seen, report)
     total_pages = sum(job.page_count for job in jobs)
@@ -94,10 +96,17 @@ def run_ingest(
 
 
 def _page_stream(
-    jobs: list[PlannedFile], settings: IngestSettings, image_edge: int
+    jobs: list[PlannedFile], settings: IngestSettings, image_edge: int, bar: tqdm | None = None,
 ) -> Iterator[tuple[PlannedFile, RenderedPage | InputFileError | object]]:
     """Every page of every job in order, then a _DONE marker per job; errors come as items."""
     for job in jobs:
+        if job.converting is not None:  # converted in the background while earlier files were encoded
+            error = job.converted(settings.render_timeout_s)
+            if error is not None:
+                yield job, error
+                continue
+            if bar is not None and bar.total is not None:
+                bar.total += job.page_count
         try:
             for page in render_pages(
                 job.path, job.kind, image_edge,
@@ -223,7 +232,7 @@ def _encode_and_commit(
         bar.update(len(batch.pages))
         encoded[0] += len(batch.pages)
         if settings.on_progress is not None:
-            settings.on_progress(encoded[0], total_pages)
+            settings.on_progress(encoded[0], max(total_pages, bar.total or 0))
 
     def commit_rendered() -> None:
         started = time.monotonic()
@@ -233,7 +242,7 @@ def _encode_and_commit(
                 commit_job(storage, job, report)
         timings.store_s += time.monotonic() - started
 
-    pages = _prefetch(_timed(_page_stream(jobs, settings, retriever.stamp.image_edge), timings),
+    pages = _prefetch(_timed(_page_stream(jobs, settings, retriever.stamp.image_edge, bar), timings),
                       depth=2 * settings.batch_size)
     batches = _batches(pages, retriever, settings.batch_size, timings)
     for event in _prefetch(batches, depth=1, name="docqa-preprocess"):

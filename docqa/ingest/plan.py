@@ -3,6 +3,7 @@ files left to (re-)index become jobs. Also --sync's removal of documents whose f
 
 from __future__ import annotations
 
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -10,10 +11,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 from tqdm import tqdm
 
-from ..errors import InputFileError
+from ..config import IngestSettings
+from ..errors import DocQAError, InputFileError
 from ..index.store import NewPage
 from ..inputs import sources
 from ..inputs.render import count_pages
+from .planning import plan_source
 from .report import IngestReport
 
 if TYPE_CHECKING:
@@ -34,6 +37,21 @@ class PlannedFile:
     metadata: dict
     pages: list[NewPage] = field(default_factory=list)
     error: str | None = None
+    converting: Future | None = None  # office/web/text files: the PDF being made (page_count 0 till then)
+
+    def converted(self, timeout_s: float) -> InputFileError | None:
+        """Wait for the conversion to PDF and count its pages; the error if it failed."""
+        if self.converting is None:
+            return None
+        future, self.converting = self.converting, None
+        try:
+            future.result()
+            self.page_count = count_pages(self.path, self.kind, timeout_s)
+        except InputFileError as error:
+            return error
+        except DocQAError as error:
+            return InputFileError(sources.printable(self.path), str(error))
+        return None
 
     def store_page(self, storage: IndexStorage, number: int, width: int, height: int, vectors: np.ndarray) -> None:
         """Append one encoded page's vectors (invisible until commit_job) and remember where they are."""
@@ -41,14 +59,18 @@ class PlannedFile:
 
 
 def plan_jobs(
-    storage: IndexStorage, given: list[Path], report: IngestReport, seen: set[Path], timeout_s: float,
-    scanned: tqdm, tags: dict[str, str],
+    storage: IndexStorage, given: list[Path], report: IngestReport, seen: set[Path], settings: IngestSettings,
+    scanned: tqdm,
 ) -> list[PlannedFile]:
     """Walk, sniff and hash; return the files whose content is new or changed (unchanged files
-    only get `tags` added to their metadata)."""
+    only get `tags` added to their metadata). Conversions to PDF start here, in the background."""
+    timeout_s, tags = settings.render_timeout_s, settings.tags
     store = storage.store  # the index's catalogue: read here, written only for tags of unchanged files
     jobs: list[PlannedFile] = []
-    for found in sources.walk(given):
+    for found in sources.walk(given, settings.walk):
+        if isinstance(found, sources.Skipped):
+            report.skip(found.path, found.reason, found.group)
+            continue
         scanned.update()
         if isinstance(found, tuple):
             report.fail(found[0], found[1])
@@ -56,11 +78,7 @@ def plan_jobs(
         seen.add(found)
         try:
             source = sources.classify(found)
-            if source.kind is None:
-                if source.claimed:
-                    report.fail(found, sources.describe_content(sources.read_head(found)))
-                else:
-                    report.skipped += 1
+            if not plan_source(source, report):
                 continue
             before = found.stat()
             digest = sources.sha256_of(found)
@@ -74,22 +92,44 @@ def plan_jobs(
                 with store.transaction():
                     store.merge_metadata(existing.id, dict(tags))
             continue
+        converting = None
         try:
-            pages = count_pages(found, source.kind, timeout_s)
+            if source.kind in sources.CONVERTED:
+                pages, converting = 0, _converter().submit(found, source.kind, sha256=digest)
+            else:
+                pages = count_pages(found, source.kind, timeout_s)
         except InputFileError as error:
             report.fail(error.path, error.reason)
             continue
         metadata = {**(store.metadata(existing.id) if existing else {}), **tags}  # an update keeps its tags
         jobs.append(
             PlannedFile(found, source.kind, digest, before.st_size, before.st_mtime, pages, existing is not None,
-                        metadata)
+                        metadata, converting=converting)
         )
     return jobs
 
 
+def converted_jobs(jobs: list[PlannedFile], settings: IngestSettings, report: IngestReport) -> list[PlannedFile]:
+    """`jobs` with every conversion finished and counted; those that failed are reported and dropped."""
+    kept = []
+    for job in jobs:
+        error = job.converted(settings.render_timeout_s)
+        if error is not None:
+            report.fail(job.path, error.reason)
+        else:
+            kept.append(job)
+    return kept
+
+
+def _converter():
+    from ..inputs.converters import default_converter
+
+    return default_converter()
+
+
 def remove_vanished(storage: IndexStorage, given: list[Path], seen: set[Path], report: IngestReport) -> None:
     """--sync: drop documents under the given folders whose files are gone."""
-    resolved = [path.resolve() for path in given]
+    resolved = list(dict.fromkeys([*given, *(path.resolve() for path in given)]))  # documents keep the given path
     gone = [doc for doc in storage.store.documents_under(resolved) if doc.file not in seen and not doc.file.exists()]
     if gone:
         report.removed += storage.delete([doc.id for doc in gone])

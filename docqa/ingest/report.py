@@ -1,5 +1,5 @@
 """What an ingest reports: documents added, updated, unchanged, removed, failed or skipped, the
-failures by file, and where the time went per stage."""
+failures and skipped files by name, and where the time went per stage."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..inputs import sources
+from . import skipped as skips
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,7 @@ class IngestReport:
     skipped: int = 0
     pages_added: int = 0
     failures: list[Failure] = field(default_factory=list)
+    skipped_files: list[skips.SkippedFile] = field(default_factory=list)
     seconds: float = 0.0
     timings: Timings = field(default_factory=lambda: Timings())
 
@@ -33,6 +35,11 @@ class IngestReport:
         """Record a file that could not be indexed (its name made printable, whatever its bytes)."""
         self.failed += 1
         self.failures.append(Failure(sources.printable(path), error))
+
+    def skip(self, path: Path | str, reason: str, group: str) -> None:
+        """Record a file left out on purpose (hidden, excluded, unsupported, too large, no LibreOffice)."""
+        self.skipped += 1
+        self.skipped_files.append(skips.SkippedFile(sources.printable(path), reason, group))
 
     def to_json(self) -> dict:
         return {
@@ -47,6 +54,7 @@ class IngestReport:
             },
             "pages_added": self.pages_added,
             "failures": [{"path": f.path, "error": f.error} for f in self.failures],
+            "skipped": [item.to_json() for item in skips.all_skipped(self)],
             "seconds": round(self.seconds, 3),
             "timings": self.timings.to_json(),
         }

@@ -1,4 +1,8 @@
-"""Turn a source file into a stream of page images, a few pages at a time (bounded memory)."""
+"""Turn a source file into a stream of page images, a few pages at a time (bounded memory).
+
+Office, web and text files (sources.CONVERTED kinds) are rendered from their cached PDF
+(docqa.inputs.converters), converted on first use; errors still name the original file.
+"""
 
 from __future__ import annotations
 
@@ -20,8 +24,8 @@ from pdf2image.exceptions import (
 from PIL import Image, UnidentifiedImageError
 
 from ..config import DEFAULT_CHUNK_PAGES, DEFAULT_TIMEOUT_S
-from ..errors import InputFileError, PopplerMissingError
-from .sources import IMAGE, PDF, printable
+from ..errors import DocQAError, InputFileError, PopplerMissingError
+from .sources import CONVERTED, IMAGE, PDF, printable
 
 # Decompression-bomb guard: an image declaring more pixels than Pillow's default warning threshold
 # (268 MB as RGB) is refused from its header, before anything is decoded.
@@ -45,6 +49,9 @@ def count_pages(path: Path, kind: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> 
     """Number of pages of a PDF or (multi-frame) image, without rendering it."""
     if kind == PDF:
         return _pdf_page_count(path, _Clock(path, timeout_s))
+    if kind in CONVERTED:
+        with _as_original(path):
+            return _pdf_page_count(converted_pdf(path, kind), _Clock(path, timeout_s))
     with _open_image(path) as image:
         return _frame_count(path, image)
 
@@ -68,8 +75,30 @@ def render_pages(
         yield from _render_pdf(path, image_edge, first_page, chunk_pages, _Clock(path, timeout_s))
     elif kind == IMAGE:
         yield from _render_image(path, image_edge, first_page)
+    elif kind in CONVERTED:
+        with _as_original(path):
+            pdf = converted_pdf(path, kind)
+            yield from _render_pdf(pdf, image_edge, first_page, chunk_pages, _Clock(path, timeout_s))
     else:
         raise InputFileError(printable(path), f"unsupported file type {kind!r}")
+
+
+def converted_pdf(path: Path, kind: str) -> Path:
+    """The cached PDF of an office/web/text file, converting it now if it is not cached yet."""
+    from .converters import default_converter
+
+    return default_converter().pdf_for(path, kind)
+
+
+@contextmanager
+def _as_original(path: Path) -> Iterator[None]:
+    """Errors about a converted file's PDF name the original file, never the cached PDF."""
+    try:
+        yield
+    except InputFileError as error:
+        if error.path == printable(path):
+            raise
+        raise InputFileError(printable(path), error.reason) from error
 
 
 class _Clock:
