@@ -205,6 +205,23 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-upload-mb", type=_positive_int, default=100,
                        help="largest upload accepted, in MB (default 100)")
     serve.set_defaults(handler=_serve)
+
+    mcp = commands.add_parser(
+        "mcp", help="serve the index to LLM agents over the Model Context Protocol",
+        description="Tools search, ask, get_page and list_documents (page images as MCP image content) and "
+        "the page resources docqa://page/ID, over stdio (the agent starts this command) or streamable HTTP "
+        "(127.0.0.1 only, Bearer token required). Needs the mcp extra: pip install \"docqa[mcp]\". "
+        "Client set-up: docs/mcp.md.",
+    )
+    mcp.add_argument("--index", default=None, help=INDEX_HELP)
+    mcp.add_argument("--transport", choices=("stdio", "http"), default="stdio", help="stdio (default) or http")
+    mcp.add_argument("--host", default="127.0.0.1", help="http: loopback address to bind (default 127.0.0.1)")
+    mcp.add_argument("--port", type=_positive_int, default=8765, help="http: port (default 8765)")
+    mcp.add_argument("--token", help="http: the Bearer token every request must carry; defaults to $DOCQA_TOKEN")
+    mcp.add_argument("--answer-model", help="image-text-to-text model for the ask tool (loaded on first use)")
+    mcp.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
+    _add_engine_option(mcp, "the answer model (the retriever always uses the index's engine)")
+    mcp.set_defaults(handler=_mcp)
     return parser
 
 
@@ -520,6 +537,15 @@ def _serve(args: argparse.Namespace) -> int:
           answer_model=args.answer_model, device=args.device, max_upload_mb=args.max_upload_mb)
     return EXIT_OK
 
+
+
+def _mcp(args: argparse.Namespace) -> int:
+    from ..serve.mcp import run
+
+    run(args.index, transport=args.transport, host=args.host, port=args.port,
+        token=args.token or os.environ.get("DOCQA_TOKEN") or None, device=args.device,
+        answer_model=args.answer_model, engine=args.engine)
+    return EXIT_OK
 
 CHAT_COMMANDS = ("/pages", "/reset", "/quit")
 
