@@ -222,6 +222,27 @@ def build_parser() -> argparse.ArgumentParser:
     mcp.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
     _add_engine_option(mcp, "the answer model (the retriever always uses the index's engine)")
     mcp.set_defaults(handler=_mcp)
+
+    watch = commands.add_parser(
+        "watch", help="keep an index in step with folders as their files change",
+        description="Catch up with one ingest --sync of FOLDERs, then ingest new and changed files and remove "
+        "deleted or moved ones as they happen, each file once it has stopped changing for --settle seconds. "
+        "Safe to kill at any time: the next start catches up. One watcher per index. Ctrl-C stops.",
+    )
+    watch.add_argument("folders", nargs="+", metavar="FOLDER")
+    watch.add_argument("--index", default=None, help=INDEX_HELP)
+    watch.add_argument("--model", help="retriever for a new index (as for ingest)")
+    watch.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
+    watch.add_argument("--batch-size", type=_positive_int_up_to(MAX_BATCH_SIZE), default=4,
+                       help="pages per forward pass (default 4)")
+    watch.add_argument("--tag", action="append", type=_key_value, default=[], metavar="KEY=VALUE",
+                       help="store this tag on every document added or updated (repeatable)")
+    watch.add_argument("--settle", type=float, default=1.0, metavar="SECONDS",
+                       help="a file is taken once unchanged for this long (default 1.0)")
+    watch.add_argument("--rescan", type=float, metavar="SECONDS",
+                       help="also run a full ingest --sync this often (default: only at start)")
+    watch.add_argument("--json", action="store_true", help="print one JSON object per batch")
+    watch.set_defaults(handler=_watch, interrupted="stopped watching; everything synced so far is committed")
     return parser
 
 
@@ -545,6 +566,30 @@ def _mcp(args: argparse.Namespace) -> int:
     run(args.index, transport=args.transport, host=args.host, port=args.port,
         token=args.token or os.environ.get("DOCQA_TOKEN") or None, device=args.device,
         answer_model=args.answer_model, engine=args.engine)
+    return EXIT_OK
+
+
+def _watch(args: argparse.Namespace) -> int:
+    from ..ingest.watch import FolderWatcher, format_batch
+
+    if not 0 <= args.settle <= 3600:
+        raise DocQAError(f"--settle takes 0 to 3600 seconds, not {args.settle}")
+
+    def report(batch) -> None:
+        if args.json:
+            _print_json(batch.to_json())
+        else:
+            print(format_batch(batch), flush=True)
+        for path, error in batch.failures:
+            print(f"  failed: {path}: {error}", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+
+    settings = IngestSettings(model=args.model, device=args.device, batch_size=args.batch_size, tags=dict(args.tag))
+    watcher = FolderWatcher(args.folders, args.index, settings=settings, settle_s=args.settle,
+                            rescan_s=args.rescan, on_batch=report)
+    print(f"docqa: watching {', '.join(map(str, watcher.folders))} into {watcher.index.path} (Ctrl-C stops)",
+          file=sys.stderr, flush=True)
+    watcher.run()
     return EXIT_OK
 
 CHAT_COMMANDS = ("/pages", "/reset", "/quit")
