@@ -7,7 +7,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .inputs.render import DEFAULT_CHUNK_PAGES, DEFAULT_TIMEOUT_S
+DEFAULT_CHUNK_PAGES = 8  # PDF pages per pdftoppm call (here, not in inputs/render: the CLI imports this module)
+DEFAULT_TIMEOUT_S = 120.0  # poppler time allowed per file
 
 DEFAULT_INDEX = "default"
 

@@ -170,12 +170,13 @@ def test_partially_written_file_is_taken_once_complete(watching, tmp_path, retri
     _assert_equals_fresh_sync(index_dir, docs, retriever_checkpoint, tmp_path)
 
 
+@pytest.mark.slow  # 200 page encodes (the burst, then the fresh --sync it is compared with)
 def test_burst_of_100_files(watching, tmp_path, retriever_checkpoint):
     docs, index_dir, batches = watching
     for number in range(100):
         make_image(docs / "burst" / f"{number:03d}.png", size=(64, 80), text=str(number),
                    color=(number * 2 % 255, 200, 255 - number))
-    _wait_in_step(index_dir, docs, timeout_s=180)
+    _wait_in_step(index_dir, docs, timeout_s=600)
     _assert_equals_fresh_sync(index_dir, docs, retriever_checkpoint, tmp_path)
     for number in range(0, 100, 2):
         (docs / "burst" / f"{number:03d}.png").unlink()
@@ -197,7 +198,7 @@ def _start_watch(docs: Path, index_dir: Path, checkpoint: Path) -> subprocess.Po
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
-def _read_event(process: subprocess.Popen, timeout_s: float = 120) -> dict:
+def _read_event(process: subprocess.Popen, timeout_s: float = 300) -> dict:
     result: list[str] = []
     reader = threading.Thread(target=lambda: result.append(process.stdout.readline()), daemon=True)
     reader.start()
@@ -206,6 +207,7 @@ def _read_event(process: subprocess.Popen, timeout_s: float = 120) -> dict:
     return json.loads(result[0])
 
 
+@pytest.mark.slow  # two watcher processes, each importing torch and loading the model
 def test_kill_9_then_restart_catches_up(tmp_path, retriever_checkpoint):
     docs = tmp_path / "docs"
     make_pdf(docs / "one.pdf", 2, title="one")
@@ -230,7 +232,7 @@ def test_kill_9_then_restart_catches_up(tmp_path, retriever_checkpoint):
     process = _start_watch(docs, index_dir, retriever_checkpoint)
     try:
         assert _read_event(process)["event"] == "ready"
-        _wait_in_step(index_dir, docs)
+        _wait_in_step(index_dir, docs, timeout_s=300)
         _assert_equals_fresh_sync(index_dir, docs, retriever_checkpoint, tmp_path)
         make_image(docs / "after.png", text="after restart")  # and it keeps watching
         event = _read_event(process)

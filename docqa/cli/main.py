@@ -243,6 +243,19 @@ def build_parser() -> argparse.ArgumentParser:
                        help="also run a full ingest --sync this often (default: only at start)")
     watch.add_argument("--json", action="store_true", help="print one JSON object per batch")
     watch.set_defaults(handler=_watch, interrupted="stopped watching; everything synced so far is committed")
+
+    daemon = commands.add_parser(
+        "daemon", help="keep an index's models loaded for search, ask and chat (started on first use)",
+        description="Serve --index to docqa search/ask/chat of this user over a private unix socket until idle "
+        "for --idle-timeout seconds. Commands start one by themselves (DOCQA_DAEMON=off turns that off); "
+        "this runs one in the foreground.",
+    )
+    daemon.add_argument("--index", default=None, help=INDEX_HELP)
+    daemon.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
+    daemon.add_argument("--idle-timeout", type=float, metavar="SECONDS",
+                        help="exit after this long without a request (default $DOCQA_DAEMON_IDLE_S or 600)")
+    daemon.add_argument("--socket", help=argparse.SUPPRESS)  # where the client expects it
+    daemon.set_defaults(handler=_daemon)
     return parser
 
 
@@ -292,6 +305,60 @@ def _open_searchable(args: argparse.Namespace):
         raise DocQAError("--ray needs --shards (a single index is searched in this process)")
     return _open_index(args.index)
 
+
+
+def _resident(args: argparse.Namespace):
+    """A connection to the resident process serving --index on --device (started when there is
+    none), or None: then the command runs in this process (--shards, --ray, heatmaps, --image,
+    DOCQA_DAEMON=off, or no daemon could start)."""
+    if getattr(args, "shards", None) or getattr(args, "ray", None) is not None or getattr(args, "heatmaps", None) \
+            or getattr(args, "image", None):
+        return None
+    from ..config import index_path
+    from ..serve.daemon import connect, enabled
+
+    folder = index_path(args.index)
+    if not enabled() or not folder.is_dir():
+        return None
+    return connect(folder, args.device)
+
+
+def _resident_search(args: argparse.Namespace):
+    """The hits from the resident process, or None when it cannot serve this search."""
+    connection = _resident(args)
+    if connection is None:
+        return None
+    from ..serve.daemon import DaemonGone, RemoteHit
+
+    try:
+        reply = connection.request({"op": "search", "query": args.query, "k": min(args.k, MAX_RESULTS),
+                                    "exact": args.exact, "rerank": args.rerank, "where": dict(args.where),
+                                    "path": args.path, "engine": args.engine})
+        return [RemoteHit(**hit) for hit in reply["hits"]]
+    except DaemonGone:
+        return None
+    finally:
+        connection.close()
+
+
+def _resident_asker(args: argparse.Namespace):
+    """An asker whose models live in the resident process, or None."""
+    connection = _resident(args)
+    if connection is None:
+        return None
+    from ..serve.daemon import DaemonGone, RemoteAsker
+
+    settings = {"answer_model": args.answer_model, "engine": args.engine, "k": args.k,
+                "max_pages": getattr(args, "max_pages", args.k), "max_new_tokens": args.max_new_tokens,
+                "max_images": getattr(args, "max_images", None), "where": dict(args.where), "path": args.path}
+    try:
+        asker = RemoteAsker(connection, settings)
+    except DaemonGone:
+        connection.close()
+        return None
+    for note in asker.notes:
+        print(f"docqa: note: {note}", file=sys.stderr)
+    return asker
 
 def _key_value(text: str) -> tuple[str, str]:
     key, sep, value = text.partition("=")
@@ -358,12 +425,14 @@ def _ingest(args: argparse.Namespace) -> int:
 
 
 def _search(args: argparse.Namespace) -> int:
-    index = _open_searchable(args)
     if args.k > MAX_RESULTS:
         print(f"docqa: note: -k {args.k} lowered to {MAX_RESULTS}: the most pages one search returns",
               file=sys.stderr)
-    hits = index.search(args.query, k=min(args.k, MAX_RESULTS), device=args.device, exact=args.exact, rerank=args.rerank,
-                         where=dict(args.where), path=args.path, engine=args.engine)
+    hits = _resident_search(args)  # the resident process, when one serves this index (else None)
+    if hits is None:
+        index = _open_searchable(args)
+        hits = index.search(args.query, k=min(args.k, MAX_RESULTS), device=args.device, exact=args.exact,
+                            rerank=args.rerank, where=dict(args.where), path=args.path, engine=args.engine)
     results = [hit.to_json() for hit in hits]
     failed = 0
     if args.heatmaps and hits:
@@ -501,6 +570,17 @@ def _ask(args: argparse.Namespace) -> int:
         page = page_of_file(Path(args.image), args.page, asker.generator.max_image_edge)
         _print_answer(asker.over_pages(args.question, [page]), args.json)
     else:
+        remote = _resident_asker(args)
+        if remote is not None:
+            from ..serve.daemon import DaemonGone
+
+            stream = remote.ask(args.question)
+            try:
+                _print_answer(stream, args.json)
+                return EXIT_OK
+            except DaemonGone:
+                print(f"{chr(10) if stream.started else ''}docqa: note: the resident process ended mid-answer;"
+                      " answering in this process", file=sys.stderr)
         _print_answer(_asker(args, with_index=True).ask(args.question), args.json)
     return EXIT_OK
 
@@ -592,13 +672,20 @@ def _watch(args: argparse.Namespace) -> int:
     watcher.run()
     return EXIT_OK
 
+
+def _daemon(args: argparse.Namespace) -> int:
+    from ..serve.daemon import run_daemon
+
+    run_daemon(args.index, socket_file=args.socket, device=args.device, idle_s=args.idle_timeout)
+    return EXIT_OK
+
 CHAT_COMMANDS = ("/pages", "/reset", "/quit")
 
 
 def _chat(args: argparse.Namespace) -> int:
     """One question per line. With --json every stdout line is one JSON object: an answer, a
     failed turn ({"question", "error"}) or a command's output ({"command", ...})."""
-    asker = _asker(args, with_index=True)
+    asker = _resident_asker(args) or _asker(args, with_index=True)
     interactive = sys.stdin.isatty()
     if interactive:
         print("docqa chat: ask about your documents. /pages lists the pages in view, /reset starts over,"
@@ -638,6 +725,13 @@ def _chat(args: argparse.Namespace) -> int:
                 _print_answer(asker.ask(question), args.json)
             except DocQAError as error:  # one bad turn does not end the conversation
                 _chat_error(args, question, str(error))
+            except Exception as error:  # the resident process died: go on in this process
+                if type(error).__name__ != "DaemonGone":
+                    raise
+                print("\ndocqa: note: the resident process ended; the conversation goes on in this process"
+                      " (earlier pages are no longer in view)", file=sys.stderr)
+                asker = _asker(args, with_index=True)
+                _print_answer(asker.ask(question), args.json)
     return EXIT_OK
 
 

@@ -22,8 +22,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from ..errors import DocQAError, InputFileError
 from .sources import IMAGE, PDF, printable
 
-DEFAULT_CHUNK_PAGES = 8
-DEFAULT_TIMEOUT_S = 120.0
+from ..config import DEFAULT_CHUNK_PAGES, DEFAULT_TIMEOUT_S  # noqa: F401,E402  (defined there, re-exported)
 # Decompression-bomb guard: an image declaring more pixels than Pillow's default warning threshold
 # (268 MB as RGB) is refused from its header, before anything is decoded.
 MAX_IMAGE_PIXELS = 89_478_485
