@@ -254,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     daemon.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
     daemon.add_argument("--idle-timeout", type=float, metavar="SECONDS",
                         help="exit after this long without a request (default $DOCQA_DAEMON_IDLE_S or 600)")
-    daemon.add_argument("--socket", help=argparse.SUPPRESS)  # where the client expects it
+    daemon.add_argument("--socket", metavar="PATH", help="listen here instead of where clients look (for tests)")
     daemon.set_defaults(handler=_daemon)
     return parser
 

@@ -288,9 +288,15 @@ class Daemon:
     def _stamp(self):
         from ..api import BUILD_KEY
 
+        from ..index.store import DB_NAME
+
+        try:  # an index deleted and made again is another index, whatever its stamp says
+            inode = (self.index.path / DB_NAME).stat().st_ino
+        except OSError:
+            inode = None
         build = self.index.store.get_json(BUILD_KEY)
         encoder = (build or {}).get("encoder") or {}
-        return (build or {}).get("created"), encoder.get("model"), encoder.get("config_hash")
+        return inode, (build or {}).get("created"), encoder.get("model"), encoder.get("config_hash")
 
     def generator(self, model: str | None, engine: str | None):
         """The answer model the request names, loaded once (another one replaces it)."""
