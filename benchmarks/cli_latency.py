@@ -67,6 +67,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--pages", type=int, default=4, help="synthetic pages in the index")
     parser.add_argument("--tokens", type=int, default=8, help="answer length in tokens")
+    parser.add_argument("--size", choices=("real", "tiny"), default="real",
+                        help="real-size models (the measurement) or tiny ones (a smoke test of this script)")
     args = parser.parse_args()
 
     import torch
@@ -81,9 +83,9 @@ def main() -> None:
     runtime = Path(tempfile.mkdtemp(prefix="rt-", dir="/tmp"))
     try:
         started = time.perf_counter()
-        retriever = build_retriever_checkpoint("colmodernvbert", work / "retriever", size="real")
-        answerer = build_generator_checkpoint("idefics3", work / "answerer", size="real")
-        generator = Generator.load(str(answerer), device="cpu")
+        retriever = build_retriever_checkpoint("colmodernvbert", work / "retriever", size=args.size)
+        answerer = build_generator_checkpoint("idefics3", work / "answerer", size=args.size)
+        generator = Generator.load(str(answerer), device="cpu", engine="torch")
         printable_only(generator)  # every greedy token prints: the first token is the first byte
         generator.model.save_pretrained(answerer)
         docs = work / "docs"
@@ -136,7 +138,7 @@ def main() -> None:
                             text=True).stdout.strip()
     load = os.getloadavg()
     print(f"\n{time.strftime('%Y-%m-%d %H:%M')} UTC, commit {commit}, {platform.machine()} {os.cpu_count()} cores, "
-          f"load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}, torch engine, {torch.get_num_threads()} threads")
+          f"load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}, torch engine, {torch.get_num_threads()} threads, {args.size} models")
     print(f"\n| what | median s (of {args.repeats}) | runs |\n|---|---|---|")
     for name, runs in rows.items():
         print(f"| {name} | {statistics.median(runs):.2f} | {', '.join(f'{r:.2f}' for r in runs)} |")
