@@ -33,6 +33,7 @@ def docqa_home(tmp_path, monkeypatch) -> Path:
     home.mkdir()
     monkeypatch.setenv("DOCQA_HOME", str(home))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("DOCQA_DAEMON", "off")  # no resident processes unless a test asks (test_daemon.py)
     return home
 
 

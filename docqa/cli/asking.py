@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..errors import DocQAError
 from .common import EXIT_OK, heatmap_folder, open_searchable, print_json
+from .resident import resident_asker
 
 
 def _asker(args: argparse.Namespace, with_index: bool):
@@ -84,6 +85,17 @@ def ask_command(args: argparse.Namespace) -> int:
         page = page_of_file(Path(args.image), args.page, asker.generator.max_image_edge)
         _print_answer(asker.over_pages(args.question, [page]), args.json)
     else:
+        remote = resident_asker(args)
+        if remote is not None:
+            from ..serve.daemon import DaemonGone
+
+            stream = remote.ask(args.question)
+            try:
+                _print_answer(stream, args.json)
+                return EXIT_OK
+            except DaemonGone:
+                print(f"{chr(10) if stream.started else ''}docqa: note: the resident process ended mid-answer;"
+                      " answering in this process", file=sys.stderr)
         _print_answer(_asker(args, with_index=True).ask(args.question), args.json)
     return EXIT_OK
 
@@ -112,7 +124,7 @@ CHAT_COMMANDS = ("/pages", "/reset", "/quit")
 def chat_command(args: argparse.Namespace) -> int:
     """One question per line. With --json every stdout line is one JSON object: an answer, a
     failed turn ({"question", "error"}) or a command's output ({"command", ...})."""
-    asker = _asker(args, with_index=True)
+    asker = resident_asker(args) or _asker(args, with_index=True)
     interactive = sys.stdin.isatty()
     if interactive:
         print("docqa chat: ask about your documents. /pages lists the pages in view, /reset starts over,"
@@ -152,6 +164,13 @@ def chat_command(args: argparse.Namespace) -> int:
                 _print_answer(asker.ask(question), args.json)
             except DocQAError as error:  # one bad turn does not end the conversation
                 _chat_error(args, question, str(error))
+            except Exception as error:  # the resident process died: go on in this process
+                if type(error).__name__ != "DaemonGone":
+                    raise
+                print("\ndocqa: note: the resident process ended; the conversation goes on in this process"
+                      " (earlier pages are no longer in view)", file=sys.stderr)
+                asker = _asker(args, with_index=True)
+                _print_answer(asker.ask(question), args.json)
     return EXIT_OK
 
 

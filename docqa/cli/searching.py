@@ -12,17 +12,20 @@ from ..config import (
 )
 from ..errors import DocQAError
 from .common import EXIT_OK, EXIT_PARTIAL, heatmap_folder, open_index, open_searchable, print_json
+from .resident import resident_search
 
 
 def search_command(args: argparse.Namespace) -> int:
-    index = open_searchable(args)
     k, note = lowered("-k", args.k, MAX_RESULTS, MAX_RESULTS_WHY)
     if note is not None:
         print(f"docqa: note: {note}", file=sys.stderr)
-    if args.trust_remote_code and hasattr(index, "adopt_retriever"):  # load it trusted; search reuses it
-        index.retriever(device=args.device, engine=args.engine, trust_remote_code=True)
-    hits = index.search(args.query, k=k, device=args.device, exact=args.exact, rerank=args.rerank,
-                        where=dict(args.where), path=args.path, engine=args.engine)
+    hits = resident_search(args)  # the resident process, when one serves this index (else None)
+    if hits is None:
+        index = open_searchable(args)
+        if args.trust_remote_code and hasattr(index, "adopt_retriever"):  # load it trusted; search reuses it
+            index.retriever(device=args.device, engine=args.engine, trust_remote_code=True)
+        hits = index.search(args.query, k=k, device=args.device, exact=args.exact, rerank=args.rerank,
+                            where=dict(args.where), path=args.path, engine=args.engine)
     results = [hit.to_json() for hit in hits]
     failed = 0
     if args.heatmaps and hits:

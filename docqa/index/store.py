@@ -16,7 +16,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import sqlite_utils
+
+
+def _import_sqlite_utils():
+    """sqlite-utils imports pandas when it is installed (about 1 s with pyarrow, for DataFrame column
+    types docqa never stores); keep it from doing so, unless something imported pandas already."""
+    import sys
+
+    blocked = "pandas" not in sys.modules
+    if blocked:
+        sys.modules["pandas"] = None  # type: ignore[assignment]  (import pandas -> ImportError)
+    try:
+        import sqlite_utils
+    finally:
+        if blocked:
+            del sys.modules["pandas"]
+    return sqlite_utils
+
+
+sqlite_utils = _import_sqlite_utils()
 
 from ..errors import IndexCorruptError
 from ..inputs.sources import printable

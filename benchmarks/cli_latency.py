@@ -1,0 +1,151 @@
+"""Whole-process wall time of `docqa search`, and of `docqa ask` until its first token, with and
+without the resident process (docqa/serve/daemon.py), at real model sizes with random weights.
+
+Builds ColModernVBert (the CPU default retriever, 251M) and SmolVLM-256M-Instruct from their real
+architectures with random weights (tests/tiny_*.py), ingests a few synthetic pages at a 512 px edge,
+then times, each as the median of --repeats runs of a fresh `python -m docqa` process:
+
+- search, in-process (DOCQA_DAEMON=off) and with a warm daemon (started once, before timing);
+- ask, from process start to the first byte of the answer on stdout, both ways;
+- the answer model's prefill over the same page (one forward pass in this process): the floor a
+  first token can reach, for the issue's "prefill + 0.5 s" target.
+
+Both sides run the torch engine (DOCQA_ENGINE=torch), so no OpenVINO conversion is timed.
+
+    flock /tmp/docqa-cpu.lock python benchmarks/cli_latency.py --repeats 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "benchmarks")]
+
+QUESTION = "What is the total amount due on the invoice?"
+
+
+def _env(runtime: Path, daemon: bool) -> dict[str, str]:
+    paths = [str(ROOT), os.environ.get("PYTHONPATH", "")]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p), "DOCQA_ENGINE": "torch",
+            "HF_HUB_OFFLINE": "1", "XDG_RUNTIME_DIR": str(runtime), "DOCQA_DAEMON": "on" if daemon else "off",
+            "DOCQA_DAEMON_IDLE_S": "900"}
+
+
+def wall(command: list[str], env: dict[str, str]) -> float:
+    start = time.perf_counter()
+    done = subprocess.run(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed: {done.stderr[-2000:]}")
+    return time.perf_counter() - start
+
+
+def first_byte(command: list[str], env: dict[str, str]) -> float:
+    """Seconds from starting the process to the first byte it writes on stdout (the first token)."""
+    start = time.perf_counter()
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0)
+    assert process.stdout is not None
+    byte = process.stdout.read(1)
+    elapsed = time.perf_counter() - start
+    out, err = process.communicate()
+    if not byte or process.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} printed nothing or failed: {err.decode()[-2000:]}")
+    return elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--pages", type=int, default=4, help="synthetic pages in the index")
+    parser.add_argument("--tokens", type=int, default=8, help="answer length in tokens")
+    parser.add_argument("--size", choices=("real", "tiny"), default="real",
+                        help="real-size models (the measurement) or tiny ones (a smoke test of this script)")
+    args = parser.parse_args()
+
+    import torch
+
+    from answer_latency import printable_only, synthetic_page
+    from docqa.api import DocIndex
+    from docqa.models.generator import Conversation, Generator, PageImage
+    from tiny_generators import build_generator_checkpoint
+    from tiny_retrievers import build_retriever_checkpoint
+
+    work = Path(tempfile.mkdtemp(prefix="cli-latency-"))
+    runtime = Path(tempfile.mkdtemp(prefix="rt-", dir="/tmp"))
+    try:
+        started = time.perf_counter()
+        retriever = build_retriever_checkpoint("colmodernvbert", work / "retriever", size=args.size)
+        answerer = build_generator_checkpoint("idefics3", work / "answerer", size=args.size)
+        generator = Generator.load(str(answerer), device="cpu", engine="torch")
+        printable_only(generator)  # every greedy token prints: the first token is the first byte
+        generator.model.save_pretrained(answerer)
+        docs = work / "docs"
+        docs.mkdir()
+        for number in range(args.pages):
+            synthetic_page(512, number).save(docs / f"page-{number}.png")
+        index = DocIndex.open(work / "idx", create=True)
+        index.ingest([docs], model=str(retriever), device="cpu", image_edge=512, engine="torch")
+        index.close()
+        print(f"built and ingested in {time.perf_counter() - started:.0f} s", flush=True)
+
+        page = PageImage("page-0.png", 1, None, synthetic_page(generator.max_image_edge, 0))
+        fills = []
+        for _ in range(args.repeats):
+            inputs = generator.prepare(Conversation(), QUESTION, [page])
+            start = time.perf_counter()
+            with torch.inference_mode():
+                generator.model(**inputs, logits_to_keep=1, use_cache=True)
+            fills.append(time.perf_counter() - start)
+        prefill = statistics.median(fills)
+        del generator
+
+        docqa = [sys.executable, "-m", "docqa"]
+        search = [*docqa, "search", "invoice total", "--index", str(work / "idx"), "-k", "3"]
+        ask = [*docqa, "ask", QUESTION, "--index", str(work / "idx"), "-k", "1", "--max-pages", "1",
+               "--max-new-tokens", str(args.tokens), "--answer-model", str(answerer)]
+        cold, warm = _env(runtime, daemon=False), _env(runtime, daemon=True)
+        rows = {}
+        rows["search, in-process"] = [wall(search, cold) for _ in range(args.repeats)]
+        start = time.perf_counter()
+        wall(search, warm)  # starts the daemon and waits for it: the first use
+        first_use_search = time.perf_counter() - start
+        rows["search, resident (warm)"] = [wall(search, warm) for _ in range(args.repeats)]
+        rows["ask first token, in-process"] = [first_byte(ask, cold) for _ in range(args.repeats)]
+        start = time.perf_counter()
+        first_byte(ask, warm)  # loads the answer model into the daemon
+        first_use_ask = time.perf_counter() - start
+        rows["ask first token, resident (warm)"] = [first_byte(ask, warm) for _ in range(args.repeats)]
+    finally:
+        for sock in (runtime / "docqa").glob("*.sock") if (runtime / "docqa").exists() else []:
+            subprocess.run([sys.executable, "-c", (
+                "import sys, os, signal; sys.path.insert(0, %r)\n"
+                "from docqa.serve.daemon import Connection\n"
+                "c = Connection(%r, 10); os.kill(c.request({'op': 'status'})['pid'], signal.SIGTERM)") % (
+                str(ROOT), str(sock))], check=False)
+        shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(runtime, ignore_errors=True)
+
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                            text=True).stdout.strip()
+    load = os.getloadavg()
+    print(f"\n{time.strftime('%Y-%m-%d %H:%M')} UTC, commit {commit}, {platform.machine()} {os.cpu_count()} cores, "
+          f"load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}, torch engine, {torch.get_num_threads()} threads, {args.size} models")
+    print(f"\n| what | median s (of {args.repeats}) | runs |\n|---|---|---|")
+    for name, runs in rows.items():
+        print(f"| {name} | {statistics.median(runs):.2f} | {', '.join(f'{r:.2f}' for r in runs)} |")
+    print(f"| first use: search that starts the daemon | {first_use_search:.2f} | 1 |")
+    print(f"| first use: ask that loads the answer model into it | {first_use_ask:.2f} | 1 |")
+    print(f"| SmolVLM-256M prefill, one page (in this process) | {prefill:.2f} | {', '.join(f'{f:.2f}' for f in fills)} |")
+
+
+if __name__ == "__main__":
+    main()

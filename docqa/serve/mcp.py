@@ -1,0 +1,371 @@
+"""`docqa mcp`: the index as Model Context Protocol tools for LLM agents (the official `mcp` SDK).
+
+Tools: ``search`` (hits with file, page and score, each page as an image, optionally with the
+query's heatmap drawn over it), ``ask`` (an answer with its citations and their boxes),
+``get_page`` (one page as an image) and ``list_documents``; every indexed page is also the resource
+``docqa://page/{page_id}`` (a PNG). Bad arguments and docqa's own errors come back as tool errors.
+
+Transports: stdio (the agent starts ``docqa mcp``) and streamable HTTP, which binds loopback only,
+requires ``Authorization: Bearer TOKEN`` on every request and refuses any Host header that is not
+this server's loopback address (DNS rebinding). Everything goes through the library (DocIndex,
+Asker, grounding); one search and one answer run at a time.
+"""
+
+import base64
+import hmac
+import io
+import json
+import sys
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+from ..errors import DocQAError, MissingDependencyError, QueryError
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from ..api import DocIndex, Hit
+
+INSTALL_HINT = 'the MCP server needs the mcp extra: pip install "docqa[mcp]"'
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+MAX_K = 50
+MAX_QUERY_CHARS = 1000
+MAX_PAGES = 5  # pages shown to the answer model per question
+MAX_NEW_TOKENS = 1024
+MAX_EDGE = 2048
+DEFAULT_EDGE = 768  # page images in results: readable, and small enough for an agent's context
+PAGE_URI = "docqa://page/{page_id}"
+
+
+def require_mcp() -> None:
+    """A one-line MissingDependencyError naming the install command when the SDK is missing."""
+    try:
+        import mcp  # noqa: F401
+        from mcp.server.mcpserver import MCPServer  # noqa: F401  (the 2.x API)
+    except ImportError as error:
+        raise MissingDependencyError(f"{INSTALL_HINT} ({error.name or 'mcp'} 2.x is missing)") from error
+
+
+class PageLibrary:
+    """What the tools read: one index handle, its retriever and an answer model loaded on first use."""
+
+    def __init__(self, index: str | Path | None, *, device: str | None = None, answer_model: str | None = None,
+                 engine: str | None = None) -> None:
+        from ..api import DocIndex
+
+        self.index = DocIndex.open(index)
+        self.device = device
+        self.answer_model = answer_model
+        self.engine = engine  # the answer model's; the retriever runs on the index's engine
+        self._read = threading.Lock()  # the index handle and the retriever: one caller at a time
+        self._answer = threading.Lock()  # the answer model: loaded once, one question at a time
+        self._generator = None
+
+    # --- models ------------------------------------------------------------------------------
+    def retriever(self):
+        with self._read:
+            return self._retriever()
+
+    def _retriever(self):
+        return self.index.retriever(device=self.device)  # the index's own engine
+
+    def generator(self):
+        if self._generator is None:
+            from ..models.checkpoints import check_device
+            from ..models.generator import Generator, default_answer_model
+
+            device = check_device(self.device)
+            self._generator = Generator.load(self.answer_model or default_answer_model(device), device=device,
+                                             engine=self.engine)
+        return self._generator
+
+    # --- reading -----------------------------------------------------------------------------
+    def search(self, query: str, k: int, where: dict[str, str] | None, path: str | None) -> "list[Hit]":
+        with self._read:
+            return self.index.search(query, k=k, device=self.device, where=where, path=path)
+
+    def page_image(self, hit: "Hit", edge: int) -> "Image.Image":
+        """The page re-rendered from its source (refused when the file changed since indexing)."""
+        from ..answer.grounding import hit_page
+
+        return hit_page(hit.file, hit.page, hit.sha256, hit.kind, edge, hit.path)
+
+    def heatmap(self, query: str, hit: "Hit") -> "tuple[Image.Image, dict]":
+        """The page with where ``query`` matches drawn over it, and the strongest region's box."""
+        from ..answer.grounding import ground
+
+        with self._read:
+            retriever = self._retriever()
+            image = self.page_image(hit, retriever.stamp.image_edge)
+            grounding = ground(retriever, query, image)
+        return grounding.overlay(), grounding.to_json()
+
+    def page_by_id(self, page_id: int) -> "Hit":
+        with self._read:
+            hit = self.index.page(page_id)
+        if hit is None:
+            raise QueryError(f"no page with id {page_id} in {self.index.path}")
+        return hit
+
+    def find_page(self, document: str, page: int) -> "Hit":
+        """Page ``page`` (1-based) of the document whose path, file name or id is ``document``."""
+        records = self.documents_matching(document)
+        if not records:
+            raise QueryError(f"no document {document!r} in {self.index.path}; list_documents shows what is there")
+        if len(records) > 1:
+            names = ", ".join(record.path for record in records[:5])
+            raise QueryError(f"{document!r} names {len(records)} documents ({names}); give its full path or id")
+        record = records[0]
+        if not 1 <= page <= record.pages:
+            raise QueryError(f"{record.path} has pages 1 to {record.pages}, not {page}")
+        with self._read:
+            page_id = self.index.store.pages_of(record.id)[page - 1][0]
+        return self.page_by_id(page_id)
+
+    def documents_matching(self, document: str) -> list:
+        records = self.documents()
+        if document.isdigit():
+            return [record for record in records if record.id == int(document)]
+        exact = [record for record in records if record.path == document or str(record.file) == document]
+        return exact or [record for record in records if Path(record.path).name == document]
+
+    def documents(self) -> list:
+        with self._read:
+            return self.index.documents()
+
+    # --- asking ------------------------------------------------------------------------------
+    def ask(self, question: str, k: int, max_pages: int, max_new_tokens: int, where: dict[str, str] | None,
+            path: str | None) -> "tuple[dict, list[Image.Image]]":
+        """The answer, its citations with boxes (fractions of the page), and the pages shown."""
+        from ..answer.ask import Asker
+        from ..answer.grounding import answer_query, ground
+
+        with self._answer:
+            generator = self.generator()
+            with self._read:
+                asker = Asker(generator, self.index, k=k, max_pages=max_pages, max_new_tokens=max_new_tokens,
+                              where=where, path=path)
+                stream = asker.ask(question)
+            result = stream.run()
+        query = answer_query(question, result.answer.text)
+        citations = []
+        with self._read:
+            retriever = self._retriever()
+            for page, citation in zip(stream.pages, result.answer.citations):
+                box = ground(retriever, query, page.image).to_json()["box_fraction"]
+                citations.append({"path": citation.path, "page": citation.page, "score": citation.score,
+                                  "cited": citation.cited, "box": box, "page_id": page.page_id,
+                                  "resource": PAGE_URI.format(page_id=page.page_id)})
+        payload = {"question": question, "answer": result.answer.text, "citations": citations,
+                   "answer_model": result.answer.model, "notes": [*asker.notes, *result.notes]}
+        return payload, [page.image for page in stream.pages]
+
+    def close(self) -> None:
+        self.index.close()
+
+
+def png_bytes(image: "Image.Image") -> bytes:
+    buffer = io.BytesIO()
+    image.convert("RGB").save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def build_server(library: PageLibrary):
+    """The MCP server over ``library``: four tools and the page resource template."""
+    require_mcp()
+    from mcp.server.mcpserver import MCPServer
+    from mcp.server.mcpserver.exceptions import ToolError
+    from mcp.types import ImageContent, TextContent
+    from pydantic import Field
+
+    server = MCPServer(
+        "docqa",
+        instructions="Search and read the user's indexed documents (PDFs and page images). search returns "
+        "the best pages as images with file, page and score; ask answers from them with citations; get_page "
+        "shows any page; list_documents says what is indexed.",
+    )
+
+    def image(data: bytes) -> ImageContent:
+        return ImageContent(type="image", data=base64.b64encode(data).decode("ascii"), mime_type="image/png")
+
+    def text(payload: Any) -> TextContent:
+        return TextContent(type="text", text=json.dumps(payload, ensure_ascii=False))
+
+    def guarded(call):
+        """docqa's own errors become tool errors the agent can read (the SDK turns these into is_error)."""
+        try:
+            return call()
+        except DocQAError as error:
+            raise ToolError(str(error)) from error
+
+    Query = Annotated[str, Field(min_length=1, max_length=MAX_QUERY_CHARS, description="what to look for")]
+    K = Annotated[int, Field(ge=1, le=MAX_K, description=f"how many pages (1 to {MAX_K})")]
+    Where = Annotated[dict[str, str] | None, Field(description="only documents with all these tags (ingest --tag)")]
+    Glob = Annotated[str | None, Field(max_length=1000, description="only documents whose path matches this "
+                                       "glob (* matches across folders, e.g. '*/2024/*.pdf')")]
+    Edge = Annotated[int, Field(ge=64, le=MAX_EDGE, description="longest edge of the page images, px")]
+
+    def hit_json(hit: "Hit") -> dict:
+        return {"rank": hit.rank, "file": hit.path, "page": hit.page, "score": round(hit.score, 4),
+                "document_id": hit.document_id, "page_id": hit.page_id,
+                "resource": PAGE_URI.format(page_id=hit.page_id)}
+
+    @server.tool(structured_output=False, description="Find the pages that best match a query (late-interaction "
+                 "retrieval over page images, no OCR). Returns one JSON text block listing the hits (file, page, "
+                 "score, page_id), then each page as a PNG image in rank order; heatmap=true draws where the "
+                 "query matches and adds the strongest region's box.")
+    def search(query: Query, k: K = 5, where: Where = None, path: Glob = None, heatmap: bool = False,
+               images: bool = True, edge: Edge = DEFAULT_EDGE) -> list[TextContent | ImageContent]:
+        def run() -> list[TextContent | ImageContent]:
+            hits = library.search(query, k, where, path)
+            listed, pictures = [], []
+            for hit in hits:
+                entry = hit_json(hit)
+                if heatmap:
+                    overlay, box = library.heatmap(query, hit)
+                    entry["box"] = box["box_fraction"]
+                    if images:
+                        overlay.thumbnail((edge, edge))
+                        pictures.append(image(png_bytes(overlay)))
+                elif images:
+                    pictures.append(image(png_bytes(library.page_image(hit, edge))))
+                listed.append(entry)
+            return [text({"query": query, "hits": listed}), *pictures]
+
+        return guarded(run)
+
+    @server.tool(structured_output=False, description="Answer a question from the best pages of the index with a "
+                 "vision-language model that reads the page images. Returns JSON: the answer and every page "
+                 "shown to the model (file, page, score, cited, box = the region that best matches question and "
+                 "answer, as fractions x0,y0,x1,y1 of the page); with images=true also the pages themselves.")
+    def ask(question: Query, k: K = 3, max_pages: Annotated[int, Field(ge=1, le=MAX_PAGES)] = 3,
+            max_new_tokens: Annotated[int, Field(ge=1, le=MAX_NEW_TOKENS)] = 256, where: Where = None,
+            path: Glob = None, images: bool = False) -> list[TextContent | ImageContent]:
+        def run() -> list[TextContent | ImageContent]:
+            payload, pages = library.ask(question, k, max_pages, max_new_tokens, where, path)
+            return [text(payload), *([image(png_bytes(page)) for page in pages] if images else [])]
+
+        return guarded(run)
+
+    @server.tool(structured_output=False, description="One page of an indexed document as a PNG image. document is "
+                 "the document's path (as list_documents shows it), its file name when that is unique, or its id.")
+    def get_page(document: Annotated[str, Field(min_length=1, max_length=4096)],
+                 page: Annotated[int, Field(ge=1, description="1-based page number")] = 1,
+                 edge: Edge = DEFAULT_EDGE) -> list[TextContent | ImageContent]:
+        def run() -> list[TextContent | ImageContent]:
+            hit = library.find_page(document, page)
+            entry = {"file": hit.path, "page": hit.page, "document_id": hit.document_id, "page_id": hit.page_id,
+                     "resource": PAGE_URI.format(page_id=hit.page_id)}
+            return [text(entry), image(png_bytes(library.page_image(hit, edge)))]
+
+        return guarded(run)
+
+    @server.tool(structured_output=False, description="Every indexed document: id, path, kind and page count.")
+    def list_documents() -> list[TextContent]:
+        def run() -> list[TextContent]:
+            records = library.documents()
+            return [text({"index": str(library.index.path), "documents": [
+                {"id": r.id, "path": r.path, "name": Path(r.path).name, "kind": r.kind, "pages": r.pages}
+                for r in records]})]
+
+        return guarded(run)
+
+    @server.resource(PAGE_URI, name="page", mime_type="image/png",
+                     description="An indexed page, re-rendered from its source file, as a PNG")
+    def page_resource(page_id: str) -> bytes:
+        if not page_id.isdigit():
+            raise QueryError(f"a page id is a whole number, not {page_id!r}")
+        return png_bytes(library.page_image(library.page_by_id(int(page_id)), DEFAULT_EDGE))
+
+    return server
+
+
+# --- HTTP: loopback, token, Host check ---------------------------------------------------------
+def allowed_hosts(port: int) -> list[str]:
+    return [f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}"]
+
+
+class Guard:
+    """ASGI wrapper: refuses a Host that is not this loopback server (421) and a missing or wrong
+    Bearer token (401) before the MCP app sees the request. (docqa/serve has its own checks for
+    the web server; these are kept small so the two can be unified.)"""
+
+    def __init__(self, app, token: str, port: int) -> None:
+        if not token:
+            raise DocQAError("the MCP HTTP transport needs a token (--token or $DOCQA_TOKEN)")
+        self.app = app
+        self.token = token.encode()
+        self.hosts = {host.encode() for host in allowed_hosts(port)}
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http":
+            headers = dict(scope.get("headers") or [])
+            if headers.get(b"host") not in self.hosts:
+                return await _refuse(send, 421, "this server answers only on its loopback address")
+            scheme, _, given = headers.get(b"authorization", b"").partition(b" ")
+            if scheme.lower() != b"bearer" or not hmac.compare_digest(given.strip(), self.token):
+                return await _refuse(send, 401, "missing or wrong token: send Authorization: Bearer TOKEN",
+                                     [(b"www-authenticate", b'Bearer realm="docqa"')])
+        elif scope["type"] == "websocket":
+            return await _refuse(send, 403, "no websockets here")
+        await self.app(scope, receive, send)
+
+
+async def _refuse(send, status: int, message: str, extra: list | None = None) -> None:
+    body = json.dumps({"error": message}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            *(extra or [])]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def http_app(server, token: str, port: int, *, max_body_bytes: int = 1024 * 1024):
+    """The streamable HTTP app behind the Guard (the SDK's own Host/Origin check is on too)."""
+    from mcp.server.transport_security import TransportSecuritySettings
+
+    security = TransportSecuritySettings(enable_dns_rebinding_protection=True, allowed_hosts=allowed_hosts(port),
+                                         allowed_origins=[f"http://{host}" for host in allowed_hosts(port)])
+    app = server.streamable_http_app(transport_security=security, host="127.0.0.1",
+                                     max_request_body_size=max_body_bytes)
+    return Guard(app, token, port)
+
+
+def run(index: str | None, *, transport: str = "stdio", host: str = "127.0.0.1", port: int = 8765,
+        token: str | None = None, device: str | None = None, answer_model: str | None = None,
+        engine: str | None = None) -> None:
+    """Serve until the client hangs up (stdio) or until interrupted (http)."""
+    require_mcp()
+    if transport == "http":
+        if host not in LOOPBACK:
+            raise DocQAError(f"docqa mcp binds loopback only, not {host}: use 127.0.0.1 and a tunnel or a "
+                             "reverse proxy with TLS to reach it from elsewhere")
+        if not token:
+            raise DocQAError("the MCP HTTP transport needs a token: pass --token TOKEN or set $DOCQA_TOKEN")
+    library = PageLibrary(index, device=device, answer_model=answer_model, engine=engine)
+    # load the retriever in the background, so the client's handshake is answered at once
+    threading.Thread(target=_warm, args=(library,), name="docqa-mcp-warm", daemon=True).start()
+    server = build_server(library)
+    try:
+        if transport == "stdio":
+            server.run("stdio")
+        else:
+            import uvicorn
+
+            print(f"docqa: MCP over streamable HTTP at http://{host}:{port}/mcp (Bearer token required)",
+                  file=sys.stderr)
+            uvicorn.run(http_app(server, token, port), host=host, port=port, log_level="warning",
+                        limit_concurrency=32, timeout_keep_alive=5)
+    finally:
+        library.close()
+
+
+def _warm(library: PageLibrary) -> None:
+    try:
+        if library.index.build is not None:
+            library.retriever()
+    except DocQAError as error:  # reported again, as a tool error, on the first search
+        print(f"docqa: {error}", file=sys.stderr)
+
+
+__all__ = ["PageLibrary", "build_server", "http_app", "require_mcp", "run"]
