@@ -36,7 +36,7 @@ LAYERS = {
     "docqa.ingest": 4,
     "docqa.api": 5,
     "docqa.answer": 6,
-    "docqa.eval": 7, "docqa.cluster": 7,
+    "docqa.eval": 7, "docqa.cluster": 7, "docqa.watch": 7,
     "docqa.serve": 8,
     "docqa.cli": 9, "docqa.__main__": 9,
 }

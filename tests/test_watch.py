@@ -22,7 +22,7 @@ from docqa.api import DocIndex  # noqa: E402
 from docqa.config import IngestSettings  # noqa: E402
 from docqa.errors import IndexLockedError  # noqa: E402
 from docqa.index.store import DB_NAME  # noqa: E402
-from docqa.ingest.watch import FolderWatcher  # noqa: E402
+from docqa.watch import FolderWatcher  # noqa: E402
 from docqa.inputs.sources import sha256_of  # noqa: E402
 
 from documents import make_image, make_pdf  # noqa: E402

@@ -75,7 +75,7 @@ def mcp_command(args: argparse.Namespace) -> int:
 
 
 def watch_command(args: argparse.Namespace) -> int:
-    from ..ingest.watch import FolderWatcher, format_batch
+    from ..watch import FolderWatcher, format_batch
 
     if not 0 <= args.settle <= 3600:
         raise DocQAError(f"--settle takes 0 to 3600 seconds, not {args.settle}")

@@ -35,7 +35,7 @@ def ingest_command(args: argparse.Namespace) -> int:
               f"render {times.render_s:.1f} s, preprocess {times.preprocess_s:.1f} s")
         for failure in report.failures:
             print(f"  failed: {failure.path}: {failure.error}", file=sys.stderr)
-        for line in skipped_summary(report):
+        for line in skipped_summary(report.skipped_files):
             print(line, file=sys.stderr)
     return EXIT_PARTIAL if report.failed else EXIT_OK
 

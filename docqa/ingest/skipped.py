@@ -8,10 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from .report import IngestReport
 
 UNSUPPORTED = "unsupported type"
 HIDDEN = "hidden"
@@ -33,18 +29,18 @@ class SkippedFile:
         return {"path": self.path, "reason": self.reason, "group": self.group}
 
 
-def all_skipped(report: IngestReport) -> list[SkippedFile]:
-    """Every file the ingest did not index: the skipped ones, then the failures."""
-    return [*report.skipped_files, *(SkippedFile(f.path, f.error, FAILED) for f in report.failures)]
+def all_skipped(skipped: Sequence[SkippedFile], failures: Sequence[tuple[str, str]]) -> list[SkippedFile]:
+    """Every file an ingest did not index: the skipped ones, then the (path, error) failures."""
+    return [*skipped, *(SkippedFile(path, error, FAILED) for path, error in failures)]
 
 
-def summary_lines(report: IngestReport, shown: int = SHOWN_PER_GROUP) -> list[str]:
+def summary_lines(skipped: Sequence[SkippedFile], shown: int = SHOWN_PER_GROUP) -> list[str]:
     """Lines for the human summary (stderr): one heading per group, then up to `shown` names."""
     from ..inputs.converters import INSTALL_HINT
 
     lines: list[str] = []
     for group in GROUPS[:-1]:
-        members = [item for item in report.skipped_files if item.group == group]
+        members = [item for item in skipped if item.group == group]
         if not members:
             continue
         if group == NEEDS_LIBREOFFICE:

@@ -24,8 +24,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..config import IngestSettings
-from ..errors import IndexLockedError, InputFileError, MissingDependencyError
+from .config import IngestSettings
+from .errors import IndexLockedError, InputFileError, MissingDependencyError
 
 WATCH_LOCK = "watch.lock"
 INSTALL_HINT = 'docqa watch needs watchfiles: pip install "docqa[watch]"'
@@ -99,7 +99,7 @@ class FolderWatcher:
         for folder in self.folders:
             if not folder.is_dir():
                 raise InputFileError(str(folder), "not a folder (docqa watch keeps folders in step)")
-        from ..api import DocIndex
+        from .api import DocIndex
 
         self.index = DocIndex.open(index, create=True)
         self.lock = WatchLock(self.index.path)
