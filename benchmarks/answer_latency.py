@@ -32,9 +32,10 @@ from PIL import Image, ImageDraw
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # docqa, and the checkpoint factories of the tests
 
+from tiny_generators import build_generator_checkpoint  # noqa: E402
+
 from docqa.answer.prompt import Conversation, PageImage  # noqa: E402
 from docqa.models.generator import DEFAULT_MAX_IMAGE_EDGE, Generator  # noqa: E402
-from tiny_generators import build_generator_checkpoint  # noqa: E402
 
 SIZES = {"256m": "real", "500m": "real500m"}
 QUESTION = "What is the total amount due on the invoice?"
@@ -42,7 +43,7 @@ QUESTION = "What is the total amount due on the invoice?"
 
 def synthetic_page(edge: int, seed: int) -> Image.Image:
     """A white A4-proportioned page (longest edge ``edge``) with lines of text-like marks."""
-    height, width = edge, round(edge / 2 ** 0.5)
+    height, width = edge, round(edge / 2**0.5)
     page = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(page)
     margin, line = width // 12, max(height // 60, 6)
@@ -60,8 +61,13 @@ def printable_only(generator: Generator) -> None:
     """
     tokenizer = generator.processor.tokenizer
     special = set(tokenizer.all_special_ids)
-    printable = [i for i in range(len(tokenizer)) if i not in special
-                 and (text := tokenizer.decode([i], skip_special_tokens=True)).strip() and "\ufffd" not in text]
+    printable = [
+        i
+        for i in range(len(tokenizer))
+        if i not in special
+        and (text := tokenizer.decode([i], skip_special_tokens=True)).strip()
+        and "\ufffd" not in text
+    ]
     weight = generator.model.get_output_embeddings().weight
     keep = weight[printable].clone()
     with torch.no_grad():
@@ -90,8 +96,9 @@ def prefill(generator: Generator, pages: list[PageImage]) -> tuple[float, float,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model-size", choices=sorted(SIZES), default="500m",
-                        help="SmolVLM-256M or -500M-Instruct (the CPU default)")
+    parser.add_argument(
+        "--model-size", choices=sorted(SIZES), default="500m", help="SmolVLM-256M or -500M-Instruct (the CPU default)"
+    )
     parser.add_argument("--max-image-edge", type=int, default=DEFAULT_MAX_IMAGE_EDGE)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--tokens", type=int, default=24, help="tokens generated per answer")
@@ -103,16 +110,22 @@ def main() -> None:
         folder = build_generator_checkpoint("idefics3", Path(tmp) / "model", size=SIZES[args.model_size])
         generator = Generator.load(str(folder), device="cpu", max_image_edge=args.max_image_edge)
         params = sum(p.numel() for p in generator.model.parameters()) / 1e6
-        print(f"SmolVLM-{args.model_size} (random weights, {params:.0f}M params, fp32, "
-              f"{torch.get_num_threads()} threads), max_image_edge {args.max_image_edge}, "
-              f"built+loaded in {time.perf_counter() - start:.0f}s", flush=True)
+        print(
+            f"SmolVLM-{args.model_size} (random weights, {params:.0f}M params, fp32, "
+            f"{torch.get_num_threads()} threads), max_image_edge {args.max_image_edge}, "
+            f"built+loaded in {time.perf_counter() - start:.0f}s",
+            flush=True,
+        )
     printable_only(generator)
-    pages = [PageImage(f"doc{i}.pdf", i + 1, None, synthetic_page(args.max_image_edge, i))
-             for i in range(max(args.pages))]
+    pages = [
+        PageImage(f"doc{i}.pdf", i + 1, None, synthetic_page(args.max_image_edge, i)) for i in range(max(args.pages))
+    ]
     measure(generator, pages[:1], args.tokens)  # warm-up
 
-    print(f"{'k':>2} {'tokens':>7} {'TTFT s':>8} {'prefill s':>10} {'TTFT/prefill':>13} {'decode tok/s':>13} "
-          f"{'preprocess s':>13}")
+    print(
+        f"{'k':>2} {'tokens':>7} {'TTFT s':>8} {'prefill s':>10} {'TTFT/prefill':>13} {'decode tok/s':>13} "
+        f"{'preprocess s':>13}"
+    )
     for k in args.pages:
         runs, fills = [], []
         for _ in range(args.repeats):
@@ -122,8 +135,10 @@ def main() -> None:
         rate = statistics.median(r[1] for r in runs)
         prep = statistics.median(f[0] for f in fills)
         fill = statistics.median(f[1] for f in fills)
-        print(f"{k:>2} {fills[0][2]:>7} {ttft:>8.2f} {fill:>10.2f} {ttft / fill:>13.2f} {rate:>13.1f} {prep:>13.2f}",
-              flush=True)
+        print(
+            f"{k:>2} {fills[0][2]:>7} {ttft:>8.2f} {fill:>10.2f} {ttft / fill:>13.2f} {rate:>13.1f} {prep:>13.2f}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -36,9 +36,15 @@ QUESTION = "What is the total amount due on the invoice?"
 
 def _env(runtime: Path, daemon: bool) -> dict[str, str]:
     paths = [str(ROOT), os.environ.get("PYTHONPATH", "")]
-    return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p), "DOCQA_ENGINE": "torch",
-            "HF_HUB_OFFLINE": "1", "XDG_RUNTIME_DIR": str(runtime), "DOCQA_DAEMON": "on" if daemon else "off",
-            "DOCQA_DAEMON_IDLE_S": "900"}
+    return {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(p for p in paths if p),
+        "DOCQA_ENGINE": "torch",
+        "HF_HUB_OFFLINE": "1",
+        "XDG_RUNTIME_DIR": str(runtime),
+        "DOCQA_DAEMON": "on" if daemon else "off",
+        "DOCQA_DAEMON_IDLE_S": "900",
+    }
 
 
 def wall(command: list[str], env: dict[str, str]) -> float:
@@ -67,17 +73,21 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--pages", type=int, default=4, help="synthetic pages in the index")
     parser.add_argument("--tokens", type=int, default=8, help="answer length in tokens")
-    parser.add_argument("--size", choices=("real", "tiny"), default="real",
-                        help="real-size models (the measurement) or tiny ones (a smoke test of this script)")
+    parser.add_argument(
+        "--size",
+        choices=("real", "tiny"),
+        default="real",
+        help="real-size models (the measurement) or tiny ones (a smoke test of this script)",
+    )
     args = parser.parse_args()
 
     import torch
-
     from answer_latency import printable_only, synthetic_page
-    from docqa.api import DocIndex
-    from docqa.models.generator import Conversation, Generator, PageImage
     from tiny_generators import build_generator_checkpoint
     from tiny_retrievers import build_retriever_checkpoint
+
+    from docqa.api import DocIndex
+    from docqa.models.generator import Conversation, Generator, PageImage
 
     work = Path(tempfile.mkdtemp(prefix="cli-latency-"))
     runtime = Path(tempfile.mkdtemp(prefix="rt-", dir="/tmp"))
@@ -110,8 +120,21 @@ def main() -> None:
 
         docqa = [sys.executable, "-m", "docqa"]
         search = [*docqa, "search", "invoice total", "--index", str(work / "idx"), "-k", "3"]
-        ask = [*docqa, "ask", QUESTION, "--index", str(work / "idx"), "-k", "1", "--max-pages", "1",
-               "--max-new-tokens", str(args.tokens), "--answer-model", str(answerer)]
+        ask = [
+            *docqa,
+            "ask",
+            QUESTION,
+            "--index",
+            str(work / "idx"),
+            "-k",
+            "1",
+            "--max-pages",
+            "1",
+            "--max-new-tokens",
+            str(args.tokens),
+            "--answer-model",
+            str(answerer),
+        ]
         cold, warm = _env(runtime, daemon=False), _env(runtime, daemon=True)
         rows = {}
         rows["search, in-process"] = [wall(search, cold) for _ in range(args.repeats)]
@@ -126,25 +149,37 @@ def main() -> None:
         rows["ask first token, resident (warm)"] = [first_byte(ask, warm) for _ in range(args.repeats)]
     finally:
         for sock in (runtime / "docqa").glob("*.sock") if (runtime / "docqa").exists() else []:
-            subprocess.run([sys.executable, "-c", (
-                "import sys, os, signal; sys.path.insert(0, %r)\n"
-                "from docqa.serve.daemon import Connection\n"
-                "c = Connection(%r, 10); os.kill(c.request({'op': 'status'})['pid'], signal.SIGTERM)") % (
-                str(ROOT), str(sock))], check=False)
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-c",
+                    (
+                        f"import sys, os, signal; sys.path.insert(0, {str(ROOT)!r})\n"
+                        "from docqa.serve.daemon import Connection\n"
+                        f"c = Connection({str(sock)!r}, 10); os.kill(c.request({{'op': 'status'}})['pid'], signal.SIGTERM)"
+                    ),
+                ],
+                check=False,
+            )
         shutil.rmtree(work, ignore_errors=True)
         shutil.rmtree(runtime, ignore_errors=True)
 
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                            text=True).stdout.strip()
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
     load = os.getloadavg()
-    print(f"\n{time.strftime('%Y-%m-%d %H:%M')} UTC, commit {commit}, {platform.machine()} {os.cpu_count()} cores, "
-          f"load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}, torch engine, {torch.get_num_threads()} threads, {args.size} models")
+    print(
+        f"\n{time.strftime('%Y-%m-%d %H:%M')} UTC, commit {commit}, {platform.machine()} {os.cpu_count()} cores, "
+        f"load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}, torch engine, {torch.get_num_threads()} threads, {args.size} models"
+    )
     print(f"\n| what | median s (of {args.repeats}) | runs |\n|---|---|---|")
     for name, runs in rows.items():
         print(f"| {name} | {statistics.median(runs):.2f} | {', '.join(f'{r:.2f}' for r in runs)} |")
     print(f"| first use: search that starts the daemon | {first_use_search:.2f} | 1 |")
     print(f"| first use: ask that loads the answer model into it | {first_use_ask:.2f} | 1 |")
-    print(f"| SmolVLM-256M prefill, one page (in this process) | {prefill:.2f} | {', '.join(f'{f:.2f}' for f in fills)} |")
+    print(
+        f"| SmolVLM-256M prefill, one page (in this process) | {prefill:.2f} | {', '.join(f'{f:.2f}' for f in fills)} |"
+    )
 
 
 if __name__ == "__main__":

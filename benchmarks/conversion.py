@@ -32,12 +32,18 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from docqa.api import DocIndex  # noqa: E402
-from docqa.inputs import converters, sources  # noqa: E402
 from office_files import (  # noqa: E402
-    make_docx, make_html, make_long_text, make_markdown, make_pptx, make_xlsx,
+    make_docx,
+    make_html,
+    make_long_text,
+    make_markdown,
+    make_pptx,
+    make_xlsx,
 )
 from tiny_retrievers import build_retriever_checkpoint  # noqa: E402
+
+from docqa.api import DocIndex  # noqa: E402
+from docqa.inputs import converters, sources  # noqa: E402
 
 
 def make_corpus(folder: Path, copies: int) -> list[Path]:
@@ -67,7 +73,9 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="docqa-conversion-bench-"))
     os.environ["DOCQA_CACHE"] = str(work / "cache-a")
     files = make_corpus(work / "docs", args.copies)
-    print(f"{len(files)} files; LibreOffice {subprocess.run(['soffice', '--version'], capture_output=True, text=True).stdout.strip()}")
+    print(
+        f"{len(files)} files; LibreOffice {subprocess.run(['soffice', '--version'], capture_output=True, text=True).stdout.strip()}"
+    )
 
     # 1. persistent pool
     pool = converters.Converter(workers=args.workers)
@@ -86,18 +94,43 @@ def main() -> None:
     # 2. one soffice per file (profile made first, untimed)
     profile = work / "profile"
     warm = make_long_text(work / "warm.txt", lines=3)
-    subprocess.run(["soffice", "--headless", "--norestore", f"-env:UserInstallation={profile.as_uri()}",
-                    "--convert-to", "pdf", "--outdir", str(work / "warm"), str(warm)], check=True, capture_output=True)
+    subprocess.run(
+        [
+            "soffice",
+            "--headless",
+            "--norestore",
+            f"-env:UserInstallation={profile.as_uri()}",
+            "--convert-to",
+            "pdf",
+            "--outdir",
+            str(work / "warm"),
+            str(warm),
+        ],
+        check=True,
+        capture_output=True,
+    )
     profiles = [profile] + [work / f"profile{n}" for n in range(1, args.workers)]
     for extra in profiles[1:]:
         shutil.copytree(profile, extra)
 
     def one(index_path: tuple[int, Path]) -> None:
         index, path = index_path
-        subprocess.run(["soffice", "--headless", "--norestore",
-                        f"-env:UserInstallation={profiles[index % args.workers].as_uri()}",
-                        "--convert-to", "pdf", "--outdir", str(work / "per-file" / str(index)), str(path)],
-                       check=True, capture_output=True, timeout=300)
+        subprocess.run(
+            [
+                "soffice",
+                "--headless",
+                "--norestore",
+                f"-env:UserInstallation={profiles[index % args.workers].as_uri()}",
+                "--convert-to",
+                "pdf",
+                "--outdir",
+                str(work / "per-file" / str(index)),
+                str(path),
+            ],
+            check=True,
+            capture_output=True,
+            timeout=300,
+        )
 
     started = time.monotonic()
     with ThreadPoolExecutor(args.workers) as threads:
@@ -121,26 +154,43 @@ def main() -> None:
     for name, folder in (("mixed", work / "docs"), ("pdfs", as_pdfs)):
         started = time.monotonic()
         report = DocIndex.open(work / f"index-{name}", create=True).ingest(
-            [folder], model=str(checkpoint), image_edge=args.edge, batch_size=4,
-            walk=sources.WalkOptions(exclude=["*.png", "*.css"]))  # a page's own image and stylesheet
+            [folder],
+            model=str(checkpoint),
+            image_edge=args.edge,
+            batch_size=4,
+            walk=sources.WalkOptions(exclude=["*.png", "*.css"]),
+        )  # a page's own image and stylesheet
         seconds = time.monotonic() - started
         assert report.failed == 0, report.failures
         results[name] = (report.pages_added, seconds, report.timings)
-        print(f"ingest {name}: {report.pages_added} pages in {seconds:.2f} s ({report.pages_added / seconds:.2f} pages/s);"
-              f" render+convert {report.timings.render_s:.1f} s, encode {report.timings.encode_s:.1f} s")
+        print(
+            f"ingest {name}: {report.pages_added} pages in {seconds:.2f} s ({report.pages_added / seconds:.2f} pages/s);"
+            f" render+convert {report.timings.render_s:.1f} s, encode {report.timings.encode_s:.1f} s"
+        )
     pool.close()
 
     total_pages = pages
     print()
-    print(f"| measure | files | pages | seconds | pages/s |")
-    print(f"|---|---|---|---|---|")
-    print(f"| convert: persistent pool ({args.workers} worker), warm | {len(rest)} | {total_pages} | {persistent_s:.2f} | {total_pages / persistent_s:.2f} |")
+    print("| measure | files | pages | seconds | pages/s |")
+    print("|---|---|---|---|---|")
+    print(
+        f"| convert: persistent pool ({args.workers} worker), warm | {len(rest)} | {total_pages} | {persistent_s:.2f} | {total_pages / persistent_s:.2f} |"
+    )
     print(f"| convert: pool start-up (first soffice + 1 file) | 1 | - | {startup:.2f} | - |")
-    print(f"| convert: one soffice per file ({args.workers} at a time) | {len(rest)} | {total_pages} | {per_file_s:.2f} | {total_pages / per_file_s:.2f} |")
-    for name, label in (("mixed", "ingest: mixed folder (conversion included)"), ("pdfs", "ingest: same pages as PDFs")):
+    print(
+        f"| convert: one soffice per file ({args.workers} at a time) | {len(rest)} | {total_pages} | {per_file_s:.2f} | {total_pages / per_file_s:.2f} |"
+    )
+    for name, label in (
+        ("mixed", "ingest: mixed folder (conversion included)"),
+        ("pdfs", "ingest: same pages as PDFs"),
+    ):
         count, seconds, _ = results[name]
-        print(f"| {label} | {len(files) if name == 'mixed' else len(pdfs) + 1} | {count} | {seconds:.2f} | {count / seconds:.2f} |")
-    print(f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; load {os.getloadavg()[0]:.1f}")
+        print(
+            f"| {label} | {len(files) if name == 'mixed' else len(pdfs) + 1} | {count} | {seconds:.2f} | {count / seconds:.2f} |"
+        )
+    print(
+        f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; load {os.getloadavg()[0]:.1f}"
+    )
     shutil.rmtree(work, ignore_errors=True)
 
 

@@ -28,8 +28,7 @@ from process_memory import peak_rss_bytes, rss_anon_bytes
 def load_pages(corpus: Path, offsets_file: Path, pages: int, dim: int) -> list[torch.Tensor]:
     offsets = np.load(offsets_file)[: pages + 1]
     vectors = np.memmap(corpus, dtype=np.float16, mode="r", shape=(int(offsets[-1]), dim))
-    return [torch.from_numpy(np.asarray(vectors[offsets[i] : offsets[i + 1]], dtype=np.float32))
-            for i in range(pages)]
+    return [torch.from_numpy(np.asarray(vectors[offsets[i] : offsets[i + 1]], dtype=np.float32)) for i in range(pages)]
 
 
 def build(args: argparse.Namespace) -> dict:
@@ -47,8 +46,13 @@ def search(args: argparse.Namespace) -> dict:
     started = time.perf_counter()
     index = fast_plaid_search.FastPlaid(index=str(args.index), device="cpu")
     opened = time.perf_counter() - started
-    options = {"top_k": 10, "n_ivf_probe": args.n_ivf_probe, "n_full_scores": args.n_full_scores,
-               "show_progress": False, "n_processes": 1}
+    options = {
+        "top_k": 10,
+        "n_ivf_probe": args.n_ivf_probe,
+        "n_full_scores": args.n_full_scores,
+        "show_progress": False,
+        "n_processes": 1,
+    }
     for query in queries[: args.warmup]:  # first searches load the index's files
         index.search(queries_embeddings=query[None], **options)
     latencies, results = [], []
@@ -59,8 +63,13 @@ def search(args: argparse.Namespace) -> dict:
         results.append([int(page) for page, _ in found])
         if args.budget is not None and sum(latencies) > args.budget and len(latencies) >= 5:
             break
-    return {"open_s": opened, "latencies_s": latencies, "results": results,
-            "rss_anon_growth_bytes": rss_anon_bytes() - baseline, "peak_rss_bytes": peak_rss_bytes()}
+    return {
+        "open_s": opened,
+        "latencies_s": latencies,
+        "results": results,
+        "rss_anon_growth_bytes": rss_anon_bytes() - baseline,
+        "peak_rss_bytes": peak_rss_bytes(),
+    }
 
 
 def main() -> None:

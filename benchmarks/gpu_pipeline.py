@@ -23,12 +23,12 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 import torch  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
-
-from docqa.models.generator import Generator  # noqa: E402
-from docqa.api import DocIndex  # noqa: E402
-from docqa.answer.ask import Asker  # noqa: E402
 from tiny_generators import build_generator_checkpoint  # noqa: E402
 from tiny_retrievers import build_retriever_checkpoint  # noqa: E402
+
+from docqa.answer.ask import Asker  # noqa: E402
+from docqa.api import DocIndex  # noqa: E402
+from docqa.models.generator import Generator  # noqa: E402
 
 
 def make_pages(folder: Path, count: int) -> None:
@@ -37,7 +37,9 @@ def make_pages(folder: Path, count: int) -> None:
         image = Image.new("RGB", (1240, 1754), "white")  # A4 at 150 dpi
         draw = ImageDraw.Draw(image)
         for line in range(60):
-            draw.text((90, 90 + 26 * line), f"page {number} line {line}: revenue {number * line} by region", fill="black")
+            draw.text(
+                (90, 90 + 26 * line), f"page {number} line {line}: revenue {number * line} by region", fill="black"
+            )
         draw.rectangle([700, 1300, 1100, 1600], outline="black", width=4)
         image.save(folder / f"page{number:03d}.png")
 
@@ -46,8 +48,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pages", type=int, default=48)
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--size", choices=["real", "tiny"], default="real",
-                        help="tiny: a quick dry run of this script (also on a CPU)")
+    parser.add_argument(
+        "--size", choices=["real", "tiny"], default="real", help="tiny: a quick dry run of this script (also on a CPU)"
+    )
     args = parser.parse_args()
     if not torch.cuda.is_available() and args.size == "real":
         raise SystemExit("no CUDA device: this check is for a GPU machine (--size tiny for a dry run)")
@@ -76,29 +79,53 @@ def main() -> None:
     pages, _ = Asker(generator, index, k=3).retrieve("What is the revenue on page 7?")
     inputs = generator.prepare(None, "What is the revenue on page 7?", pages)
     t0 = time.perf_counter()
-    generator.model.generate(**inputs, max_new_tokens=64, min_new_tokens=64, do_sample=False,
-                             pad_token_id=generator.processor.tokenizer.pad_token_id)
+    generator.model.generate(
+        **inputs,
+        max_new_tokens=64,
+        min_new_tokens=64,
+        do_sample=False,
+        pad_token_id=generator.processor.tokenizer.pad_token_id,
+    )
     plain_s = time.perf_counter() - t0
     from docqa.answer.prompt import Conversation  # noqa: E402
+
     t0 = time.perf_counter()
     streamed = list(generator.stream(Conversation(), "What is the revenue on page 7?", pages, max_new_tokens=64))
     stream_s = time.perf_counter() - t0
-    print(json.dumps({
-        "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
-        "retriever": {"family": encoder["family"], "dtype": encoder["dtype"], "image_edge": encoder["image_edge"],
-                      "build_and_save_s": round(build_s, 1)},
-        "ingest": {"pages": report.pages_added, "failed": report.failed, "seconds": round(report.seconds, 2),
-                   "pages_per_s": round(report.pages_added / report.seconds, 2),
-                   "vectors_per_page": index.vectors.rows / max(report.pages_added, 1),
-                   "peak_gpu_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if device == "cuda" else None},
-        "search_s": {"median": round(statistics.median(search_s), 4), "first": round(search_s[0], 4)},
-        "top_hit": {"path": Path(hits[0].path).name, "page": hits[0].page, "score": hits[0].score},
-        "ask": {"generator_device": str(generator.model.device), "citations": len(result.answer.citations),
-                "answer_tokens": tokens, "generate_s_first_call": round(asks[0].answer.generate_s, 2),
-                "timings": result.to_json()["timings"],
-                "plain_generate_64_tokens_s": round(plain_s, 2),
-                "stream_up_to_64_tokens_s": round(stream_s, 2), "stream_pieces": len(streamed)},
-    }, indent=1))
+    print(
+        json.dumps(
+            {
+                "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
+                "retriever": {
+                    "family": encoder["family"],
+                    "dtype": encoder["dtype"],
+                    "image_edge": encoder["image_edge"],
+                    "build_and_save_s": round(build_s, 1),
+                },
+                "ingest": {
+                    "pages": report.pages_added,
+                    "failed": report.failed,
+                    "seconds": round(report.seconds, 2),
+                    "pages_per_s": round(report.pages_added / report.seconds, 2),
+                    "vectors_per_page": index.vectors.rows / max(report.pages_added, 1),
+                    "peak_gpu_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if device == "cuda" else None,
+                },
+                "search_s": {"median": round(statistics.median(search_s), 4), "first": round(search_s[0], 4)},
+                "top_hit": {"path": Path(hits[0].path).name, "page": hits[0].page, "score": hits[0].score},
+                "ask": {
+                    "generator_device": str(generator.model.device),
+                    "citations": len(result.answer.citations),
+                    "answer_tokens": tokens,
+                    "generate_s_first_call": round(asks[0].answer.generate_s, 2),
+                    "timings": result.to_json()["timings"],
+                    "plain_generate_64_tokens_s": round(plain_s, 2),
+                    "stream_up_to_64_tokens_s": round(stream_s, 2),
+                    "stream_pieces": len(streamed),
+                },
+            },
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -43,7 +43,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
 import numpy as np  # noqa: E402
-
 from process_memory import peak_rss_bytes, rss_anon_bytes  # noqa: E402
 from synthetic_corpus import (  # noqa: E402
     CorpusFile,
@@ -86,8 +85,9 @@ def open_corpus(params: dict, path: str, pages: int, offsets: list[int]) -> Corp
     return CorpusFile(corpus_params, Path(path), pages, np.asarray(offsets, np.int64), vectors)
 
 
-def time_queries(search, queries: np.ndarray, budget_s: float | None = None, minimum: int = 5
-                 ) -> tuple[list[float], list[list[int]]]:
+def time_queries(
+    search, queries: np.ndarray, budget_s: float | None = None, minimum: int = 5
+) -> tuple[list[float], list[list[int]]]:
     """Warm up, then time `search(query) -> page numbers` per query (all, or until the budget)."""
     for query in queries[:WARMUP_QUERIES]:
         search(query)
@@ -126,9 +126,14 @@ def brute_serve(corpus_args: tuple, queries: np.ndarray, budget_s: float) -> dic
         return top[np.argsort(-scores[top])].tolist()
 
     latencies, results = time_queries(search, queries, budget_s)
-    return {"open_s": opened, "latencies_s": latencies, "results": results,
-            "rss_anon_growth_bytes": rss_anon_bytes() - baseline, "peak_rss_bytes": peak_rss_bytes(),
-            "disk_bytes": int(offsets[-1]) * corpus.params.dim * 2}
+    return {
+        "open_s": opened,
+        "latencies_s": latencies,
+        "results": results,
+        "rss_anon_growth_bytes": rss_anon_bytes() - baseline,
+        "peak_rss_bytes": peak_rss_bytes(),
+        "disk_bytes": int(offsets[-1]) * corpus.params.dim * 2,
+    }
 
 
 def old_docqa(root: str):
@@ -145,8 +150,11 @@ def old_docqa(root: str):
 
 def _before_parts(old, corpus: CorpusFile):
     search, store, vectors = old
-    table = store.PageTable(page_ids=np.arange(corpus.pages, dtype=np.int64),
-                            offsets=corpus.offsets[:-1].copy(), counts=np.diff(corpus.offsets))
+    table = store.PageTable(
+        page_ids=np.arange(corpus.pages, dtype=np.int64),
+        offsets=corpus.offsets[:-1].copy(),
+        counts=np.diff(corpus.offsets),
+    )
     return table, vectors.VectorFile(corpus.path.parent, corpus.params.dim, corpus.path.name)
 
 
@@ -158,8 +166,11 @@ def before_build(root: str, corpus_args: tuple, folder: str) -> dict:
     started = time.perf_counter()
     tokens = old[0].TokenIndex.build(table, vectors, epoch=0)
     tokens.save(Path(folder))
-    return {"build_s": time.perf_counter() - started, "peak_rss_bytes": peak_rss_bytes(),
-            "disk_bytes": folder_bytes(Path(folder)) + int(corpus.offsets[-1]) * corpus.params.dim * 2}
+    return {
+        "build_s": time.perf_counter() - started,
+        "peak_rss_bytes": peak_rss_bytes(),
+        "disk_bytes": folder_bytes(Path(folder)) + int(corpus.offsets[-1]) * corpus.params.dim * 2,
+    }
 
 
 def before_serve(root: str, corpus_args: tuple, folder: str, queries: np.ndarray, budget_s: float) -> dict:
@@ -175,8 +186,13 @@ def before_serve(root: str, corpus_args: tuple, folder: str, queries: np.ndarray
         return [hit.page_id for hit in old[0].exact_top_k(query, 10, table, tokens, vectors)]
 
     latencies, results = time_queries(search, queries, budget_s)
-    return {"open_s": opened, "latencies_s": latencies, "results": results,
-            "rss_anon_growth_bytes": rss_anon_bytes() - baseline, "peak_rss_bytes": peak_rss_bytes()}
+    return {
+        "open_s": opened,
+        "latencies_s": latencies,
+        "results": results,
+        "rss_anon_growth_bytes": rss_anon_bytes() - baseline,
+        "peak_rss_bytes": peak_rss_bytes(),
+    }
 
 
 def before_checkout(ref: str) -> str:
@@ -213,17 +229,22 @@ def docqa_build(corpus_args: tuple, folder: str, options: dict) -> dict:
             pages = [corpus.page(n) for n in range(first, min(corpus.pages, first + PAGES_PER_DOCUMENT))]
             index.add_embeddings(_document_path(first), pages)
     index.close()
-    return {"build_s": time.perf_counter() - started, "peak_rss_bytes": peak_rss_bytes(),
-            "disk_bytes": folder_bytes(Path(folder))}
+    return {
+        "build_s": time.perf_counter() - started,
+        "peak_rss_bytes": peak_rss_bytes(),
+        "disk_bytes": folder_bytes(Path(folder)),
+    }
 
 
 def _document_path(first_page: int) -> str:
     return f"doc-{first_page:07d}.pdf"
 
 
-def docqa_serve(folder: str, queries: np.ndarray, exact: bool, budget_s: float, rerank: int | None = None,
-                warm: bool = True) -> dict:
+def docqa_serve(
+    folder: str, queries: np.ndarray, exact: bool, budget_s: float, rerank: int | None = None, warm: bool = True
+) -> dict:
     import torch  # noqa: F401  search's products run in torch; like docqa, a library, not the index
+
     from docqa.api import DocIndex  # imported before the baseline: the library is not the index
 
     baseline = rss_anon_bytes()
@@ -239,9 +260,14 @@ def docqa_serve(folder: str, queries: np.ndarray, exact: bool, budget_s: float, 
 
     latencies, results = time_queries(search, queries, budget_s)
     stats = index.storage.search_stats() if hasattr(index.storage, "search_stats") else {}
-    return {"open_s": opened, "latencies_s": latencies, "results": results,
-            "recall_estimate": stats.get("recall_estimate"),
-            "rss_anon_growth_bytes": rss_anon_bytes() - baseline, "peak_rss_bytes": peak_rss_bytes()}
+    return {
+        "open_s": opened,
+        "latencies_s": latencies,
+        "results": results,
+        "recall_estimate": stats.get("recall_estimate"),
+        "rss_anon_growth_bytes": rss_anon_bytes() - baseline,
+        "peak_rss_bytes": peak_rss_bytes(),
+    }
 
 
 CAP_BASE_BYTES = 1 << 30
@@ -261,10 +287,12 @@ def capped_serve(folder: Path, queries: np.ndarray, budget_s: float, pages: int)
     np.save(queries_file, queries)
     memory_cap.evict(list(Path(folder).iterdir()))
     limit = CAP_BASE_BYTES + CAP_PER_PAGE_BYTES * pages
-    code = (f"import sys, json, numpy as np; sys.path[:0] = {[str(ROOT), str(ROOT / 'benchmarks')]!r};"
-            "import index_search as b;"
-            f"print(json.dumps(b.docqa_serve({str(folder)!r}, np.load({str(queries_file)!r}), False, {budget_s!r},"
-            " warm=False)))")
+    code = (
+        f"import sys, json, numpy as np; sys.path[:0] = {[str(ROOT), str(ROOT / 'benchmarks')]!r};"
+        "import index_search as b;"
+        f"print(json.dumps(b.docqa_serve({str(folder)!r}, np.load({str(queries_file)!r}), False, {budget_s!r},"
+        " warm=False)))"
+    )
     try:
         done = memory_cap.run_capped([sys.executable, "-c", code], limit, "docqa-capped")
     finally:
@@ -300,8 +328,16 @@ def in_fresh_process(function, *args) -> dict:
 # --- fast-plaid, in its own virtualenv -------------------------------------------------------------
 def fastplaid(python: str, corpus: CorpusFile, queries_file: Path, rebuild: bool, budget_s: float) -> dict:
     runner = [python, str(ROOT / "benchmarks" / "fastplaid_runner.py")]
-    common = ["--corpus", str(corpus.path), "--offsets", str(corpus.offsets_file()),
-              "--pages", str(corpus.pages), "--dim", str(corpus.params.dim)]
+    common = [
+        "--corpus",
+        str(corpus.path),
+        "--offsets",
+        str(corpus.offsets_file()),
+        "--pages",
+        str(corpus.pages),
+        "--dim",
+        str(corpus.params.dim),
+    ]
     folder = cache_dir() / f"fastplaid-{corpus.params.key()}-{corpus.pages}"
     stamp = folder / "docqa-bench-build.json"
     if rebuild or not stamp.exists():
@@ -314,11 +350,18 @@ def fastplaid(python: str, corpus: CorpusFile, queries_file: Path, rebuild: bool
     else:
         built = json.loads(stamp.read_text())
         built["cached"] = True
-    served = _run_json([*runner, "search", *common, "--index", str(folder), "--queries", str(queries_file),
-                        "--budget", str(budget_s)])
-    return {**served, "build_s": built["build_s"], "disk_bytes": built["disk_bytes"],
-            "peak_rss_bytes": max(built["peak_rss_bytes"], served["peak_rss_bytes"]),
-            "build_cached": built["cached"], "built_at": built.get("built_at"), "torch": served.get("torch")}
+    served = _run_json(
+        [*runner, "search", *common, "--index", str(folder), "--queries", str(queries_file), "--budget", str(budget_s)]
+    )
+    return {
+        **served,
+        "build_s": built["build_s"],
+        "disk_bytes": built["disk_bytes"],
+        "peak_rss_bytes": max(built["peak_rss_bytes"], served["peak_rss_bytes"]),
+        "build_cached": built["cached"],
+        "built_at": built.get("built_at"),
+        "torch": served.get("torch"),
+    }
 
 
 def _fastplaid_row(args: argparse.Namespace, corpus: CorpusFile, queries_file: Path) -> tuple[dict, str]:
@@ -379,10 +422,14 @@ def threshold_scan_check(root: str, corpus_args: tuple, query_params: QueryParam
     with tempfile.TemporaryDirectory(dir=cache_dir()) as tmp:
         iid_file = Path(tmp) / "iid.f16"
         iid.astype(np.float16).tofile(iid_file)
-        iid_corpus = CorpusFile(corpus.params, iid_file, pages, corpus.offsets,
-                                np.memmap(iid_file, dtype=np.float16, mode="r", shape=(rows, dim)))
-        for name, data, query_set in (("structured", corpus, structured_queries),
-                                      ("iid", iid_corpus, iid_queries)):
+        iid_corpus = CorpusFile(
+            corpus.params,
+            iid_file,
+            pages,
+            corpus.offsets,
+            np.memmap(iid_file, dtype=np.float16, mode="r", shape=(rows, dim)),
+        )
+        for name, data, query_set in (("structured", corpus, structured_queries), ("iid", iid_corpus, iid_queries)):
             table, vectors = _before_parts(old, data)
             tokens = old_search.TokenIndex.build(table, vectors, epoch=0)
             recorder = _DepthRecorder(tokens.faiss)
@@ -400,9 +447,12 @@ def threshold_scan_check(root: str, corpus_args: tuple, query_params: QueryParam
                 seconds = (time.perf_counter() - started) / len(query_set)
             finally:
                 old_search.maxsim = real_maxsim
-            report[name] = {"final_depth_share": float(np.median(final_depths)),
-                            "rankings_read": float(np.median(read)),
-                            "pages_scored_share": sum(scored) / (len(query_set) * pages), "seconds": seconds}
+            report[name] = {
+                "final_depth_share": float(np.median(final_depths)),
+                "rankings_read": float(np.median(read)),
+                "pages_scored_share": sum(scored) / (len(query_set) * pages),
+                "seconds": seconds,
+            }
             vectors.close()
     return report
 
@@ -429,28 +479,46 @@ def _literal(value: str):
 
 
 def machine() -> dict:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    memory = next(line.split()[1] for line in Path("/proc/meminfo").read_text().splitlines()
-                  if line.startswith("MemTotal"))
-    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gb": round(int(memory) / 2**20, 1),
-            "python": platform.python_version(), "numpy": np.__version__,
-            "load_average_at_start": os.getloadavg()}
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    memory = next(
+        line.split()[1] for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal")
+    )
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gb": round(int(memory) / 2**20, 1),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "load_average_at_start": os.getloadavg(),
+    }
 
 
 def truth_shape(scores: np.ndarray, sources: np.ndarray) -> dict:
     """How peaked exact MaxSim is: what the approximate methods are asked to reproduce."""
     ranked = -np.sort(-scores, axis=1)
     at = lambda rank: float(ranked[:, min(rank, ranked.shape[1]) - 1].mean())  # noqa: E731
-    return {"source_first": float(np.mean(np.argmax(scores, axis=1) == sources)),
-            "rank1": at(1), "rank10": at(10), "rank100": at(100), "median": float(np.median(ranked))}
+    return {
+        "source_first": float(np.mean(np.argmax(scores, axis=1) == sources)),
+        "rank1": at(1),
+        "rank10": at(10),
+        "rank100": at(100),
+        "median": float(np.median(ranked)),
+    }
 
 
 def summarise(method: str, pages: int, measured: dict, scores: np.ndarray, note: str = "") -> dict:
     latencies = np.asarray(measured["latencies_s"])
     build_s = measured.get("build_s")
     return {
-        "method": method, "pages": pages,
+        "method": method,
+        "pages": pages,
         "build_pages_per_s": pages / build_s if build_s else None,
         "build_s": build_s,
         "open_s": measured["open_s"],
@@ -475,48 +543,91 @@ def table(rows: list[dict]) -> str:
     def number(value, spec: str) -> str:
         return "—" if value is None else format(value, spec)
 
-    lines = ["| family | method | pages | build pages/s | open s | p50 ms | p95 ms | queries | recall@10 | top-1 "
-             "| RssAnon KB/page | disk KB/page | peak RSS MB | note |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    lines = [
+        "| family | method | pages | build pages/s | open s | p50 ms | p95 ms | queries | recall@10 | top-1 "
+        "| RssAnon KB/page | disk KB/page | peak RSS MB | note |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
     for row in rows:
         lines.append(
             f"| {row.get('family', '')} | {row['method']} | {row['pages']:,} | {number(row['build_pages_per_s'], ',.0f')} "
             f"| {row['open_s']:.3f} | {row['p50_ms']:,.1f} | {row['p95_ms']:,.1f} | {row['queries_timed']} "
             f"| {row['recall_at_10']:.3f} | {row['top1']:.0%} | {row['rss_anon_kb_per_page']:.1f} "
-            f"| {number(row['disk_kb_per_page'], ',.1f')} | {row['peak_rss_mb']:,.0f} | {row['note']} |")
+            f"| {number(row['disk_kb_per_page'], ',.1f')} | {row['peak_rss_mb']:,.0f} | {row['note']} |"
+        )
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000], help="corpus sizes in pages")
-    parser.add_argument("--families", nargs="*", default=list(families()),
-                        help=f"corpus families (benchmarks/synthetic_corpus.py): {', '.join(families())}")
+    parser.add_argument(
+        "--families",
+        nargs="*",
+        default=list(families()),
+        help=f"corpus families (benchmarks/synthetic_corpus.py): {', '.join(families())}",
+    )
     parser.add_argument("--sweep", type=int, default=0, help="also this many corpora with random generator parameters")
     parser.add_argument("--sweep-seed", type=int, default=0)
     parser.add_argument("--queries", type=int, default=50, help="queries per size (at least 50 for p95)")
-    parser.add_argument("--mode", action="append", default=[], metavar="NAME[:KEY=VALUE,...]",
-                        help="a docqa index mode: DocIndex.open options (repeatable; default: the built-in modes)")
-    parser.add_argument("--methods", nargs="+", default=["docqa", "brute", "fast-plaid"],
-                        choices=["docqa", "exact", "brute", "fast-plaid", "before"],
-                        help="exact = docqa's search_embeddings(exact=True) on the first mode's index")
+    parser.add_argument(
+        "--mode",
+        action="append",
+        default=[],
+        metavar="NAME[:KEY=VALUE,...]",
+        help="a docqa index mode: DocIndex.open options (repeatable; default: the built-in modes)",
+    )
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        default=["docqa", "brute", "fast-plaid"],
+        choices=["docqa", "exact", "brute", "fast-plaid", "before"],
+        help="exact = docqa's search_embeddings(exact=True) on the first mode's index",
+    )
     parser.add_argument("--fastplaid-python", default=FASTPLAID_PYTHON)
-    parser.add_argument("--fastplaid-max-pages", type=int, default=10000,
-                        help="fast-plaid builds at ~11 pages/s here: larger sizes are skipped")
-    parser.add_argument("--fastplaid-families", nargs="*", default=None,
-                        help="families fast-plaid runs on (default: all); its builds take 15-35 min per 10k pages here")
+    parser.add_argument(
+        "--fastplaid-max-pages",
+        type=int,
+        default=10000,
+        help="fast-plaid builds at ~11 pages/s here: larger sizes are skipped",
+    )
+    parser.add_argument(
+        "--fastplaid-families",
+        nargs="*",
+        default=None,
+        help="families fast-plaid runs on (default: all); its builds take 15-35 min per 10k pages here",
+    )
     parser.add_argument("--rebuild-fastplaid", action="store_true", help="ignore a cached fast-plaid build")
     parser.add_argument("--before-ref", default=BEFORE_REF, help="git commit of the pre-issue-7 index")
-    parser.add_argument("--before-sizes", type=int, nargs="*", default=[1000, 2000],
-                        help="sizes for the pre-issue-7 index (seconds per query beyond 2k pages)")
-    parser.add_argument("--budget", type=float, default=120.0,
-                        help="seconds of timed queries per slow method and size (at least 5 queries)")
-    parser.add_argument("--sanity-pages", type=int, default=0,
-                        help="pages for the structured-vs-iid threshold-search check (0: skip)")
-    parser.add_argument("--rerank", type=int, nargs="*", default=[], metavar="N",
-                        help="also time the first mode's index with search_embeddings(rerank=N), one row each")
-    parser.add_argument("--capped", action="store_true",
-                        help="also search the first mode's index inside a memory cgroup of 1 GB + 24 KB/page")
+    parser.add_argument(
+        "--before-sizes",
+        type=int,
+        nargs="*",
+        default=[1000, 2000],
+        help="sizes for the pre-issue-7 index (seconds per query beyond 2k pages)",
+    )
+    parser.add_argument(
+        "--budget",
+        type=float,
+        default=120.0,
+        help="seconds of timed queries per slow method and size (at least 5 queries)",
+    )
+    parser.add_argument(
+        "--sanity-pages", type=int, default=0, help="pages for the structured-vs-iid threshold-search check (0: skip)"
+    )
+    parser.add_argument(
+        "--rerank",
+        type=int,
+        nargs="*",
+        default=[],
+        metavar="N",
+        help="also time the first mode's index with search_embeddings(rerank=N), one row each",
+    )
+    parser.add_argument(
+        "--capped",
+        action="store_true",
+        help="also search the first mode's index inside a memory cgroup of 1 GB + 24 KB/page",
+    )
     parser.add_argument("--keep-indexes", action="store_true")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     args = parser.parse_args()
@@ -525,8 +636,14 @@ def main() -> None:
     chosen = {**families(), **sweep(args.sweep, args.sweep_seed)}
     names = [name for name in chosen if name in args.families or name.startswith("sweep-")]
     modes = dict(parse_mode(text) for text in args.mode) or DOCQA_MODES
-    report = {"machine": machine(), "pages_per_document": PAGES_PER_DOCUMENT, "modes": modes,
-              "families": {}, "rows": [], "skipped": []}
+    report = {
+        "machine": machine(),
+        "pages_per_document": PAGES_PER_DOCUMENT,
+        "modes": modes,
+        "families": {},
+        "rows": [],
+        "skipped": [],
+    }
     log(f"machine: {report['machine']}")
     log(f"cache: {cache_dir()}")
     for family in names:
@@ -548,33 +665,45 @@ def main() -> None:
         print(f"skipped: {line}")
 
 
-def run_family(args: argparse.Namespace, family: str, params: CorpusParams, query_params: QueryParams,
-               modes: dict, report: dict, log) -> None:
+def run_family(
+    args: argparse.Namespace,
+    family: str,
+    params: CorpusParams,
+    query_params: QueryParams,
+    modes: dict,
+    report: dict,
+    log,
+) -> None:
     sizes = sorted(set(args.sizes) | (set(args.before_sizes) if "before" in args.methods else set()))
     full = cached_corpus(params, max(sizes), log=log)
     before_root = before_checkout(args.before_ref) if "before" in args.methods or args.sanity_pages else ""
     if args.sanity_pages:
         small = full.prefix(args.sanity_pages)
         small_args = (asdict(params), str(small.path), small.pages, small.offsets.tolist())
-        report["threshold_scan"] = check = in_fresh_process(threshold_scan_check, before_root, small_args,
-                                                            query_params, 10)
+        report["threshold_scan"] = check = in_fresh_process(
+            threshold_scan_check, before_root, small_args, query_params, 10
+        )
         structured, iid = check["structured"], check["iid"]
-        log(f"why structure matters: the pre-issue-7 threshold search over {check['pages']:,} pages"
+        log(
+            f"why structure matters: the pre-issue-7 threshold search over {check['pages']:,} pages"
             f" ({check['vectors']:,} vectors), median of {check['queries']} queries, reads each query"
             f" token's FAISS ranking to depth {structured['final_depth_share']:.2%} of all vectors and"
             f" MaxSim-scores {structured['pages_scored_share']:.0%} of the pages"
             f" ({structured['seconds'] * 1000:,.0f} ms/query) on this corpus; on iid random vectors"
             f" {iid['final_depth_share']:.2%} and {iid['pages_scored_share']:.0%}"
-            f" ({iid['seconds'] * 1000:,.0f} ms/query)")
+            f" ({iid['seconds'] * 1000:,.0f} ms/query)"
+        )
 
     index_root = cache_dir() / "indexes"
     for pages in sizes:
         corpus = full.prefix(pages)
         queries, sources, scores = cached_ground_truth(corpus, query_params, log=log)
         report.setdefault("truth", {}).setdefault(family, {})[pages] = truth = truth_shape(scores, sources)
-        log(f"[{family}] exact MaxSim at {pages:,} pages: the query's source page ranks first for"
+        log(
+            f"[{family}] exact MaxSim at {pages:,} pages: the query's source page ranks first for"
             f" {truth['source_first']:.0%} of queries; mean score of rank 1 / 10 / 100 / median:"
-            f" {truth['rank1']:.2f} / {truth['rank10']:.2f} / {truth['rank100']:.2f} / {truth['median']:.2f}")
+            f" {truth['rank1']:.2f} / {truth['rank10']:.2f} / {truth['rank100']:.2f} / {truth['median']:.2f}"
+        )
         queries_file = cache_dir() / f"queries-{params.key()}-{query_params.key()}-{pages}.npy"
         np.save(queries_file, queries)
         corpus_args = (asdict(params), str(corpus.path), pages, corpus.offsets.tolist())
@@ -585,7 +714,9 @@ def run_family(args: argparse.Namespace, family: str, params: CorpusParams, quer
             try:
                 measured, note = run()
             except Exception as error:  # noqa: BLE001 - one method's failure must not lose the others' rows
-                report["skipped"].append(f"{family}: {method} at {pages:,} pages failed: {type(error).__name__}: {error}")
+                report["skipped"].append(
+                    f"{family}: {method} at {pages:,} pages failed: {type(error).__name__}: {error}"
+                )
                 log(report["skipped"][-1])
                 return
             if measured is not None:
@@ -598,8 +729,14 @@ def run_family(args: argparse.Namespace, family: str, params: CorpusParams, quer
                 folder = index_root / f"{family}-{name}-{pages}"
                 built: dict = {}
 
-                def build_and_serve(exact: bool, rerank: int | None = None, capped: bool = False, folder=folder,
-                                    options=options, built=built):
+                def build_and_serve(
+                    exact: bool,
+                    rerank: int | None = None,
+                    capped: bool = False,
+                    folder=folder,
+                    options=options,
+                    built=built,
+                ):
                     if not built:
                         shutil.rmtree(folder, ignore_errors=True)
                         folder.parent.mkdir(parents=True, exist_ok=True)
@@ -627,8 +764,13 @@ def run_family(args: argparse.Namespace, family: str, params: CorpusParams, quer
                 if not args.keep_indexes:
                     shutil.rmtree(folder, ignore_errors=True)
         if in_main and "brute" in args.methods:
-            add("brute force (numpy fp32)", lambda: (in_fresh_process(brute_serve, corpus_args, queries, args.budget),
-                                                     "fp16 vectors memory-mapped, no build"))
+            add(
+                "brute force (numpy fp32)",
+                lambda: (
+                    in_fresh_process(brute_serve, corpus_args, queries, args.budget),
+                    "fp16 vectors memory-mapped, no build",
+                ),
+            )
         if in_main and "fast-plaid" in args.methods:
             if pages > args.fastplaid_max_pages:
                 report["skipped"].append(f"{family}: fast-plaid at {pages:,} pages (above --fastplaid-max-pages)")
@@ -639,20 +781,32 @@ def run_family(args: argparse.Namespace, family: str, params: CorpusParams, quer
             else:
                 add("fast-plaid 1.7", lambda: _fastplaid_row(args, corpus, queries_file))
         if "before" in args.methods and pages in args.before_sizes:
-            add(f"before issue 7 ({args.before_ref})",
-                lambda: _before_row(before_root, corpus_args, queries, args.budget))
+            add(
+                f"before issue 7 ({args.before_ref})",
+                lambda: _before_row(before_root, corpus_args, queries, args.budget),
+            )
 
 
 def versus_fastplaid(rows: list[dict]) -> list[str]:
     """docqa's default mode against fast-plaid at each size both ran: the p50 ratio and both recalls."""
     lines = []
     for plaid in (row for row in rows if row["method"].startswith("fast-plaid")):
-        ours = next((row for row in rows if row["pages"] == plaid["pages"] and row.get("family") == plaid.get("family")
-                     and row["method"].startswith("docqa:")), None)
+        ours = next(
+            (
+                row
+                for row in rows
+                if row["pages"] == plaid["pages"]
+                and row.get("family") == plaid.get("family")
+                and row["method"].startswith("docqa:")
+            ),
+            None,
+        )
         if ours is not None:
-            lines.append(f"[{plaid.get('family', '')}] {ours['method']} vs {plaid['method']} at {plaid['pages']:,} pages: p50 {ours['p50_ms']:,.1f} vs "
-                         f"{plaid['p50_ms']:,.1f} ms ({plaid['p50_ms'] / ours['p50_ms']:.1f}x faster), recall@10 "
-                         f"{ours['recall_at_10']:.3f} vs {plaid['recall_at_10']:.3f}")
+            lines.append(
+                f"[{plaid.get('family', '')}] {ours['method']} vs {plaid['method']} at {plaid['pages']:,} pages: p50 {ours['p50_ms']:,.1f} vs "
+                f"{plaid['p50_ms']:,.1f} ms ({plaid['p50_ms'] / ours['p50_ms']:.1f}x faster), recall@10 "
+                f"{ours['recall_at_10']:.3f} vs {plaid['recall_at_10']:.3f}"
+            )
     return lines
 
 

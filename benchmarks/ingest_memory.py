@@ -35,9 +35,24 @@ from tiny_retrievers import build_retriever_checkpoint  # noqa: E402
 
 def ingest_peak(pdf: Path, index: Path, checkpoint: Path, args: argparse.Namespace) -> tuple[int, float, dict]:
     """(peak RSS bytes, wall seconds, --json summary) of one `docqa ingest` process."""
-    command = [sys.executable, "-m", "docqa", "ingest", str(pdf), "--index", str(index), "--model",
-               str(checkpoint), "--device", "cpu", "--image-edge", str(args.edge), "--batch-size",
-               str(args.batch_size), "--json"]
+    command = [
+        sys.executable,
+        "-m",
+        "docqa",
+        "ingest",
+        str(pdf),
+        "--index",
+        str(index),
+        "--model",
+        str(checkpoint),
+        "--device",
+        "cpu",
+        "--image-edge",
+        str(args.edge),
+        "--batch-size",
+        str(args.batch_size),
+        "--json",
+    ]
     if args.engine:
         command += ["--engine", args.engine]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
@@ -67,10 +82,14 @@ def main() -> None:
         work = Path(tmp)
         checkpoint = build_retriever_checkpoint("colmodernvbert", work / "model", size=args.size)
         ingest_peak(make_pdf(work / "warm.pdf", 1), work / "index-warm", checkpoint, args)  # conversion
-        print(f"ColModernVBert ({args.size}, random weights), engine {args.engine or 'default'}, A4 pages at "
-              f"{args.edge} px, batch {args.batch_size}; one `docqa ingest` process per PDF")
-        print("| PDF pages | peak RSS MB | over the first | wall s | pages/s | render s | preprocess s | encode s "
-              "| store s |\n|---|---|---|---|---|---|---|---|---|")
+        print(
+            f"ColModernVBert ({args.size}, random weights), engine {args.engine or 'default'}, A4 pages at "
+            f"{args.edge} px, batch {args.batch_size}; one `docqa ingest` process per PDF"
+        )
+        print(
+            "| PDF pages | peak RSS MB | over the first | wall s | pages/s | render s | preprocess s | encode s "
+            "| store s |\n|---|---|---|---|---|---|---|---|---|"
+        )
         first = None
         for pages in args.pages:
             pdf = make_pdf(work / f"doc-{pages}.pdf", pages, title=f"report {pages}")
@@ -79,9 +98,11 @@ def main() -> None:
                 raise SystemExit(f"only {summary['pages_added']} of {pages} pages were ingested")
             first = peak if first is None else first
             t = summary["timings"]
-            print(f"| {pages} | {peak / 2**20:.0f} | {(peak - first) / 2**20:+.0f} | {wall:.1f} | {pages / wall:.2f} | "
-                  f"{t['render_s']:.1f} | {t['preprocess_s']:.1f} | {t['encode_s']:.1f} | {t['store_s']:.1f} |",
-                  flush=True)
+            print(
+                f"| {pages} | {peak / 2**20:.0f} | {(peak - first) / 2**20:+.0f} | {wall:.1f} | {pages / wall:.2f} | "
+                f"{t['render_s']:.1f} | {t['preprocess_s']:.1f} | {t['encode_s']:.1f} | {t['store_s']:.1f} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

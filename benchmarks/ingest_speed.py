@@ -32,14 +32,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # docqa, and the checkpoint factories of the tests
 
 import torch  # noqa: E402
+from documents import make_pdf  # noqa: E402
 from pdf2image import convert_from_path  # noqa: E402
+from tiny_retrievers import FAMILIES, build_retriever_checkpoint  # noqa: E402
 
 from docqa.api import DocIndex  # noqa: E402
-from docqa.models.retriever import Retriever  # noqa: E402
 from docqa.inputs.render import render_pages  # noqa: E402
 from docqa.inputs.sources import PDF  # noqa: E402
-from documents import make_pdf  # noqa: E402
-from tiny_retrievers import FAMILIES, build_retriever_checkpoint  # noqa: E402
+from docqa.models.retriever import Retriever  # noqa: E402
 
 
 def main() -> None:
@@ -57,20 +57,24 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         checkpoint = build_retriever_checkpoint(args.family, work / "model", size=args.size)
-        pdfs = [make_pdf(work / "docs" / f"report-{n}.pdf", args.pages, title=f"report {n}")
-                for n in range(args.docs)]
+        pdfs = [make_pdf(work / "docs" / f"report-{n}.pdf", args.pages, title=f"report {n}") for n in range(args.docs)]
         total = args.docs * args.pages
-        print(f"{args.family} ({args.size} size, random weights), engine {args.engine}, "
-              f"{torch.get_num_threads()} threads, {args.docs} PDFs x {args.pages} A4 pages, batch "
-              f"{args.batch_size}, min of {args.repeats} interleaved")
-        print("| edge | forward pages/s | ingest pages/s | ingest / forward | batch-1 no-overlap pages/s "
-              "| no-overlap / forward | ingest s/page | vectors/page | index KB/page |")
+        print(
+            f"{args.family} ({args.size} size, random weights), engine {args.engine}, "
+            f"{torch.get_num_threads()} threads, {args.docs} PDFs x {args.pages} A4 pages, batch "
+            f"{args.batch_size}, min of {args.repeats} interleaved"
+        )
+        print(
+            "| edge | forward pages/s | ingest pages/s | ingest / forward | batch-1 no-overlap pages/s "
+            "| no-overlap / forward | ingest s/page | vectors/page | index KB/page |"
+        )
         print("|---|---|---|---|---|---|---|---|---|")
         for edge in args.edges:
             retriever = Retriever.load(str(checkpoint), device="cpu", engine=args.engine, image_edge=edge)
             images = [page.image for pdf in pdfs for page in render_pages(pdf, PDF, edge)]
-            batches = [retriever.preprocess_pages(images[i:i + args.batch_size])
-                       for i in range(0, total, args.batch_size)]
+            batches = [
+                retriever.preprocess_pages(images[i : i + args.batch_size]) for i in range(0, total, args.batch_size)
+            ]
             best = {"forward": float("inf"), "ingest": float("inf"), "no overlap": float("inf")}
             shape: dict[str, float] = {}
 
@@ -82,8 +86,9 @@ def main() -> None:
                 folder = work / f"index-{edge}"
                 index = DocIndex.open(folder, create=True)
                 index.adopt_retriever(retriever)
-                report = index.ingest(pdfs, model=str(checkpoint), image_edge=edge, engine=args.engine,
-                                      batch_size=args.batch_size)
+                report = index.ingest(
+                    pdfs, model=str(checkpoint), image_edge=edge, engine=args.engine, batch_size=args.batch_size
+                )
                 assert report.pages_added == total, report.failures
                 shape.update(vectors=index.vectors.rows, size=index.info().bytes_on_disk)
                 index.close()
@@ -96,15 +101,18 @@ def main() -> None:
 
             ways = [("forward", forward), ("ingest", ingest), ("no overlap", no_overlap)]
             for repeat in range(args.repeats):
-                for name, way in ways[repeat % 3:] + ways[:repeat % 3]:  # each way goes first in turn
+                for name, way in ways[repeat % 3 :] + ways[: repeat % 3]:  # each way goes first in turn
                     started = time.perf_counter()
                     way()
                     best[name] = min(best[name], time.perf_counter() - started)
             vectors, size = shape["vectors"], shape["size"]
             rate = {name: total / seconds for name, seconds in best.items()}
-            print(f"| {edge} | {rate['forward']:.3f} | {rate['ingest']:.3f} | {rate['ingest'] / rate['forward']:.2f} "
-                  f"| {rate['no overlap']:.3f} | {rate['no overlap'] / rate['forward']:.2f} | "
-                  f"{best['ingest'] / total:.2f} | {vectors / total:.0f} | {size / 1024 / total:.0f} |", flush=True)
+            print(
+                f"| {edge} | {rate['forward']:.3f} | {rate['ingest']:.3f} | {rate['ingest'] / rate['forward']:.2f} "
+                f"| {rate['no overlap']:.3f} | {rate['no overlap'] / rate['forward']:.2f} | "
+                f"{best['ingest'] / total:.2f} | {vectors / total:.0f} | {size / 1024 / total:.0f} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -29,13 +29,13 @@ os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPAT
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from documents import make_pdf  # noqa: E402
+from tiny_retrievers import build_retriever_checkpoint  # noqa: E402
 
 from docqa.api import DocIndex  # noqa: E402
 from docqa.ingest.local import commit_job  # noqa: E402
 from docqa.ingest.plan import PlannedFile  # noqa: E402
 from docqa.ingest.report import IngestReport  # noqa: E402
-from documents import make_pdf  # noqa: E402
-from tiny_retrievers import build_retriever_checkpoint  # noqa: E402
 
 
 def timed_ingest(index_dir: Path, corpus: Path, **settings) -> tuple[float, int]:
@@ -53,8 +53,13 @@ def main() -> None:
     parser.add_argument("--pages", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--encoders", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--plain-threads", type=int, nargs="+", default=[os.cpu_count() or 1],
-                        help="torch threads of the plain ingest, one run each (the first is the baseline)")
+    parser.add_argument(
+        "--plain-threads",
+        type=int,
+        nargs="+",
+        default=[os.cpu_count() or 1],
+        help="torch threads of the plain ingest, one run each (the first is the baseline)",
+    )
     parser.add_argument("--driver-pages", type=int, default=200)
     parser.add_argument("--driver-vectors", type=int, default=749)
     args = parser.parse_args()
@@ -66,8 +71,10 @@ def main() -> None:
         for number in range(args.docs):
             make_pdf(work / "docs" / f"report-{number}.pdf", args.pages, title=f"report {number}")
         common = dict(model=checkpoint, image_edge=args.edge, batch_size=args.batch_size)
-        print(f"colmodernvbert ({args.size}, random weights), {args.docs} x {args.pages} A4 pages, "
-              f"edge {args.edge}, batch {args.batch_size}, {os.cpu_count()} CPUs")
+        print(
+            f"colmodernvbert ({args.size}, random weights), {args.docs} x {args.pages} A4 pages, "
+            f"edge {args.edge}, batch {args.batch_size}, {os.cpu_count()} CPUs"
+        )
 
         rows = []
         for threads in args.plain_threads:
@@ -81,13 +88,14 @@ def main() -> None:
         make_pdf(work / "warm-up" / "one.pdf", 1)  # untimed: starts and warms the task workers
         timed_ingest(work / "warm-up-index", work / "warm-up", ray="local", ray_encoders=1, **common)
         for encoders in args.encoders:
-            wall, ray_pages = timed_ingest(work / f"ray-{encoders}", work / "docs", ray="local",
-                                           ray_encoders=encoders, **common)
+            wall, ray_pages = timed_ingest(
+                work / f"ray-{encoders}", work / "docs", ray="local", ray_encoders=encoders, **common
+            )
             assert ray_pages == pages
             rows.append((f"--ray, {encoders} encoder actor(s)", "1 torch thread each", wall))
         ray.shutdown()
 
-        print(f"\n| run | threads | wall s | pages/s | overhead s/page vs plain |\n|---|---|---|---|---|")
+        print("\n| run | threads | wall s | pages/s | overhead s/page vs plain |\n|---|---|---|---|---|")
         for name, threads, wall in rows:
             overhead = "" if name == "plain ingest" else f"{(wall - plain_s) / pages:+.2f}"  # vs the first
             print(f"| {name} | {threads} | {wall:.1f} | {pages / wall:.2f} | {overhead} |")
@@ -119,6 +127,7 @@ def driver_commit_rate(folder: Path, pages: int, vectors: int, per_document: int
             commit_job(storage, job, report)
     assert report.pages_added == pages
     return pages / (time.monotonic() - started)
+
 
 if __name__ == "__main__":
     main()

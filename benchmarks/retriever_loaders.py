@@ -26,10 +26,10 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-
 from cpu_engines import pages as make_pages  # noqa: E402
-from docqa.models.retriever import SENTENCE_TRANSFORMERS, TRANSFORMERS, Retriever  # noqa: E402
 from tiny_retrievers import build_retriever_checkpoint  # noqa: E402
+
+from docqa.models.retriever import SENTENCE_TRANSFORMERS, TRANSFORMERS, Retriever  # noqa: E402
 
 
 def main() -> None:
@@ -50,8 +50,9 @@ def main() -> None:
         for engine in args.engines:
             for loader in (TRANSFORMERS, SENTENCE_TRANSFORMERS):
                 started = time.monotonic()
-                options[(loader, engine)] = Retriever.load(str(checkpoint), device="cpu", image_edge=args.edge,
-                                                           engine=engine, loader=loader)
+                options[(loader, engine)] = Retriever.load(
+                    str(checkpoint), device="cpu", image_edge=args.edge, engine=engine, loader=loader
+                )
                 print(f"loaded {loader} on {engine} in {time.monotonic() - started:.1f} s", file=sys.stderr)
         reference = {key: retriever.encode_pages(pages[:1])[0] for key, retriever in options.items()}  # warm-up
         times: dict[tuple[str, str], list[float]] = {key: [] for key in options}
@@ -62,19 +63,28 @@ def main() -> None:
                 times[key].append(time.perf_counter() - started)
 
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
-    print(f"\n{time.strftime('%Y-%m-%d %H:%M')} UTC, commit {commit.strip()}, {platform.processor() or platform.machine()}"
-          f", {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, load {os.getloadavg()[0]:.2f}")
-    print(f"{args.family} ({args.size} size, random weights), {args.pages} A4 pages at {args.edge} px per pass, "
-          f"min of {args.rounds} interleaved passes\n")
+    print(
+        f"\n{time.strftime('%Y-%m-%d %H:%M')} UTC, commit {commit.strip()}, {platform.processor() or platform.machine()}"
+        f", {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, load {os.getloadavg()[0]:.2f}"
+    )
+    print(
+        f"{args.family} ({args.size} size, random weights), {args.pages} A4 pages at {args.edge} px per pass, "
+        f"min of {args.rounds} interleaved passes\n"
+    )
     print("| loader | engine | precision | s per pass | pages/s | vs native same engine | max abs diff vs native |")
     print("|---|---|---|---|---|---|---|")
     for (loader, engine), retriever in options.items():
         best = min(times[(loader, engine)])
         native = min(times[(TRANSFORMERS, engine)])
-        diff = float(np.abs(reference[(loader, engine)] - reference[(TRANSFORMERS, engine)]).max()) \
-            if reference[(loader, engine)].shape == reference[(TRANSFORMERS, engine)].shape else float("nan")
-        print(f"| {loader} | {retriever.stamp.engine} | {retriever.stamp.precision} | {best:.2f} | "
-              f"{args.pages / best:.3f} | {native / best:.2f}x | {diff:.2e} |")
+        diff = (
+            float(np.abs(reference[(loader, engine)] - reference[(TRANSFORMERS, engine)]).max())
+            if reference[(loader, engine)].shape == reference[(TRANSFORMERS, engine)].shape
+            else float("nan")
+        )
+        print(
+            f"| {loader} | {retriever.stamp.engine} | {retriever.stamp.precision} | {best:.2f} | "
+            f"{args.pages / best:.3f} | {native / best:.2f}x | {diff:.2e} |"
+        )
 
 
 if __name__ == "__main__":

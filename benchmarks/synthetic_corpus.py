@@ -99,8 +99,9 @@ class QueryParams:
 def _layout(p: CorpusParams) -> tuple[np.ndarray, np.ndarray]:
     """(duplicate source or -1, vector count) of every page, drawn once per parameter set."""
     layout = np.random.default_rng([p.seed, 1])
-    base = np.clip(np.rint(layout.normal(p.tokens_mean, p.tokens_sd, _LAYOUT_PAGES)),
-                   p.tokens_min, p.tokens_max).astype(np.int64)
+    base = np.clip(
+        np.rint(layout.normal(p.tokens_mean, p.tokens_sd, _LAYOUT_PAGES)), p.tokens_min, p.tokens_max
+    ).astype(np.int64)
     if p.short_share or p.long_share:
         kind = np.random.default_rng([p.seed, 5]).random(_LAYOUT_PAGES)
         base[kind < p.short_share] = p.short_tokens
@@ -143,7 +144,8 @@ class SyntheticCorpus:
             extra = np.random.default_rng([p.seed, 4])
             self.template_vectors = _normalise(  # each template: background-leaning and content-like vectors
                 self.topics[extra.integers(0, p.topics, (p.templates, p.template_tokens))]
-                + _noise(extra, (p.templates, p.template_tokens, p.dim), 1.0, p.dim))
+                + _noise(extra, (p.templates, p.template_tokens, p.dim), 1.0, p.dim)
+            )
         self.source, self.counts = _layout(p)  # per page: the page it near-duplicates (or -1); vector count
 
     def layout(self, pages: int) -> np.ndarray:
@@ -177,8 +179,7 @@ class SyntheticCorpus:
         topics = rng.choice(p.topics, p.topics_per_page, replace=False)
         weights = rng.dirichlet(np.ones(p.topics_per_page))
         motif_topics = rng.choice(topics, p.motifs_per_page, p=weights)
-        motifs = _normalise(self.topics[motif_topics]
-                            + _noise(rng, (p.motifs_per_page, p.dim), p.motif_spread, p.dim))
+        motifs = _normalise(self.topics[motif_topics] + _noise(rng, (p.motifs_per_page, p.dim), p.motif_spread, p.dim))
         motif_weights = rng.dirichlet(np.ones(p.motifs_per_page))  # some motifs cover more of the page
         assigned = rng.choice(p.motifs_per_page, n_content, p=motif_weights)
         content = motifs[assigned] + _noise(rng, (n_content, p.dim), p.token_noise, p.dim)
@@ -189,8 +190,9 @@ class SyntheticCorpus:
         if n_template:
             rows = rng.choice(p.template_tokens, min(n_template, p.template_tokens), replace=False)
             rows = np.resize(rows, n_template)
-            parts.append(self.template_vectors[template, rows]
-                         + _noise(rng, (n_template, p.dim), p.template_noise, p.dim))
+            parts.append(
+                self.template_vectors[template, rows] + _noise(rng, (n_template, p.dim), p.template_noise, p.dim)
+            )
             mask_parts.append(np.ones(n_template, bool))  # template tokens are not the page's own content
         vectors = _normalise(np.concatenate(parts))
         mask = np.concatenate(mask_parts)
@@ -214,9 +216,13 @@ class SyntheticCorpus:
         generic = self.generic_directions(query)
         rng = np.random.default_rng([p.seed, 3, n_pages, query.seed_offset])
         sources = rng.integers(0, n_pages, query.queries)
-        if not (query.page_tokens_max > query.page_tokens or query.query_noise_max > query.query_noise
-                or query.generic_tokens_max > query.generic_tokens or query.other_topic_tokens
-                or query.sources_max > 1):
+        if not (
+            query.page_tokens_max > query.page_tokens
+            or query.query_noise_max > query.query_noise
+            or query.generic_tokens_max > query.generic_tokens
+            or query.other_topic_tokens
+            or query.sources_max > 1
+        ):
             out = np.empty((query.queries, query.page_tokens + query.generic_tokens, p.dim), np.float32)
             for row, source in enumerate(sources):
                 vectors, background = self.page(int(source))
@@ -230,8 +236,9 @@ class SyntheticCorpus:
             return out, sources
         return self._varied_queries(n_pages, query, rng, sources)
 
-    def _varied_queries(self, n_pages: int, query: QueryParams, rng: np.random.Generator,
-                        sources: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _varied_queries(
+        self, n_pages: int, query: QueryParams, rng: np.random.Generator, sources: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Queries whose token counts, noise and number of source pages are drawn per query;
         shorter ones are padded with zero rows (which add 0 to every page's MaxSim)."""
         p = self.params
@@ -258,7 +265,7 @@ class SyntheticCorpus:
             taken.append(others + _noise(rng, others.shape, 1.0, p.dim))
             jitter = all_generic[:n_generic] + _noise(rng, (n_generic, p.dim), query.generic_noise, p.dim)
             tokens = _normalise(np.concatenate([*taken, jitter]))
-            out[row, :len(tokens)] = tokens
+            out[row, : len(tokens)] = tokens
         return out, sources
 
 
@@ -289,7 +296,7 @@ class CorpusFile:
             np.save(path, self.offsets)
         return path
 
-    def prefix(self, pages: int) -> "CorpusFile":
+    def prefix(self, pages: int) -> CorpusFile:
         stop = int(self.offsets[pages])
         return CorpusFile(self.params, self.path, pages, self.offsets[: pages + 1], self.vectors[:stop])
 
@@ -332,8 +339,9 @@ def _cache_matches(generator: SyntheticCorpus, data: Path, offsets: np.ndarray, 
 
 
 # --- exact ground truth ---------------------------------------------------------------------------
-def exact_maxsim_scores(corpus: CorpusFile, queries: np.ndarray, *, first_page: int = 0,
-                        chunk_rows: int = 1 << 16) -> np.ndarray:
+def exact_maxsim_scores(
+    corpus: CorpusFile, queries: np.ndarray, *, first_page: int = 0, chunk_rows: int = 1 << 16
+) -> np.ndarray:
     """Exact MaxSim of every query against pages [first_page, corpus.pages), (queries, pages) float32.
 
     All queries' tokens go through one fp32 matmul per chunk of pages (the stored float16 rows
@@ -356,8 +364,9 @@ def exact_maxsim_scores(corpus: CorpusFile, queries: np.ndarray, *, first_page: 
     return scores
 
 
-def cached_ground_truth(corpus: CorpusFile, query: QueryParams = QueryParams(), *, block: int = 5000,
-                        log=print) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def cached_ground_truth(
+    corpus: CorpusFile, query: QueryParams = QueryParams(), *, block: int = 5000, log=print
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(queries, their source pages, exact scores (queries, pages)), computed once and cached.
 
     Scores are written block by block of pages with a progress file, so an interrupted run (the
@@ -401,16 +410,35 @@ def recall_at_k(found: list[list[int]], scores: np.ndarray, k: int = 10, tie: fl
 def families() -> dict[str, tuple[CorpusParams, QueryParams]]:
     """Structurally different corpora (issue 16), each with its queries; every parameter is printed
     by the benchmark."""
-    varied = QueryParams(page_tokens=3, page_tokens_max=20, query_noise=0.4, query_noise_max=1.4,
-                         generic_tokens=0, generic_tokens_max=12, sources_max=3)
+    varied = QueryParams(
+        page_tokens=3,
+        page_tokens_max=20,
+        query_noise=0.4,
+        query_noise_max=1.4,
+        generic_tokens=0,
+        generic_tokens_max=12,
+        sources_max=3,
+    )
     return {
         "motifs": (CorpusParams(), QueryParams()),  # few topics with page-local motifs (the original)
-        "topics": (CorpusParams(topics=4000, motif_spread=0.0, tokens_mean=350, tokens_sd=40, tokens_min=280,
-                                tokens_max=420, background_share=(0.25, 0.35), duplicate_share=0.03),
-                   QueryParams(page_tokens=10, generic_tokens=6, other_topic_tokens=4)),
+        "topics": (
+            CorpusParams(
+                topics=4000,
+                motif_spread=0.0,
+                tokens_mean=350,
+                tokens_sd=40,
+                tokens_min=280,
+                tokens_max=420,
+                background_share=(0.25, 0.35),
+                duplicate_share=0.03,
+            ),
+            QueryParams(page_tokens=10, generic_tokens=6, other_topic_tokens=4),
+        ),
         "templates": (CorpusParams(seed=2, templates=300, topics=1000), QueryParams()),
-        "background": (CorpusParams(seed=3, background_share=(0.5, 0.7), blank_share=0.1),
-                       QueryParams(page_tokens=8, generic_tokens=12)),
+        "background": (
+            CorpusParams(seed=3, background_share=(0.5, 0.7), blank_share=0.1),
+            QueryParams(page_tokens=8, generic_tokens=12),
+        ),
         "lengths": (CorpusParams(seed=4, short_share=0.4, long_share=0.15), QueryParams()),
         "queries": (CorpusParams(seed=5), varied),
     }
@@ -424,17 +452,30 @@ def sweep(count: int, seed: int = 0) -> dict[str, tuple[CorpusParams, QueryParam
     for number in range(count):
         low = float(rng.uniform(0.0, 0.5))
         corpus = CorpusParams(
-            seed=100 + number, topics=int(rng.choice([32, 256, 1000, 4000])),
-            topics_per_page=int(rng.integers(1, 6)), motifs_per_page=int(rng.integers(4, 64)),
-            motif_spread=float(rng.uniform(0.0, 1.5)), token_noise=float(rng.uniform(0.2, 0.9)),
-            background=int(rng.integers(1, 9)), background_share=(low, low + float(rng.uniform(0.0, 0.3))),
+            seed=100 + number,
+            topics=int(rng.choice([32, 256, 1000, 4000])),
+            topics_per_page=int(rng.integers(1, 6)),
+            motifs_per_page=int(rng.integers(4, 64)),
+            motif_spread=float(rng.uniform(0.0, 1.5)),
+            token_noise=float(rng.uniform(0.2, 0.9)),
+            background=int(rng.integers(1, 9)),
+            background_share=(low, low + float(rng.uniform(0.0, 0.3))),
             duplicate_share=float(rng.uniform(0.0, 0.2)),
-            templates=int(rng.choice([0, 0, 50, 500])), template_share=(0.3, 0.8),
+            templates=int(rng.choice([0, 0, 50, 500])),
+            template_share=(0.3, 0.8),
             blank_share=float(rng.choice([0.0, 0.05, 0.2])),
-            short_share=float(rng.choice([0.0, 0.3])), long_share=float(rng.choice([0.0, 0.1])))
-        queries = QueryParams(page_tokens=int(rng.integers(3, 12)), page_tokens_max=20,
-                              query_noise=float(rng.uniform(0.3, 0.8)), query_noise_max=1.4,
-                              generic_tokens=0, generic_tokens_max=int(rng.integers(0, 13)),
-                              other_topic_tokens=int(rng.integers(0, 5)), sources_max=int(rng.integers(1, 4)))
+            short_share=float(rng.choice([0.0, 0.3])),
+            long_share=float(rng.choice([0.0, 0.1])),
+        )
+        queries = QueryParams(
+            page_tokens=int(rng.integers(3, 12)),
+            page_tokens_max=20,
+            query_noise=float(rng.uniform(0.3, 0.8)),
+            query_noise_max=1.4,
+            generic_tokens=0,
+            generic_tokens_max=int(rng.integers(0, 13)),
+            other_topic_tokens=int(rng.integers(0, 5)),
+            sources_max=int(rng.integers(1, 4)),
+        )
         drawn[f"sweep-{number}"] = (corpus, queries)
     return drawn

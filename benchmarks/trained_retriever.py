@@ -37,13 +37,29 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image, ImageDraw, ImageFont  # noqa: E402
-
-from docqa.models.retriever import Retriever  # noqa: E402
 from tiny_retrievers import build_retriever_checkpoint  # noqa: E402
 
+from docqa.models.retriever import Retriever  # noqa: E402
+
 # one token each in the tiny checkpoint's tokenizer (after a space), so a query token is a word
-WORDS = ("chart", "costs", "dollars", "pump", "report", "region", "year", "pages", "question", "answer",
-         "shows", "which", "using", "describe", "compares", "contain")
+WORDS = (
+    "chart",
+    "costs",
+    "dollars",
+    "pump",
+    "report",
+    "region",
+    "year",
+    "pages",
+    "question",
+    "answer",
+    "shows",
+    "which",
+    "using",
+    "describe",
+    "compares",
+    "contain",
+)
 WORDS_PER_PAGE = 4
 EDGE = 512  # training and evaluation edge: one 512 px tile per page (64 vectors) at the tiny size
 _FILLER = "revenue invoice total amount due payment terms net income signature date summary address".split()
@@ -59,7 +75,7 @@ def page_words(number: int) -> list[str]:
 def labelled_page(number: int, edge: int = EDGE) -> Image.Image:
     """Synthetic A4 page ``number``: small document text, and :func:`page_words` on coloured blocks."""
     rng = np.random.default_rng([number, 1])
-    width, height = round(edge / 2 ** 0.5), edge
+    width, height = round(edge / 2**0.5), edge
     page = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(page)
     margin, line = width // 12, max(height // 50, 6)
@@ -117,8 +133,7 @@ def _in_batch_accuracy(retriever: Retriever, numbers: list[int], edge: int) -> f
     return float((scores.argmax(dim=1) == torch.arange(len(numbers))).float().mean())
 
 
-def train(out_dir: Path, steps: int = 600, batch: int = 16, lr: float = 3e-3, edge: int = EDGE,
-          seed: int = 0) -> Path:
+def train(out_dir: Path, steps: int = 600, batch: int = 16, lr: float = 3e-3, edge: int = EDGE, seed: int = 0) -> Path:
     """Train the tiny ColModernVBert (built in ``out_dir``) and save it back there; returns ``out_dir``."""
     torch.set_num_threads(1)
     folder = build_retriever_checkpoint("colmodernvbert", Path(out_dir), size="tiny")
@@ -128,8 +143,9 @@ def train(out_dir: Path, steps: int = 600, batch: int = 16, lr: float = 3e-3, ed
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.1)
     held_out = list(range(_HELD_OUT_SEEDS, _HELD_OUT_SEEDS + 64))
-    print(f"step 0: held-out in-batch accuracy (64 pages) {_in_batch_accuracy(retriever, held_out, edge):.2f}",
-          flush=True)
+    print(
+        f"step 0: held-out in-batch accuracy (64 pages) {_in_batch_accuracy(retriever, held_out, edge):.2f}", flush=True
+    )
     started = time.perf_counter()
     for step in range(1, steps + 1):
         numbers = list(range(_TRAIN_SEEDS + (step - 1) * batch, _TRAIN_SEEDS + step * batch))
@@ -144,8 +160,11 @@ def train(out_dir: Path, steps: int = 600, batch: int = 16, lr: float = 3e-3, ed
         model.eval()
         if step % 50 == 0 or step == steps:
             accuracy = _in_batch_accuracy(retriever, held_out, edge)
-            print(f"step {step}: loss {loss.item():.3f}, held-out in-batch accuracy (64 pages) {accuracy:.2f}, "
-                  f"{time.perf_counter() - started:.0f} s", flush=True)
+            print(
+                f"step {step}: loss {loss.item():.3f}, held-out in-batch accuracy (64 pages) {accuracy:.2f}, "
+                f"{time.perf_counter() - started:.0f} s",
+                flush=True,
+            )
     model.save_pretrained(folder)
     retriever.processor.save_pretrained(folder)
     return folder

@@ -1,10 +1,10 @@
 """The facade a user imports: open an index, ingest folders, search, remove, describe it.
 
-    from docqa import DocIndex
-    index = DocIndex.open("papers", create=True)
-    index.ingest(["~/papers"])
-    for hit in index.search("quarterly revenue by region", k=5):
-        print(hit.path, hit.page, hit.score)
+from docqa import DocIndex
+index = DocIndex.open("papers", create=True)
+index.ingest(["~/papers"])
+for hit in index.search("quarterly revenue by region", k=5):
+    print(hit.path, hit.page, hit.score)
 """
 
 from __future__ import annotations
@@ -33,10 +33,10 @@ from .errors import (
 )
 from .index.search import ScoredPage
 from .index.storage import IndexOptions, IndexStorage
-from .ingest.local import run_ingest
-from .ingest.report import IngestReport
 from .index.store import DB_NAME, DocumentRecord, PageFilter, Store, check_metadata_key
 from .index.vectors import VectorFile, as_float32
+from .ingest.local import run_ingest
+from .ingest.report import IngestReport
 
 if TYPE_CHECKING:  # the model stack is imported where a model is loaded: `info` and `remove` never need it
     from .models.retriever import Retriever
@@ -59,9 +59,17 @@ class Hit:
     @classmethod
     def from_row(cls, row: dict, *, rank: int, score: float) -> Hit:
         """A hit from a row of Store.pages_with_documents."""
-        return cls(rank=rank, score=score, path=row["path"], page=row["page"], document_id=row["document_id"],
-                   page_id=row["page_id"], sha256=row["sha256"], kind=row["kind"],
-                   file=Path(os.fsdecode(row["path_key"])))
+        return cls(
+            rank=rank,
+            score=score,
+            path=row["path"],
+            page=row["page"],
+            document_id=row["document_id"],
+            page_id=row["page_id"],
+            sha256=row["sha256"],
+            kind=row["kind"],
+            file=Path(os.fsdecode(row["path_key"])),
+        )
 
     def to_json(self) -> dict:
         fields = ("rank", "score", "path", "page", "document_id", "page_id")
@@ -80,8 +88,7 @@ class Searchable(Protocol):
         """What messages name (an index folder; the shards' parent folder)."""
         ...
 
-    def search(self, query: str, k: int = 5, *, where: dict | None = None,
-               path: str | None = None) -> Sequence[Hit]:
+    def search(self, query: str, k: int = 5, *, where: dict | None = None, path: str | None = None) -> Sequence[Hit]:
         """The k pages that best match `query`, best first; `where` (tags) and `path` (a glob) filter."""
         ...
 
@@ -91,19 +98,34 @@ class VectorSearchable(Searchable, Protocol):
     """A Searchable that also encodes queries with its own retriever and searches by query
     vectors (DocIndex and ShardSet: what the CLI's search takes)."""
 
-    def search(self, query: str, k: int = 5, *, device: str | None = None, exact: bool = False,
-               rerank: int | None = None, where: dict | None = None, path: str | None = None,
-               engine: str | None = None) -> Sequence[Hit]:
+    def search(
+        self,
+        query: str,
+        k: int = 5,
+        *,
+        device: str | None = None,
+        exact: bool = False,
+        rerank: int | None = None,
+        where: dict | None = None,
+        path: str | None = None,
+        engine: str | None = None,
+    ) -> Sequence[Hit]:
         """As Searchable.search; `device` and `engine` for the query encoder, `exact` and `rerank`
         as in DocIndex.search_embeddings."""
         ...
 
-    def search_embeddings(self, query: np.ndarray, k: int = 10, *, exact: bool = False, rerank: int | None = None,
-                          where: dict | None = None, path: str | None = None) -> Sequence[Hit]:
-        ...
+    def search_embeddings(
+        self,
+        query: np.ndarray,
+        k: int = 10,
+        *,
+        exact: bool = False,
+        rerank: int | None = None,
+        where: dict | None = None,
+        path: str | None = None,
+    ) -> Sequence[Hit]: ...
 
-    def retriever(self, *, device: str | None = None, engine: str | None = None) -> Retriever:
-        ...
+    def retriever(self, *, device: str | None = None, engine: str | None = None) -> Retriever: ...
 
 
 @dataclass(frozen=True)
@@ -163,8 +185,13 @@ class DocIndex:
         self.options = built or options or IndexOptions()
 
     @classmethod
-    def open(cls, name_or_path: str | os.PathLike[str] | None = None, *, create: bool = False,
-             options: IndexOptions | dict | None = None) -> DocIndex:
+    def open(
+        cls,
+        name_or_path: str | os.PathLike[str] | None = None,
+        *,
+        create: bool = False,
+        options: IndexOptions | dict | None = None,
+    ) -> DocIndex:
         """Open `indexes/<name>` (or a path); create it only when `create` is true. `options` are
         fixed when the index is created; opening an index made with other options is refused (a
         dict names only some options). A folder created here is removed again if the first ingest
@@ -199,9 +226,15 @@ class DocIndex:
         build = self.build
         return None if build is None else build.dim
 
-    def retriever(self, model: str | None = None, device: str | None = None,
-                  image_edge: int | None = None, engine: str | None = None, loader: str | None = None,
-                  trust_remote_code: bool = False) -> Retriever:
+    def retriever(
+        self,
+        model: str | None = None,
+        device: str | None = None,
+        image_edge: int | None = None,
+        engine: str | None = None,
+        loader: str | None = None,
+        trust_remote_code: bool = False,
+    ) -> Retriever:
         """The index's retriever, loaded once; refuses a model, image edge, engine or loader other
         than the ones it was built with (an index is never mixed). Without ``engine`` or ``loader`` it
         uses the index's. ``trust_remote_code`` is never taken from the index: a checkpoint with code
@@ -215,8 +248,14 @@ class DocIndex:
             from .models.retriever import Retriever, default_retriever
 
             device = check_device(device)
-            retriever = Retriever.load(model or default_retriever(device), device=device, image_edge=image_edge,
-                                       engine=engine, loader=loader, trust_remote_code=trust_remote_code)
+            retriever = Retriever.load(
+                model or default_retriever(device),
+                device=device,
+                image_edge=image_edge,
+                engine=engine,
+                loader=loader,
+                trust_remote_code=trust_remote_code,
+            )
             if build is not None:
                 build.check_loaded(self.path, retriever.stamp)
             self._retriever = retriever
@@ -273,8 +312,9 @@ class DocIndex:
             return self.storage.compact()
 
     # --- the user-facing operations ---------------------------------------------------------
-    def ingest(self, paths: Iterable[str | os.PathLike[str]], settings: IngestSettings | None = None,
-               **overrides) -> IngestReport:
+    def ingest(
+        self, paths: Iterable[str | os.PathLike[str]], settings: IngestSettings | None = None, **overrides
+    ) -> IngestReport:
         """Index new and changed files under `paths`; see IngestSettings for the knobs."""
         settings = settings or IngestSettings(**overrides)
         given = [os.fspath(p) for p in paths]
@@ -292,9 +332,13 @@ class DocIndex:
                     self._accept_stamp(pipeline.stamp)
                     report = run_ingest(self.storage, given, settings, None, pipeline=pipeline)
                 else:
-                    retriever = self.retriever(settings.model, settings.device, settings.image_edge,
-                                               settings.engine,
-                                               trust_remote_code=getattr(settings, "trust_remote_code", False))
+                    retriever = self.retriever(
+                        settings.model,
+                        settings.device,
+                        settings.image_edge,
+                        settings.engine,
+                        trust_remote_code=getattr(settings, "trust_remote_code", False),
+                    )
                     self._accept_stamp(retriever.stamp)
                     report = run_ingest(self.storage, given, settings, retriever)
             except BaseException:  # a bad model, device, path or tag, or Ctrl-C: leave no empty index behind
@@ -341,17 +385,34 @@ class DocIndex:
             elif dim != self.dim:
                 raise IndexMismatchError(f"{self.path} holds {self.dim}-dimensional vectors; got {dim}")
             digest = hashlib.sha256()  # a fingerprint of the rows as stored
-            new_pages = [self.storage.append_page(number, 0, 0, vectors, fingerprint=digest)
-                         for number, vectors in enumerate(arrays, start=1)]
-            document_id = self.storage.commit_document(Path(path), sha256=digest.hexdigest(), size=0,
-                                                       mtime=time.time(), kind=EMBEDDINGS_KIND, pages=new_pages,
-                                                       metadata=metadata)
+            new_pages = [
+                self.storage.append_page(number, 0, 0, vectors, fingerprint=digest)
+                for number, vectors in enumerate(arrays, start=1)
+            ]
+            document_id = self.storage.commit_document(
+                Path(path),
+                sha256=digest.hexdigest(),
+                size=0,
+                mtime=time.time(),
+                kind=EMBEDDINGS_KIND,
+                pages=new_pages,
+                metadata=metadata,
+            )
             self.storage.compact_if_wasteful()
         return document_id
 
-    def search(self, query: str, k: int = 5, *, device: str | None = None, exact: bool = False,
-               rerank: int | None = None,
-               where: dict | None = None, path: str | None = None, engine: str | None = None) -> list[Hit]:
+    def search(
+        self,
+        query: str,
+        k: int = 5,
+        *,
+        device: str | None = None,
+        exact: bool = False,
+        rerank: int | None = None,
+        where: dict | None = None,
+        path: str | None = None,
+        engine: str | None = None,
+    ) -> list[Hit]:
         """The k pages that best match `query` (MaxSim), best first; see `search_embeddings`."""
         if not query.strip():
             raise QueryError("the query is empty; give the words to search for")
@@ -360,8 +421,16 @@ class DocIndex:
         query_vectors = self.retriever(device=device, engine=engine).encode_queries([query])[0]
         return self.search_embeddings(query_vectors, k, exact=exact, rerank=rerank, where=where, path=path)
 
-    def search_embeddings(self, query: np.ndarray, k: int = 10, *, exact: bool = False, rerank: int | None = None,
-                          where: dict | None = None, path: str | None = None) -> list[Hit]:
+    def search_embeddings(
+        self,
+        query: np.ndarray,
+        k: int = 10,
+        *,
+        exact: bool = False,
+        rerank: int | None = None,
+        where: dict | None = None,
+        path: str | None = None,
+    ) -> list[Hit]:
         """The k pages with the highest MaxSim for a (n_tokens, dim) query multi-vector, best first.
 
         Scores are exact MaxSim of the stored vectors. In the default "fast" mode an index of more
@@ -423,7 +492,7 @@ class DocIndex:
         """Every indexed document, in path order."""
         return self.store.all_documents()
 
-    def list_documents(self, *, where: dict[str, str] | None = None, path: str | None = None) -> list[dict]:
+    def list_documents(self, *, where: dict[str, object] | None = None, path: str | None = None) -> list[dict]:
         """Every document matching `where` tags and the `path` glob, ordered by path, as JSON objects
         (path, pages, size, kind, sha256, tags, added)."""
         import json
@@ -432,11 +501,21 @@ class DocIndex:
         clause, params = PageFilter(where=where or {}, path=path).sql()
         rows = self.store.db.execute(
             "SELECT path, pages, size, kind, sha256, metadata, indexed_at FROM documents"
-            f" WHERE {clause} ORDER BY path_key", params).fetchall()
-        return [{"path": row[0], "pages": row[1], "size": row[2], "kind": row[3], "sha256": row[4],
-                 "tags": json.loads(row[5] or "{}"),
-                 "added": None if row[6] is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(row[6]))}
-                for row in rows]
+            f" WHERE {clause} ORDER BY path_key",
+            params,
+        ).fetchall()
+        return [
+            {
+                "path": row[0],
+                "pages": row[1],
+                "size": row[2],
+                "kind": row[3],
+                "sha256": row[4],
+                "tags": json.loads(row[5] or "{}"),
+                "added": None if row[6] is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(row[6])),
+            }
+            for row in rows
+        ]
 
     def remove_documents(self, document_ids: Iterable[int]) -> RemoveReport:
         """Delete documents by id (ids not in the index are reported as not found)."""
@@ -449,18 +528,26 @@ class DocIndex:
             if found:
                 self.storage.delete(found)
                 self.storage.compact_if_wasteful()
-        return RemoveReport(index=str(self.path), removed=[known[i] for i in found],
-                            not_found=[str(i) for i in wanted if i not in known])
+        return RemoveReport(
+            index=str(self.path),
+            removed=[known[i] for i in found],
+            not_found=[str(i) for i in wanted if i not in known],
+        )
 
     def info(self) -> IndexInfo:
         documents, pages = self.store.counts()
         build = self.build
         size = sum(entry.stat().st_size for entry in self.path.iterdir() if entry.is_file())
-        return IndexInfo(index=str(self.path), model=build.model if build else None,
-                         documents=documents, pages=pages, bytes_on_disk=size, build=build)
+        return IndexInfo(
+            index=str(self.path),
+            model=build.model if build else None,
+            documents=documents,
+            pages=pages,
+            bytes_on_disk=size,
+            build=build,
+        )
 
     def close(self) -> None:
         if self._storage is not None:
             self._storage.close()
         self.store.close()
-

@@ -76,8 +76,13 @@ class BuildStamp:
     def from_json(cls, data: dict[str, Any]) -> BuildStamp:
         encoder = None if data.get("encoder") is None else EncoderStamp.from_json(data["encoder"])
         dim = data.get("dim") or (encoder.dim if encoder is not None else 0)  # stamps from before "dim"
-        return cls(encoder=encoder, dim=int(dim), options=data.get("options"),
-                   docqa_version=data.get("docqa_version", ""), created=data.get("created", 0.0))
+        return cls(
+            encoder=encoder,
+            dim=int(dim),
+            options=data.get("options"),
+            docqa_version=data.get("docqa_version", ""),
+            created=data.get("created", 0.0),
+        )
 
     def to_json(self) -> dict[str, Any]:
         """The stamp as stored (a stamp from before index options has no "options")."""
@@ -107,8 +112,14 @@ class BuildStamp:
         return self.encoder
 
     # --- compatibility checks -------------------------------------------------------------------
-    def check_load_request(self, where: Path | str, model: str | None, image_edge: int | None,
-                           engine: str | None, loader: str | None = None) -> EncoderStamp:
+    def check_load_request(
+        self,
+        where: Path | str,
+        model: str | None,
+        image_edge: int | None,
+        engine: str | None,
+        loader: str | None = None,
+    ) -> EncoderStamp:
         """Refuse a model, image edge, engine or loader asked for that is not the index's; returns the
         encoder to load (the index's own model, edge, engine and loader)."""
         built = self.encoder_for(where)
@@ -190,11 +201,13 @@ class BuildStamp:
         if built.loader != stamp.loader:
             raise IndexMismatchError(
                 f"{where}: it was built by the {built.loader} loader; this model loads through {stamp.loader}"
-                " (their vectors are not mixed; use another --index)")
+                " (their vectors are not mixed; use another --index)"
+            )
         if built.revision and stamp.revision and built.revision != stamp.revision:
             raise IndexMismatchError(
                 f"{where}: it was built from revision {built.revision[:19]} of the checkpoint, not"
-                f" {stamp.revision[:19]} (the weights changed; re-ingest into another --index)")
+                f" {stamp.revision[:19]} (the weights changed; re-ingest into another --index)"
+            )
 
     # --- several indexes searched as one (docqa.cluster.shards) ---------------------------------
     def comparable(self) -> tuple:
@@ -221,5 +234,6 @@ def common_stamp(paths: list[Path], stamps: list[BuildStamp | None]) -> BuildSta
         if stamp.comparable() != first.comparable():
             raise IndexMismatchError(
                 f"shards {first_path} and {path} were built differently ({first.describe()} vs"
-                f" {stamp.describe()}); their scores cannot be merged")
+                f" {stamp.describe()}); their scores cannot be merged"
+            )
     return first

@@ -55,7 +55,9 @@ def index_location_problem(name_or_path: str | os.PathLike[str] | None, path: Pa
     if blocker is None:
         return None
     what = "is a file" if blocker == path else f"is under {blocker}, which is a file"
-    return f"--index {given}: {path} {what}, not an index folder (name a folder, or a name under {where_indexes_live()})"
+    return (
+        f"--index {given}: {path} {what}, not an index folder (name a folder, or a name under {where_indexes_live()})"
+    )
 
 
 def where_indexes_live() -> str:
@@ -66,7 +68,7 @@ def where_indexes_live() -> str:
 
 
 def index_not_found_message(name_or_path: str | os.PathLike[str] | None, path: Path) -> str:
-    """"No index" naming where it looked (and, for a name, where names are looked up)."""
+    """ "No index" naming where it looked (and, for a name, where names are looked up)."""
     given = os.fspath(name_or_path) if name_or_path is not None else DEFAULT_INDEX
     where = f" (index names are looked up in {where_indexes_live()})" if path.parent == docqa_home() / "indexes" else ""
     return f"no index at {path}{where}; create it with `docqa ingest PATH... --index {given}`"

@@ -78,12 +78,18 @@ class Metrics:
     queries: int
 
     def to_json(self) -> dict:
-        return {"ndcg@5": self.ndcg_at_5, "ndcg@10": self.ndcg_at_10, "recall@k": self.recall_at_k,
-                "mrr@k": self.mrr_at_k, "queries": self.queries}
+        return {
+            "ndcg@5": self.ndcg_at_5,
+            "ndcg@10": self.ndcg_at_10,
+            "recall@k": self.recall_at_k,
+            "mrr@k": self.mrr_at_k,
+            "queries": self.queries,
+        }
 
 
-def score_rankings(rankings: Sequence[Sequence[Hashable]], grades: Sequence[Mapping[Hashable, float]],
-                   k: int) -> Metrics:
+def score_rankings(
+    rankings: Sequence[Sequence[Hashable]], grades: Sequence[Mapping[Hashable, float]], k: int
+) -> Metrics:
     """Average nDCG@5, nDCG@10, recall@k and MRR@k over queries (rankings[i] is judged by grades[i])."""
     if len(rankings) != len(grades):
         raise ValueError(f"{len(rankings)} rankings for {len(grades)} judged queries")
@@ -151,10 +157,10 @@ def read_jsonl_qrels(path: Path) -> Qrels:
         where = f"{path}:{number}"
         query = record.get("query")
         if not isinstance(query, str) or not query.strip():
-            raise QrelsError(f"{where}: \"query\" must be a non-empty string")
+            raise QrelsError(f'{where}: "query" must be a non-empty string')
         relevant = record.get("relevant")
         if not isinstance(relevant, list):
-            raise QrelsError(f"{where}: \"relevant\" must be a list of {{\"path\", \"page\", \"grade\"}}")
+            raise QrelsError(f'{where}: "relevant" must be a list of {{"path", "page", "grade"}}')
         judgments = [_judgment(item, f"{where}: relevant[{i}]") for i, item in enumerate(relevant)]
         kept = tuple(j for j in judgments if j.grade > 0)
         if kept:
@@ -186,13 +192,13 @@ def _jsonl_records(path: Path) -> Iterator[tuple[int, dict]]:
 
 def _judgment(item: object, where: str) -> Judgment:
     if not isinstance(item, dict):
-        raise QrelsError(f"{where}: expected an object with \"path\", \"page\", \"grade\"")
+        raise QrelsError(f'{where}: expected an object with "path", "page", "grade"')
     path = item.get("path")
     if not isinstance(path, str) or not path:
-        raise QrelsError(f"{where}: \"path\" must be a non-empty string")
+        raise QrelsError(f'{where}: "path" must be a non-empty string')
     page = item.get("page", 1)
     if isinstance(page, bool) or not isinstance(page, int) or page < 1:
-        raise QrelsError(f"{where}: \"page\" must be a whole number from 1, got {page!r}")
+        raise QrelsError(f'{where}: "page" must be a whole number from 1, got {page!r}')
     return Judgment(path, page, _grade(item.get("grade", 1), where))
 
 
@@ -247,7 +253,7 @@ def read_beir_folder(folder: Path) -> Qrels:
         page = row.get("page")
         page = 1 if page is None else page
         if not isinstance(row["path"], str) or isinstance(page, bool) or not isinstance(page, int) or page < 1:
-            raise QrelsError(f"{where}: \"path\" must be a string and \"page\" a whole number from 1")
+            raise QrelsError(f'{where}: "path" must be a string and "page" a whole number from 1')
         locations[str(_column(row, _CORPUS_ID, where))] = (row["path"], page)
 
     relevant: dict[str, dict[str, float]] = {}
@@ -268,15 +274,18 @@ def read_beir_folder(folder: Path) -> Qrels:
     return _checked(Qrels(folder, folder, queries, without_relevant=len(texts) - len(queries)))
 
 
-def _beir_part(folder: Path, name: str, *, required: bool,
-               columns: tuple[str, ...] | None = None) -> list[tuple[str, dict]]:
+def _beir_part(
+    folder: Path, name: str, *, required: bool, columns: tuple[str, ...] | None = None
+) -> list[tuple[str, dict]]:
     """Rows of one part ("FILE:LINE", row). With `columns`, a corpus part is read only for the ids
     and those columns (a parquet corpus also holds every page image: those are never loaded)."""
     files = _part_files(folder, name)
     if not files:
         if required:
-            raise QrelsError(f"{folder}: no {name} in this BEIR folder (expected {name}.jsonl, "
-                             f"{name}.tsv, {name}.parquet or a {name}/ folder of them)")
+            raise QrelsError(
+                f"{folder}: no {name} in this BEIR folder (expected {name}.jsonl, "
+                f"{name}.tsv, {name}.parquet or a {name}/ folder of them)"
+            )
         return []
     rows: list[tuple[str, dict]] = []
     for file in files:
@@ -300,8 +309,10 @@ def _part_files(folder: Path, name: str) -> list[Path]:
         splits = {p.stem.split("-")[0] for p in inside}
         if len(splits) > 1:
             if "test" not in splits:
-                raise QrelsError(f"{folder / name}: files of several splits ({', '.join(sorted(splits))})"
-                                 " and no test split; keep one split's files")
+                raise QrelsError(
+                    f"{folder / name}: files of several splits ({', '.join(sorted(splits))})"
+                    " and no test split; keep one split's files"
+                )
             inside = [p for p in inside if p.stem.split("-")[0] == "test"]
         files += inside
     return files
@@ -395,7 +406,7 @@ class DocumentMatcher:
         if given.is_absolute():
             return "no indexed document at that path"
         parts = Path(os.path.normpath(given)).parts
-        matches = [d for d in self._by_name.get(given.name, []) if d.file.parts[-len(parts):] == parts]
+        matches = [d for d in self._by_name.get(given.name, []) if d.file.parts[-len(parts) :] == parts]
         if not matches and len(parts) == 1 and not given.suffix:
             matches = self._by_stem.get(written, [])
         if len(matches) == 1:
@@ -424,8 +435,11 @@ class ModeResult:
         return 1000 * statistics.median(self.search_s) if self.search_s else 0.0
 
     def to_json(self) -> dict:
-        return {**self.metrics.to_json(), "search_s": round(sum(self.search_s), 4),
-                "latency_ms_p50": round(self.latency_ms_p50, 2)}
+        return {
+            **self.metrics.to_json(),
+            "search_s": round(sum(self.search_s), 4),
+            "latency_ms_p50": round(self.latency_ms_p50, 2),
+        }
 
 
 @dataclass
@@ -445,22 +459,32 @@ class EvalReport:
         if self.unmatched:
             shown = "; ".join(self.unmatched[:NOTE_EXAMPLES])
             more = f"; and {len(self.unmatched) - NOTE_EXAMPLES} more" if len(self.unmatched) > NOTE_EXAMPLES else ""
-            notes.append(f"{len(self.unmatched)} of {self.judgments} relevant pages are not in the index"
-                         f" (counted as never retrieved): {shown}{more}")
+            notes.append(
+                f"{len(self.unmatched)} of {self.judgments} relevant pages are not in the index"
+                f" (counted as never retrieved): {shown}{more}"
+            )
         if self.without_relevant:
             notes.append(f"{self.without_relevant} queries have no relevant page and are left out")
         return notes
 
     def to_json(self) -> dict:
-        return {"index": self.index, "qrels": self.qrels, "k": self.k, "gain": "grade",
-                **{mode: result.to_json() for mode, result in self.modes.items()},
-                "encode_s": round(self.encode_s, 4), "judgments": self.judgments,
-                "unmatched_judgments": len(self.unmatched),
-                "queries_without_relevant": self.without_relevant, "notes": self.notes}
+        return {
+            "index": self.index,
+            "qrels": self.qrels,
+            "k": self.k,
+            "gain": "grade",
+            **{mode: result.to_json() for mode, result in self.modes.items()},
+            "encode_s": round(self.encode_s, 4),
+            "judgments": self.judgments,
+            "unmatched_judgments": len(self.unmatched),
+            "queries_without_relevant": self.without_relevant,
+            "notes": self.notes,
+        }
 
 
-def evaluate_index(index: DocIndex, qrels: Qrels, *, k: int = 10, exact: bool = False,
-                   device: str | None = None) -> EvalReport:
+def evaluate_index(
+    index: DocIndex, qrels: Qrels, *, k: int = 10, exact: bool = False, device: str | None = None
+) -> EvalReport:
     """Search every judged query (top max(k, 10), so nDCG@10 is always defined) and score it.
 
     Judged pages that match no indexed page stay in each query's relevant set (they count against
@@ -486,8 +510,11 @@ def evaluate_index(index: DocIndex, qrels: Qrels, *, k: int = 10, exact: bool = 
     retriever = index.retriever(device=device)
     started = time.perf_counter()
     texts = [judged.query for judged in qrels.queries]
-    vectors = [v for start in range(0, len(texts), QUERY_BATCH)
-               for v in retriever.encode_queries(texts[start:start + QUERY_BATCH])]
+    vectors = [
+        v
+        for start in range(0, len(texts), QUERY_BATCH)
+        for v in retriever.encode_queries(texts[start : start + QUERY_BATCH])
+    ]
     encode_s = time.perf_counter() - started
 
     modes: dict[str, ModeResult] = {}
@@ -500,9 +527,16 @@ def evaluate_index(index: DocIndex, qrels: Qrels, *, k: int = 10, exact: bool = 
             seconds.append(time.perf_counter() - started)
             rankings.append([(hit.document_id, hit.page) for hit in hits])
         modes[mode] = ModeResult(score_rankings(rankings, grades, k), seconds)
-    return EvalReport(index=str(index.path), qrels=str(qrels.source), k=k, modes=modes, encode_s=encode_s,
-                      judgments=sum(len(judged.relevant) for judged in qrels.queries), unmatched=unmatched,
-                      without_relevant=qrels.without_relevant)
+    return EvalReport(
+        index=str(index.path),
+        qrels=str(qrels.source),
+        k=k,
+        modes=modes,
+        encode_s=encode_s,
+        judgments=sum(len(judged.relevant) for judged in qrels.queries),
+        unmatched=unmatched,
+        without_relevant=qrels.without_relevant,
+    )
 
 
 def _page_key(matcher: DocumentMatcher, judgment: Judgment, base: Path) -> tuple[int, int] | str:

@@ -45,9 +45,16 @@ class Batch:
     seconds: float = 0.0
 
     def to_json(self) -> dict:
-        return {"event": self.event, "added": self.added, "updated": self.updated, "removed": self.removed,
-                "failed": self.failed, "failures": [{"path": p, "error": e} for p, e in self.failures],
-                "waiting": self.waiting, "seconds": round(self.seconds, 3)}
+        return {
+            "event": self.event,
+            "added": self.added,
+            "updated": self.updated,
+            "removed": self.removed,
+            "failed": self.failed,
+            "failures": [{"path": p, "error": e} for p, e in self.failures],
+            "waiting": self.waiting,
+            "seconds": round(self.seconds, 3),
+        }
 
 
 class WatchLock:
@@ -61,8 +68,10 @@ class WatchLock:
         except BlockingIOError:
             holder = self.path.read_text().strip()
             self._handle.close()
-            raise IndexLockedError(f"{directory}: another docqa watch{f' (pid {holder})' if holder else ''} "
-                                   "already keeps this index in step; stop it first") from None
+            raise IndexLockedError(
+                f"{directory}: another docqa watch{f' (pid {holder})' if holder else ''} "
+                "already keeps this index in step; stop it first"
+            ) from None
         self._handle.seek(0)
         self._handle.truncate()
         self._handle.write(str(os.getpid()))
@@ -88,9 +97,16 @@ def _signature(path: str) -> tuple | str | None:
 class FolderWatcher:
     """Keeps ``index`` equal to what ``ingest --sync`` of ``folders`` would make it."""
 
-    def __init__(self, folders: Iterable[str | os.PathLike[str]], index: str | os.PathLike[str] | None = None, *,
-                 settings: IngestSettings | None = None, settle_s: float = 1.0, rescan_s: float | None = None,
-                 on_batch: Callable[[Batch], None] | None = None) -> None:
+    def __init__(
+        self,
+        folders: Iterable[str | os.PathLike[str]],
+        index: str | os.PathLike[str] | None = None,
+        *,
+        settings: IngestSettings | None = None,
+        settle_s: float = 1.0,
+        rescan_s: float | None = None,
+        on_batch: Callable[[Batch], None] | None = None,
+    ) -> None:
         try:
             import watchfiles  # noqa: F401
         except ImportError as error:
@@ -115,12 +131,19 @@ class FolderWatcher:
     def catch_up(self, event: str = "ready") -> Batch:
         """One ingest --sync of every folder (at start, and every ``rescan_s`` if set)."""
         started = time.monotonic()
-        report = self._with_lock(lambda: self.index.ingest(
-            [str(f) for f in self.folders], _replace(self.settings, sync=True)))
+        report = self._with_lock(
+            lambda: self.index.ingest([str(f) for f in self.folders], _replace(self.settings, sync=True))
+        )
         self._last_sync = time.monotonic()
-        batch = Batch(event, added=report.added, updated=report.updated, removed=report.removed,
-                      failed=report.failed, failures=[(str(f.path), f.error) for f in report.failures],
-                      seconds=time.monotonic() - started)
+        batch = Batch(
+            event,
+            added=report.added,
+            updated=report.updated,
+            removed=report.removed,
+            failed=report.failed,
+            failures=[(str(f.path), f.error) for f in report.failures],
+            seconds=time.monotonic() - started,
+        )
         self.on_batch(batch)
         return batch
 
@@ -194,9 +217,16 @@ class FolderWatcher:
 
         step_ms = max(50, int(self.settle_s * 1000))
         watcher = watchfiles.watch(
-            *self.folders, watch_filter=None, debounce=max(30_000, step_ms), step=step_ms,
-            stop_event=self.stop_event, rust_timeout=max(200, step_ms), yield_on_timeout=True,
-            raise_interrupt=True, ignore_permission_denied=True)
+            *self.folders,
+            watch_filter=None,
+            debounce=max(30_000, step_ms),
+            step=step_ms,
+            stop_event=self.stop_event,
+            rust_timeout=max(200, step_ms),
+            yield_on_timeout=True,
+            raise_interrupt=True,
+            ignore_permission_denied=True,
+        )
         started = False
         try:
             for changes in watcher:
@@ -230,8 +260,10 @@ def _replace(settings: IngestSettings, **changes) -> IngestSettings:
 
 def format_batch(batch: Batch) -> str:
     what = "caught up" if batch.event == "ready" else "rescanned" if batch.event == "rescan" else "synced"
-    line = (f"{what}: {batch.added} added, {batch.updated} updated, {batch.removed} removed, {batch.failed} failed"
-            f" in {batch.seconds:.1f} s")
+    line = (
+        f"{what}: {batch.added} added, {batch.updated} updated, {batch.removed} removed, {batch.failed} failed"
+        f" in {batch.seconds:.1f} s"
+    )
     return line + (f" ({batch.waiting} still being written)" if batch.waiting else "")
 
 

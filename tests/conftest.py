@@ -7,7 +7,6 @@ import os
 from pathlib import Path
 
 import pytest
-
 from tiny_retrievers import build_retriever_checkpoint
 
 RETRIEVER_FAMILIES = ("colmodernvbert", "colqwen2", "colpali")

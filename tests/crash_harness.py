@@ -77,8 +77,9 @@ class Child:
         return ChildResult(killed=False, exit_code=os.WEXITSTATUS(status), value=value)
 
 
-def spawn(function: Callable[[], Any], kill: KillPoint | None = None,
-          before: Callable[[], None] | None = None) -> Child:
+def spawn(
+    function: Callable[[], Any], kill: KillPoint | None = None, before: Callable[[], None] | None = None
+) -> Child:
     """Start `function` in a forked child (after `before`, with `kill` armed)."""
     read_end, write_end = os.pipe()
     pid = os.fork()
@@ -101,8 +102,9 @@ def spawn(function: Callable[[], Any], kill: KillPoint | None = None,
     return Child(pid, read_end)
 
 
-def in_child(function: Callable[[], Any], kill: KillPoint | None = None,
-             before: Callable[[], None] | None = None) -> ChildResult:
+def in_child(
+    function: Callable[[], Any], kill: KillPoint | None = None, before: Callable[[], None] | None = None
+) -> ChildResult:
     """Run `function` in a forked child and wait for it."""
     return spawn(function, kill, before).wait()
 

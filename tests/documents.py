@@ -29,8 +29,14 @@ def make_pdf(path: Path, pages: int, title: str = "doc", size: tuple[float, floa
     return path
 
 
-def make_image(path: Path, size: tuple[int, int] = (300, 420), color: str = "white",
-               text: str = "scan", format: str | None = None, mode: str = "RGB") -> Path:
+def make_image(
+    path: Path,
+    size: tuple[int, int] = (300, 420),
+    color: str = "white",
+    text: str = "scan",
+    format: str | None = None,
+    mode: str = "RGB",
+) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     image = Image.new("RGB", size, color)
     draw = ImageDraw.Draw(image)
@@ -66,8 +72,12 @@ def make_png_bomb(path: Path, width: int = 30_000, height: int = 30_000) -> Path
 
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB, no interlace
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
-                     + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+        + chunk(b"IEND", b"")
+    )
     return path
 
 

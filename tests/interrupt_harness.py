@@ -29,10 +29,10 @@ import time
 import torch  # noqa: F401  (imported once, before any fork)
 from transformers import Idefics3ForConditionalGeneration, Idefics3Processor  # noqa: F401
 
-import docqa.models.generator
 import docqa.answer.ask
-from docqa.cli import main as docqa_main
+import docqa.models.generator
 import docqa.models.retriever
+from docqa.cli import main as docqa_main
 
 SLOW_S = 60.0
 
@@ -115,8 +115,11 @@ def child(request: dict) -> None:
     stdin_path = request["err"] + ".stdin"
     with open(stdin_path, "w") as handle:
         handle.write(request.get("stdin", ""))
-    for fd, path, mode in ((0, stdin_path, os.O_RDONLY), (1, request["out"], os.O_WRONLY | os.O_CREAT),
-                           (2, request["err"], os.O_WRONLY | os.O_CREAT)):
+    for fd, path, mode in (
+        (0, stdin_path, os.O_RDONLY),
+        (1, request["out"], os.O_WRONLY | os.O_CREAT),
+        (2, request["err"], os.O_WRONLY | os.O_CREAT),
+    ):
         os.dup2(os.open(path, mode, 0o600), fd)
     sys.stdin = open(0, closefd=False)  # the request's stdin, not the protocol pipe
     os.environ.update(request.get("env", {}))

@@ -58,9 +58,20 @@ def libreoffice_convert(sources: list[Path], target_format: str, out_dir: Path, 
     """Convert with a one-off `soffice --convert-to` (its own profile): LibreOffice's own export."""
     out_dir.mkdir(parents=True, exist_ok=True)
     subprocess.run(
-        ["soffice", "--headless", "--norestore", f"-env:UserInstallation={profile.as_uri()}",
-         "--convert-to", target_format, "--outdir", str(out_dir), *map(str, sources)],
-        check=True, capture_output=True, timeout=300,
+        [
+            "soffice",
+            "--headless",
+            "--norestore",
+            f"-env:UserInstallation={profile.as_uri()}",
+            "--convert-to",
+            target_format,
+            "--outdir",
+            str(out_dir),
+            *map(str, sources),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
     )
     suffix = "." + target_format.split(":")[0]
     return [out_dir / (source.stem + suffix) for source in sources]
@@ -80,7 +91,8 @@ def make_html(folder: Path) -> Path:
     page.write_text(
         "<!DOCTYPE html><html><head><title>Web page</title><link rel='stylesheet' href='style.css'></head>"
         "<body><h1>Harbour traffic</h1><p>Ships per month, see the chart.</p>"
-        "<img src='chart.png' width='120' height='120'></body></html>")
+        "<img src='chart.png' width='120' height='120'></body></html>"
+    )
     return page
 
 
@@ -175,9 +187,13 @@ def make_macro_odt(path: Path, marker: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     with zipfile.ZipFile(path, "w") as archive:
         archive.writestr(zipfile.ZipInfo("mimetype"), "application/vnd.oasis.opendocument.text")
-        for name, text in (("META-INF/manifest.xml", _MANIFEST), ("content.xml", _CONTENT),
-                           ("Basic/script-lc.xml", _LIBRARIES), ("Basic/Standard/script-lb.xml", _LIBRARY),
-                           ("Basic/Standard/Module1.xml", _MODULE.replace("{marker}", str(marker)))):
+        for name, text in (
+            ("META-INF/manifest.xml", _MANIFEST),
+            ("content.xml", _CONTENT),
+            ("Basic/script-lc.xml", _LIBRARIES),
+            ("Basic/Standard/script-lb.xml", _LIBRARY),
+            ("Basic/Standard/Module1.xml", _MODULE.replace("{marker}", str(marker))),
+        ):
             archive.writestr(name, text, compress_type=zipfile.ZIP_DEFLATED)
     return path
 

@@ -9,11 +9,11 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from documents import make_image, make_pdf
+
 from docqa.api import DocIndex
 from docqa.serve.security import Auth
 from docqa.serve.service import Limits, Service
-
-from documents import make_image, make_pdf
 
 
 def build_corpus_index(root: Path, retriever_checkpoint: Path) -> Path:
@@ -27,8 +27,9 @@ def build_corpus_index(root: Path, retriever_checkpoint: Path) -> Path:
     return root / "idx"
 
 
-def service_on_copy(template: Path, target: Path, *, answer_model: Path | None = None,
-                    limits: Limits | None = None) -> Service:
+def service_on_copy(
+    template: Path, target: Path, *, answer_model: Path | None = None, limits: Limits | None = None
+) -> Service:
     """A service over a fresh copy of the index folder ``template`` (its documents stay where they are)."""
     shutil.copytree(template, target)
     return Service(target, device="cpu", answer_model=str(answer_model) if answer_model else None, limits=limits)
@@ -108,8 +109,11 @@ def authenticated(app):
     async def wrapped(scope, receive, send):
         if scope["type"] == "http":
             headers = [(k, v) for k, v in scope["headers"] if k not in (b"host", b"authorization")]
-            scope = {**scope, "server": ("127.0.0.1", 8000),
-                     "headers": [(b"host", b"127.0.0.1:8000"), token_header, *headers]}
+            scope = {
+                **scope,
+                "server": ("127.0.0.1", 8000),
+                "headers": [(b"host", b"127.0.0.1:8000"), token_header, *headers],
+            }
         await app(scope, receive, send)
 
     return wrapped

@@ -12,7 +12,6 @@ def stored_pages(index) -> dict[tuple[str, int], np.ndarray]:
         "SELECT documents.path, pages.number, pages.vec_offset, pages.vec_count FROM pages"
         " JOIN documents ON documents.id = pages.document_id"
     ).fetchall()
-    pages = {(path, number): index.vectors.read([offset], [count])[0]
-             for path, number, offset, count in rows}
+    pages = {(path, number): index.vectors.read([offset], [count])[0] for path, number, offset, count in rows}
     assert len(pages) == len(rows), "a page was committed twice"
     return pages

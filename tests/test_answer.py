@@ -6,17 +6,17 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+from tiny_generators import build_generator_checkpoint
 
 from docqa.answer.citations import find_citations
 from docqa.answer.prompt import INSTRUCTIONS, Answer, Conversation, PageImage, build_messages
+from docqa.errors import ModelLoadError, UnsupportedModelError
 from docqa.models.generator import (
     DEFAULT_CPU_ANSWER_MODEL,
     DEFAULT_GPU_ANSWER_MODEL,
     Generator,
     default_answer_model,
 )
-from docqa.errors import ModelLoadError, UnsupportedModelError
-from tiny_generators import build_generator_checkpoint
 
 FAMILIES = ["idefics3", "qwen2_vl"]
 
@@ -80,8 +80,9 @@ def test_uncached_hub_id_fails_fast_offline(monkeypatch: pytest.MonkeyPatch) -> 
 def test_text_only_checkpoint_is_unsupported(tmp_path: Path) -> None:
     from transformers import LlamaConfig
 
-    LlamaConfig(hidden_size=8, intermediate_size=16, num_hidden_layers=1, num_attention_heads=2,
-                vocab_size=32).save_pretrained(tmp_path)
+    LlamaConfig(
+        hidden_size=8, intermediate_size=16, num_hidden_layers=1, num_attention_heads=2, vocab_size=32
+    ).save_pretrained(tmp_path)
     with pytest.raises(UnsupportedModelError, match="not an image-text-to-text model"):
         Generator.load(str(tmp_path))
 

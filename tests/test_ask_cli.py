@@ -6,10 +6,9 @@ import io
 import json
 
 import pytest
+from documents import make_image, make_pdf
 
 from docqa.cli.main import main
-
-from documents import make_image, make_pdf
 
 
 @pytest.fixture()
@@ -32,8 +31,21 @@ def test_ask_cites_exactly_the_retrieved_pages(indexed, capsys, generator_checkp
     docs, index = indexed
     assert main(["search", "total amount due", "--index", index, "-k", "2", "--json"]) == 0
     retrieved = _json(capsys)["results"]
-    code = main(["ask", "total amount due", "--index", index, "-k", "2", "--max-new-tokens", "5",
-                 "--answer-model", str(generator_checkpoints[family]), "--json"])
+    code = main(
+        [
+            "ask",
+            "total amount due",
+            "--index",
+            index,
+            "-k",
+            "2",
+            "--max-new-tokens",
+            "5",
+            "--answer-model",
+            str(generator_checkpoints[family]),
+            "--json",
+        ]
+    )
     result = _json(capsys)
     assert code == 0
     assert set(result) >= {"question", "answer", "citations", "answer_model", "timings"}
@@ -46,8 +58,20 @@ def test_ask_cites_exactly_the_retrieved_pages(indexed, capsys, generator_checkp
 
 def test_ask_streams_text_then_sources(indexed, capsys, generator_checkpoints):
     _, index = indexed
-    code = main(["ask", "what is on the receipt", "--index", index, "-k", "1", "--max-new-tokens", "4",
-                 "--answer-model", str(generator_checkpoints["idefics3"])])
+    code = main(
+        [
+            "ask",
+            "what is on the receipt",
+            "--index",
+            index,
+            "-k",
+            "1",
+            "--max-new-tokens",
+            "4",
+            "--answer-model",
+            str(generator_checkpoints["idefics3"]),
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0 and "Sources (* = cited in the answer):" in out and "[1] " in out
 
@@ -62,7 +86,9 @@ def test_changed_source_is_not_used(indexed, capsys, generator_checkpoints):
     assert code == 2 and "changed since it was indexed" in err
 
 
-def test_empty_index_and_missing_model_are_one_line_errors(tmp_path, capsys, retriever_checkpoint, generator_checkpoints):
+def test_empty_index_and_missing_model_are_one_line_errors(
+    tmp_path, capsys, retriever_checkpoint, generator_checkpoints
+):
     index = str(tmp_path / "empty")
     (tmp_path / "nothing").mkdir()
     main(["ingest", str(tmp_path / "nothing"), "--index", index, "--model", str(retriever_checkpoint)])
@@ -78,16 +104,40 @@ def test_empty_index_and_missing_model_are_one_line_errors(tmp_path, capsys, ret
 def test_chat_over_a_pipe_keeps_and_bounds_history(indexed, capsys, monkeypatch, generator_checkpoints):
     """chat --json: every stdout line is one JSON object, answers and commands alike."""
     _, index = indexed
-    questions = ("first question\nsecond question\n/pages\n\n   \n/nonsense\nthird question\n/reset\n/pages\n"
-                 "/quit\nignored\n")
+    questions = (
+        "first question\nsecond question\n/pages\n\n   \n/nonsense\nthird question\n/reset\n/pages\n/quit\nignored\n"
+    )
     monkeypatch.setattr("sys.stdin", io.StringIO(questions))
-    code = main(["chat", "--index", index, "-k", "2", "--max-pages", "2", "--max-images", "1",
-                 "--max-new-tokens", "3", "--answer-model", str(generator_checkpoints["idefics3"]), "--json"])
+    code = main(
+        [
+            "chat",
+            "--index",
+            index,
+            "-k",
+            "2",
+            "--max-pages",
+            "2",
+            "--max-images",
+            "1",
+            "--max-new-tokens",
+            "3",
+            "--answer-model",
+            str(generator_checkpoints["idefics3"]),
+            "--json",
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 0
     lines = [json.loads(line) for line in captured.out.splitlines()]  # every line parses
     assert [line.get("question", line.get("command")) for line in lines] == [
-        "first question", "second question", "/pages", "/nonsense", "third question", "/reset", "/pages"]
+        "first question",
+        "second question",
+        "/pages",
+        "/nonsense",
+        "third question",
+        "/reset",
+        "/pages",
+    ]
     turns = [line for line in lines if "answer" in line]
     assert all(len(t["citations"]) == 2 for t in turns)
     # /pages after two turns of 2 pages each: bounded to 1 image; after /reset: none
@@ -101,8 +151,19 @@ def test_chat_over_a_pipe_keeps_and_bounds_history(indexed, capsys, monkeypatch,
 def test_piped_chat_text_echoes_each_question_before_its_answer(indexed, capsys, monkeypatch, generator_checkpoints):
     _, index = indexed
     monkeypatch.setattr("sys.stdin", io.StringIO("first question\n/pages\nsecond question\n"))
-    code = main(["chat", "--index", index, "-k", "1", "--max-new-tokens", "3",
-                 "--answer-model", str(generator_checkpoints["idefics3"])])
+    code = main(
+        [
+            "chat",
+            "--index",
+            index,
+            "-k",
+            "1",
+            "--max-new-tokens",
+            "3",
+            "--answer-model",
+            str(generator_checkpoints["idefics3"]),
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0
     echoed = [line for line in out.splitlines() if line.startswith("> ")]
@@ -120,8 +181,22 @@ def test_describe_and_ask_image_need_no_index(tmp_path, capsys, generator_checkp
     assert (described["path"], described["page"]) == (str(pdf), 2) and isinstance(described["description"], str)
 
     scan = make_image(tmp_path / "scan.png", text="stamped 2024-03-01")
-    assert main(["ask", "--image", str(scan), "Which date is stamped?", "--max-new-tokens", "4",
-                 "--answer-model", model, "--json"]) == 0
+    assert (
+        main(
+            [
+                "ask",
+                "--image",
+                str(scan),
+                "Which date is stamped?",
+                "--max-new-tokens",
+                "4",
+                "--answer-model",
+                model,
+                "--json",
+            ]
+        )
+        == 0
+    )
     answered = _json(capsys)
     assert [(c["path"], c["page"], c["score"]) for c in answered["citations"]] == [(str(scan), 1, None)]
 

@@ -9,10 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from documents import make_image, make_pdf
 
 from docqa.cli.main import build_parser, main
-
-from documents import make_image, make_pdf
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -35,11 +34,20 @@ def test_ingest_search_info_remove_json(tmp_path, capsys, retriever_checkpoint):
     make_image(docs / "b.png")
     index = str(tmp_path / "idx")
 
-    code, report, _ = run(capsys, "ingest", str(docs), "--index", index, "--model",
-                          str(retriever_checkpoint), "--batch-size", "2", "--json")
+    code, report, _ = run(
+        capsys,
+        "ingest",
+        str(docs),
+        "--index",
+        index,
+        "--model",
+        str(retriever_checkpoint),
+        "--batch-size",
+        "2",
+        "--json",
+    )
     assert code == 0
-    assert report["documents"] == {"added": 2, "updated": 0, "unchanged": 0, "removed": 0,
-                                   "failed": 0, "skipped": 0}
+    assert report["documents"] == {"added": 2, "updated": 0, "unchanged": 0, "removed": 0, "failed": 0, "skipped": 0}
     assert report["pages_added"] == 3 and report["failures"] == [] and report["index"] == index
 
     code, found, _ = run(capsys, "search", "page two", "--index", index, "-k", "2", "--json")
@@ -59,8 +67,9 @@ def test_ingest_search_info_remove_json(tmp_path, capsys, retriever_checkpoint):
 
 def test_named_index_lives_under_docqa_home(tmp_path, capsys, retriever_checkpoint, docqa_home):
     make_image(tmp_path / "docs" / "x.png")
-    code, report, _ = run(capsys, "ingest", str(tmp_path / "docs"), "--index", "work",
-                          "--model", str(retriever_checkpoint), "--json")
+    code, report, _ = run(
+        capsys, "ingest", str(tmp_path / "docs"), "--index", "work", "--model", str(retriever_checkpoint), "--json"
+    )
     assert code == 0 and report["index"] == str(docqa_home / "indexes" / "work")
     assert (docqa_home / "indexes" / "work" / "docqa.db").exists()
 
@@ -68,8 +77,7 @@ def test_named_index_lives_under_docqa_home(tmp_path, capsys, retriever_checkpoi
 def test_partial_failure_exits_1_and_names_the_file(tmp_path, capsys, retriever_checkpoint):
     make_image(tmp_path / "docs" / "ok.png")
     (tmp_path / "docs" / "broken.pdf").write_bytes(b"%PDF-1.7\n%%EOF garbage")
-    code, report, _ = run(capsys, "ingest", str(tmp_path / "docs"), "--model",
-                          str(retriever_checkpoint), "--json")
+    code, report, _ = run(capsys, "ingest", str(tmp_path / "docs"), "--model", str(retriever_checkpoint), "--json")
     assert code == 1
     assert report["documents"]["added"] == 1 and report["documents"]["failed"] == 1
     assert report["failures"][0]["path"] == str(tmp_path / "docs" / "broken.pdf")

@@ -14,10 +14,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from documents import make_image, make_pdf
 
 from docqa.cli.main import main
-
-from documents import make_image, make_pdf
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -37,17 +36,29 @@ def world(tmp_path_factory, retriever_checkpoints, generator_checkpoints) -> dic
     index = DocIndex.open(root / "index", create=True)
     index.ingest([docs], model=str(retriever_checkpoints["colmodernvbert"]))
     index.close()
-    return {"docs": str(docs), "pdf": str(docs / "report.pdf"), "txt": str(root / "notes.log"),
-            "qrels": str(root / "qrels.jsonl"),
-            "folder": str(root / "plain-folder"), "index": str(root / "index"),
-            "missing": str(root / "no-such-thing"), "retriever": str(retriever_checkpoints["colmodernvbert"]),
-            "colpali": str(retriever_checkpoints["colpali"]), "answerer": str(generator_checkpoints["idefics3"])}
+    return {
+        "docs": str(docs),
+        "pdf": str(docs / "report.pdf"),
+        "txt": str(root / "notes.log"),
+        "qrels": str(root / "qrels.jsonl"),
+        "folder": str(root / "plain-folder"),
+        "index": str(root / "index"),
+        "missing": str(root / "no-such-thing"),
+        "retriever": str(retriever_checkpoints["colmodernvbert"]),
+        "colpali": str(retriever_checkpoints["colpali"]),
+        "answerer": str(generator_checkpoints["idefics3"]),
+    }
 
 
 def _tree(*roots: Path) -> set[Path]:
     """Every path under `roots`, but SQLite's -wal/-shm files, which any reader of an index may create."""
-    return {path for root in roots if root.exists() for path in [root, *root.rglob("*")]
-            if not path.name.endswith(("-wal", "-shm"))}
+    return {
+        path
+        for root in roots
+        if root.exists()
+        for path in [root, *root.rglob("*")]
+        if not path.name.endswith(("-wal", "-shm"))
+    }
 
 
 # (command line with {placeholders} from `world`, text the one stderr line must contain)
@@ -82,14 +93,18 @@ CASES = {
     "ask: empty question": ("ask '' --index {index} --answer-model {answerer}", "the question is empty"),
     "ask: blank question": ("ask ' ' --index {index} --answer-model {missing}", "the question is empty"),
     "ask: missing index": ("ask words --index {missing} --answer-model {answerer}", "no index at"),
-    "ask: retriever as answer model": ("ask words --index {index} --answer-model {retriever}",
-                                       "not an image-text-to-text model"),
+    "ask: retriever as answer model": (
+        "ask words --index {index} --answer-model {retriever}",
+        "not an image-text-to-text model",
+    ),
     "ask: missing answer model": ("ask words --index {index} --answer-model {missing}", "cannot load answer model"),
     "ask: cuda on CPU torch": ("ask words --index {index} --answer-model {answerer} --device cuda", "device 'cuda'"),
     "ask: max pages 0": ("ask words --index {index} --max-pages 0", "--max-pages: must be at least 1"),
     "ask: max new tokens 0": ("ask words --index {index} --max-new-tokens 0", "--max-new-tokens: must be at least 1"),
-    "ask: huge answer": ("ask words --index {index} --answer-model {answerer} --max-new-tokens 100000000",
-                         "leaves no room"),
+    "ask: huge answer": (
+        "ask words --index {index} --answer-model {answerer} --max-new-tokens 100000000",
+        "leaves no room",
+    ),
     "ask --image: missing file": ("ask words --image {missing} --answer-model {answerer}", "cannot read the file"),
     "ask --image: not a page": ("ask words --image {txt} --answer-model {answerer}", "not a PDF or a supported image"),
     "chat: missing index": ("chat --index {missing} --answer-model {answerer}", "no index at"),
@@ -148,8 +163,23 @@ def test_huge_requests_are_lowered_with_a_note(world, capsys):
     assert code == 0 and len(json.loads(captured.out)["results"]) == 3  # every page the index has
     assert captured.err == "docqa: note: -k 100000 lowered to 1000: the most pages one search returns\n"
 
-    code = main(["ask", "words", "--index", world["index"], "-k", "100000", "--max-pages", "100000",
-                 "--max-new-tokens", "2", "--answer-model", world["answerer"], "--json"])
+    code = main(
+        [
+            "ask",
+            "words",
+            "--index",
+            world["index"],
+            "-k",
+            "100000",
+            "--max-pages",
+            "100000",
+            "--max-new-tokens",
+            "2",
+            "--answer-model",
+            world["answerer"],
+            "--json",
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 0 and len(json.loads(captured.out)["citations"]) == 3
     assert "-k 100000 lowered to 1000" in captured.err
@@ -160,16 +190,18 @@ def test_pages_are_bounded_by_the_answer_models_context(world):
     """With a long answer, fewer pages fit: the bound holds for the prompt the model really gets."""
     from PIL import Image
 
+    from docqa.answer.ask import Asker
     from docqa.answer.prompt import Conversation, PageImage
     from docqa.models.generator import Generator
-    from docqa.answer.ask import Asker
 
     generator = Generator.load(world["answerer"], device="cpu")
     asker = Asker(generator, k=50, max_pages=50, max_new_tokens=5000, conversation=Conversation(max_images=50))
     budget = generator.context_budget()
     assert 1 <= asker.max_pages < 20 and asker.conversation.max_images == asker.max_pages
-    assert [note.split(":")[0] for note in asker.notes] == [f"--max-pages 50 lowered to {asker.max_pages}",
-                                                           f"--max-images 50 lowered to {asker.max_pages}"]
+    assert [note.split(":")[0] for note in asker.notes] == [
+        f"--max-pages 50 lowered to {asker.max_pages}",
+        f"--max-images 50 lowered to {asker.max_pages}",
+    ]
     page = PageImage("p.pdf", 1, None, Image.new("RGB", (generator.max_image_edge,) * 2, "white"))
     question = "x " * 128  # as long a question as the budget allows for
     fits = generator.prepare(None, question, [page] * asker.max_pages)["input_ids"].shape[1]

@@ -10,13 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from documents import make_mixed_folder
+from stored import stored_pages
 
 from docqa import DocIndex
 from docqa.ingest import ray as cluster_ingest
 from docqa.ingest.plan import PlannedFile
-
-from documents import make_mixed_folder
-from stored import stored_pages
 
 
 @pytest.fixture()
@@ -52,8 +51,11 @@ def test_ray_ingest_builds_the_same_index_as_a_local_ingest(corpus, retriever_ch
     on_ray = DocIndex.open("ray", create=True, options=full_precision)
     ray_report = on_ray.ingest([corpus], model=str(retriever_checkpoint), batch_size=3, ray="local")
 
-    assert ray_report.to_json() | {"index": None, "seconds": None, "timings": None} == \
-        local_report.to_json() | {"index": None, "seconds": None, "timings": None}
+    assert ray_report.to_json() | {"index": None, "seconds": None, "timings": None} == local_report.to_json() | {
+        "index": None,
+        "seconds": None,
+        "timings": None,
+    }
     assert (ray_report.added, ray_report.failed, ray_report.skipped, ray_report.pages_added) == (4, 1, 1, 8)
     assert _documents(on_ray) == _documents(local)
     assert on_ray.build.encoder == local.build.encoder
@@ -71,7 +73,8 @@ def test_ray_ingest_builds_the_same_index_as_a_local_ingest(corpus, retriever_ch
 
 
 def test_a_dying_encoder_actor_is_retried_and_every_page_lands_once(
-        corpus, retriever_checkpoint, monkeypatch, ray_cluster):
+    corpus, retriever_checkpoint, monkeypatch, ray_cluster
+):
     import os
 
     from ray_faults import DyingEncoder
@@ -86,8 +89,15 @@ def test_a_dying_encoder_actor_is_retried_and_every_page_lands_once(
     assert (report.added, report.failed, report.pages_added) == (4, 1, 8)
     pages = stored_pages(index)
     assert sorted((Path(path).name, number) for path, number in pages) == [
-        ("fax.tiff", 1), ("fax.tiff", 2), ("q1.pdf", 1), ("q1.pdf", 2), ("q1.pdf", 3),
-        ("q2.pdf", 1), ("q2.pdf", 2), ("receipt.png", 1)]
+        ("fax.tiff", 1),
+        ("fax.tiff", 2),
+        ("q1.pdf", 1),
+        ("q1.pdf", 2),
+        ("q1.pdf", 3),
+        ("q2.pdf", 1),
+        ("q2.pdf", 2),
+        ("receipt.png", 1),
+    ]
     assert index.vectors.rows == sum(len(vectors) for vectors in pages.values())  # no stray rows
 
 
@@ -109,12 +119,24 @@ DRIVER_DIES_AFTER_FIRST_COMMIT = textwrap.dedent("""
 
 
 def test_a_rerun_after_the_driver_died_encodes_only_the_uncommitted_documents(
-        corpus, retriever_checkpoint, monkeypatch, ray_cluster, tmp_path):
+    corpus, retriever_checkpoint, monkeypatch, ray_cluster, tmp_path
+):
     index_dir = tmp_path / "index"
     address = ray_cluster.get_runtime_context().gcs_address
     died = subprocess.run(
-        [sys.executable, "-c", DRIVER_DIES_AFTER_FIRST_COMMIT, str(index_dir), str(corpus),
-         str(retriever_checkpoint), address], capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "-c",
+            DRIVER_DIES_AFTER_FIRST_COMMIT,
+            str(index_dir),
+            str(corpus),
+            str(retriever_checkpoint),
+            address,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert died.returncode == 17, died.stderr[-2000:]
 
     index = DocIndex.open(index_dir)

@@ -8,13 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from documents import make_image, make_pdf
 
 from docqa import DocIndex
 from docqa.cli.main import main
 from docqa.cluster.shards import ShardSet, shard_of, write_shard_list
 from docqa.errors import IndexMismatchError
-
-from documents import make_image, make_pdf
 
 DIM = 16
 TEAMS = ("red", "blue", "green")
@@ -46,8 +45,7 @@ def _ranked(hits) -> list[tuple[str, int]]:
     return [(hit.path, hit.page) for hit in hits]
 
 
-FILTERS = [{}, {"where": {"team": "red"}}, {"path": "/archive/blue/*"},
-           {"where": {"team": "green"}, "path": "*doc-1*"}]
+FILTERS = [{}, {"where": {"team": "red"}}, {"path": "/archive/blue/*"}, {"where": {"team": "green"}, "path": "*doc-1*"}]
 
 
 @pytest.mark.parametrize("exact", [True, False])
@@ -100,8 +98,9 @@ def test_shards_built_differently_are_refused(sharded, tmp_path):
         ShardSet.open([*shard_paths, tmp_path / "other"])
 
 
-def test_ingest_into_shards_then_search_and_ask_them_as_one_index(tmp_path, retriever_checkpoint, capsys,
-                                                                  generator_checkpoints):
+def test_ingest_into_shards_then_search_and_ask_them_as_one_index(
+    tmp_path, retriever_checkpoint, capsys, generator_checkpoints
+):
     docs = tmp_path / "docs"
     for number in range(4):
         make_pdf(docs / f"q{number}.pdf", 2, title=f"q{number}")
@@ -121,16 +120,33 @@ def test_ingest_into_shards_then_search_and_ask_them_as_one_index(tmp_path, retr
 
     def results(*where: str) -> list[tuple[str, int, float]]:
         assert main(["search", "q1 revenue", "-k", "6", "--exact", "--json", *where]) == 0
-        return [(hit["path"], hit["page"], round(hit["score"], 4))
-                for hit in json.loads(capsys.readouterr().out)["results"]]
+        return [
+            (hit["path"], hit["page"], round(hit["score"], 4)) for hit in json.loads(capsys.readouterr().out)["results"]
+        ]
 
     expected = results("--index", str(tmp_path / "whole"))
     assert len(expected) == 6
     assert results("--shards", *shards) == expected
     assert results("--shards", str(tmp_path / "parent")) == expected
 
-    assert main(["ask", "q1 revenue", "--shards", str(tmp_path / "parent"), "-k", "2", "--max-new-tokens", "3",
-                 "--answer-model", str(generator_checkpoints["idefics3"]), "--json"]) == 0
+    assert (
+        main(
+            [
+                "ask",
+                "q1 revenue",
+                "--shards",
+                str(tmp_path / "parent"),
+                "-k",
+                "2",
+                "--max-new-tokens",
+                "3",
+                "--answer-model",
+                str(generator_checkpoints["idefics3"]),
+                "--json",
+            ]
+        )
+        == 0
+    )
     cited = [(c["path"], c["page"]) for c in json.loads(capsys.readouterr().out)["citations"]]
     assert main(["search", "q1 revenue", "-k", "2", "--json", "--index", str(tmp_path / "whole")]) == 0
     assert cited == [(hit["path"], hit["page"]) for hit in json.loads(capsys.readouterr().out)["results"]]

@@ -59,8 +59,11 @@ def _search_while_writing(index_dir: Path, started: Path, stop: Path) -> dict:
         for hit in hits:
             pages.setdefault(hit.path, set()).add(hit.page)
         declared = {d.path: d.pages for d in index.store.all_documents()}
-        partial_documents += [path for path, numbers in pages.items()
-                              if path not in declared or numbers != set(range(1, declared[path] + 1))]
+        partial_documents += [
+            path
+            for path, numbers in pages.items()
+            if path not in declared or numbers != set(range(1, declared[path] + 1))
+        ]
         seen_counts.append(len(pages))
         searches += 1
     return {"searches": searches, "seen": seen_counts, "partial": partial_documents}
@@ -138,8 +141,9 @@ def test_disk_full_keeps_the_index_at_its_last_commit(tmp_path, retriever_checkp
     for number in range(6):
         make_pdf(corpus / f"more{number}.pdf", 3)
 
-    message = in_child(partial(_ingest_with_file_size_limit, index_dir, [corpus], largest + 20_000),
-                       before=single_threaded).value
+    message = in_child(
+        partial(_ingest_with_file_size_limit, index_dir, [corpus], largest + 20_000), before=single_threaded
+    ).value
     assert "out of disk space" in message and "intact" in message
 
     def state() -> tuple:
@@ -156,4 +160,3 @@ def test_disk_full_keeps_the_index_at_its_last_commit(tmp_path, retriever_checkp
     rerun = in_child(partial(_ingest, index_dir, [corpus], model), before=single_threaded)
     assert rerun.exit_code == 0
     assert in_child(state, before=single_threaded).value[0] == {"first.png": 1, **{f"more{n}.pdf": 3 for n in range(6)}}
-

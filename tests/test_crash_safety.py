@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from crash_harness import KillPoint, in_child, single_threaded
 from documents import make_image, make_pdf, make_tiff
 
@@ -99,8 +98,8 @@ def _state(index_dir: Path) -> dict:
     candidates = index.storage._current_candidates(table, vectors)
     ends = table.offsets + table.counts
     covered = bool(
-        len(table) == 0 or (table.offsets[0] == 0 and np.all(table.offsets[1:] == ends[:-1])
-                            and ends[-1] == vectors.rows)
+        len(table) == 0
+        or (table.offsets[0] == 0 and np.all(table.offsets[1:] == ends[:-1]) and ends[-1] == vectors.rows)
     )
     rng = np.random.default_rng(0)
     scores = []
@@ -113,8 +112,7 @@ def _state(index_dir: Path) -> dict:
             assert np.isfinite(candidates.approximate_scores(query, table.page_ids)).all()
         details = index.store.pages_with_documents([hit.page_id for hit in exact])
         scores.append({(details[h.page_id]["path"], details[h.page_id]["page"]): h.score for h in exact})
-    return {"documents": documents, "covered": covered, "scores": scores,
-            "trained": candidates is not None}
+    return {"documents": documents, "covered": covered, "scores": scores, "trained": candidates is not None}
 
 
 @pytest.fixture(scope="module")
@@ -208,8 +206,7 @@ def test_kill_9_during_compaction(point, revised_reference, tmp_path, retriever_
 
     crashed = in_child(partial(_ingest, index_dir, corpus, model), kill=point, before=_child_setup)
     assert crashed.killed, f"{point} was never reached"
-    assert in_child(partial(_raw_invariants, index_dir)).value == {"pages_have_vectors": True,
-                                                                   "whole_documents": True}
+    assert in_child(partial(_raw_invariants, index_dir)).value == {"pages_have_vectors": True, "whole_documents": True}
     after_crash = in_child(partial(_state, index_dir), before=_child_setup).value
     assert {Path(path).name for path, _, _ in after_crash["documents"]} == {"a.pdf", "b.pdf", "c.png"}
     assert after_crash["covered"]

@@ -14,11 +14,10 @@ import time
 from pathlib import Path
 
 import pytest
+from serve_helpers import build_corpus_index
 
 from docqa.api import DocIndex
 from docqa.serve.daemon import Connection, socket_path
-
-from serve_helpers import build_corpus_index
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -52,8 +51,14 @@ def _env(**extra: str) -> dict[str, str]:
 
 
 def _docqa(*args: str, **env: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "docqa", *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=_env(**env))
+    return subprocess.Popen(
+        [sys.executable, "-m", "docqa", *args],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(**env),
+    )
 
 
 def _run(*args: str, timeout: float = 300, **env: str) -> dict:
@@ -106,8 +111,21 @@ def test_concurrent_clients_share_one_daemon(corpus, runtime, generator_checkpoi
     assert again["results"] == expected and _status(sock)["served"] == served + 1
 
     model = str(generator_checkpoints["idefics3"])
-    ask = ("ask", "what is in the report?", "--index", str(corpus), "-k", "2", "--max-pages", "2",
-           "--max-new-tokens", "6", "--answer-model", model, "--json")
+    ask = (
+        "ask",
+        "what is in the report?",
+        "--index",
+        str(corpus),
+        "-k",
+        "2",
+        "--max-pages",
+        "2",
+        "--max-new-tokens",
+        "6",
+        "--answer-model",
+        model,
+        "--json",
+    )
     resident = _run(*ask)
     assert _status(sock)["answer_model"] == str(Path(model).resolve())
     local = _run(*ask, DOCQA_DAEMON="off")
@@ -115,8 +133,7 @@ def test_concurrent_clients_share_one_daemon(corpus, runtime, generator_checkpoi
         answer.pop("timings")
     assert resident == local
 
-    chat = _docqa("chat", "--index", str(corpus), "-k", "1", "--max-new-tokens", "4", "--answer-model", model,
-                  "--json")
+    chat = _docqa("chat", "--index", str(corpus), "-k", "1", "--max-new-tokens", "4", "--answer-model", model, "--json")
     out, err = chat.communicate("first question\n/pages\n/reset\n/pages\n", timeout=300)
     assert chat.returncode == 0, err
     lines = [json.loads(line) for line in out.splitlines()]

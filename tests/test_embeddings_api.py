@@ -6,11 +6,10 @@ import json
 
 import numpy as np
 import pytest
+from documents import make_image, make_pdf
 
 from docqa import DocIndex
 from docqa.errors import IndexMismatchError, ModelRequiredError, QueryError
-
-from documents import make_image, make_pdf
 
 DIM = 16
 
@@ -42,8 +41,11 @@ def filled(tmp_path):
     index = DocIndex.open(tmp_path / "emb", create=True)
     for number in range(30):
         pages = [_unit(rng, int(rng.integers(2, 12))) for _ in range(int(rng.integers(1, 4)))]
-        index.add_embeddings(f"/corpus/{'a' if number % 3 else 'b'}/doc{number}.pdf", pages,
-                             metadata={"year": str(2020 + number % 4), "team": "x" if number % 2 else "y"})
+        index.add_embeddings(
+            f"/corpus/{'a' if number % 3 else 'b'}/doc{number}.pdf",
+            pages,
+            metadata={"year": str(2020 + number % 4), "team": "x" if number % 2 else "y"},
+        )
     return index, rng
 
 
@@ -130,8 +132,9 @@ def test_ingest_tags_filter_search_and_survive_updates(tmp_path, retriever_check
     index.ingest([docs / "2023"])
     assert len(index.search("report", k=10, where={"kind": "report"})) == 3
     exact = index.search("report", k=3, exact=True)
-    assert [(h.page_id, round(h.score, 4)) for h in exact] == [(h.page_id, round(h.score, 4))
-                                                              for h in index.search("report", k=3)]
+    assert [(h.page_id, round(h.score, 4)) for h in exact] == [
+        (h.page_id, round(h.score, 4)) for h in index.search("report", k=3)
+    ]
 
 
 def test_index_options_are_fixed_at_creation_and_pooling_shrinks_pages(tmp_path):
@@ -171,9 +174,9 @@ def test_vector_types_store_what_they_say(tmp_path):
         index.add_embeddings("/a.pdf", pages)
         stored = index.vectors.read([0], [36])[0]
         error = np.abs(stored - np.concatenate(pages)).max()
-        assert 0 < error <= 2.0 ** -dtype_bits  # rounded to nearest: half a unit in the last place of values < 1
+        assert 0 < error <= 2.0**-dtype_bits  # rounded to nearest: half a unit in the last place of values < 1
         best[vector_type] = index.search_embeddings(query, k=1, exact=True)[0]
-        expected = max(float((query @ stored[n * 12:(n + 1) * 12].T).max(axis=1).sum()) for n in range(3))
+        expected = max(float((query @ stored[n * 12 : (n + 1) * 12].T).max(axis=1).sum()) for n in range(3))
         assert abs(best[vector_type].score - expected) < 1e-5
 
     legacy = tmp_path / "float16"  # made to look like an index from before vector types

@@ -11,8 +11,8 @@ import pytest
 from PIL import Image, ImageDraw
 from transformers import ModernBertConfig
 
-from docqa.models.retriever import Retriever, default_image_edge
 from docqa.errors import ModelLoadError, UnsupportedModelError
+from docqa.models.retriever import Retriever, default_image_edge
 
 FAMILIES = ("colmodernvbert", "colqwen2", "colpali")
 QUERIES = ["What was the revenue in 2023?", "pump temperature"]
@@ -150,7 +150,9 @@ def test_corrupt_weights_are_a_load_error(retriever_checkpoints, tmp_path):
 
 def test_non_retriever_checkpoint_is_unsupported(tmp_path):
     folder = tmp_path / "plain-modernbert"
-    ModernBertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64).save_pretrained(folder)
+    ModernBertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64).save_pretrained(
+        folder
+    )
     with pytest.raises(UnsupportedModelError, match="plain-modernbert") as error:
         Retriever.load(str(folder))
     assert "colmodernvbert" in str(error.value) and "modernbert" in str(error.value)

@@ -17,16 +17,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from documents import make_pdf
 
 from docqa.answer.prompt import Conversation, PageImage
-from docqa.models.generator import Generator
 from docqa.api import DocIndex
 from docqa.cli.main import main
-from docqa.models.retriever import Retriever
+from docqa.errors import IndexMismatchError, ModelLoadError
 from docqa.models.engines import OPENVINO, TORCH, openvino_missing
 from docqa.models.engines.cache import converted
-from docqa.errors import IndexMismatchError, ModelLoadError
-from documents import make_pdf
+from docqa.models.generator import Generator
+from docqa.models.retriever import Retriever
 
 needs_openvino = pytest.mark.skipif(openvino_missing() is not None, reason=str(openvino_missing()))
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,8 +71,7 @@ def test_openvino_is_the_cpu_default_and_matches_fp32_torch(retriever_checkpoint
     assert _min_cosine(reference.encode_pages(pages), fast.encode_pages(pages)) >= 0.99
     queries = ["total amount due", "revenue by region in 2041", "x"]
     assert _min_cosine(reference.encode_queries(queries), fast.encode_queries(queries)) >= 0.99
-    assert any("converting" in record.message for record in caplog.records) or any(
-        (fast_default / "engines").iterdir())
+    assert any("converting" in record.message for record in caplog.records) or any((fast_default / "engines").iterdir())
 
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="docqa"):
@@ -120,7 +119,8 @@ def test_an_unsupported_family_stays_on_torch_with_one_line(retriever_checkpoint
         retriever = Retriever.load(str(retriever_checkpoints["colqwen2"]), device="cpu")
     assert retriever.stamp.engine == TORCH
     assert [r.message for r in caplog.records if "torch engine" in r.message] == [
-        "docqa: using the slower torch engine: the openvino engine does not run colqwen2 retrievers yet"]
+        "docqa: using the slower torch engine: the openvino engine does not run colqwen2 retrievers yet"
+    ]
     with pytest.raises(ModelLoadError, match="does not run colqwen2"):
         Retriever.load(str(retriever_checkpoints["colqwen2"]), device="cpu", engine=OPENVINO)
 
@@ -138,12 +138,18 @@ def test_the_benchmarks_comparison_recipes_are_their_own_cache_entries(retriever
     pages = _pages()
     expected = reference.encode_pages(pages)
     cosine = {"static": _min_cosine(expected, default.encode_pages(pages))}
-    for recipe, precision in {"static-all": "int8 (vision w8a8 static, text f32)",
-                              "weights": "int8 weights (vision w8 f32, text f32)"}.items():
+    for recipe, precision in {
+        "static-all": "int8 (vision w8a8 static, text f32)",
+        "weights": "int8 weights (vision w8 f32, text f32)",
+    }.items():
         other = Retriever.load(str(retriever_checkpoint), device="cpu", engine=TORCH)
         engine = OpenVINOEngine(retriever_vision=recipe)
-        assert engine.prepare_retriever(other._model, "colmodernvbert", other.processor, str(retriever_checkpoint),
-                                        other.stamp.image_edge) == precision
+        assert (
+            engine.prepare_retriever(
+                other._model, "colmodernvbert", other.processor, str(retriever_checkpoint), other.stamp.image_edge
+            )
+            == precision
+        )
         cosine[recipe] = _min_cosine(expected, other.encode_pages(pages))
     assert cosine["static"] >= cosine["static-all"] and min(cosine.values()) >= 0.99
     assert cosine["weights"] >= 0.999
@@ -169,8 +175,9 @@ def test_the_retriever_runs_its_sensitive_operations_in_f32(retriever_checkpoint
         return out
 
     vision = precisions(vlm.vision_model)
-    kept = {name: p for name, p in vision.items()
-            if any(re.fullmatch(pattern, name) for pattern in RETRIEVER_VISION_F32)}
+    kept = {
+        name: p for name, p in vision.items() if any(re.fullmatch(pattern, name) for pattern in RETRIEVER_VISION_F32)
+    }
     mlp = {name: p for name, p in vision.items() if re.fullmatch(r".*\.mlp\.fc[12][/.].*", name)}
     assert len(kept) == 4 * len(mlp) // 2 + 1  # per layer q, k, v, out_proj (and fc1, fc2); one patch embedding
     assert set(kept.values()) == {"f32"}
@@ -190,8 +197,8 @@ def test_openvino_answers_start_with_the_same_tokens(generator_checkpoints, fast
     with torch.inference_mode():
         greedy = reference.model.generate(**inputs, max_new_tokens=64, min_new_tokens=64, do_sample=False)
         steps = dict(inputs, input_ids=greedy, attention_mask=torch.ones_like(greedy))
-        expected = reference.model(**steps).logits[0, prompt - 1:-1].argmax(-1)
-        got = fast.model(**steps).logits[0, prompt - 1:-1].argmax(-1)
+        expected = reference.model(**steps).logits[0, prompt - 1 : -1].argmax(-1)
+        got = fast.model(**steps).logits[0, prompt - 1 : -1].argmax(-1)
     assert got[0] == expected[0]  # the first token of the answer
     # the issue's bar: top-1 agreement >= 0.95 over greedy steps (teacher-forced on the fp32 answer)
     assert (got == expected).float().mean().item() >= 0.95
@@ -219,8 +226,9 @@ def test_index_refuses_the_same_engine_with_another_conversion(retriever_checkpo
     """An index built by an earlier openvino conversion recipe (another precision in its stamp) takes
     neither queries nor pages from the current one."""
     index = DocIndex.open("ov", create=True)
-    index.ingest([make_pdf(tmp_path / "docs" / "a.pdf", 1, title="recipe")], model=str(retriever_checkpoint),
-                 image_edge=512)
+    index.ingest(
+        [make_pdf(tmp_path / "docs" / "a.pdf", 1, title="recipe")], model=str(retriever_checkpoint), image_edge=512
+    )
     build = index.build.to_json()
     assert build["encoder"]["engine"] == OPENVINO
     build["encoder"]["precision"] = "int8 (an earlier recipe)"
@@ -271,8 +279,9 @@ def _converter(tmp_path: Path, key: str, log: Path, sleep_s: float) -> subproces
     script = tmp_path / "convert.py"
     script.write_text(_CONVERTER)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen([sys.executable, str(script), key, str(log), str(sleep_s)], env=env,
-                            stdout=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, str(script), key, str(log), str(sleep_s)], env=env, stdout=subprocess.PIPE, text=True
+    )
 
 
 def test_cache_converts_once_and_is_reused(tmp_path, monkeypatch):

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from documents import make_image, make_pdf
 
 from docqa import DocIndex
 from docqa.cli.main import main
@@ -25,9 +26,6 @@ from docqa.eval import (
     reciprocal_rank_at,
     score_rankings,
 )
-
-from documents import make_image, make_pdf
-
 
 # --- metrics: a known answer worked out by hand -------------------------------------------------
 # Three queries, k = 5 for recall/MRR (nDCG always at 5 and 10). Pages are letters; z*/y* are
@@ -65,8 +63,11 @@ def test_metrics_match_a_hand_computation():
     assert recall_at(RANKINGS[0], GRADES[0], 10) == 1.0
     assert reciprocal_rank_at(RANKINGS[0], GRADES[0], 5) == 0.5
     assert reciprocal_rank_at(RANKINGS[0], GRADES[0], 1) == 0.0  # b is at rank 2, outside the top 1
-    assert (ndcg_at(RANKINGS[1], GRADES[1], 10), recall_at(RANKINGS[1], GRADES[1], 5),
-            reciprocal_rank_at(RANKINGS[1], GRADES[1], 5)) == (0.0, 0.0, 0.0)
+    assert (
+        ndcg_at(RANKINGS[1], GRADES[1], 10),
+        recall_at(RANKINGS[1], GRADES[1], 5),
+        reciprocal_rank_at(RANKINGS[1], GRADES[1], 5),
+    ) == (0.0, 0.0, 0.0)
     assert ndcg_at(RANKINGS[2], GRADES[2], 5) == pytest.approx(0.3273950, abs=1e-7)
     assert reciprocal_rank_at(RANKINGS[2], GRADES[2], 5) == 0.25
 
@@ -89,7 +90,8 @@ def test_ideal_dcg_counts_relevant_pages_beyond_the_cutoff():
     # Graded: the best page last in the top 5 instead of first.
     grades = {"g3": 3, "g1": 1}
     assert ndcg_at(["g1", "n", "n2", "n3", "g3"], grades, 5) == pytest.approx(
-        (1 + 3 / math.log2(6)) / (3 + 1 / math.log2(3)))
+        (1 + 3 / math.log2(6)) / (3 + 1 / math.log2(3))
+    )
     assert dcg([3, 2, 0, 1]) == pytest.approx(3 + 2 / math.log2(3) + 1 / math.log2(5))
     assert ndcg_at(["n"], {}, 5) == 0.0  # no relevant page: defined as 0, not a division by zero
 
@@ -102,15 +104,23 @@ def _write_lines(path: Path, lines: list) -> Path:
 
 
 def test_jsonl_reader_defaults_grades_and_skipped_queries(tmp_path):
-    path = _write_lines(tmp_path / "q.jsonl", [
-        {"query": "total due", "relevant": [{"path": "a.pdf", "page": 2, "grade": 2},
-                                           {"path": "/abs/b.png"},
-                                           {"path": "c.pdf", "page": 1, "grade": 0}]},
-        "",
-        {"query": "no answer anywhere", "relevant": []},
-        {"query": "only judged non-relevant", "relevant": [{"path": "a.pdf", "page": 1, "grade": 0}]},
-        {"query": "fractional", "relevant": [{"path": "sub/d.pdf", "page": 3, "grade": 0.5}]},
-    ])
+    path = _write_lines(
+        tmp_path / "q.jsonl",
+        [
+            {
+                "query": "total due",
+                "relevant": [
+                    {"path": "a.pdf", "page": 2, "grade": 2},
+                    {"path": "/abs/b.png"},
+                    {"path": "c.pdf", "page": 1, "grade": 0},
+                ],
+            },
+            "",
+            {"query": "no answer anywhere", "relevant": []},
+            {"query": "only judged non-relevant", "relevant": [{"path": "a.pdf", "page": 1, "grade": 0}]},
+            {"query": "fractional", "relevant": [{"path": "sub/d.pdf", "page": 3, "grade": 0.5}]},
+        ],
+    )
     qrels = read_qrels(path)
     assert qrels.base == tmp_path and qrels.without_relevant == 2
     assert [q.query for q in qrels.queries] == ["total due", "fractional"]
@@ -119,20 +129,23 @@ def test_jsonl_reader_defaults_grades_and_skipped_queries(tmp_path):
     assert qrels.queries[1].where == f"{path}:5"
 
 
-@pytest.mark.parametrize("line, message", [
-    ("{not json", "not valid JSON"),
-    ("[1, 2]", "expected a JSON object"),
-    ({"relevant": []}, '"query" must be a non-empty string'),
-    ({"query": "  ", "relevant": []}, '"query" must be a non-empty string'),
-    ({"query": "q", "relevant": {"path": "a.pdf"}}, '"relevant" must be a list'),
-    ({"query": "q", "relevant": ["a.pdf"]}, "relevant[0]: expected an object"),
-    ({"query": "q", "relevant": [{"page": 1}]}, '"path" must be a non-empty string'),
-    ({"query": "q", "relevant": [{"path": "a.pdf", "page": 0}]}, '"page" must be a whole number from 1'),
-    ({"query": "q", "relevant": [{"path": "a.pdf", "page": "2"}]}, '"page" must be a whole number'),
-    ({"query": "q", "relevant": [{"path": "a.pdf", "page": True}]}, '"page" must be a whole number'),
-    ({"query": "q", "relevant": [{"path": "a.pdf", "grade": -1}]}, "grade must be a number >= 0"),
-    ({"query": "q", "relevant": [{"path": "a.pdf", "grade": "high"}]}, "grade must be a number >= 0"),
-])
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ("{not json", "not valid JSON"),
+        ("[1, 2]", "expected a JSON object"),
+        ({"relevant": []}, '"query" must be a non-empty string'),
+        ({"query": "  ", "relevant": []}, '"query" must be a non-empty string'),
+        ({"query": "q", "relevant": {"path": "a.pdf"}}, '"relevant" must be a list'),
+        ({"query": "q", "relevant": ["a.pdf"]}, "relevant[0]: expected an object"),
+        ({"query": "q", "relevant": [{"page": 1}]}, '"path" must be a non-empty string'),
+        ({"query": "q", "relevant": [{"path": "a.pdf", "page": 0}]}, '"page" must be a whole number from 1'),
+        ({"query": "q", "relevant": [{"path": "a.pdf", "page": "2"}]}, '"page" must be a whole number'),
+        ({"query": "q", "relevant": [{"path": "a.pdf", "page": True}]}, '"page" must be a whole number'),
+        ({"query": "q", "relevant": [{"path": "a.pdf", "grade": -1}]}, "grade must be a number >= 0"),
+        ({"query": "q", "relevant": [{"path": "a.pdf", "grade": "high"}]}, "grade must be a number >= 0"),
+    ],
+)
 def test_jsonl_reader_names_file_and_line_of_malformed_input(tmp_path, line, message):
     path = _write_lines(tmp_path / "q.jsonl", [{"query": "fine", "relevant": [{"path": "a.pdf"}]}, line])
     with pytest.raises(QrelsError) as error:
@@ -156,13 +169,18 @@ def test_jsonl_reader_refuses_missing_empty_and_binary_files(tmp_path):
 def test_beir_folder_of_jsonl_and_tsv_uses_the_test_split(tmp_path):
     folder = tmp_path / "beir"
     folder.mkdir()
-    _write_lines(folder / "queries.jsonl", [{"_id": "q1", "text": "first"}, {"_id": "q2", "text": "second"},
-                                            {"_id": "q3", "text": "never judged"}])
-    _write_lines(folder / "corpus.jsonl", [{"_id": "c1", "path": "docs/a.pdf", "page": 2},
-                                           {"_id": "c2", "title": "no path: the id names the file"}])
+    _write_lines(
+        folder / "queries.jsonl",
+        [{"_id": "q1", "text": "first"}, {"_id": "q2", "text": "second"}, {"_id": "q3", "text": "never judged"}],
+    )
+    _write_lines(
+        folder / "corpus.jsonl",
+        [{"_id": "c1", "path": "docs/a.pdf", "page": 2}, {"_id": "c2", "title": "no path: the id names the file"}],
+    )
     (folder / "qrels").mkdir()
-    (folder / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\tc1\t2\nq1\tc2\t1\n"
-                                               "q2\tc2\t1\nq2\tc1\t0\n")
+    (folder / "qrels" / "test.tsv").write_text(
+        "query-id\tcorpus-id\tscore\nq1\tc1\t2\nq1\tc2\t1\nq2\tc2\t1\nq2\tc1\t0\n"
+    )
     (folder / "qrels" / "train.tsv").write_text("query-id\tcorpus-id\tscore\nq3\tc1\t1\n")
     qrels = read_qrels(folder)
     assert qrels.base == folder and qrels.without_relevant == 1  # q3 is judged only in train
@@ -180,13 +198,18 @@ def test_beir_folder_in_vidore_parquet_layout(tmp_path):
     for part in ("corpus", "queries", "qrels"):
         (folder / part).mkdir(parents=True)
     # As ViDoRe publishes it: int ids, hyphenated names, page images as {"bytes", "path"} structs.
-    pq.write_table(pa.table({"corpus-id": [0, 1, 2],
-                             "image": [{"bytes": b"\x89PNG...", "path": None}] * 3}),
-                   folder / "corpus" / "test-00000-of-00001.parquet")
-    pq.write_table(pa.table({"query-id": [10, 11], "query": ["what is the total?", "who signed?"]}),
-                   folder / "queries" / "test-00000-of-00001.parquet")
-    pq.write_table(pa.table({"query-id": [10, 11, 11], "corpus-id": [2, 0, 1], "score": [1, 1, 2]}),
-                   folder / "qrels" / "test-00000-of-00001.parquet")
+    pq.write_table(
+        pa.table({"corpus-id": [0, 1, 2], "image": [{"bytes": b"\x89PNG...", "path": None}] * 3}),
+        folder / "corpus" / "test-00000-of-00001.parquet",
+    )
+    pq.write_table(
+        pa.table({"query-id": [10, 11], "query": ["what is the total?", "who signed?"]}),
+        folder / "queries" / "test-00000-of-00001.parquet",
+    )
+    pq.write_table(
+        pa.table({"query-id": [10, 11, 11], "corpus-id": [2, 0, 1], "score": [1, 1, 2]}),
+        folder / "qrels" / "test-00000-of-00001.parquet",
+    )
     qrels = read_qrels(folder)
     assert [(q.query, q.relevant) for q in qrels.queries] == [
         ("what is the total?", (Judgment("2", 1, 1.0),)),
@@ -194,8 +217,10 @@ def test_beir_folder_in_vidore_parquet_layout(tmp_path):
     ]
 
     # ViDoRe v3 writes the ids with underscores.
-    pq.write_table(pa.table({"query_id": [10, 11], "corpus_id": [2, 0], "score": [1, 1]}),
-                   folder / "qrels" / "test-00000-of-00001.parquet")
+    pq.write_table(
+        pa.table({"query_id": [10, 11], "corpus_id": [2, 0], "score": [1, 1]}),
+        folder / "qrels" / "test-00000-of-00001.parquet",
+    )
     assert [q.relevant for q in read_qrels(folder).queries] == [(Judgment("2", 1, 1.0),), (Judgment("0", 1, 1.0),)]
 
 
@@ -209,12 +234,15 @@ def test_parquet_without_pyarrow_says_how_to_install(tmp_path, monkeypatch):
         read_qrels(folder)
 
 
-@pytest.mark.parametrize("qrels_tsv, message", [
-    ("query-id\tcorpus-id\tscore\nq9\tc1\t1\n", "qrels/test.tsv:2: query-id q9 is not in the queries"),
-    ("query-id\tcorpus-id\tscore\nq1\tc1\n", "qrels/test.tsv:2: expected 3 tab-separated columns"),
-    ("query-id\tdoc\tscore\nq1\tc1\t1\n", "qrels/test.tsv:2: missing column corpus-id / corpus_id / _id"),
-    ("query-id\tcorpus-id\tscore\nq1\tc1\tgood\n", "qrels/test.tsv:2: the grade must be a number"),
-])
+@pytest.mark.parametrize(
+    "qrels_tsv, message",
+    [
+        ("query-id\tcorpus-id\tscore\nq9\tc1\t1\n", "qrels/test.tsv:2: query-id q9 is not in the queries"),
+        ("query-id\tcorpus-id\tscore\nq1\tc1\n", "qrels/test.tsv:2: expected 3 tab-separated columns"),
+        ("query-id\tdoc\tscore\nq1\tc1\t1\n", "qrels/test.tsv:2: missing column corpus-id / corpus_id / _id"),
+        ("query-id\tcorpus-id\tscore\nq1\tc1\tgood\n", "qrels/test.tsv:2: the grade must be a number"),
+    ],
+)
 def test_beir_folder_names_the_file_and_line_of_malformed_input(tmp_path, qrels_tsv, message):
     folder = tmp_path / "beir"
     (folder / "qrels").mkdir(parents=True)
@@ -242,10 +270,12 @@ def test_beir_folder_without_its_parts_or_with_unlabelled_splits(tmp_path):
 
 # --- judged pages -> indexed documents ----------------------------------------------------------
 def test_document_matcher(tmp_path):
-    docs = [IndexedDocument(1, tmp_path / "docs" / "reports" / "q1.pdf", 3),
-            IndexedDocument(2, tmp_path / "docs" / "q1.pdf", 1),
-            IndexedDocument(3, tmp_path / "docs" / "scans" / "17.png", 1),
-            IndexedDocument(4, tmp_path / "docs" / "scans" / "invoice.pdf", 2)]
+    docs = [
+        IndexedDocument(1, tmp_path / "docs" / "reports" / "q1.pdf", 3),
+        IndexedDocument(2, tmp_path / "docs" / "q1.pdf", 1),
+        IndexedDocument(3, tmp_path / "docs" / "scans" / "17.png", 1),
+        IndexedDocument(4, tmp_path / "docs" / "scans" / "invoice.pdf", 2),
+    ]
     matcher = DocumentMatcher(docs)
     base = tmp_path / "qrels"
     assert matcher.find(str(tmp_path / "docs" / "q1.pdf"), base).id == 2  # absolute
@@ -269,32 +299,64 @@ def test_eval_command_matches_metrics_computed_from_search(tmp_path, capsys, ret
     index_dir = str(tmp_path / "idx")
     assert main(["ingest", str(docs), "--index", index_dir, "--model", str(retriever_checkpoint)]) == 0
     queries = ["q1 page 2", "receipt total", "revenue line 3"]
-    qrels = _write_lines(tmp_path / "judged" / "qrels.jsonl", [
-        {"query": queries[0], "relevant": [{"path": "../docs/reports/q1.pdf", "page": 2, "grade": 2},
-                                           {"path": "q2.pdf", "page": 1, "grade": 1}]},
-        {"query": queries[1], "relevant": [{"path": str(receipt), "page": 1}]},
-        {"query": queries[2], "relevant": [{"path": "reports/q1.pdf", "page": 3, "grade": 3},
-                                           {"path": "missing.pdf", "page": 1},
-                                           {"path": "q2.pdf", "page": 9}]},
-        {"query": "judged, but nothing relevant", "relevant": []},
-    ])
+    qrels = _write_lines(
+        tmp_path / "judged" / "qrels.jsonl",
+        [
+            {
+                "query": queries[0],
+                "relevant": [
+                    {"path": "../docs/reports/q1.pdf", "page": 2, "grade": 2},
+                    {"path": "q2.pdf", "page": 1, "grade": 1},
+                ],
+            },
+            {"query": queries[1], "relevant": [{"path": str(receipt), "page": 1}]},
+            {
+                "query": queries[2],
+                "relevant": [
+                    {"path": "reports/q1.pdf", "page": 3, "grade": 3},
+                    {"path": "missing.pdf", "page": 1},
+                    {"path": "q2.pdf", "page": 9},
+                ],
+            },
+            {"query": "judged, but nothing relevant", "relevant": []},
+        ],
+    )
     capsys.readouterr()
     code = main(["eval", str(qrels), "--index", index_dir, "-k", "3", "--exact", "--json"])
     report = json.loads(capsys.readouterr().out)
     assert code == 1  # finished, but two judgments name no indexed page
-    assert set(report) == {"index", "qrels", "k", "gain", "default", "exact", "encode_s", "judgments",
-                           "unmatched_judgments", "queries_without_relevant", "notes"}
-    assert (report["k"], report["judgments"], report["unmatched_judgments"], report["queries_without_relevant"]) \
-        == (3, 6, 2, 1)
+    assert set(report) == {
+        "index",
+        "qrels",
+        "k",
+        "gain",
+        "default",
+        "exact",
+        "encode_s",
+        "judgments",
+        "unmatched_judgments",
+        "queries_without_relevant",
+        "notes",
+    }
+    assert (report["k"], report["judgments"], report["unmatched_judgments"], report["queries_without_relevant"]) == (
+        3,
+        6,
+        2,
+        1,
+    )
     assert "missing.pdf page 1" in report["notes"][0] and f"{q2} has 2 page(s)" in report["notes"][0]
 
     # The same numbers from DocIndex.search, one query at a time, with the judgments mapped by hand.
     index = DocIndex.open(index_dir)
-    grades = [{(str(q1), 2): 2, (str(q2), 1): 1}, {(str(receipt), 1): 1},
-              {(str(q1), 3): 3, ("missing.pdf", 1): 1, ("q2.pdf", 9): 1}]
+    grades = [
+        {(str(q1), 2): 2, (str(q2), 1): 1},
+        {(str(receipt), 1): 1},
+        {(str(q1), 3): 3, ("missing.pdf", 1): 1, ("q2.pdf", 9): 1},
+    ]
     for mode in ("default", "exact"):
-        rankings = [[(hit.path, hit.page) for hit in index.search(query, k=10, exact=mode == "exact")]
-                    for query in queries]
+        rankings = [
+            [(hit.path, hit.page) for hit in index.search(query, k=10, exact=mode == "exact")] for query in queries
+        ]
         expected = score_rankings(rankings, grades, k=3).to_json()
         assert set(report[mode]) == set(expected) | {"search_s", "latency_ms_p50"}
         assert {key: report[mode][key] for key in expected} == pytest.approx(expected, abs=1e-9)

@@ -14,18 +14,27 @@ import threading
 from pathlib import Path
 
 import pytest
+from documents import make_pdf
+from office_files import (
+    encrypt_ooxml,
+    libreoffice_convert,
+    make_corrupt_zip,
+    make_docx,
+    make_html,
+    make_long_text,
+    make_macro_odt,
+    make_markdown,
+    make_png,
+    make_pptx,
+    make_xlsx,
+    make_zip_bomb_docx,
+)
 
 from docqa import DocIndex
 from docqa.answer.grounding import hit_page
 from docqa.cli import main
 from docqa.inputs import converters, sources, webpages
 from docqa.inputs.converters import Converter, libreoffice_available, set_default_converter
-
-from documents import make_pdf
-from office_files import (
-    encrypt_ooxml, libreoffice_convert, make_corrupt_zip, make_docx, make_html, make_long_text, make_macro_odt,
-    make_markdown, make_png, make_pptx, make_xlsx, make_zip_bomb_docx,
-)
 
 TESTS = Path(__file__).resolve().parent
 needs_libreoffice = pytest.mark.skipif(
@@ -170,10 +179,24 @@ def test_html_rewrite_inlines_its_folder_and_drops_the_rest(tmp_path):
     out = webpages.self_contained(markup, folder)
     assert out.count("data:image/png;base64,") == 1  # inside.png only
     assert "color: red" in out and "<style>" in out
-    for gone in ("secret", "example.invalid/bg", "a.css", "b.css", "x.js", "r.png", "s.png", "/f'", "onclick",
-                 "<base", "<iframe", "<object", "@import", "file:"):
+    for gone in (
+        "secret",
+        "example.invalid/bg",
+        "a.css",
+        "b.css",
+        "x.js",
+        "r.png",
+        "s.png",
+        "/f'",
+        "onclick",
+        "<base",
+        "<iframe",
+        "<object",
+        "@import",
+        "file:",
+    ):
         assert gone not in out, gone
-    assert "text &amp; more" in out and "href=\"http://example.invalid/\"" in out  # a hyperlink loads nothing
+    assert "text &amp; more" in out and 'href="http://example.invalid/"' in out  # a hyperlink loads nothing
 
 
 def test_walk_skips_hidden_and_filters_by_glob(tmp_path):
@@ -184,9 +207,11 @@ def test_walk_skips_hidden_and_filters_by_glob(tmp_path):
     files = sorted(p.relative_to(root).as_posix() for p in found if isinstance(p, Path))
     skipped = {item.path.name: (item.group, item.reason) for item in found if isinstance(item, sources.Skipped)}
     assert files == ["a.pdf", "keep/c.pdf"]
-    assert skipped == {".git": ("hidden", "hidden folder, not entered (--hidden takes it)"),
-                       ".secret.pdf": ("hidden", "hidden file (--hidden takes it)"),
-                       "drafts": ("excluded", "excluded by --exclude 'drafts'")}
+    assert skipped == {
+        ".git": ("hidden", "hidden folder, not entered (--hidden takes it)"),
+        ".secret.pdf": ("hidden", "hidden file (--hidden takes it)"),
+        "drafts": ("excluded", "excluded by --exclude 'drafts'"),
+    }
     taken = [p for p in sources.walk([root], sources.WalkOptions(hidden=True)) if isinstance(p, Path)]
     assert len(taken) == 5
     assert [p for p in sources.walk([root / ".secret.pdf"]) if isinstance(p, Path)]  # named explicitly: taken
@@ -197,7 +222,8 @@ def test_walk_skips_hidden_and_filters_by_glob(tmp_path):
 
 @needs_libreoffice
 def test_every_format_is_indexed_with_libreoffice_page_counts_under_its_own_name(
-        office_folder, converter, retriever_checkpoint, capsys):
+    office_folder, converter, retriever_checkpoint, capsys
+):
     docs, expected = office_folder
     index = DocIndex.open("main", create=True)
     report = index.ingest([docs], model=str(retriever_checkpoint), batch_size=4, image_edge=512)
@@ -212,14 +238,22 @@ def test_every_format_is_indexed_with_libreoffice_page_counts_under_its_own_name
         assert record.pages == pages, name
     assert stored["report.docx"].pages == 2 and stored["deck.pptx"].pages == 3 and stored["log.txt"].pages >= 5
     assert {stored[name].kind for name in ("report.docx", "memo.odt", "notes.md", "page.html", "log.txt")} == {
-        "docx", "odt", "markdown", "html", "text"}
+        "docx",
+        "odt",
+        "markdown",
+        "html",
+        "text",
+    }
 
     html_pdf = converters.cached_pdf_path(stored["page.html"].sha256)  # the CSS and the image came along
     assert pdf_images(html_pdf) == 1
     text = subprocess.run(["pdftotext", str(html_pdf), "-"], capture_output=True, text=True).stdout
     assert "Harbour traffic" in text
-    table = subprocess.run(["pdftotext", "-layout", str(converters.cached_pdf_path(stored["notes.md"].sha256)), "-"],
-                           capture_output=True, text=True).stdout
+    table = subprocess.run(
+        ["pdftotext", "-layout", str(converters.cached_pdf_path(stored["notes.md"].sha256)), "-"],
+        capture_output=True,
+        text=True,
+    ).stdout
     assert "port 7" in table and "119" in table and "|" not in table  # a table, not pipes
 
     conversions = converter.conversions
@@ -274,7 +308,8 @@ def test_hostile_files_are_named_and_nothing_indexed_is_lost(tmp_path, converter
         f"<html><head><link rel=stylesheet href='{remote}/a.css'><style>@import url({remote}/b.css);"
         f" body {{ background: url({remote}/bg.png) }}</style><script src='{remote}/x.js'></script></head>"
         f"<body><h1>Hostile page</h1><img src='{remote}/r.png'><img src='../../secret.png'><img src='{secret}'>"
-        f"<img src='{secret.as_uri()}'><iframe src='{remote}/frame'></iframe></body></html>")
+        f"<img src='{secret.as_uri()}'><iframe src='{remote}/frame'></iframe></body></html>"
+    )
     try:
         report = index.ingest([docs])
     finally:
@@ -294,7 +329,9 @@ def test_hostile_files_are_named_and_nothing_indexed_is_lost(tmp_path, converter
 
 
 def test_a_hanging_converter_is_killed_and_reported(tmp_path, own_converter, retriever_checkpoint):
-    stand_in = own_converter(Converter(workers=1, timeout_s=2, worker_command=[sys.executable, str(TESTS / "sleepy_converter.py")]))
+    stand_in = own_converter(
+        Converter(workers=1, timeout_s=2, worker_command=[sys.executable, str(TESTS / "sleepy_converter.py")])
+    )
     docs = tmp_path / "docs"
     docs.mkdir()
     for name, text in (("a-first.txt", "first"), ("b-hangs.txt", "HANG here"), ("c-after.txt", "after the hang")):
@@ -303,8 +340,12 @@ def test_a_hanging_converter_is_killed_and_reported(tmp_path, own_converter, ret
     index = DocIndex.open("main", create=True)
     report = index.ingest([docs], model=str(retriever_checkpoint))
     assert [(Path(f.path).name, f.error) for f in report.failures] == [
-        ("b-hangs.txt", "converting it took longer than 2 s, the limit per file (killed; raise it with"
-                        " DOCQA_CONVERT_TIMEOUT if it is just slow)")]
+        (
+            "b-hangs.txt",
+            "converting it took longer than 2 s, the limit per file (killed; raise it with"
+            " DOCQA_CONVERT_TIMEOUT if it is just slow)",
+        )
+    ]
     assert report.added == 3  # before the hang, after it (a fresh worker), and the PDF
     pids = [int(line) for line in (stand_in._all[0].stage / "pids").read_text().split()]
     assert len(pids) == 2 and not Path(f"/proc/{pids[0]}").exists()  # the hung one is gone
@@ -312,8 +353,9 @@ def test_a_hanging_converter_is_killed_and_reported(tmp_path, own_converter, ret
     assert record is None
 
 
-def test_without_libreoffice_the_files_are_reported_together(tmp_path, own_converter, monkeypatch, capsys,
-                                                             retriever_checkpoint):
+def test_without_libreoffice_the_files_are_reported_together(
+    tmp_path, own_converter, monkeypatch, capsys, retriever_checkpoint
+):
     pytest.importorskip("docx")
     monkeypatch.setattr(converters, "find_soffice", lambda: None)
     own_converter(Converter(workers=1))
@@ -331,7 +373,10 @@ def test_without_libreoffice_the_files_are_reported_together(tmp_path, own_conve
     main(["ingest", str(docs), "--index", "main", "--json"])
     skipped = json.loads(capsys.readouterr().out)["skipped"]
     assert [(Path(s["path"]).name, s["group"]) for s in skipped] == [
-        ("b.docx", "needs LibreOffice"), ("c.pptx", "needs LibreOffice"), ("d.txt", "needs LibreOffice")]
+        ("b.docx", "needs LibreOffice"),
+        ("c.pptx", "needs LibreOffice"),
+        ("d.txt", "needs LibreOffice"),
+    ]
     assert all("apt-get install" in s["reason"] for s in skipped)
 
 
@@ -343,8 +388,19 @@ def test_every_file_not_indexed_is_named_in_json_and_summary(tmp_path, monkeypat
     (docs / "archive.zip").write_bytes(b"PK\x05\x06" + bytes(18))
     make_long_text(docs / "huge.txt", lines=50)
     monkeypatch.setattr(sources, "MAX_CONVERTED_BYTES", 1000)
-    code = main(["ingest", str(docs), "--index", "main", "--model", str(retriever_checkpoint),
-                 "--exclude", "drafts/*", "--json"])
+    code = main(
+        [
+            "ingest",
+            str(docs),
+            "--index",
+            "main",
+            "--model",
+            str(retriever_checkpoint),
+            "--exclude",
+            "drafts/*",
+            "--json",
+        ]
+    )
     report = json.loads(capsys.readouterr().out)
     assert code == 0 and report["documents"]["added"] == 1
     by_name = {Path(s["path"]).name: (s["group"], s["reason"]) for s in report["skipped"]}

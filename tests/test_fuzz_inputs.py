@@ -11,14 +11,13 @@ import time
 from pathlib import Path
 
 import pytest
+from documents import make_image, make_palette_alpha_png, make_pdf, make_tiff
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from docqa.errors import InputFileError
 from docqa.inputs.render import count_pages, render_pages
 from docqa.inputs.sources import classify
-
-from documents import make_image, make_palette_alpha_png, make_pdf, make_tiff
 
 TIMEOUT_S = 10.0
 IMAGE_EDGE = 48
@@ -53,8 +52,7 @@ _edits = st.one_of(
     st.tuples(st.just("flip"), st.floats(0, 1), st.integers(0, 7)),
     st.tuples(st.just("truncate"), st.floats(0, 1), st.none()),
     st.tuples(st.just("insert"), st.floats(0, 1), st.binary(min_size=1, max_size=64)),
-    st.tuples(st.just("splice"), st.floats(0, 1),
-              st.tuples(st.integers(0, 100), st.floats(0, 1), st.integers(1, 512))),
+    st.tuples(st.just("splice"), st.floats(0, 1), st.tuples(st.integers(0, 100), st.floats(0, 1), st.integers(1, 512))),
 )
 
 
@@ -72,7 +70,7 @@ def _mutate(data: bytes, edits: list[tuple], seeds: tuple[bytes, ...]) -> bytes:
             which, start, length = payload
             other = seeds[which % len(seeds)]
             begin = int(start * len(other))
-            out[position:position] = other[begin:begin + length]
+            out[position:position] = other[begin : begin + length]
     return bytes(out)
 
 

@@ -11,10 +11,9 @@ import json
 
 import numpy as np
 import pytest
+from documents import make_image, make_pdf
 from PIL import Image
 
-from docqa.cli.main import main
-from docqa.models.retriever import Retriever
 from docqa.answer.grounding import (
     EncodedPage,
     PatchGrid,
@@ -24,9 +23,9 @@ from docqa.answer.grounding import (
     patch_grids,
     strongest_region,
 )
+from docqa.cli.main import main
 from docqa.inputs.render import fit_within
-
-from documents import make_image, make_pdf
+from docqa.models.retriever import Retriever
 
 DIM = 8
 
@@ -150,8 +149,23 @@ def test_ask_heatmaps_box_each_page_shown(tmp_path, retriever_checkpoint, genera
     assert main(["ingest", str(docs), "--index", index, "--model", str(retriever_checkpoint), "--json"]) == 0
     capsys.readouterr()
     out = tmp_path / "maps"
-    code = main(["ask", "total amount due", "--index", index, "-k", "2", "--max-new-tokens", "4",
-                 "--answer-model", str(generator_checkpoints["idefics3"]), "--heatmaps", str(out), "--json"])
+    code = main(
+        [
+            "ask",
+            "total amount due",
+            "--index",
+            index,
+            "-k",
+            "2",
+            "--max-new-tokens",
+            "4",
+            "--answer-model",
+            str(generator_checkpoints["idefics3"]),
+            "--heatmaps",
+            str(out),
+            "--json",
+        ]
+    )
     result = json.loads(capsys.readouterr().out)
     assert code == 0 and len(result["citations"]) == 2
     for citation in result["citations"]:

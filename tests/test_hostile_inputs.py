@@ -18,13 +18,6 @@ import tracemalloc
 from pathlib import Path
 
 import pytest
-import docqa.inputs.render as render
-from docqa import DocIndex
-from docqa.errors import InputFileError
-from docqa.ingest.report import IngestReport
-from docqa.inputs.render import count_pages, render_pages
-from docqa.inputs.sources import IMAGE, PDF, classify, printable
-
 from documents import (
     make_encrypted_pdf,
     make_exif_rotated_jpeg,
@@ -33,6 +26,13 @@ from documents import (
     make_pdf,
     make_png_bomb,
 )
+
+import docqa.inputs.render as render
+from docqa import DocIndex
+from docqa.errors import InputFileError
+from docqa.ingest.report import IngestReport
+from docqa.inputs.render import count_pages, render_pages
+from docqa.inputs.sources import IMAGE, PDF, classify, printable
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGE_EDGE = 128  # the tiny ColModernVBert snaps this up to one 512-px tile
@@ -114,8 +114,7 @@ def hostile(tmp_path_factory, retriever_checkpoints) -> tuple[DocIndex, IngestRe
         patch.setenv("HF_HUB_OFFLINE", "1")
         index = DocIndex.open(str(root.parent / "index"), create=True)
         started = time.monotonic()
-        report = index.ingest([root], model=str(retriever_checkpoints["colmodernvbert"]),
-                              image_edge=IMAGE_EDGE)
+        report = index.ingest([root], model=str(retriever_checkpoints["colmodernvbert"]), image_edge=IMAGE_EDGE)
         assert time.monotonic() - started < 60
     return index, report, root
 
@@ -202,9 +201,7 @@ def test_unsupported_content_under_a_non_utf8_name_has_a_printable_failure(tmp_p
         failure.path.encode("utf-8")
 
 
-def test_file_rewritten_or_deleted_mid_ingest_keeps_the_old_version(
-    tmp_path, retriever_checkpoint, monkeypatch
-):
+def test_file_rewritten_or_deleted_mid_ingest_keeps_the_old_version(tmp_path, retriever_checkpoint, monkeypatch):
     root = tmp_path / "docs"
     rewritten = make_pdf(root / "rewritten.pdf", 2, title="v1")
     deleted = make_pdf(root / "deleted.pdf", 1, title="v1")
@@ -259,8 +256,7 @@ def test_hanging_render_times_out_per_file_and_the_run_goes_on(tmp_path, retriev
     monkeypatch.setenv("PATH", _fake_pdftoppm(tmp_path / "bin", "STALLS_FOREVER", "exec sleep 600"))
     index = DocIndex.open("main", create=True)
     started = time.monotonic()
-    report = index.ingest([root], model=str(retriever_checkpoint), image_edge=IMAGE_EDGE,
-                          render_timeout_s=2)
+    report = index.ingest([root], model=str(retriever_checkpoint), image_edge=IMAGE_EDGE, render_timeout_s=2)
     assert time.monotonic() - started < 30
     ((failure),) = report.failures
     assert Path(failure.path).name == "STALLS_FOREVER.pdf"
@@ -301,8 +297,9 @@ def _peak_rss_mb(code: str) -> tuple[float, float]:
         print(re.search(r"VmHWM:\\s+(\\d+) kB", status)[1],
               resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
     """)
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                            cwd=REPO, timeout=60, check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, timeout=60, check=True
+    )
     own, children = result.stdout.split()[-2:]
     return int(own) / 1024, int(children) / 1024  # both in KiB on Linux
 
@@ -371,8 +368,11 @@ def thousand_pages(tmp_path_factory) -> Path:
 def test_thousand_page_pdf_streams_its_first_page_before_rendering_the_rest(thousand_pages, monkeypatch):
     calls = []
     real = render.convert_from_path
-    monkeypatch.setattr(render, "convert_from_path",
-                        lambda *a, **kw: calls.append((kw["first_page"], kw["last_page"])) or real(*a, **kw))
+    monkeypatch.setattr(
+        render,
+        "convert_from_path",
+        lambda *a, **kw: calls.append((kw["first_page"], kw["last_page"])) or real(*a, **kw),
+    )
     assert count_pages(thousand_pages, PDF) == 1000
     stream = render_pages(thousand_pages, PDF, 64)
     assert next(stream).number == 1
@@ -392,10 +392,13 @@ def _render_all_measuring(path: Path, chunk_pages: int) -> tuple[list[int], int]
     return numbers, peak
 
 
-@pytest.mark.parametrize("chunk_pages", [
-    25,
-    pytest.param(render.DEFAULT_CHUNK_PAGES, marks=pytest.mark.slow),  # ~15 s: 125 poppler runs
-])
+@pytest.mark.parametrize(
+    "chunk_pages",
+    [
+        25,
+        pytest.param(render.DEFAULT_CHUNK_PAGES, marks=pytest.mark.slow),  # ~15 s: 125 poppler runs
+    ],
+)
 def test_thousand_page_pdf_renders_whole_in_bounded_memory(thousand_pages, chunk_pages):
     numbers, peak = _render_all_measuring(thousand_pages, chunk_pages)
     assert numbers == list(range(1, 1001))

@@ -59,7 +59,7 @@ def test_brute_force_equals_reference(tmp_path, seed, k):
     reference = _reference_scores(query, vectors, table)
     np.testing.assert_allclose(page_scores(query, table, vectors), reference, atol=1e-4)
     # bfloat16 keeps 8 significant bits: each product is off by at most ~2 * 2^-8 of |q| |x| = 1 here
-    bound = len(query) * 3 * 2.0 ** -8
+    bound = len(query) * 3 * 2.0**-8
     np.testing.assert_allclose(page_scores(query, table, vectors, bfloat16=True, chunk_rows=7), reference, atol=bound)
 
 
@@ -80,13 +80,15 @@ def test_codebook_assigns_each_half_to_its_nearest_centroid():
     codebook = Codebook.train(vectors)
     cells = np.concatenate(codebook.page_cells([vector[None] for vector in vectors[:200]])).astype(np.int64)
     for half in (0, 1):
-        part = vectors[:200, half * 8:(half + 1) * 8]
+        part = vectors[:200, half * 8 : (half + 1) * 8]
         distances = ((part[:, None, :] - codebook.centroids[half][None]) ** 2).sum(axis=2)
         got = cells // stage.HALF_CENTROIDS if half == 0 else cells % stage.HALF_CENTROIDS
         assert np.array_equal(got, distances.argmin(axis=1))
     scores = codebook.scores(vectors[:3])
     half_count = stage.HALF_CENTROIDS
-    centroid = np.concatenate([codebook.centroids[0][cells[0] // half_count], codebook.centroids[1][cells[0] % half_count]])
+    centroid = np.concatenate(
+        [codebook.centroids[0][cells[0] // half_count], codebook.centroids[1][cells[0] % half_count]]
+    )
     assert scores.shape == (3, CELLS) and np.isclose(scores[0, cells[0]], vectors[0] @ centroid, atol=1e-5)
 
 
@@ -95,14 +97,14 @@ def _approximate_by_definition(candidates: CandidateIndex, query: np.ndarray, pa
     stay within the budget; a page scores the best walked cell it has, else the best cell not
     walked; summed over tokens."""
     cell_pages = {}
-    for page_id, cells in page_cells.items():
+    for cells in page_cells.values():
         for cell in cells:
             cell_pages[int(cell)] = cell_pages.get(int(cell), 0) + 1
     totals = dict.fromkeys(page_cells, 0.0)
     for token in candidates.codebook.scores(query):
         ranked = np.argsort(-token, kind="stable")
         walked, seen = [], 0
-        for cell in ranked[:stage.MAX_WALKED_CELLS]:
+        for cell in ranked[: stage.MAX_WALKED_CELLS]:
             seen += cell_pages.get(int(cell), 0)
             if walked and seen > stage.WALK_BUDGET:
                 break
@@ -139,8 +141,11 @@ def test_candidate_scores_follow_their_definition_in_postings_and_tail(tmp_path,
     loaded = CandidateIndex.load(tmp_path, 16)
     assert loaded.high_water == 81 and np.array_equal(loaded.tail[81], cells[1])
     query = _normalised(rng, 4, 16)
-    np.testing.assert_allclose(loaded.approximate_scores(query, np.arange(1, 82)),
-                               candidates.approximate_scores(query, np.arange(1, 82)), atol=1e-6)
+    np.testing.assert_allclose(
+        loaded.approximate_scores(query, np.arange(1, 82)),
+        candidates.approximate_scores(query, np.arange(1, 82)),
+        atol=1e-6,
+    )
 
 
 def test_pages_removed_from_the_tail_are_left_out():
@@ -192,7 +197,8 @@ def test_two_stage_reranks_exactly_and_covers_everything_when_asked(tmp_path):
     query = _normalised(rng, 5, 16)
     everything = two_stage_top_k(query, 10, table, candidates, vectors, rerank=len(table))
     assert [(h.page_id, round(h.score, 4)) for h in everything] == [
-        (p, round(s, 4)) for p, s in _reference_top(query, vectors, table, 10)]
+        (p, round(s, 4)) for p, s in _reference_top(query, vectors, table, 10)
+    ]
     exact = dict(zip(table.page_ids.tolist(), _reference_scores(query, vectors, table)))
     few = two_stage_top_k(query, 3, table, candidates, vectors, rerank=12)
     assert len(few) == 3 and all(abs(h.score - exact[h.page_id]) < 1e-4 for h in few)
@@ -224,7 +230,7 @@ def _cells_by_page(candidates: CandidateIndex) -> dict[int, set[int]]:
     """Each page's cells as the candidate index holds them (postings and tail)."""
     cells: dict[int, set[int]] = {}
     for cell in np.flatnonzero(np.diff(candidates.pointers)):
-        for page_id in candidates.ids[candidates.pointers[cell]:candidates.pointers[cell + 1]].tolist():
+        for page_id in candidates.ids[candidates.pointers[cell] : candidates.pointers[cell + 1]].tolist():
             cells.setdefault(page_id, set()).add(int(cell))
     for page_id, page_cells in candidates.tail.items():
         cells.setdefault(page_id, set()).update(page_cells.tolist())
@@ -266,8 +272,13 @@ def test_cells_assigned_beside_the_writer_are_those_of_the_stored_values(tmp_pat
     holds_every_page_with_its_cells(DocIndex.open(folder))
 
 
-operations = st.lists(st.tuples(st.sampled_from(["add", "add", "update", "remove", "compact", "reopen"]),
-                                st.integers(0, 11), st.integers(1, 4)), min_size=4, max_size=25)
+operations = st.lists(
+    st.tuples(
+        st.sampled_from(["add", "add", "update", "remove", "compact", "reopen"]), st.integers(0, 11), st.integers(1, 4)
+    ),
+    min_size=4,
+    max_size=25,
+)
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -298,8 +309,11 @@ def test_random_histories_keep_search_right(tmp_path_factory, small_training, op
     query = _normalised(rng, 3, 8)
     vectors = index.vectors  # the fast mode stores bfloat16: compare with the values it holds
     assert vectors.vector_type == "bfloat16"
-    stored = {(path, n + 1): vectors.decode(vectors.encode(page)) for path, pages in live.items()
-              for n, page in enumerate(pages)}
+    stored = {
+        (path, n + 1): vectors.decode(vectors.encode(page))
+        for path, pages in live.items()
+        for n, page in enumerate(pages)
+    }
     expected = {key: float((query @ page.T).max(axis=1).sum()) for key, page in stored.items()}
     ranked = sorted(expected.items(), key=lambda item: -item[1])
     exact = index.search_embeddings(query, k=5, exact=True)

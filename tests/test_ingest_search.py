@@ -8,14 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from documents import make_image, make_mixed_folder, make_pdf
+from stored import stored_pages
 
 import docqa.ingest.local
 from docqa import DocIndex
-from docqa.models.retriever import Retriever
 from docqa.errors import IndexMismatchError, IndexNotFoundError, ModelLoadError
-
-from documents import make_image, make_mixed_folder, make_pdf
-from stored import stored_pages
+from docqa.models.retriever import Retriever
 
 
 @pytest.fixture()
@@ -58,9 +57,13 @@ def test_modified_file_is_reencoded_and_old_pages_are_gone(corpus, retriever_che
     index = DocIndex.open("main", create=True)
     index.ingest([corpus], model=str(retriever_checkpoint))
     target = corpus / "reports" / "q1.pdf"
-    old_pages = {row[0] for row in index.store.db.execute(
-        "SELECT pages.id FROM pages JOIN documents ON documents.id = pages.document_id WHERE documents.path = ?",
-        [str(target)])}
+    old_pages = {
+        row[0]
+        for row in index.store.db.execute(
+            "SELECT pages.id FROM pages JOIN documents ON documents.id = pages.document_id WHERE documents.path = ?",
+            [str(target)],
+        )
+    }
     make_pdf(target, 5, title="q1 revised")
     calls = _spy_encodes(index)
     report = index.ingest([corpus])

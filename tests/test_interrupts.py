@@ -15,10 +15,10 @@ import time
 from pathlib import Path
 
 import pytest
-
-from docqa.models.generator import Generator
-from docqa.models.engines import openvino_missing
 from documents import make_image, make_pdf
+
+from docqa.models.engines import openvino_missing
+from docqa.models.generator import Generator
 
 HERE = Path(__file__).resolve().parent
 LIMIT_S = 2.0
@@ -27,15 +27,28 @@ LIMIT_S = 2.0
 class Harness:
     def __init__(self) -> None:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE.parent), str(HERE)])}
-        self.process = subprocess.Popen([sys.executable, str(HERE / "interrupt_harness.py")], env=env,
-                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=HERE.parent)
+        self.process = subprocess.Popen(
+            [sys.executable, str(HERE / "interrupt_harness.py")],
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=HERE.parent,
+        )
         assert self._reply() == {"ready": True}
 
     def _reply(self) -> dict:
         return json.loads(self.process.stdout.readline())
 
-    def interrupt(self, workdir: Path, stage: str, argv: list[str], stdin: str = "", signals: int = 1,
-                  env: dict[str, str] | None = None):
+    def interrupt(
+        self,
+        workdir: Path,
+        stage: str,
+        argv: list[str],
+        stdin: str = "",
+        signals: int = 1,
+        env: dict[str, str] | None = None,
+    ):
         """Run `docqa argv` (with `env` added to its environment), wait for `stage`, send SIGINT
         (`signals` times, 0.1 s apart).
 
@@ -81,9 +94,13 @@ def setup(tmp_path_factory, retriever_checkpoints, generator_checkpoints) -> dic
     index = DocIndex.open(root / "index", create=True)
     index.ingest([root / "docs"], model=str(retriever_checkpoints["colmodernvbert"]))
     index.close()
-    return {"root": root, "index": str(root / "index"), "pdf": str(root / "docs" / "invoice.pdf"),
-            "retriever": str(retriever_checkpoints["colmodernvbert"]),
-            "answerer": str(generator_checkpoints["idefics3"])}
+    return {
+        "root": root,
+        "index": str(root / "index"),
+        "pdf": str(root / "docs" / "invoice.pdf"),
+        "retriever": str(retriever_checkpoints["colmodernvbert"]),
+        "answerer": str(generator_checkpoints["idefics3"]),
+    }
 
 
 def _argv(command: str, setup: dict) -> tuple[list[str], str]:
@@ -140,8 +157,7 @@ def test_ingest_stops_within_2_s_and_keeps_committed_documents(harness, setup, t
     make_image(tmp_path / "docs" / "a.png", text="first")
     make_image(tmp_path / "docs" / "b.png", text="second")
     index = tmp_path / "fresh-index"
-    argv = ["ingest", str(tmp_path / "docs"), "--index", str(index), "--model", setup["retriever"],
-            "--batch-size", "1"]
+    argv = ["ingest", str(tmp_path / "docs"), "--index", str(index), "--model", setup["retriever"], "--batch-size", "1"]
     status, elapsed, _, err = harness.interrupt(tmp_path, "ingest", argv)
     _assert_clean_stop(status, elapsed, err, f"docqa: {KEPT_ON_INTERRUPT}")
     reopened = DocIndex.open(index)

@@ -28,17 +28,26 @@ PACKAGE = Path(__file__).resolve().parent.parent / "docqa"
 
 # (module or package prefix, layer); the longest matching prefix decides
 LAYERS = {
-    "docqa": 0, "docqa.errors": 0, "docqa.config": 0, "docqa.files": 0, "docqa.build": 0,
-    "docqa.answer.prompt": 0, "docqa.answer.citations": 0,
+    "docqa": 0,
+    "docqa.errors": 0,
+    "docqa.config": 0,
+    "docqa.files": 0,
+    "docqa.build": 0,
+    "docqa.answer.prompt": 0,
+    "docqa.answer.citations": 0,
     "docqa.inputs": 1,
-    "docqa.models": 2, "docqa.cluster.ray_runtime": 2,
+    "docqa.models": 2,
+    "docqa.cluster.ray_runtime": 2,
     "docqa.index": 3,
     "docqa.ingest": 4,
     "docqa.api": 5,
     "docqa.answer": 6,
-    "docqa.eval": 7, "docqa.cluster": 7, "docqa.watch": 7,
+    "docqa.eval": 7,
+    "docqa.cluster": 7,
+    "docqa.watch": 7,
     "docqa.serve": 8,
-    "docqa.cli": 9, "docqa.__main__": 9,
+    "docqa.cli": 9,
+    "docqa.__main__": 9,
 }
 # a package's __init__ that only names its room (a docstring, or lazy re-exports) sits in its room
 _ROOMS = {"docqa.answer": 6, "docqa.cluster": 7}
@@ -97,9 +106,12 @@ def test_every_module_has_a_layer():
 
 
 def test_no_module_imports_a_layer_above_its_own():
-    upward = [f"{module} (layer {_layer(module)}) imports {target} (layer {_layer(target)})"
-              for module, targets in _graph().items() for target in sorted(targets)
-              if _layer(target) > _layer(module)]
+    upward = [
+        f"{module} (layer {_layer(module)}) imports {target} (layer {_layer(target)})"
+        for module, targets in _graph().items()
+        for target in sorted(targets)
+        if _layer(target) > _layer(module)
+    ]
     assert not upward, "\n".join(upward)
 
 
@@ -112,7 +124,7 @@ def test_no_import_cycle():
         state[module] = 1
         for target in sorted(graph[module]):
             if state.get(target) == 1:
-                cycles.append(" -> ".join([*path[path.index(target):], target]))
+                cycles.append(" -> ".join([*path[path.index(target) :], target]))
             elif target not in state:
                 visit(target, [*path, target])
         state[module] = 2

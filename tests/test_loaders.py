@@ -10,6 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from documents import make_pdf
+from test_encoders import make_page, pages_at_edge
+from tiny_multivector import REMOTE_MODULE, REMOTE_TYPE, build_multivector_checkpoint, build_remote_code_checkpoint
 
 from docqa.answer.grounding import encode_page, ground
 from docqa.api import DocIndex
@@ -17,9 +20,6 @@ from docqa.cli.main import main
 from docqa.errors import IndexMismatchError, RemoteCodeError, UnsupportedModelError
 from docqa.inputs.render import fit_within
 from docqa.models.retriever import SENTENCE_TRANSFORMERS, TRANSFORMERS, Retriever
-from documents import make_pdf
-from test_encoders import make_page, pages_at_edge
-from tiny_multivector import REMOTE_MODULE, REMOTE_TYPE, build_multivector_checkpoint, build_remote_code_checkpoint
 
 sentence_transformers = pytest.importorskip("sentence_transformers")
 FAMILIES = ("colmodernvbert", "colqwen2", "colpali")
@@ -30,8 +30,7 @@ QUERIES = ["What was the revenue in 2023?", "pump temperature"]
 def multivector_checkpoints(retriever_checkpoints, tmp_path_factory) -> dict[str, Path]:
     """Each tiny native family loaded as a MultiVectorEncoder and saved with save_pretrained."""
     root = tmp_path_factory.mktemp("multivector")
-    return {family: build_multivector_checkpoint(retriever_checkpoints[family], root / family)
-            for family in FAMILIES}
+    return {family: build_multivector_checkpoint(retriever_checkpoints[family], root / family) for family in FAMILIES}
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +44,11 @@ def test_the_checkpoint_files_choose_the_loader(family, retriever_checkpoints, m
     saved = Retriever.load(str(multivector_checkpoints[family]), device="cpu")
     assert native.stamp.loader == TRANSFORMERS and saved.stamp.loader == SENTENCE_TRANSFORMERS
     assert saved.stamp.family == native.stamp.family == family
-    assert saved.stamp.layout == native.stamp.layout == {"colmodernvbert": "tiles", "colqwen2": "grid",
-                                                         "colpali": "square"}[family]
+    assert (
+        saved.stamp.layout
+        == native.stamp.layout
+        == {"colmodernvbert": "tiles", "colqwen2": "grid", "colpali": "square"}[family]
+    )
     assert saved.stamp.revision.startswith("sha256:") and not saved.stamp.trust_remote_code
 
 
@@ -58,8 +60,10 @@ def test_both_loaders_give_the_same_vectors(family, retriever_checkpoints):
     native = Retriever.load(folder, device="cpu", loader=TRANSFORMERS)
     multi = Retriever.load(folder, device="cpu", loader=SENTENCE_TRANSFORMERS)
     pages = pages_at_edge(native.stamp.image_edge)
-    for ours, theirs in zip(native.encode_pages(pages) + native.encode_queries(QUERIES),
-                            multi.encode_pages(pages) + multi.encode_queries(QUERIES)):
+    for ours, theirs in zip(
+        native.encode_pages(pages) + native.encode_queries(QUERIES),
+        multi.encode_pages(pages) + multi.encode_queries(QUERIES),
+    ):
         assert ours.shape == theirs.shape
         np.testing.assert_allclose(ours, theirs, atol=1e-5)
 
@@ -77,8 +81,9 @@ def test_vectors_and_scores_equal_the_encoders_own(multivector_checkpoints):
     theirs_queries = encoder.encode_query(QUERIES, convert_to_numpy=True)
     for ours, theirs in zip(ours_pages + ours_queries, theirs_pages + theirs_queries):
         np.testing.assert_allclose(ours, theirs, atol=1e-5)
-    expected = encoder.similarity([torch.from_numpy(q) for q in theirs_queries],
-                                  [torch.from_numpy(p) for p in theirs_pages]).numpy()
+    expected = encoder.similarity(
+        [torch.from_numpy(q) for q in theirs_queries], [torch.from_numpy(p) for p in theirs_pages]
+    ).numpy()
     for row, query in enumerate(ours_queries):
         np.testing.assert_allclose(retriever.score(query, ours_pages), expected[row], rtol=1e-5, atol=1e-5)
 
@@ -111,8 +116,21 @@ def test_remote_code_is_refused_without_the_flag(remote_checkpoint, tmp_path, ca
 
 def test_remote_code_works_with_the_flag(remote_checkpoint, tmp_path, capsys):
     pdf = make_pdf(tmp_path / "docs" / "a.pdf", 2, title="remote")
-    assert main(["ingest", str(pdf), "--index", "remote", "--model", str(remote_checkpoint),
-                 "--trust-remote-code", "--json"]) == 0
+    assert (
+        main(
+            [
+                "ingest",
+                str(pdf),
+                "--index",
+                "remote",
+                "--model",
+                str(remote_checkpoint),
+                "--trust-remote-code",
+                "--json",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     build = DocIndex.open("remote").build.encoder.to_json()
     assert build["trust_remote_code"] is True and build["family"] == REMOTE_TYPE
@@ -141,9 +159,9 @@ def test_an_index_of_one_loader_refuses_another(retriever_checkpoints, tmp_path,
 
 
 def test_an_index_refuses_another_revision_of_its_checkpoint(retriever_checkpoints, tmp_path, capsys):
-    from safetensors.torch import load_file, save_file
-
     import shutil
+
+    from safetensors.torch import load_file, save_file
 
     folder = Path(shutil.copytree(retriever_checkpoints["colpali"], tmp_path / "colpali"))
     index = DocIndex.open("rev", create=True)
@@ -170,6 +188,8 @@ def test_a_plain_encoder_without_retrieval_head_is_still_unsupported(tmp_path):
     from transformers import ModernBertConfig
 
     folder = tmp_path / "plain"
-    ModernBertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64).save_pretrained(folder)
+    ModernBertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64).save_pretrained(
+        folder
+    )
     with pytest.raises(UnsupportedModelError, match="plain"):
         Retriever.load(str(folder), loader=None)

@@ -23,11 +23,10 @@ pytest.importorskip("mcp.server.mcpserver")
 
 from mcp import Client, StdioServerParameters  # noqa: E402
 from mcp.client.streamable_http import streamable_http_client  # noqa: E402
+from serve_helpers import build_corpus_index  # noqa: E402
 
 from docqa.answer.ask import load_page  # noqa: E402
 from docqa.serve.mcp import DEFAULT_EDGE, PageLibrary, build_server, http_app  # noqa: E402
-
-from serve_helpers import build_corpus_index  # noqa: E402
 
 TOOLS = {"search", "ask", "get_page", "list_documents"}
 ROOT = Path(__file__).resolve().parent.parent
@@ -79,11 +78,11 @@ async def _exercise(client, corpus: Path) -> None:
     for hit, image in zip(hits, images):  # each image is the page the hit names, as rendered from its file
         assert _same_pixels(image, load_page(Path(hit["file"]), hit["page"], DEFAULT_EDGE)), hit
         assert Path(hit["file"]).parent == docs
-    assert {(Path(h["file"]).name, h["page"]) for h in hits} == {("report.pdf", 1), ("report.pdf", 2),
-                                                                    ("scan.png", 1)}
+    assert {(Path(h["file"]).name, h["page"]) for h in hits} == {("report.pdf", 1), ("report.pdf", 2), ("scan.png", 1)}
 
-    filtered = await client.call_tool("search", {"query": "scan", "k": 5, "path": "*.png", "images": False,
-                                                 "heatmap": True})
+    filtered = await client.call_tool(
+        "search", {"query": "scan", "k": 5, "path": "*.png", "images": False, "heatmap": True}
+    )
     assert not filtered.is_error, _texts(filtered)
     only = json.loads(_texts(filtered)[0])["hits"]
     assert [Path(h["file"]).name for h in only] == ["scan.png"] and len(only[0]["box"]) == 4
@@ -99,18 +98,19 @@ async def _exercise(client, corpus: Path) -> None:
 
     resource = await client.read_resource(hits[0]["resource"])
     blob = base64.b64decode(resource.contents[0].blob)
-    assert _same_pixels(Image.open(io.BytesIO(blob)).convert("RGB"),
-                        load_page(Path(hits[0]["file"]), hits[0]["page"], DEFAULT_EDGE))
+    assert _same_pixels(
+        Image.open(io.BytesIO(blob)).convert("RGB"), load_page(Path(hits[0]["file"]), hits[0]["page"], DEFAULT_EDGE)
+    )
 
-    answer = await client.call_tool("ask", {"question": "what is on the report?", "k": 2, "max_pages": 2,
-                                            "max_new_tokens": 8})
+    answer = await client.call_tool(
+        "ask", {"question": "what is on the report?", "k": 2, "max_pages": 2, "max_new_tokens": 8}
+    )
     assert not answer.is_error, _texts(answer)
     payload = json.loads(_texts(answer)[0])
     assert isinstance(payload["answer"], str) and len(payload["citations"]) == 2
     for citation in payload["citations"]:
         assert {"path", "page", "score", "cited", "box"} <= set(citation)
-        assert citation["box"] is None or (len(citation["box"]) == 4
-                                           and all(0 <= v <= 1 for v in citation["box"]))
+        assert citation["box"] is None or (len(citation["box"]) == 4 and all(0 <= v <= 1 for v in citation["box"]))
 
     # bad arguments: tool errors with a message, never a crash; the server still answers afterwards
     bad_calls = [
@@ -120,7 +120,7 @@ async def _exercise(client, corpus: Path) -> None:
         ("search", {"query": "x", "k": 10_000}),
         ("search", {"query": "x", "k": "many"}),
         ("search", {"query": "x" * 5000}),
-        ("search", {"query": "x", "where": {"bad\"key": "v"}}),
+        ("search", {"query": "x", "where": {'bad"key': "v"}}),
         ("search", {"query": "x", "where": "not a dict"}),
         ("get_page", {"document": "nope.pdf"}),
         ("get_page", {"document": "report.pdf", "page": 9}),
@@ -144,9 +144,20 @@ def _env() -> dict[str, str]:
 def test_stdio_client_lists_and_calls_every_tool(corpus, generator_checkpoints):
     params = StdioServerParameters(
         command=sys.executable,
-        args=["-m", "docqa", "mcp", "--index", str(corpus), "--device", "cpu",
-              "--answer-model", str(generator_checkpoints["idefics3"])],
-        env=_env(), cwd=str(corpus.parent))
+        args=[
+            "-m",
+            "docqa",
+            "mcp",
+            "--index",
+            str(corpus),
+            "--device",
+            "cpu",
+            "--answer-model",
+            str(generator_checkpoints["idefics3"]),
+        ],
+        env=_env(),
+        cwd=str(corpus.parent),
+    )
 
     async def main() -> None:
         async with Client(params, read_timeout_seconds=240) as client:

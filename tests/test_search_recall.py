@@ -43,39 +43,64 @@ def small_stage(monkeypatch):
 
 corpora = st.builds(
     CorpusParams,
-    seed=st.integers(0, 10_000), dim=st.just(32),
-    tokens_mean=st.integers(12, 40), tokens_sd=st.integers(0, 8), tokens_min=st.just(4), tokens_max=st.just(60),
-    topics=st.sampled_from([4, 32, 400]), topics_per_page=st.integers(1, 4), motifs_per_page=st.integers(2, 12),
-    motif_spread=st.floats(0.0, 1.5), token_noise=st.floats(0.2, 0.9), background=st.integers(1, 6),
-    background_share=st.tuples(st.floats(0.0, 0.4), st.floats(0.4, 0.7)), duplicate_share=st.floats(0.0, 0.2),
-    templates=st.sampled_from([0, 0, 5]), template_tokens=st.just(30), blank_share=st.sampled_from([0.0, 0.1]),
-    short_share=st.sampled_from([0.0, 0.3]), short_tokens=st.just(3), long_share=st.sampled_from([0.0, 0.1]),
-    long_tokens=st.just(120))
+    seed=st.integers(0, 10_000),
+    dim=st.just(32),
+    tokens_mean=st.integers(12, 40),
+    tokens_sd=st.integers(0, 8),
+    tokens_min=st.just(4),
+    tokens_max=st.just(60),
+    topics=st.sampled_from([4, 32, 400]),
+    topics_per_page=st.integers(1, 4),
+    motifs_per_page=st.integers(2, 12),
+    motif_spread=st.floats(0.0, 1.5),
+    token_noise=st.floats(0.2, 0.9),
+    background=st.integers(1, 6),
+    background_share=st.tuples(st.floats(0.0, 0.4), st.floats(0.4, 0.7)),
+    duplicate_share=st.floats(0.0, 0.2),
+    templates=st.sampled_from([0, 0, 5]),
+    template_tokens=st.just(30),
+    blank_share=st.sampled_from([0.0, 0.1]),
+    short_share=st.sampled_from([0.0, 0.3]),
+    short_tokens=st.just(3),
+    long_share=st.sampled_from([0.0, 0.1]),
+    long_tokens=st.just(120),
+)
 query_sets = st.builds(
     QueryParams,
-    queries=st.just(6), page_tokens=st.integers(3, 12), page_tokens_max=st.just(16),
-    query_noise=st.floats(0.3, 1.0), query_noise_max=st.just(1.4), generic_tokens=st.just(0),
-    generic_tokens_max=st.integers(0, 8), other_topic_tokens=st.integers(0, 3), sources_max=st.integers(1, 3))
+    queries=st.just(6),
+    page_tokens=st.integers(3, 12),
+    page_tokens_max=st.just(16),
+    query_noise=st.floats(0.3, 1.0),
+    query_noise_max=st.just(1.4),
+    generic_tokens=st.just(0),
+    generic_tokens_max=st.integers(0, 8),
+    other_topic_tokens=st.integers(0, 3),
+    sources_max=st.integers(1, 3),
+)
 
 
 @settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(params=corpora, query_params=query_sets, removed_share=st.floats(0.0, 0.3))
-def test_default_search_meets_the_recall_target_on_the_family(tmp_path_factory, small_stage, params,
-                                                                query_params, removed_share):
+def test_default_search_meets_the_recall_target_on_the_family(
+    tmp_path_factory, small_stage, params, query_params, removed_share
+):
     generator = SyntheticCorpus(params)
     pages = generator.pages(0, 200)
     folder = tmp_path_factory.mktemp("family")
     index = DocIndex.open(folder, create=True)
     with index.bulk():
         for number in range(0, len(pages), 4):
-            index.add_embeddings(f"/docs/{number:04d}.pdf", pages[number:number + 4])
+            index.add_embeddings(f"/docs/{number:04d}.pdf", pages[number : number + 4])
     rng = np.random.default_rng(params.seed)
     removed = {f"/docs/{number:04d}.pdf" for number in range(0, len(pages), 4) if rng.random() < removed_share}
     if removed:
         index.remove(sorted(removed))
     stored = index.vectors
-    live = {(f"/docs/{number - number % 4:04d}.pdf", number % 4 + 1): stored.decode(stored.encode(page))
-            for number, page in enumerate(pages) if f"/docs/{number - number % 4:04d}.pdf" not in removed}
+    live = {
+        (f"/docs/{number - number % 4:04d}.pdf", number % 4 + 1): stored.decode(stored.encode(page))
+        for number, page in enumerate(pages)
+        if f"/docs/{number - number % 4:04d}.pdf" not in removed
+    }
     queries, _ = generator.queries(len(pages), query_params)
     recalls = []
     for query in queries:
@@ -87,7 +112,9 @@ def test_default_search_meets_the_recall_target_on_the_family(tmp_path_factory, 
         assert all(abs(hit.score - exact[(hit.path, hit.page)]) < 1e-3 for hit in hits)  # scores are exact
         recalls.append(sum(hit.score >= kth - 1e-4 for hit in hits) / min(10, len(exact)))
         everything = index.search_embeddings(query, k=10, rerank=len(live))  # claims exactness: must be exact
-        assert [(h.path, h.page) for h in everything] == [(h.path, h.page) for h in index.search_embeddings(query, k=10, exact=True)]
+        assert [(h.path, h.page) for h in everything] == [
+            (h.path, h.page) for h in index.search_embeddings(query, k=10, exact=True)
+        ]
     stats = index.storage.search_stats()
     assert stats["candidate_stage"] and 0.0 <= stats.get("recall_estimate", 1.0) <= 1.0
     assert np.mean(recalls) >= TARGET, (np.mean(recalls), stats)
@@ -109,7 +136,7 @@ def test_capped_search_stays_fast_inside_a_memory_cgroup(tmp_path):
     index = DocIndex.open(folder, create=True)
     with index.bulk():
         for number in range(0, len(pages), 10):
-            index.add_embeddings(f"/docs/{number:05d}.pdf", pages[number:number + 10])
+            index.add_embeddings(f"/docs/{number:05d}.pdf", pages[number : number + 10])
     queries, _ = generator.queries(len(pages), QueryParams(queries=12))
     expected = [[(h.path, h.page) for h in index.search_embeddings(query, k=10)] for query in queries]
     index.close()
@@ -127,8 +154,9 @@ def test_capped_search_stays_fast_inside_a_memory_cgroup(tmp_path):
     assert uncapped.returncode == 0, uncapped.stderr[-2000:]
     free = json.loads(uncapped.stdout.strip().splitlines()[-1])
     memory_cap.evict(list(folder.iterdir()))
-    done = memory_cap.run_capped([sys.executable, "-c", code], (1 << 30) + (24 << 10) * len(pages), "docqa-test-cap",
-                                 timeout=300)
+    done = memory_cap.run_capped(
+        [sys.executable, "-c", code], (1 << 30) + (24 << 10) * len(pages), "docqa-test-cap", timeout=300
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert [[tuple(hit) for hit in hits] for hits in result["found"]] == expected

@@ -15,17 +15,23 @@ from PIL import Image
 pytest.importorskip("fastapi", reason='the server tests need the serve extra: pip install "docqa[serve]"')
 
 
-from docqa.models.generator import Generator  # noqa: E402
+from documents import make_pdf  # noqa: E402
+from serve_helpers import (  # noqa: E402
+    TOKEN,
+    api_client,
+    build_corpus_index,
+    make_auth,
+    service_on_copy,
+    sse_events,
+    wait_for_job,
+)
+
 from docqa.cli.main import main  # noqa: E402
 from docqa.errors import DocQAError  # noqa: E402
+from docqa.models.generator import Generator  # noqa: E402
 from docqa.serve import check_bind, create_app, require_serve_extra  # noqa: E402
 from docqa.serve.security import Auth, TokenError  # noqa: E402
 from docqa.serve.service import Limits, Service, safe_name  # noqa: E402
-
-from documents import make_pdf  # noqa: E402
-from serve_helpers import (  # noqa: E402
-    TOKEN, api_client, build_corpus_index, make_auth, service_on_copy, sse_events, wait_for_job,
-)
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +41,12 @@ def corpus_index(tmp_path_factory, retriever_checkpoints):
 
 @pytest.fixture()
 def service(tmp_path, corpus_index, generator_checkpoints):
-    service = service_on_copy(corpus_index, tmp_path / "idx", answer_model=generator_checkpoints["idefics3"],
-                              limits=Limits(max_upload_bytes=200_000, max_request_bytes=4096, max_k=20))
+    service = service_on_copy(
+        corpus_index,
+        tmp_path / "idx",
+        answer_model=generator_checkpoints["idefics3"],
+        limits=Limits(max_upload_bytes=200_000, max_request_bytes=4096, max_k=20),
+    )
     yield service
     service.close()
 
@@ -136,21 +146,42 @@ def test_upload_refuses_what_is_not_a_document_and_what_is_too_big(client, servi
     assert list(service.uploads.glob("**/*.pdf")) == []  # nothing refused was kept
 
 
-@pytest.mark.parametrize("name,expected", [
-    ("../../etc/passwd.pdf", "passwd.pdf"), ("/abs/path/x.pdf", "x.pdf"), ("..\\..\\win.pdf", "win.pdf"),
-    ("a\x00b.pdf", "ab.pdf"), ("..", "upload.pdf"), (".hidden", "hidden.pdf"), ("ré sumé;rm -rf.pdf", "r_ sum_rm -rf.pdf"),
-])
+@pytest.mark.parametrize(
+    "name,expected",
+    [
+        ("../../etc/passwd.pdf", "passwd.pdf"),
+        ("/abs/path/x.pdf", "x.pdf"),
+        ("..\\..\\win.pdf", "win.pdf"),
+        ("a\x00b.pdf", "ab.pdf"),
+        ("..", "upload.pdf"),
+        (".hidden", "hidden.pdf"),
+        ("ré sumé;rm -rf.pdf", "r_ sum_rm -rf.pdf"),
+    ],
+)
 def test_upload_names_never_leave_their_folder(name, expected):
     assert safe_name(name, "pdf") == expected
 
 
 TRAVERSALS = [
-    "/api/pages/..%2F..%2Fetc%2Fpasswd/image", "/api/pages/../../etc/passwd/image", "/api/pages/%2Fetc%2Fpasswd/image",
-    "/api/pages//etc/passwd/image", "/api/pages/1%00/image", "/api/pages/%00/image", "/api/pages/-1/image",
-    "/api/pages/0/image", "/api/pages/1e3/image", "/api/pages/99999999999999999999999999/image",
-    "/api/pages/%252e%252e%252fetc/image", "/static/..%2Fservice.py", "/static/../app.py",
-    "/static/%2E%2E/service.py", "/static/app.js%00.py", "/static/%2Fetc%2Fpasswd", "/api/jobs/..%2F1",
-    "/api/jobs/%00", "/api/jobs/%2Fetc%2Fpasswd/events",
+    "/api/pages/..%2F..%2Fetc%2Fpasswd/image",
+    "/api/pages/../../etc/passwd/image",
+    "/api/pages/%2Fetc%2Fpasswd/image",
+    "/api/pages//etc/passwd/image",
+    "/api/pages/1%00/image",
+    "/api/pages/%00/image",
+    "/api/pages/-1/image",
+    "/api/pages/0/image",
+    "/api/pages/1e3/image",
+    "/api/pages/99999999999999999999999999/image",
+    "/api/pages/%252e%252e%252fetc/image",
+    "/static/..%2Fservice.py",
+    "/static/../app.py",
+    "/static/%2E%2E/service.py",
+    "/static/app.js%00.py",
+    "/static/%2Fetc%2Fpasswd",
+    "/api/jobs/..%2F1",
+    "/api/jobs/%00",
+    "/api/jobs/%2Fetc%2Fpasswd/events",
 ]
 
 
@@ -206,8 +237,9 @@ def test_limits_and_malformed_input_get_clear_4xx(client):
     assert client.post("/api/ask", json={"question": "q", "k": 99}).status_code == 422
     assert client.post("/api/ask", json={"question": "q", "extra": 1}).status_code == 422
     assert client.post("/api/ask", json={"question": ""}).status_code == 422
-    huge = client.post("/api/ask", content=b'{"question": "' + b"x" * 10_000 + b'"}',
-                       headers={"content-type": "application/json"})
+    huge = client.post(
+        "/api/ask", content=b'{"question": "' + b"x" * 10_000 + b'"}', headers={"content-type": "application/json"}
+    )
     assert huge.status_code == 413
     assert client.get("/api/pages/424242/image").status_code == 404
     assert client.get("/api/jobs/424242").status_code == 404
@@ -275,8 +307,16 @@ def test_page_and_openapi_are_served(client):
     assert client.get("/static/app.js").headers["content-type"].startswith("text/javascript")
     assert client.get("/static/style.css").status_code == 200
     schema = client.get("/openapi.json").json()
-    assert {"/api/search", "/api/ask", "/api/uploads", "/api/documents", "/api/pages/{page_id}/image",
-            "/api/pages/{page_id}/heatmap", "/api/jobs/{job_id}", "/api/info"} <= set(schema["paths"])
+    assert {
+        "/api/search",
+        "/api/ask",
+        "/api/uploads",
+        "/api/documents",
+        "/api/pages/{page_id}/image",
+        "/api/pages/{page_id}/heatmap",
+        "/api/jobs/{job_id}",
+        "/api/info",
+    } <= set(schema["paths"])
     assert client.get("/docs").status_code == 404  # no Swagger UI: it would load scripts from a CDN
 
 

@@ -19,13 +19,15 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("fastapi", reason='the server tests need the serve extra: pip install "docqa[serve]"')
-sync_api = pytest.importorskip("playwright.sync_api", reason="the browser test needs playwright (pip install playwright)")
-
-from docqa.serve import create_app  # noqa: E402
-from docqa.serve.service import Service  # noqa: E402
+sync_api = pytest.importorskip(
+    "playwright.sync_api", reason="the browser test needs playwright (pip install playwright)"
+)
 
 from documents import make_pdf  # noqa: E402
 from serve_helpers import TOKEN, make_auth, running_server  # noqa: E402
+
+from docqa.serve import create_app  # noqa: E402
+from docqa.serve.service import Service  # noqa: E402
 
 
 def _chromium() -> str | None:
@@ -46,14 +48,19 @@ def _loaded(page, selector: str) -> None:
     """Wait until the image at ``selector`` has really loaded (a decoded PNG, not a broken image)."""
     page.wait_for_function(
         "s => { const i = document.querySelector(s); return i && i.complete && i.naturalWidth > 0; }",
-        arg=selector, timeout=60_000,
+        arg=selector,
+        timeout=60_000,
     )
 
 
 def test_upload_search_heatmap_and_ask_in_a_browser(tmp_path, retriever_checkpoint, generator_checkpoints):
     pdf = make_pdf(tmp_path / "in" / "quarterly-report.pdf", 2, title="quarterly")
-    service = Service(tmp_path / "idx", model=str(retriever_checkpoint), device="cpu",
-                      answer_model=str(generator_checkpoints["idefics3"]))
+    service = Service(
+        tmp_path / "idx",
+        model=str(retriever_checkpoint),
+        device="cpu",
+        answer_model=str(generator_checkpoints["idefics3"]),
+    )
     shots = Path(os.environ["DOCQA_SCREENSHOTS"]) if os.environ.get("DOCQA_SCREENSHOTS") else None
     try:
         auth = make_auth()
@@ -114,8 +121,9 @@ def test_upload_search_heatmap_and_ask_in_a_browser(tmp_path, retriever_checkpoi
             citations.first.locator(".thumb").click()
             page.wait_for_selector("#viewer[open]")
             _loaded(page, "#viewer-image")
-            assert page.locator("#viewer-box").is_hidden() == (boxes == 0 or
-                                                               citations.first.locator(".box").count() == 0)
+            assert page.locator("#viewer-box").is_hidden() == (
+                boxes == 0 or citations.first.locator(".box").count() == 0
+            )
             if shots:
                 page.screenshot(path=str(shots / "ask-viewer-desktop.png"))
             page.keyboard.press("Escape")
@@ -197,16 +205,19 @@ def test_attacker_pages_can_neither_read_nor_change_anything(tmp_path, retriever
                     threading.Event().wait(0.2)
                 before = api.get("/api/documents").json()["documents"]
                 assert [d["name"] for d in before] == ["private.pdf"]
-            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=[
-                "--no-sandbox", "--host-resolver-rules=MAP evil.test 127.0.0.1"])
+            browser = playwright.chromium.launch(
+                executable_path=CHROMIUM, args=["--no-sandbox", "--host-resolver-rules=MAP evil.test 127.0.0.1"]
+            )
             context = browser.new_context()
             page = context.new_page()
             page.set_default_timeout(60_000)
             page.goto(f"{base}/login?code={auth.login_code()}")  # the owner is logged in, in this browser
             page.wait_for_selector("#documents li:has-text('private.pdf')")
             results = {}
-            for name, target in [("other_port", f"http://127.0.0.1:{port}"),  # same site, cookie is sent
-                                 ("rebinding", f"http://evil.test:{port}")]:  # a name resolving to 127.0.0.1
+            for name, target in [
+                ("other_port", f"http://127.0.0.1:{port}"),  # same site, cookie is sent
+                ("rebinding", f"http://evil.test:{port}"),
+            ]:  # a name resolving to 127.0.0.1
                 attacker = _attacker_server(ATTACKER_PAGE.replace("TARGET", target))
                 try:
                     host = "127.0.0.1" if name == "other_port" else "evil.test"
@@ -225,7 +236,7 @@ def test_attacker_pages_can_neither_read_nor_change_anything(tmp_path, retriever
             with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60) as api:
                 assert api.get("/api/documents").json()["documents"] == before
                 assert [j["id"] for j in api.get("/api/jobs").json()["jobs"]] == [job.json()["id"]]
-        print('\nattacker results:', json.dumps(results))
+        print("\nattacker results:", json.dumps(results))
         for name, found in results.items():
             text = json.dumps(found)
             assert "private.pdf" not in text, (name, found)  # nothing read

@@ -17,14 +17,13 @@ import pytest
 pytest.importorskip("fastapi", reason='the server tests need the serve extra: pip install "docqa[serve]"')
 httpx = pytest.importorskip("httpx")
 
+from documents import make_pdf  # noqa: E402
 from reportlab.pdfgen import canvas  # noqa: E402
+from serve_helpers import TOKEN, api_client, build_corpus_index, make_auth, service_on_copy, wait_for_job  # noqa: E402
 
 from docqa.serve import create_app  # noqa: E402
 from docqa.serve.jobs import JobStore  # noqa: E402
 from docqa.serve.service import Limits, Service  # noqa: E402
-
-from documents import make_pdf  # noqa: E402
-from serve_helpers import TOKEN, api_client, build_corpus_index, make_auth, service_on_copy, wait_for_job  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -97,9 +96,19 @@ def test_a_running_upload_can_be_cancelled(tmp_path, corpus_index):
             # a queued job is cancelled before it starts
             assert service._write.acquire(timeout=10)
             try:
-                first = client.post("/api/uploads", files={"file": ("a.pdf", pdf.read_bytes(), "application/pdf")}).json()
-                second = client.post("/api/uploads", files={"file": ("b.pdf", make_pdf(
-                    tmp_path / "in" / "b.pdf", 1, title="b").read_bytes(), "application/pdf")}).json()
+                first = client.post(
+                    "/api/uploads", files={"file": ("a.pdf", pdf.read_bytes(), "application/pdf")}
+                ).json()
+                second = client.post(
+                    "/api/uploads",
+                    files={
+                        "file": (
+                            "b.pdf",
+                            make_pdf(tmp_path / "in" / "b.pdf", 1, title="b").read_bytes(),
+                            "application/pdf",
+                        )
+                    },
+                ).json()
                 assert client.delete(f"/api/jobs/{second['id']}").json()["state"] == "cancelled"
                 client.delete(f"/api/jobs/{first['id']}")
             finally:
@@ -146,10 +155,18 @@ def test_a_job_interrupted_twice_fails_with_its_reason(tmp_path):
     upload = tmp_path / "uploads" / "x.pdf"
     upload.parent.mkdir(parents=True)
     upload.write_bytes(b"%PDF-1.4")
-    (tmp_path / "jobs.json").write_text(json.dumps({"next_id": 8, "jobs": [
-        {"id": "5", "name": "x.pdf", "file": str(upload), "state": "ingesting", "resumes": 1},
-        {"id": "6", "name": "x.pdf", "file": str(upload), "state": "ingesting", "resumes": 0},
-        {"id": "7", "name": "gone.pdf", "file": str(tmp_path / "gone.pdf"), "state": "queued"}]}))
+    (tmp_path / "jobs.json").write_text(
+        json.dumps(
+            {
+                "next_id": 8,
+                "jobs": [
+                    {"id": "5", "name": "x.pdf", "file": str(upload), "state": "ingesting", "resumes": 1},
+                    {"id": "6", "name": "x.pdf", "file": str(upload), "state": "ingesting", "resumes": 0},
+                    {"id": "7", "name": "gone.pdf", "file": str(tmp_path / "gone.pdf"), "state": "queued"},
+                ],
+            }
+        )
+    )
     store = JobStore(tmp_path)
     again = store.recover()
     assert [job.id for job in again] == ["6"] and store.jobs["6"].resumes == 1
@@ -165,11 +182,30 @@ def _free_port() -> int:
 
 
 def _start(index: Path, port: int, token_file: Path, log: Path) -> subprocess.Popen:
-    code = ("import sys; from docqa.cli import main; sys.exit(main(sys.argv[1:]))")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
-    return subprocess.Popen([sys.executable, "-c", code, "serve", "--index", str(index), "--port", str(port),
-                             "--token-file", str(token_file), "--device", "cpu"],
-                            stdout=log.open("ab"), stderr=subprocess.STDOUT, env=env)
+    code = "import sys; from docqa.cli import main; sys.exit(main(sys.argv[1:]))"
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")]),
+    }
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            code,
+            "serve",
+            "--index",
+            str(index),
+            "--port",
+            str(port),
+            "--token-file",
+            str(token_file),
+            "--device",
+            "cpu",
+        ],
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
 
 
 def _up(http: httpx.Client, process: subprocess.Popen, log: Path) -> None:
@@ -211,8 +247,11 @@ def test_kill_9_during_an_upload_then_a_restart_resumes_the_job(tmp_path, corpus
             _up(http, process, log)
             listed = http.get("/api/jobs").json()["jobs"]
             assert [j["id"] for j in listed] == [job["id"]] and listed[0]["resumes"] == 1
-            finished = _wait(lambda: (j := http.get(f"/api/jobs/{job['id']}").json())["state"] in
-                             ("done", "failed") and j, 180, "the resumed job")
+            finished = _wait(
+                lambda: (j := http.get(f"/api/jobs/{job['id']}").json())["state"] in ("done", "failed") and j,
+                180,
+                "the resumed job",
+            )
             assert finished["state"] == "done" and finished["pages_done"] == 6, finished
             names = [d["name"] for d in http.get("/api/documents").json()["documents"]]
             assert names.count("long.pdf") == 1

@@ -16,10 +16,10 @@ pytest.importorskip("fastapi", reason='the server tests need the serve extra: pi
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("uvicorn")
 
-from docqa.serve import create_app  # noqa: E402
-
 from documents import make_pdf  # noqa: E402
 from serve_helpers import bearer, build_corpus_index, make_auth, running_server, service_on_copy  # noqa: E402
+
+from docqa.serve import create_app  # noqa: E402
 
 CLIENTS = 8
 QUERIES = ["report revenue", "scan", "line 7", "quarterly totals", "page two", "what is the amount due"]
@@ -67,8 +67,12 @@ def run_load(base: str, seconds: float, upload: bytes) -> dict:
             time.sleep(0.25)
     ordered = sorted(latencies)
     return {
-        "clients": CLIENTS, "seconds": seconds, "requests": len(latencies), "errors": len(errors),
-        "error_samples": errors[:3], "p50_ms": round(1000 * ordered[len(ordered) // 2], 1),
+        "clients": CLIENTS,
+        "seconds": seconds,
+        "requests": len(latencies),
+        "errors": len(errors),
+        "error_samples": errors[:3],
+        "p50_ms": round(1000 * ordered[len(ordered) // 2], 1),
         "p95_ms": round(1000 * ordered[int(0.95 * (len(ordered) - 1))], 1),
         "max_ms": round(1000 * ordered[-1], 1),
         "ingested_while_searching": any(s["state"] == "ingesting" for s in states),

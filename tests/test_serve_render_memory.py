@@ -16,12 +16,11 @@ pytest.importorskip("fastapi", reason='the server tests need the serve extra: pi
 httpx = pytest.importorskip("httpx")
 
 from PIL import Image, ImageDraw  # noqa: E402
+from serve_helpers import bearer, build_corpus_index, make_auth, running_server  # noqa: E402
 
 from docqa.api import DocIndex  # noqa: E402
 from docqa.serve import create_app  # noqa: E402
 from docqa.serve.service import Limits, Service  # noqa: E402
-
-from serve_helpers import bearer, build_corpus_index, make_auth, running_server  # noqa: E402
 
 EDGE = 9400
 GB = 1024**3
@@ -94,6 +93,8 @@ def test_eight_big_renders_raise_rss_by_at_most_1gb(tmp_path, retriever_checkpoi
     assert all(code == 200 or (code == 503 and retry) for code, retry in statuses), statuses
     assert any(code == 200 for code, _ in statuses)
     rise = peak[0] - baseline
-    print(f"\nrender memory: 8 renders of a {EDGE}x{EDGE} PNG, statuses {sorted(c for c, _ in statuses)}, "
-          f"RSS rise {rise / GB:.2f} GB")
+    print(
+        f"\nrender memory: 8 renders of a {EDGE}x{EDGE} PNG, statuses {sorted(c for c, _ in statuses)}, "
+        f"RSS rise {rise / GB:.2f} GB"
+    )
     assert rise <= 1 * GB, f"RSS rose by {rise / GB:.2f} GB"

@@ -10,14 +10,13 @@ import pytest
 
 pytest.importorskip("fastapi", reason='the server tests need the serve extra: pip install "docqa[serve]"')
 
+from documents import make_pdf  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
+from serve_helpers import BASE, TOKEN, api_client, build_corpus_index, make_auth, service_on_copy  # noqa: E402
 
 from docqa.serve import create_app, resolve_token  # noqa: E402
 from docqa.serve.security import Auth, TokenError  # noqa: E402
 from docqa.serve.service import Limits  # noqa: E402
-
-from documents import make_pdf  # noqa: E402
-from serve_helpers import BASE, TOKEN, api_client, build_corpus_index, make_auth, service_on_copy  # noqa: E402
 
 SAME = {"Sec-Fetch-Site": "same-origin", "Origin": BASE}
 
@@ -64,8 +63,11 @@ def _uploaded(service) -> list:
 
 def test_a_login_code_works_once_and_the_session_works_from_the_page(browser, service, auth, tmp_path):
     assert browser.get("/api/info", headers={"Sec-Fetch-Site": "same-origin"}).status_code == 200
-    accepted = browser.post("/api/uploads", files={"file": ("a.pdf", _pdf(tmp_path), "application/pdf")},
-                            headers={**SAME, "X-XSRF-Token": browser.xsrf})
+    accepted = browser.post(
+        "/api/uploads",
+        files={"file": ("a.pdf", _pdf(tmp_path), "application/pdf")},
+        headers={**SAME, "X-XSRF-Token": browser.xsrf},
+    )
     assert accepted.status_code == 202
     code = auth.login_code()
     with TestClient(create_app(service, auth), base_url=BASE) as other:
@@ -76,8 +78,13 @@ def test_a_login_code_works_once_and_the_session_works_from_the_page(browser, se
 
 def test_a_foreign_host_is_refused_even_with_the_token(service, auth):
     app = create_app(service, auth)
-    for base in ["http://evil.example:8000", "http://127.0.0.1.evil.example:8000", "http://127.0.0.1:9000",
-                 "http://localhost:8001", "http://0.0.0.0:8000"]:
+    for base in [
+        "http://evil.example:8000",
+        "http://127.0.0.1.evil.example:8000",
+        "http://127.0.0.1:9000",
+        "http://localhost:8001",
+        "http://0.0.0.0:8000",
+    ]:
         with TestClient(app, base_url="http://127.0.0.1:8000") as client:
             host = base.split("//", 1)[1]
             for path in ["/api/documents", "/api/info", "/", f"/login?token={TOKEN}", "/static/app.js"]:
@@ -123,8 +130,13 @@ def test_a_cross_site_cookie_post_is_refused_and_nothing_is_ingested(browser, se
 def test_cross_site_gets_start_no_work(browser, service):
     page_id = service.search("report", 1)[0].page_id
     for site in ["cross-site", "same-site"]:  # <img src> on another site, or on another port of this host
-        for path in [f"/api/pages/{page_id}/image?edge=2048", f"/api/pages/{page_id}/heatmap?q=x",
-                     "/api/search?q=report", "/api/documents", "/api/info"]:
+        for path in [
+            f"/api/pages/{page_id}/image?edge=2048",
+            f"/api/pages/{page_id}/heatmap?q=x",
+            "/api/search?q=report",
+            "/api/documents",
+            "/api/info",
+        ]:
             response = browser.get(path, headers={"Sec-Fetch-Site": site})
             assert response.status_code == 403, (site, path)
     assert service._images == {}  # nothing was rendered
@@ -136,13 +148,19 @@ def test_a_cookie_from_another_port_cannot_upload(service, auth, tmp_path):
     with TestClient(create_app(service, auth), base_url=BASE) as client:
         # its session cookie, under this server's cookie name, from a page of that server
         forged = {"Cookie": f"docqa_session_8000={other.new_session()}"}
-        response = client.post("/api/uploads", files={"file": ("p.pdf", _pdf(tmp_path), "application/pdf")},
-                               headers={**forged, **SAME, "X-XSRF-Token": other.xsrf("x")})
+        response = client.post(
+            "/api/uploads",
+            files={"file": ("p.pdf", _pdf(tmp_path), "application/pdf")},
+            headers={**forged, **SAME, "X-XSRF-Token": other.xsrf("x")},
+        )
         assert response.status_code == 401
         # and this server's own valid cookie, sent by a page on port 9000 (cookies ignore ports)
         mine = {"Cookie": f"docqa_session_8000={auth.new_session()}"}
-        response = client.post("/api/uploads", files={"file": ("p.pdf", _pdf(tmp_path), "application/pdf")},
-                               headers={**mine, "Origin": "http://127.0.0.1:9000", "Sec-Fetch-Site": "same-site"})
+        response = client.post(
+            "/api/uploads",
+            files={"file": ("p.pdf", _pdf(tmp_path), "application/pdf")},
+            headers={**mine, "Origin": "http://127.0.0.1:9000", "Sec-Fetch-Site": "same-site"},
+        )
         assert response.status_code == 403
     assert _uploaded(service) == []
 
@@ -161,26 +179,47 @@ def test_sessions_expire_and_cannot_be_forged(service):
         assert live.session_nonce(junk) is None
 
 
-@pytest.mark.parametrize("path", [
-    "/?token=%E2%82%AC", "/login?token=%E2%82%AC", "/api/info?token=%E2%82%AC", "/login?code=%FF%FE",
-    "/login?token=", "/login", "/api/search?q=%E2%82%AC", "/%E2%82%AC", "/static/%E2%82%AC",
-])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/?token=%E2%82%AC",
+        "/login?token=%E2%82%AC",
+        "/api/info?token=%E2%82%AC",
+        "/login?code=%FF%FE",
+        "/login?token=",
+        "/login",
+        "/api/search?q=%E2%82%AC",
+        "/%E2%82%AC",
+        "/static/%E2%82%AC",
+    ],
+)
 def test_pre_auth_error_paths_are_4xx(service, auth, path):
     with TestClient(create_app(service, auth), base_url=BASE, raise_server_exceptions=False) as client:
         response = client.get(path)
         assert 400 <= response.status_code < 500, (path, response.status_code)
-        for headers in [{"Cookie": b"docqa_session_8000=\xff\xfe"}, {"Cookie": "=;;;==;"}, {"Authorization": "Bearer"},
-                        {"Authorization": b"Bearer \xe2\x82\xac"}, {"Host": "[::1"},
-                        {"Host": "a:b:c"}, {"Host": "127.0.0.1:99999999"}, {"Host": ""}]:
+        for headers in [
+            {"Cookie": b"docqa_session_8000=\xff\xfe"},
+            {"Cookie": "=;;;==;"},
+            {"Authorization": "Bearer"},
+            {"Authorization": b"Bearer \xe2\x82\xac"},
+            {"Host": "[::1"},
+            {"Host": "a:b:c"},
+            {"Host": "127.0.0.1:99999999"},
+            {"Host": ""},
+        ]:
             response = client.get(path, headers=headers)
             assert 400 <= response.status_code < 500, (path, headers, response.status_code)
 
 
 def test_security_headers_on_every_response(service, auth):
     with api_client(create_app(service, auth)) as client:
-        for response in [client.get("/"), client.get("/api/info"), client.get("/nope"),
-                         client.get("/api/info", headers={"Authorization": "Bearer nope"}),
-                         client.post("/api/ask", content=b"x" * 2_000_000, headers={"content-type": "application/json"})]:
+        for response in [
+            client.get("/"),
+            client.get("/api/info"),
+            client.get("/nope"),
+            client.get("/api/info", headers={"Authorization": "Bearer nope"}),
+            client.post("/api/ask", content=b"x" * 2_000_000, headers={"content-type": "application/json"}),
+        ]:
             csp = response.headers["content-security-policy"]
             assert "frame-ancestors 'none'" in csp and "default-src 'none'" in csp and "script-src 'self'" in csp
             assert response.headers["x-content-type-options"] == "nosniff"
@@ -192,8 +231,11 @@ def test_security_headers_on_every_response(service, auth):
 def test_responses_carry_relative_paths_unless_asked(service, auth, corpus_index, tmp_path):
     root = str(corpus_index.parent)
     with api_client(create_app(service, auth)) as client:
-        bodies = [client.get("/api/search", params={"q": "report", "k": 5}).text, client.get("/api/documents").text,
-                  client.get("/api/info").text]
+        bodies = [
+            client.get("/api/search", params={"q": "report", "k": 5}).text,
+            client.get("/api/documents").text,
+            client.get("/api/info").text,
+        ]
         page_id = client.get("/api/search", params={"q": "report", "k": 1}).json()["results"][0]["page_id"]
         bodies.append(client.get(f"/api/pages/{page_id}").text)
         job = client.post("/api/uploads", files={"file": ("n.pdf", _pdf(tmp_path, "n.pdf"), "application/pdf")}).json()

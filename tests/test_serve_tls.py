@@ -14,20 +14,40 @@ import pytest
 pytest.importorskip("fastapi", reason='the server tests need the serve extra: pip install "docqa[serve]"')
 httpx = pytest.importorskip("httpx")
 
+from serve_helpers import bearer, make_auth  # noqa: E402
+
 from docqa.serve import create_app  # noqa: E402
 from docqa.serve.service import Service  # noqa: E402
 from docqa.serve.transport import server_config  # noqa: E402
-
-from serve_helpers import bearer, make_auth  # noqa: E402
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
 
 
 def test_https_with_a_secure_session_cookie(tmp_path, retriever_checkpoint):
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
-                    "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-                   check=True, capture_output=True, timeout=60)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
     service = Service(tmp_path / "idx", model=str(retriever_checkpoint), device="cpu")
     auth = make_auth()
     sock = socket.socket()

@@ -7,13 +7,12 @@ import subprocess
 
 import numpy as np
 import pytest
+from documents import make_image, make_pdf, make_tiff
 from PIL import Image
 
 from docqa.errors import InputFileError
 from docqa.inputs.render import count_pages, render_pages
 from docqa.inputs.sources import IMAGE, PDF, classify, sniff, walk
-
-from documents import make_image, make_pdf, make_tiff
 
 
 def _pdfinfo_pages(path) -> int:

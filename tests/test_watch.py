@@ -18,15 +18,15 @@ import pytest
 
 pytest.importorskip("watchfiles")
 
+from documents import make_image, make_pdf  # noqa: E402
+from stored import stored_pages  # noqa: E402
+
 from docqa.api import DocIndex  # noqa: E402
 from docqa.config import IngestSettings  # noqa: E402
 from docqa.errors import IndexLockedError  # noqa: E402
 from docqa.index.store import DB_NAME  # noqa: E402
-from docqa.watch import FolderWatcher  # noqa: E402
 from docqa.inputs.sources import sha256_of  # noqa: E402
-
-from documents import make_image, make_pdf  # noqa: E402
-from stored import stored_pages  # noqa: E402
+from docqa.watch import FolderWatcher  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SETTLE = 0.3
@@ -34,8 +34,7 @@ SETTLE = 0.3
 
 def _on_disk(folder: Path) -> dict[str, str]:
     """What the folder holds now: resolved path -> sha256, for every file ingest takes."""
-    return {str(p.resolve()): sha256_of(p) for p in folder.rglob("*") if p.is_file()
-            and p.suffix in (".png", ".pdf")}
+    return {str(p.resolve()): sha256_of(p) for p in folder.rglob("*") if p.is_file() and p.suffix in (".png", ".pdf")}
 
 
 def _indexed(index_dir: Path) -> dict[str, str]:
@@ -93,8 +92,13 @@ def watching(tmp_path, retriever_checkpoint):
     make_pdf(docs / "start.pdf", 2, title="start")
     index_dir = tmp_path / "idx"
     batches = []
-    watcher = FolderWatcher([docs], index_dir, settings=IngestSettings(model=str(retriever_checkpoint), device="cpu"),
-                            settle_s=SETTLE, on_batch=batches.append)
+    watcher = FolderWatcher(
+        [docs],
+        index_dir,
+        settings=IngestSettings(model=str(retriever_checkpoint), device="cpu"),
+        settle_s=SETTLE,
+        on_batch=batches.append,
+    )
     thread = threading.Thread(target=watcher.run, daemon=True)
     thread.start()
     try:
@@ -152,7 +156,7 @@ def test_partially_written_file_is_taken_once_complete(watching, tmp_path, retri
     before = len(batches)
     with open(target, "wb") as handle:  # written in pieces, each well inside the settle time
         for start in range(0, len(data), len(data) // 8 + 1):
-            handle.write(data[start:start + len(data) // 8 + 1])
+            handle.write(data[start : start + len(data) // 8 + 1])
             handle.flush()
             time.sleep(SETTLE / 4)
     _wait_in_step(index_dir, docs)
@@ -165,7 +169,7 @@ def test_partially_written_file_is_taken_once_complete(watching, tmp_path, retri
         handle.write(data[: len(data) // 2])
         handle.flush()
         time.sleep(SETTLE * 4)
-        handle.write(data[len(data) // 2:])
+        handle.write(data[len(data) // 2 :])
     _wait_in_step(index_dir, docs)
     _assert_equals_fresh_sync(index_dir, docs, retriever_checkpoint, tmp_path)
 
@@ -174,8 +178,12 @@ def test_partially_written_file_is_taken_once_complete(watching, tmp_path, retri
 def test_burst_of_100_files(watching, tmp_path, retriever_checkpoint):
     docs, index_dir, batches = watching
     for number in range(100):
-        make_image(docs / "burst" / f"{number:03d}.png", size=(64, 80), text=str(number),
-                   color=(number * 2 % 255, 200, 255 - number))
+        make_image(
+            docs / "burst" / f"{number:03d}.png",
+            size=(64, 80),
+            text=str(number),
+            color=(number * 2 % 255, 200, 255 - number),
+        )
     _wait_in_step(index_dir, docs, timeout_s=600)
     _assert_equals_fresh_sync(index_dir, docs, retriever_checkpoint, tmp_path)
     for number in range(0, 100, 2):
@@ -193,9 +201,27 @@ def test_one_watcher_per_index(watching, retriever_checkpoint):
 def _start_watch(docs: Path, index_dir: Path, checkpoint: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)}
     return subprocess.Popen(
-        [sys.executable, "-m", "docqa", "watch", str(docs), "--index", str(index_dir), "--model", str(checkpoint),
-         "--device", "cpu", "--settle", str(SETTLE), "--json"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        [
+            sys.executable,
+            "-m",
+            "docqa",
+            "watch",
+            str(docs),
+            "--index",
+            str(index_dir),
+            "--model",
+            str(checkpoint),
+            "--device",
+            "cpu",
+            "--settle",
+            str(SETTLE),
+            "--json",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
 
 
 def _read_event(process: subprocess.Popen, timeout_s: float = 300) -> dict:

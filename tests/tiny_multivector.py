@@ -42,8 +42,13 @@ def build_remote_code_checkpoint(colpali: Path, out_dir: Path) -> Path:
     (out_dir / f"{REMOTE_MODULE}.py").write_text(_MODELING)
     config_path = out_dir / "config.json"
     config = json.loads(config_path.read_text())
-    config.update(model_type=REMOTE_TYPE, architectures=["TinyRemoteColForRetrieval"],
-                  auto_map={"AutoConfig": f"{REMOTE_MODULE}.TinyRemoteColConfig",
-                            "AutoModel": f"{REMOTE_MODULE}.TinyRemoteColForRetrieval"})
+    config.update(
+        model_type=REMOTE_TYPE,
+        architectures=["TinyRemoteColForRetrieval"],
+        auto_map={
+            "AutoConfig": f"{REMOTE_MODULE}.TinyRemoteColConfig",
+            "AutoModel": f"{REMOTE_MODULE}.TinyRemoteColForRetrieval",
+        },
+    )
     config_path.write_text(json.dumps(config, indent=2))
     return out_dir

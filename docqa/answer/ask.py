@@ -13,14 +13,14 @@ from pathlib import Path
 
 from PIL import Image
 
-from ..models.generator import Generator
-from .citations import find_citations
-from .prompt import Answer, Conversation, PageImage
 from ..api import Searchable
 from ..config import MAX_PAGE_IMAGES, MAX_RESULTS, MAX_RESULTS_WHY, lowered
 from ..errors import InputFileError, NoResultsError, QueryError, SourceChangedError
 from ..inputs.render import render_pages
 from ..inputs.sources import classify, sha256_of
+from ..models.generator import Generator
+from .citations import find_citations
+from .prompt import Answer, Conversation, PageImage
 
 DESCRIBE_PROMPT = (
     "Describe this page: what kind of document it is, what it is about, and the key facts it"
@@ -42,8 +42,7 @@ class AskResult:
             "question": self.answer.question,
             "answer": self.answer.text,
             "citations": [
-                {"path": c.path, "page": c.page, "score": c.score, "cited": c.cited}
-                for c in self.answer.citations
+                {"path": c.path, "page": c.page, "score": c.score, "cited": c.cited} for c in self.answer.citations
             ],
             "answer_model": self.answer.model,
             "timings": {"retrieve_s": round(self.retrieve_s, 3), "generate_s": round(self.answer.generate_s, 3)},
@@ -54,8 +53,9 @@ class AskResult:
 class AnswerStream:
     """Iterate to get the answer's text as it is generated; `result` is set once it is done."""
 
-    def __init__(self, pieces: Iterator[str], finish: Callable[[str, float], AskResult],
-                 pages: list[PageImage] | None = None) -> None:
+    def __init__(
+        self, pieces: Iterator[str], finish: Callable[[str, float], AskResult], pages: list[PageImage] | None = None
+    ) -> None:
         self._pieces = pieces
         self._finish = finish
         self.pages = pages or []  # the pages shown to the model, in citation order
@@ -80,9 +80,18 @@ class AnswerStream:
 class Asker:
     """Questions over one index (or over given pages), one generator, one conversation."""
 
-    def __init__(self, generator: Generator, index: Searchable | None = None, *, k: int = 3,
-                 max_pages: int = 3, max_new_tokens: int = 256, conversation: Conversation | None = None,
-                 where: dict | None = None, path: str | None = None) -> None:
+    def __init__(
+        self,
+        generator: Generator,
+        index: Searchable | None = None,
+        *,
+        k: int = 3,
+        max_pages: int = 3,
+        max_new_tokens: int = 256,
+        conversation: Conversation | None = None,
+        where: dict | None = None,
+        path: str | None = None,
+    ) -> None:
         """Bounds what one question may cost: `k`, `max_pages` and the conversation's `max_images`
         are lowered to what the model's context holds (and to MAX_RESULTS / MAX_PAGE_IMAGES), each
         with a line in `notes`; QueryError when `max_new_tokens` leaves no room for one page."""
@@ -115,8 +124,10 @@ class Asker:
                 f"{budget.positions}-token context of {self.generator.model_id} (a page takes "
                 f"{budget.page_tokens} tokens); use --max-new-tokens {room} or less"
             )
-        return fit, (f"what fits in the {budget.positions}-token context of {self.generator.model_id} at "
-                     f"{budget.page_tokens} tokens a page, next to an answer of {self.max_new_tokens} tokens")
+        return fit, (
+            f"what fits in the {budget.positions}-token context of {self.generator.model_id} at "
+            f"{budget.page_tokens} tokens a page, next to an answer of {self.max_new_tokens} tokens"
+        )
 
     def _bounded(self, option: str, value: int, ceiling: int, why: str) -> int:
         value, note = lowered(option, value, ceiling, why)
@@ -144,8 +155,10 @@ class Asker:
                     digests[hit.path] = None
             if digests[hit.path] != hit.sha256:
                 state = "is gone" if digests[hit.path] is None else "changed"
-                notes.append(f"{hit.path} {state} since it was indexed, so page {hit.page} was not used;"
-                             " run `docqa ingest` again to update the index")
+                notes.append(
+                    f"{hit.path} {state} since it was indexed, so page {hit.page} was not used;"
+                    " run `docqa ingest` again to update the index"
+                )
                 continue
             image = load_page(hit.file, hit.page, self.generator.max_image_edge, kind=hit.kind)
             pages.append(PageImage(hit.path, hit.page, hit.score, image, page_id=hit.page_id))
@@ -160,8 +173,9 @@ class Asker:
         pages, notes = self.retrieve(question)
         return self.over_pages(question, pages, retrieve_s=time.perf_counter() - started, notes=notes)
 
-    def over_pages(self, question: str, pages: list[PageImage], *, retrieve_s: float = 0.0,
-                   notes: list[str] | None = None) -> AnswerStream:
+    def over_pages(
+        self, question: str, pages: list[PageImage], *, retrieve_s: float = 0.0, notes: list[str] | None = None
+    ) -> AnswerStream:
         """Stream an answer from the given pages (no retrieval)."""
         check_question(question)
         dropped_before = len(self.conversation.notes)

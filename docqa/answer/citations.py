@@ -52,9 +52,12 @@ def find_citations(text: str, pages: list[PageImage]) -> list[Citation]:
     bound_mentions: set[int] = set()
     for ref in _PAGE_REF.finditer(text):
         numbers = _page_numbers(ref.group(1)) if ref.group(1) else {int(ref.group(2))}
-        before = [m for m in mentions if m[1] <= ref.start() and _BIND_BEFORE.search(text[m[1]:ref.start()])]
-        after = [(m, bind.group(1)) for m in mentions if m[0] >= ref.end()
-                 and (bind := _BIND_AFTER.match(text[ref.end():m[0]]))]
+        before = [m for m in mentions if m[1] <= ref.start() and _BIND_BEFORE.search(text[m[1] : ref.start()])]
+        after = [
+            (m, bind.group(1))
+            for m in mentions
+            if m[0] >= ref.end() and (bind := _BIND_AFTER.match(text[ref.end() : m[0]]))
+        ]
         # "page 4 of report.pdf" beats "memo.pdf, page 2", which beats "page 4 (report.pdf)"
         owner = next((m for m, word in after if word), before[-1] if before else after[0][0] if after else None)
         if owner is not None:

@@ -110,7 +110,8 @@ def patch_grids(family: str, inputs: dict, processor: Any, layout: str = "") -> 
         raise UnsupportedModelError(
             f"retriever family {family!r}: docqa cannot tell where its image patches lie on the page"
             " (its processor is none of the tiled, grid or fixed-square kinds), so it cannot draw heatmaps"
-            " or boxes for it; search and answers still work")
+            " or boxes for it; search and answers still work"
+        )
     ids = [int(i) for i in inputs["input_ids"][0].tolist()]
     image_id = int(processor.image_token_id)
     runs = _runs(ids, image_id)
@@ -146,7 +147,7 @@ def _runs(ids: list[int], token: int) -> list[tuple[int, int]]:
 
 
 def _square(length: int) -> tuple[int, int]:
-    side = int(round(length ** 0.5))
+    side = int(round(length**0.5))
     if side * side != length:
         raise ValueError(f"{length} image tokens do not form a square grid")
     return side, side
@@ -177,7 +178,7 @@ def contributions(query: np.ndarray, page: EncodedPage) -> np.ndarray:
     image patches; prompt tokens of the page get 0, since grounding asks where on the image)."""
     patches = np.zeros(len(page.vectors), dtype=bool)
     for grid in page.grids:
-        patches[grid.start:grid.stop] = True
+        patches[grid.start : grid.stop] = True
     similarity = query.astype(np.float32) @ page.vectors.astype(np.float32).T
     similarity[:, ~patches] = -np.inf
     best = similarity.argmax(axis=1)
@@ -196,7 +197,7 @@ def heat_canvas(credit: np.ndarray, grids: list[PatchGrid]) -> np.ndarray:
     canvas = np.zeros((rows, cols), dtype=np.float32)
     for grid in grids:
         x0, y0, x1, y1 = grid.area
-        cell = np.clip(credit[grid.start:grid.stop], 0, None).reshape(grid.rows, grid.cols)
+        cell = np.clip(credit[grid.start : grid.stop], 0, None).reshape(grid.rows, grid.cols)
         inside_y = (centre_y >= y0) & (centre_y < y1)
         inside_x = (centre_x >= x0) & (centre_x < x1)
         grid_y = ((centre_y[inside_y] - y0) / (y1 - y0) * grid.rows).astype(int).clip(0, grid.rows - 1)
@@ -244,8 +245,10 @@ def ground_encoded(query: np.ndarray, page: EncodedPage, image: Image.Image) -> 
 def encode_page(retriever, image: Image.Image) -> EncodedPage:
     """Encode one page image with ``retriever``, keeping each token's vector and the patch layout."""
     vectors, inputs = retriever.encode_page_with_inputs(image)
-    return EncodedPage(vectors, patch_grids(retriever.stamp.family, inputs, retriever.processor,
-                                       getattr(retriever.stamp, "layout", "")))
+    return EncodedPage(
+        vectors,
+        patch_grids(retriever.stamp.family, inputs, retriever.processor, getattr(retriever.stamp, "layout", "")),
+    )
 
 
 def ground(retriever, query: str, image: Image.Image) -> Grounding:

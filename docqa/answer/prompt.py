@@ -123,8 +123,10 @@ class Conversation:
                 excess -= 1
         if not dropped:
             return []
-        note = (f"Dropped {len(dropped)} older page image(s) from the conversation to stay within "
-                f"{self.max_images} images: {'; '.join(dropped)}.")
+        note = (
+            f"Dropped {len(dropped)} older page image(s) from the conversation to stay within "
+            f"{self.max_images} images: {'; '.join(dropped)}."
+        )
         self.notes.append(note)
         return [note]
 

@@ -14,10 +14,11 @@ from .common import EXIT_OK, INDEX_HELP, key_value, positive_int, positive_int_u
 def add_agent_parsers(commands, add_engine_option) -> None:
     """The `mcp`, `watch` and `daemon` subcommands and their flags."""
     mcp = commands.add_parser(
-        "mcp", help="serve the index to LLM agents over the Model Context Protocol",
+        "mcp",
+        help="serve the index to LLM agents over the Model Context Protocol",
         description="Tools search, ask, get_page and list_documents (page images as MCP image content) and "
         "the page resources docqa://page/ID, over stdio (the agent starts this command) or streamable HTTP "
-        "(127.0.0.1 only, Bearer token required). Needs the mcp extra: pip install \"docqa[mcp]\". "
+        '(127.0.0.1 only, Bearer token required). Needs the mcp extra: pip install "docqa[mcp]". '
         "Client set-up: docs/mcp.md.",
     )
     mcp.add_argument("--index", default=None, help=INDEX_HELP)
@@ -31,7 +32,8 @@ def add_agent_parsers(commands, add_engine_option) -> None:
     mcp.set_defaults(handler=mcp_command)
 
     watch = commands.add_parser(
-        "watch", help="keep an index in step with folders as their files change",
+        "watch",
+        help="keep an index in step with folders as their files change",
         description="Catch up with one ingest --sync of FOLDERs, then ingest new and changed files and remove "
         "deleted or moved ones as they happen, each file once it has stopped changing for --settle seconds. "
         "Safe to kill at any time: the next start catches up. One watcher per index. Ctrl-C stops.",
@@ -40,27 +42,48 @@ def add_agent_parsers(commands, add_engine_option) -> None:
     watch.add_argument("--index", default=None, help=INDEX_HELP)
     watch.add_argument("--model", help="retriever for a new index (as for ingest)")
     watch.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
-    watch.add_argument("--batch-size", type=positive_int_up_to(MAX_BATCH_SIZE), default=4,
-                       help="pages per forward pass (default 4)")
-    watch.add_argument("--tag", action="append", type=key_value, default=[], metavar="KEY=VALUE",
-                       help="store this tag on every document added or updated (repeatable)")
-    watch.add_argument("--settle", type=float, default=1.0, metavar="SECONDS",
-                       help="a file is taken once unchanged for this long (default 1.0)")
-    watch.add_argument("--rescan", type=float, metavar="SECONDS",
-                       help="also run a full ingest --sync this often (default: only at start)")
+    watch.add_argument(
+        "--batch-size", type=positive_int_up_to(MAX_BATCH_SIZE), default=4, help="pages per forward pass (default 4)"
+    )
+    watch.add_argument(
+        "--tag",
+        action="append",
+        type=key_value,
+        default=[],
+        metavar="KEY=VALUE",
+        help="store this tag on every document added or updated (repeatable)",
+    )
+    watch.add_argument(
+        "--settle",
+        type=float,
+        default=1.0,
+        metavar="SECONDS",
+        help="a file is taken once unchanged for this long (default 1.0)",
+    )
+    watch.add_argument(
+        "--rescan",
+        type=float,
+        metavar="SECONDS",
+        help="also run a full ingest --sync this often (default: only at start)",
+    )
     watch.add_argument("--json", action="store_true", help="print one JSON object per batch")
     watch.set_defaults(handler=watch_command, interrupted="stopped watching; everything synced so far is committed")
 
     daemon = commands.add_parser(
-        "daemon", help="keep an index's models loaded for search, ask and chat (started on first use)",
+        "daemon",
+        help="keep an index's models loaded for search, ask and chat (started on first use)",
         description="Serve --index to docqa search/ask/chat of this user over a private unix socket until idle "
         "for --idle-timeout seconds. Commands start one by themselves (DOCQA_DAEMON=off turns that off); "
         "this runs one in the foreground.",
     )
     daemon.add_argument("--index", default=None, help=INDEX_HELP)
     daemon.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
-    daemon.add_argument("--idle-timeout", type=float, metavar="SECONDS",
-                        help="exit after this long without a request (default $DOCQA_DAEMON_IDLE_S or 600)")
+    daemon.add_argument(
+        "--idle-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="exit after this long without a request (default $DOCQA_DAEMON_IDLE_S or 600)",
+    )
     daemon.add_argument("--socket", metavar="PATH", help="listen here instead of where clients look (for tests)")
     daemon.set_defaults(handler=daemon_command)
 
@@ -68,9 +91,16 @@ def add_agent_parsers(commands, add_engine_option) -> None:
 def mcp_command(args: argparse.Namespace) -> int:
     from ..serve.mcp import run
 
-    run(args.index, transport=args.transport, host=args.host, port=args.port,
-        token=args.token or os.environ.get("DOCQA_TOKEN") or None, device=args.device,
-        answer_model=args.answer_model, engine=args.engine)
+    run(
+        args.index,
+        transport=args.transport,
+        host=args.host,
+        port=args.port,
+        token=args.token or os.environ.get("DOCQA_TOKEN") or None,
+        device=args.device,
+        answer_model=args.answer_model,
+        engine=args.engine,
+    )
     return EXIT_OK
 
 
@@ -90,10 +120,14 @@ def watch_command(args: argparse.Namespace) -> int:
         sys.stdout.flush()
 
     settings = IngestSettings(model=args.model, device=args.device, batch_size=args.batch_size, tags=dict(args.tag))
-    watcher = FolderWatcher(args.folders, args.index, settings=settings, settle_s=args.settle,
-                            rescan_s=args.rescan, on_batch=report)
-    print(f"docqa: watching {', '.join(map(str, watcher.folders))} into {watcher.index.path} (Ctrl-C stops)",
-          file=sys.stderr, flush=True)
+    watcher = FolderWatcher(
+        args.folders, args.index, settings=settings, settle_s=args.settle, rescan_s=args.rescan, on_batch=report
+    )
+    print(
+        f"docqa: watching {', '.join(map(str, watcher.folders))} into {watcher.index.path} (Ctrl-C stops)",
+        file=sys.stderr,
+        flush=True,
+    )
     watcher.run()
     return EXIT_OK
 

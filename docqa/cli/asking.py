@@ -20,12 +20,18 @@ def _asker(args: argparse.Namespace, with_index: bool):
 
     index = open_searchable(args) if with_index else None
     device = check_device(args.device)
-    generator = Generator.load(args.answer_model or default_answer_model(device), device=device,
-                               engine=args.engine)
+    generator = Generator.load(args.answer_model or default_answer_model(device), device=device, engine=args.engine)
     conversation = Conversation(max_images=args.max_images) if "max_images" in args else None
-    asker = Asker(generator, index, k=getattr(args, "k", 1), max_pages=getattr(args, "max_pages", 1),
-                  max_new_tokens=args.max_new_tokens, conversation=conversation,
-                  where=dict(getattr(args, "where", [])), path=getattr(args, "path", None))
+    asker = Asker(
+        generator,
+        index,
+        k=getattr(args, "k", 1),
+        max_pages=getattr(args, "max_pages", 1),
+        max_new_tokens=args.max_new_tokens,
+        conversation=conversation,
+        where=dict(getattr(args, "where", [])),
+        path=getattr(args, "path", None),
+    )
     for note in asker.notes:
         print(f"docqa: note: {note}", file=sys.stderr)
     return asker
@@ -64,8 +70,10 @@ def _answer_heatmaps(stream, folder: str, retriever) -> list[dict]:
     target = heatmap_folder(folder)
     answer = stream.result.answer
     groundings = ground_answer(retriever, answer.question, answer.text, stream.pages)
-    return [{"heatmap": str(save_heatmap(target, rank, page.path, page.page, grounding)), **grounding.to_json()}
-            for rank, (page, grounding) in enumerate(zip(stream.pages, groundings), start=1)]
+    return [
+        {"heatmap": str(save_heatmap(target, rank, page.path, page.page, grounding)), **grounding.to_json()}
+        for rank, (page, grounding) in enumerate(zip(stream.pages, groundings), start=1)
+    ]
 
 
 def ask_command(args: argparse.Namespace) -> int:
@@ -94,8 +102,11 @@ def ask_command(args: argparse.Namespace) -> int:
                 _print_answer(stream, args.json)
                 return EXIT_OK
             except DaemonGone:
-                print(f"{chr(10) if stream.started else ''}docqa: note: the resident process ended mid-answer;"
-                      " answering in this process", file=sys.stderr)
+                print(
+                    f"{chr(10) if stream.started else ''}docqa: note: the resident process ended mid-answer;"
+                    " answering in this process",
+                    file=sys.stderr,
+                )
         _print_answer(_asker(args, with_index=True).ask(args.question), args.json)
     return EXIT_OK
 
@@ -108,9 +119,15 @@ def describe_command(args: argparse.Namespace) -> int:
     stream = asker.over_pages(DESCRIBE_PROMPT, [page])
     if args.json:
         result = stream.run()
-        print_json({"path": page.path, "page": page.page, "description": result.answer.text,
-                     "answer_model": result.answer.model,
-                     "timings": {"generate_s": round(result.answer.generate_s, 3)}})
+        print_json(
+            {
+                "path": page.path,
+                "page": page.page,
+                "description": result.answer.text,
+                "answer_model": result.answer.model,
+                "timings": {"generate_s": round(result.answer.generate_s, 3)},
+            }
+        )
     else:
         for piece in stream:
             print(piece, end="", flush=True)
@@ -127,8 +144,10 @@ def chat_command(args: argparse.Namespace) -> int:
     asker = resident_asker(args) or _asker(args, with_index=True)
     interactive = sys.stdin.isatty()
     if interactive:
-        print("docqa chat: ask about your documents. /pages lists the pages in view, /reset starts over,"
-              " /quit leaves.", file=sys.stderr)
+        print(
+            "docqa chat: ask about your documents. /pages lists the pages in view, /reset starts over, /quit leaves.",
+            file=sys.stderr,
+        )
     while True:
         if interactive:
             print("> ", end="", file=sys.stderr, flush=True)
@@ -167,8 +186,11 @@ def chat_command(args: argparse.Namespace) -> int:
             except Exception as error:  # the resident process died: go on in this process
                 if type(error).__name__ != "DaemonGone":
                     raise
-                print("\ndocqa: note: the resident process ended; the conversation goes on in this process"
-                      " (earlier pages are no longer in view)", file=sys.stderr)
+                print(
+                    "\ndocqa: note: the resident process ended; the conversation goes on in this process"
+                    " (earlier pages are no longer in view)",
+                    file=sys.stderr,
+                )
                 asker = _asker(args, with_index=True)
                 _print_answer(asker.ask(question), args.json)
     return EXIT_OK

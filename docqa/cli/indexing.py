@@ -11,13 +11,29 @@ from .common import EXIT_OK, EXIT_PARTIAL, open_index, print_json
 
 
 def ingest_command(args: argparse.Namespace) -> int:
-    options = {name: value for name, value in (("mode", args.index_mode), ("pool_factor", args.pool_factor),
-                                               ("vector_type", args.vector_type)) if value is not None}
-    settings = IngestSettings(model=args.model, device=args.device, batch_size=args.batch_size,
-                              image_edge=args.image_edge, engine=args.engine, sync=args.sync, tags=dict(args.tag),
-                              progress=sys.stderr.isatty(), ray=args.ray, ray_encoders=args.ray_encoders,
-                              trust_remote_code=args.trust_remote_code,
-                              walk=WalkOptions(hidden=args.hidden, include=args.include, exclude=args.exclude))
+    options = {
+        name: value
+        for name, value in (
+            ("mode", args.index_mode),
+            ("pool_factor", args.pool_factor),
+            ("vector_type", args.vector_type),
+        )
+        if value is not None
+    }
+    settings = IngestSettings(
+        model=args.model,
+        device=args.device,
+        batch_size=args.batch_size,
+        image_edge=args.image_edge,
+        engine=args.engine,
+        sync=args.sync,
+        tags=dict(args.tag),
+        progress=sys.stderr.isatty(),
+        ray=args.ray,
+        ray_encoders=args.ray_encoders,
+        trust_remote_code=args.trust_remote_code,
+        walk=WalkOptions(hidden=args.hidden, include=args.include, exclude=args.exclude),
+    )
     if args.shards:
         from ..cluster.shards import ingest_sharded
 
@@ -27,12 +43,16 @@ def ingest_command(args: argparse.Namespace) -> int:
     if args.json:
         print_json(report.to_json())
     else:
-        print(f"{report.index}: {report.added} added, {report.updated} updated, {report.unchanged} "
-              f"unchanged, {report.removed} removed, {report.failed} failed, {report.skipped} skipped; "
-              f"{report.pages_added} pages in {report.seconds:.1f} s")
+        print(
+            f"{report.index}: {report.added} added, {report.updated} updated, {report.unchanged} "
+            f"unchanged, {report.removed} removed, {report.failed} failed, {report.skipped} skipped; "
+            f"{report.pages_added} pages in {report.seconds:.1f} s"
+        )
         times = report.timings
-        print(f"  time: encode {times.encode_s:.1f} s, store {times.store_s:.1f} s; in background threads: "
-              f"render {times.render_s:.1f} s, preprocess {times.preprocess_s:.1f} s")
+        print(
+            f"  time: encode {times.encode_s:.1f} s, store {times.store_s:.1f} s; in background threads: "
+            f"render {times.render_s:.1f} s, preprocess {times.preprocess_s:.1f} s"
+        )
         for failure in report.failures:
             print(f"  failed: {failure.path}: {failure.error}", file=sys.stderr)
         for line in skipped_summary(report.skipped_files):
@@ -45,9 +65,11 @@ def info_command(args: argparse.Namespace) -> int:
     if args.json:
         print_json(info.to_json())
     else:
-        print(f"index:     {info.index}\nmodel:     {info.model or '(none yet)'}\n"
-              f"documents: {info.documents}\npages:     {info.pages}\n"
-              f"on disk:   {info.bytes_on_disk / 1e6:.1f} MB")
+        print(
+            f"index:     {info.index}\nmodel:     {info.model or '(none yet)'}\n"
+            f"documents: {info.documents}\npages:     {info.pages}\n"
+            f"on disk:   {info.bytes_on_disk / 1e6:.1f} MB"
+        )
     return EXIT_OK
 
 

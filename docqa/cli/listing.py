@@ -8,9 +8,11 @@ from .common import INDEX_HELP, open_index, print_json
 
 
 def add_list_parser(commands: argparse._SubParsersAction, add_filters) -> None:
-    parser = commands.add_parser("list", help="list the documents of an index",
-                                 description="Print each document with its path, pages, size, kind, tags "
-                                 "and when it was added (or updated).")
+    parser = commands.add_parser(
+        "list",
+        help="list the documents of an index",
+        description="Print each document with its path, pages, size, kind, tags and when it was added (or updated).",
+    )
     parser.add_argument("--index", default=None, help=INDEX_HELP)
     add_filters(parser)
     parser.add_argument("--json", action="store_true", help='print {"documents": [{"path", "pages", ...}]}')
@@ -24,8 +26,10 @@ def list_command(args: argparse.Namespace) -> int:
         return 0
     for document in documents:
         tags = " ".join(f"{key}={value}" for key, value in document["tags"].items())
-        print(f"{document['path']}\t{document['pages']} pages\t{document['size']:,} bytes\t{document['kind']}"
-              f"\t{document['added'] or ''}{chr(9) + tags if tags else ''}")
+        print(
+            f"{document['path']}\t{document['pages']} pages\t{document['size']:,} bytes\t{document['kind']}"
+            f"\t{document['added'] or ''}{chr(9) + tags if tags else ''}"
+        )
     if not documents:
         print("(no documents match)" if args.where or args.path else "(the index has no documents)")
     return 0

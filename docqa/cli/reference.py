@@ -45,7 +45,7 @@ def command_names() -> list[str]:
 def _help(parser: argparse.ArgumentParser) -> str:
     """The parser's --help text at a fixed width, without colour."""
     formatter_class = parser.formatter_class
-    parser.formatter_class = functools.partial(formatter_class, width=WIDTH)  # type: ignore[assignment,call-arg]
+    parser.formatter_class = functools.partial(formatter_class, width=WIDTH)  # type: ignore[call-arg]
     if hasattr(parser, "color"):  # Python 3.14 colours help on a terminal
         parser.color = False
     try:

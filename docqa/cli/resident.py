@@ -13,8 +13,13 @@ def _resident(args: argparse.Namespace):
     """A connection to the resident process serving --index on --device (started when there is
     none), or None: then the command runs in this process (--shards, --ray, heatmaps, --image,
     --trust-remote-code, DOCQA_DAEMON=off, or no daemon could start)."""
-    if getattr(args, "shards", None) or getattr(args, "ray", None) is not None or getattr(args, "heatmaps", None) \
-            or getattr(args, "image", None) or getattr(args, "trust_remote_code", False):
+    if (
+        getattr(args, "shards", None)
+        or getattr(args, "ray", None) is not None
+        or getattr(args, "heatmaps", None)
+        or getattr(args, "image", None)
+        or getattr(args, "trust_remote_code", False)
+    ):
         return None
     from ..config import index_path
     from ..serve.daemon import connect, enabled
@@ -33,9 +38,18 @@ def resident_search(args: argparse.Namespace):
     from ..serve.daemon import DaemonGone, RemoteHit
 
     try:
-        reply = connection.request({"op": "search", "query": args.query, "k": min(args.k, MAX_RESULTS),
-                                    "exact": args.exact, "rerank": args.rerank, "where": dict(args.where),
-                                    "path": args.path, "engine": args.engine})
+        reply = connection.request(
+            {
+                "op": "search",
+                "query": args.query,
+                "k": min(args.k, MAX_RESULTS),
+                "exact": args.exact,
+                "rerank": args.rerank,
+                "where": dict(args.where),
+                "path": args.path,
+                "engine": args.engine,
+            }
+        )
         return [RemoteHit(**hit) for hit in reply["hits"]]
     except DaemonGone:
         return None
@@ -50,9 +64,16 @@ def resident_asker(args: argparse.Namespace):
         return None
     from ..serve.daemon import DaemonGone, RemoteAsker
 
-    settings = {"answer_model": args.answer_model, "engine": args.engine, "k": args.k,
-                "max_pages": getattr(args, "max_pages", args.k), "max_new_tokens": args.max_new_tokens,
-                "max_images": getattr(args, "max_images", None), "where": dict(args.where), "path": args.path}
+    settings = {
+        "answer_model": args.answer_model,
+        "engine": args.engine,
+        "k": args.k,
+        "max_pages": getattr(args, "max_pages", args.k),
+        "max_new_tokens": args.max_new_tokens,
+        "max_images": getattr(args, "max_images", None),
+        "where": dict(args.where),
+        "path": args.path,
+    }
     try:
         asker = RemoteAsker(connection, settings)
     except DaemonGone:

@@ -22,10 +22,21 @@ def search_command(args: argparse.Namespace) -> int:
     hits = resident_search(args)  # the resident process, when one serves this index (else None)
     if hits is None:
         index = open_searchable(args)
-        if args.trust_remote_code and hasattr(index, "adopt_retriever"):  # load it trusted; search reuses it
-            index.retriever(device=args.device, engine=args.engine, trust_remote_code=True)
-        hits = index.search(args.query, k=k, device=args.device, exact=args.exact, rerank=args.rerank,
-                            where=dict(args.where), path=args.path, engine=args.engine)
+        if args.trust_remote_code:  # load it trusted; search reuses it
+            from ..api import DocIndex
+
+            if isinstance(index, DocIndex):
+                index.retriever(device=args.device, engine=args.engine, trust_remote_code=True)
+        hits = index.search(
+            args.query,
+            k=k,
+            device=args.device,
+            exact=args.exact,
+            rerank=args.rerank,
+            where=dict(args.where),
+            path=args.path,
+            engine=args.engine,
+        )
     results = [hit.to_json() for hit in hits]
     failed = 0
     if args.heatmaps and hits:
@@ -60,14 +71,16 @@ def eval_command(args: argparse.Namespace) -> int:
     if args.json:
         print_json(report.to_json())
     else:
-        print(f"{report.index}: {len(qrels.queries)} queries from {report.qrels}, k={report.k},"
-              " nDCG gain = grade")
-        print(f"{'mode':8} {'nDCG@5':>7} {'nDCG@10':>8} {f'recall@{report.k}':>10} {f'MRR@{report.k}':>8}"
-              f" {'p50 ms':>8}")
+        print(f"{report.index}: {len(qrels.queries)} queries from {report.qrels}, k={report.k}, nDCG gain = grade")
+        print(
+            f"{'mode':8} {'nDCG@5':>7} {'nDCG@10':>8} {f'recall@{report.k}':>10} {f'MRR@{report.k}':>8} {'p50 ms':>8}"
+        )
         for mode, result in report.modes.items():
             m = result.metrics
-            print(f"{mode:8} {m.ndcg_at_5:7.4f} {m.ndcg_at_10:8.4f} {m.recall_at_k:10.4f} {m.mrr_at_k:8.4f}"
-                  f" {result.latency_ms_p50:8.1f}")
+            print(
+                f"{mode:8} {m.ndcg_at_5:7.4f} {m.ndcg_at_10:8.4f} {m.recall_at_k:10.4f} {m.mrr_at_k:8.4f}"
+                f" {result.latency_ms_p50:8.1f}"
+            )
         for note in report.notes:
             print(f"note: {note}", file=sys.stderr)
     return EXIT_PARTIAL if report.unmatched else EXIT_OK

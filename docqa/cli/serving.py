@@ -10,7 +10,8 @@ from .common import EXIT_OK, INDEX_HELP, positive_int
 def add_serve_parser(commands) -> None:
     """The `serve` subcommand and its flags."""
     serve = commands.add_parser(
-        "serve", help="serve the HTTP API and the web page over an index",
+        "serve",
+        help="serve the HTTP API and the web page over an index",
         description="Search, ask (streamed), page images with heatmaps, uploads ingested in the background "
         "and a documents list, as JSON endpoints under /api (schema at /openapi.json) and a web page at /. "
         "Every request needs a token (random unless given; the one-time login URL printed at start logs "
@@ -18,30 +19,46 @@ def add_serve_parser(commands) -> None:
         '(--certfile/--keyfile) or --insecure. See docs/server-security.md. Needs the serve extra: pip install "docqa[serve]".',
     )
     serve.add_argument("--index", default=None, help=INDEX_HELP + " (created on the first upload)")
-    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; any other "
-                       "address requires --certfile/--keyfile or --insecure)")
+    serve.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to bind (default 127.0.0.1; any other address requires --certfile/--keyfile or --insecure)",
+    )
     serve.add_argument("--port", type=positive_int, default=8000, help="port (default 8000)")
-    serve.add_argument("--token-file", help="read the token from this file (at least 16 characters); else "
-                       "$DOCQA_TOKEN, else a random token is made and printed")
+    serve.add_argument(
+        "--token-file",
+        help="read the token from this file (at least 16 characters); else "
+        "$DOCQA_TOKEN, else a random token is made and printed",
+    )
     serve.add_argument("--token", help="the token itself (visible in `ps`: prefer --token-file or $DOCQA_TOKEN)")
-    serve.add_argument("--allow-host", action="append", default=[], metavar="NAME",
-                       help="also answer to this Host name (repeatable; localhost, 127.0.0.1 and [::1] always)")
+    serve.add_argument(
+        "--allow-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="also answer to this Host name (repeatable; localhost, 127.0.0.1 and [::1] always)",
+    )
     serve.add_argument("--certfile", help="TLS certificate (PEM); with --keyfile the server speaks https")
     serve.add_argument("--keyfile", help="TLS private key (PEM)")
     serve.add_argument("--insecure", action="store_true", help="allow a non-loopback --host without TLS")
-    serve.add_argument("--max-upload-pages", type=positive_int, default=500,
-                       help="most pages one uploaded file may have (default 500)")
-    serve.add_argument("--upload-quota-mb", type=positive_int, default=2048,
-                       help="disk space all stored uploads may take, in MB (default 2048)")
-    serve.add_argument("--absolute-paths", action="store_true",
-                       help="show documents' absolute paths in responses (default: relative)")
-    serve.add_argument("--model", help="retriever for a new index (as for ingest; ignored once the index "
-                       "has a model)")
-    serve.add_argument("--answer-model", help="image-text-to-text model for /api/ask (loaded on the first "
-                       "question)")
+    serve.add_argument(
+        "--max-upload-pages", type=positive_int, default=500, help="most pages one uploaded file may have (default 500)"
+    )
+    serve.add_argument(
+        "--upload-quota-mb",
+        type=positive_int,
+        default=2048,
+        help="disk space all stored uploads may take, in MB (default 2048)",
+    )
+    serve.add_argument(
+        "--absolute-paths", action="store_true", help="show documents' absolute paths in responses (default: relative)"
+    )
+    serve.add_argument("--model", help="retriever for a new index (as for ingest; ignored once the index has a model)")
+    serve.add_argument("--answer-model", help="image-text-to-text model for /api/ask (loaded on the first question)")
     serve.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
-    serve.add_argument("--max-upload-mb", type=positive_int, default=100,
-                       help="largest upload accepted, in MB (default 100)")
+    serve.add_argument(
+        "--max-upload-mb", type=positive_int, default=100, help="largest upload accepted, in MB (default 100)"
+    )
     serve.set_defaults(handler=serve_command)
 
 
@@ -53,9 +70,22 @@ def serve_command(args: argparse.Namespace) -> int:
     check_bind(args.host, tls=bool(args.certfile), insecure=args.insecure)
     require_serve_extra()
     resolve_token(args.token, args.token_file, os.environ)  # a short or unreadable token fails before loading
-    serve(args.index, host=args.host, port=args.port, token=args.token, token_file=args.token_file,
-          allow_hosts=args.allow_host, certfile=args.certfile, keyfile=args.keyfile, insecure=args.insecure,
-          model=args.model, answer_model=args.answer_model, device=args.device, max_upload_mb=args.max_upload_mb,
-          max_upload_pages=args.max_upload_pages, upload_quota_mb=args.upload_quota_mb,
-          absolute_paths=args.absolute_paths)
+    serve(
+        args.index,
+        host=args.host,
+        port=args.port,
+        token=args.token,
+        token_file=args.token_file,
+        allow_hosts=args.allow_host,
+        certfile=args.certfile,
+        keyfile=args.keyfile,
+        insecure=args.insecure,
+        model=args.model,
+        answer_model=args.answer_model,
+        device=args.device,
+        max_upload_mb=args.max_upload_mb,
+        max_upload_pages=args.max_upload_pages,
+        upload_quota_mb=args.upload_quota_mb,
+        absolute_paths=args.absolute_paths,
+    )
     return EXIT_OK

@@ -28,12 +28,12 @@ import numpy as np
 
 from ..api import DocIndex, Hit
 from ..build import BuildStamp, common_stamp
-from ..inputs import sources
 from ..config import IngestSettings, index_path
-from ..models.retriever import Retriever
-from ..files import atomic_write
 from ..errors import ClusterError, IndexMismatchError, IndexNotFoundError, QueryError
+from ..files import atomic_write
 from ..ingest.report import IngestReport
+from ..inputs import sources
+from ..models.retriever import Retriever
 from .ray_runtime import connect
 
 SHARD_LIST = "shards.json"
@@ -51,8 +51,12 @@ def write_shard_list(parent: str | os.PathLike[str], shards: Sequence[str | os.P
     """Record `shards` in `parent`/shards.json (paths relative to `parent` where they lie under it)."""
     folder = index_path(parent)
     folder.mkdir(parents=True, exist_ok=True)
-    listed = [os.path.relpath(index_path(shard), folder) if index_path(shard).is_relative_to(folder)
-              else str(index_path(shard)) for shard in shards]
+    listed = [
+        os.path.relpath(index_path(shard), folder)
+        if index_path(shard).is_relative_to(folder)
+        else str(index_path(shard))
+        for shard in shards
+    ]
     target = folder / SHARD_LIST
     atomic_write(target, json.dumps({"shards": listed}, indent=1))
     return target
@@ -84,8 +88,9 @@ def shard_of(file: Path, shards: int) -> int:
     return int.from_bytes(hashlib.sha256(os.fsencode(file)).digest()[:8], "big") % shards
 
 
-def ingest_sharded(locations: Sequence[str | os.PathLike[str]], paths: Sequence[str | os.PathLike[str]],
-                   settings: IngestSettings) -> IngestReport:
+def ingest_sharded(
+    locations: Sequence[str | os.PathLike[str]], paths: Sequence[str | os.PathLike[str]], settings: IngestSettings
+) -> IngestReport:
     """Ingest the files under `paths` into the shards at `locations` (created when missing), each
     file into shard_of(file); one report for all of them (`index` lists the shards)."""
     if settings.sync:
@@ -95,7 +100,9 @@ def ingest_sharded(locations: Sequence[str | os.PathLike[str]], paths: Sequence[
     report = IngestReport(index=", ".join(map(str, shards)))
     routed: list[list[Path]] = [[] for _ in shards]
     for found in sources.walk(paths):
-        if isinstance(found, tuple):
+        if isinstance(found, sources.Skipped):
+            report.skip(found.path, found.reason, found.group)
+        elif isinstance(found, tuple):
             report.fail(*found)
         else:
             routed[shard_of(found, len(shards))].append(found)
@@ -120,16 +127,24 @@ class ShardActor:
         """The shard's build stamp as JSON (what crosses the Ray boundary)."""
         return None if self.index.build is None else self.index.build.to_json()
 
-    def search_embeddings(self, query: np.ndarray, k: int, exact: bool, where: dict | None,
-                          path: str | None, rerank: int | None = None) -> list[Hit]:
+    def search_embeddings(
+        self, query: np.ndarray, k: int, exact: bool, where: dict | None, path: str | None, rerank: int | None = None
+    ) -> list[Hit]:
         return self.index.search_embeddings(query, k, exact=exact, rerank=rerank, where=where, path=path)
 
 
 class ShardSet:
     """Several shards searched as one index (a docqa.api.VectorSearchable, as DocIndex is)."""
 
-    def __init__(self, paths: list[Path], builds: list[BuildStamp | None], *, local: list[DocIndex] | None = None,
-                 actors: list | None = None, ray: ModuleType | None = None) -> None:
+    def __init__(
+        self,
+        paths: list[Path],
+        builds: list[BuildStamp | None],
+        *,
+        local: list[DocIndex] | None = None,
+        actors: list | None = None,
+        ray: ModuleType | None = None,
+    ) -> None:
         self.paths = paths
         self.path = paths[0].parent  # what messages name (Asker: "... has no pages yet")
         self._local = local
@@ -139,8 +154,9 @@ class ShardSet:
         self.build = common_stamp(paths, builds)
 
     @classmethod
-    def open(cls, locations: Sequence[str | os.PathLike[str]], *, ray: str | None = None,
-             cpus_per_shard: float = 1.0) -> ShardSet:
+    def open(
+        cls, locations: Sequence[str | os.PathLike[str]], *, ray: str | None = None, cpus_per_shard: float = 1.0
+    ) -> ShardSet:
         """Open the shards at `locations`; with `ray` (an address, or "local") each is held by a Ray
         actor (the shard folders must be readable where the actors run)."""
         paths = shard_locations(locations)
@@ -162,24 +178,38 @@ class ShardSet:
         if self._retriever is None:
             if self._local is not None:
                 self._retriever = next(index for index in self._local if index.build).retriever(
-                    device=device, engine=engine)
+                    device=device, engine=engine
+                )
             else:
                 assert self.build is not None, "no shard holds pages yet"
                 encoder = self.build.encoder_for(self.path)
                 if engine is not None and engine != encoder.engine:
-                    raise IndexMismatchError(f"the shards were built with the {encoder.engine} engine; they cannot"
-                                             f" take --engine {engine}")
-                retriever = Retriever.load(encoder.model, device=device, image_edge=encoder.image_edge,
-                                           engine=encoder.engine)
+                    raise IndexMismatchError(
+                        f"the shards were built with the {encoder.engine} engine; they cannot take --engine {engine}"
+                    )
+                retriever = Retriever.load(
+                    encoder.model, device=device, image_edge=encoder.image_edge, engine=encoder.engine
+                )
                 if retriever.stamp.config_hash != encoder.config_hash:
-                    raise IndexMismatchError(f"the checkpoint {encoder.model!r} differs from the one the"
-                                             " shards were built with (its config changed)")
+                    raise IndexMismatchError(
+                        f"the checkpoint {encoder.model!r} differs from the one the"
+                        " shards were built with (its config changed)"
+                    )
                 self._retriever = retriever
         return self._retriever
 
-    def search(self, query: str, k: int = 5, *, device: str | None = None, exact: bool = False,
-               rerank: int | None = None, where: dict | None = None, path: str | None = None,
-               engine: str | None = None) -> list[ShardHit]:
+    def search(
+        self,
+        query: str,
+        k: int = 5,
+        *,
+        device: str | None = None,
+        exact: bool = False,
+        rerank: int | None = None,
+        where: dict | None = None,
+        path: str | None = None,
+        engine: str | None = None,
+    ) -> list[ShardHit]:
         """The k best pages over all shards for `query`, encoded once."""
         if not query.strip():
             raise QueryError("the query is empty; give the words to search for")
@@ -188,8 +218,16 @@ class ShardSet:
         vectors = self.retriever(device, engine).encode_queries([query])[0]
         return self.search_embeddings(vectors, k, exact=exact, rerank=rerank, where=where, path=path)
 
-    def search_embeddings(self, query: np.ndarray, k: int = 10, *, exact: bool = False, rerank: int | None = None,
-                          where: dict | None = None, path: str | None = None) -> list[ShardHit]:
+    def search_embeddings(
+        self,
+        query: np.ndarray,
+        k: int = 10,
+        *,
+        exact: bool = False,
+        rerank: int | None = None,
+        where: dict | None = None,
+        path: str | None = None,
+    ) -> list[ShardHit]:
         """Every shard's top-k for the same query vectors, merged by score: the exact top-k of all
         the pages with `exact` (or while each shard is small enough to be scored exactly); in the
         fast mode each shard reranks its own best `rerank` candidates, so the merge sees more."""
@@ -197,14 +235,22 @@ class ShardSet:
             return []
         if self._actors is not None:
             assert self._ray is not None
-            per_shard = self._ray.get([actor.search_embeddings.remote(query, k, exact, where, path, rerank)
-                                       for actor in self._actors])
+            per_shard = self._ray.get(
+                [actor.search_embeddings.remote(query, k, exact, where, path, rerank) for actor in self._actors]
+            )
         else:
             assert self._local is not None
             with ThreadPoolExecutor(max_workers=len(self._local), thread_name_prefix="docqa-shard") as pool:
-                per_shard = list(pool.map(
-                    lambda index: index.search_embeddings(query, k, exact=exact, rerank=rerank, where=where, path=path)
-                    if index.build else [], self._local))
+                per_shard = list(
+                    pool.map(
+                        lambda index: (
+                            index.search_embeddings(query, k, exact=exact, rerank=rerank, where=where, path=path)
+                            if index.build
+                            else []
+                        ),
+                        self._local,
+                    )
+                )
         return merge_top_k(per_shard, [str(path) for path in self.paths], k)
 
     def close(self) -> None:
@@ -217,12 +263,15 @@ class ShardSet:
 
 def merge_top_k(per_shard: list[list[Hit]], shards: list[str], k: int) -> list[ShardHit]:
     """The k best of the shards' ranked lists by score (ties: shard order, then rank), re-ranked."""
-    ranked = sorted(((-hit.score, number, hit.rank, hit) for number, hits in enumerate(per_shard) for hit in hits),
-                    key=lambda entry: entry[:3])
-    return [ShardHit(**{**_fields(hit), "rank": rank, "shard": shards[number]})
-            for rank, (_, number, _, hit) in enumerate(ranked[:k], start=1)]
+    ranked = sorted(
+        ((-hit.score, number, hit.rank, hit) for number, hits in enumerate(per_shard) for hit in hits),
+        key=lambda entry: entry[:3],
+    )
+    return [
+        ShardHit(**{**_fields(hit), "rank": rank, "shard": shards[number]})
+        for rank, (_, number, _, hit) in enumerate(ranked[:k], start=1)
+    ]
 
 
 def _fields(hit: Hit) -> dict:
     return {name: getattr(hit, name) for name in Hit.__dataclass_fields__}
-

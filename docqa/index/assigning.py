@@ -37,14 +37,20 @@ class BackgroundAssigner:
         self._pool: ThreadPoolExecutor | None = None
         self._in_flight: deque[Future[Assigned]] = deque()
 
-    def submit(self, codebook: Codebook, page_ids: list[int], stored: list[np.ndarray],
-               decode_into: Callable[[np.ndarray, np.ndarray], None]) -> list[Assigned]:
+    def submit(
+        self,
+        codebook: Codebook,
+        page_ids: list[int],
+        stored: list[np.ndarray],
+        decode_into: Callable[[np.ndarray, np.ndarray], None],
+    ) -> list[Assigned]:
         """Assign pages whose rows are `stored` (as the vector file holds them, views of its mapping:
         `decode_into(out, rows)` makes them float32): on the worker, or right here when the worker
         is behind (so neither thread waits for the other); returns the batches now ready, in order."""
         if self._pool is None:
-            self._pool = ThreadPoolExecutor(1, thread_name_prefix="docqa-cells",
-                                            initializer=faiss.omp_set_num_threads, initargs=(1,))
+            self._pool = ThreadPoolExecutor(
+                1, thread_name_prefix="docqa-cells", initializer=faiss.omp_set_num_threads, initargs=(1,)
+            )
         queued = sum(not future.done() for future in self._in_flight)
         if queued < BUSY_WORKER_BATCHES:
             self._in_flight.append(self._pool.submit(_assign, codebook, page_ids, stored, decode_into))
@@ -74,6 +80,10 @@ class BackgroundAssigner:
             self._pool = None
 
 
-def _assign(codebook: Codebook, page_ids: list[int], stored: list[np.ndarray],
-            decode_into: Callable[[np.ndarray, np.ndarray], None]) -> Assigned:
+def _assign(
+    codebook: Codebook,
+    page_ids: list[int],
+    stored: list[np.ndarray],
+    decode_into: Callable[[np.ndarray, np.ndarray], None],
+) -> Assigned:
     return page_ids, codebook.page_cells(stored, decode_into)

@@ -40,7 +40,6 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-
 FILE_NAME = "candidates.npz"
 LOG_NAME = "candidates.log"
 HALF_CENTROIDS = 256  # per half: 256 x 256 = 65,536 cells (page cells are stored as uint16)
@@ -51,7 +50,6 @@ RETRAIN_GROWTH = 16  # retrain the centroids when the index has grown this many 
 WALK_BUDGET = 30_000  # postings entries walked per query token (bounds search time at any index size)
 MAX_WALKED_CELLS = 2048  # cells walked per query token at most
 TAIL_MERGE_PAGES = 2048  # rebuild the postings when the tail grows past this (or a tenth of the pages)
-
 
 
 @dataclass(frozen=True)
@@ -67,6 +65,7 @@ class RecallEstimate:
 
     def to_json(self) -> dict:
         return asdict(self)
+
 
 class Codebook:
     """Two half-space k-means codebooks: vector -> cell id in [0, CELLS)."""
@@ -103,8 +102,9 @@ class Codebook:
         _, nearest_second = self._halves[1].search(second, 1)
         return (nearest_first[:, 0] * HALF_CENTROIDS + nearest_second[:, 0]).astype(np.int64)
 
-    def page_cells(self, pages: list[np.ndarray],
-                   decode_into: Callable[[np.ndarray, np.ndarray], None] = np.copyto) -> list[np.ndarray]:
+    def page_cells(
+        self, pages: list[np.ndarray], decode_into: Callable[[np.ndarray, np.ndarray], None] = np.copyto
+    ) -> list[np.ndarray]:
         """The sorted distinct cells of each page, assigned in one pass over all their vectors.
         `decode_into(out, rows)` writes rows as float32 into `out` (for pages in the vector file's
         stored format, its `decode_into`; float arrays are copied)."""
@@ -115,8 +115,8 @@ class Codebook:
         halves = np.empty((2, sum(counts), half), dtype=np.float32)  # each half contiguous, as FAISS wants
         row = 0
         for page, count in zip(pages, counts):
-            decode_into(halves[0, row:row + count], page[:, :half])
-            decode_into(halves[1, row:row + count], page[:, half:])
+            decode_into(halves[0, row : row + count], page[:, :half])
+            decode_into(halves[1, row : row + count], page[:, half:])
             row += count
         cells = self._assign_halves(halves[0], halves[1])
         bounds = np.cumsum([0, *counts])
@@ -209,14 +209,16 @@ class CandidateIndex:
         best = np.empty(size, dtype=np.float32)
         total = np.zeros(size, dtype=np.float32)  # by page id
         for token_scores in scores:
-            ranked = np.argpartition(-token_scores, MAX_WALKED_CELLS)[:MAX_WALKED_CELLS + 1]
+            ranked = np.argpartition(-token_scores, MAX_WALKED_CELLS)[: MAX_WALKED_CELLS + 1]
             ranked = ranked[np.argsort(-token_scores[ranked], kind="stable")]
             lengths = sum(pointers[ranked[:-1] + 1] - pointers[ranked[:-1]] for pointers, _ in postings)
-            walked = ranked[:max(1, int(np.searchsorted(np.cumsum(lengths), WALK_BUDGET, "right")))]
+            walked = ranked[: max(1, int(np.searchsorted(np.cumsum(lengths), WALK_BUDGET, "right")))]
             best.fill(token_scores[ranked[len(walked)]])  # the best cell not walked
             for pointers, ids in postings:
                 entries = _ranges(pointers[walked], pointers[walked + 1])
-                np.maximum.at(best, ids[entries], np.repeat(token_scores[walked], pointers[walked + 1] - pointers[walked]))
+                np.maximum.at(
+                    best, ids[entries], np.repeat(token_scores[walked], pointers[walked + 1] - pointers[walked])
+                )
             total += best
         return total[page_ids]
 
@@ -232,11 +234,31 @@ class CandidateIndex:
             with os.fdopen(handle, "wb") as temp:
                 header = [self.trained_pages, self.base_pages, self.high_water, self.log_id]
                 estimate = self.recall_estimate
-                extra = {} if estimate is None else {"estimate": np.array(
-                    [estimate.rerank, estimate.recall_at_10, estimate.top1, estimate.queries, estimate.pages,
-                     estimate.sample_pages], dtype=np.float64)}
-                np.savez(temp, centroids=self.codebook.centroids, pointers=self.pointers, ids=self.ids,
-                         header=np.array(header, dtype=np.int64), **extra)
+                extra = (
+                    {}
+                    if estimate is None
+                    else {
+                        "estimate": np.array(
+                            [
+                                estimate.rerank,
+                                estimate.recall_at_10,
+                                estimate.top1,
+                                estimate.queries,
+                                estimate.pages,
+                                estimate.sample_pages,
+                            ],
+                            dtype=np.float64,
+                        )
+                    }
+                )
+                np.savez(
+                    temp,
+                    centroids=self.codebook.centroids,
+                    pointers=self.pointers,
+                    ids=self.ids,
+                    header=np.array(header, dtype=np.int64),
+                    **extra,
+                )
                 temp.flush()
                 os.fsync(temp.fileno())
             _write_atomically(directory / LOG_NAME, _LOG_HEADER.pack(_LOG_MAGIC, self.log_id))
@@ -248,8 +270,10 @@ class CandidateIndex:
     def log(self, directory: Path, page_ids: list[int], cells: list[np.ndarray]) -> None:
         """Append committed pages' cells to the log (no fsync: a lost or torn record is recomputed
         from the vector file by whoever loads the index next)."""
-        records = b"".join(_RECORD.pack(int(page_id), len(page_cells)) + page_cells.astype("<u2").tobytes()
-                           for page_id, page_cells in zip(page_ids, cells))
+        records = b"".join(
+            _RECORD.pack(int(page_id), len(page_cells)) + page_cells.astype("<u2").tobytes()
+            for page_id, page_cells in zip(page_ids, cells)
+        )
         with open(directory / LOG_NAME, "ab") as log:
             log.write(records)
 

@@ -37,8 +37,9 @@ class ScoredPage:
     score: float
 
 
-def page_scores(query: np.ndarray, table: PageTable, vectors: VectorFile, *, bfloat16: bool = False,
-                chunk_rows: int = _CHUNK_ROWS) -> np.ndarray:
+def page_scores(
+    query: np.ndarray, table: PageTable, vectors: VectorFile, *, bfloat16: bool = False, chunk_rows: int = _CHUNK_ROWS
+) -> np.ndarray:
     """MaxSim of `query` against every page of `table` (pages without vectors score 0), exact in
     float32 unless `bfloat16` (inputs and products rounded to bfloat16: an error of about 1e-3 per
     query token). Reads about `chunk_rows` rows at a time, so memory stays bounded."""
@@ -82,8 +83,9 @@ def page_scores(query: np.ndarray, table: PageTable, vectors: VectorFile, *, bfl
             if bfloat16:
                 similarities[:, :n].copy_(products[:, :n])
             present = part > 0
-            scores[start:stop][present] = np.maximum.reduceat(
-                similarities[:, :n].numpy(), firsts[present], axis=1).sum(axis=0)
+            scores[start:stop][present] = np.maximum.reduceat(similarities[:, :n].numpy(), firsts[present], axis=1).sum(
+                axis=0
+            )
         start = stop
     return scores
 
@@ -100,8 +102,9 @@ def bfloat16_is_native() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def brute_force_top_k(query: np.ndarray, k: int, table: PageTable, vectors: VectorFile,
-                      chunk_rows: int = _CHUNK_ROWS) -> list[ScoredPage]:
+def brute_force_top_k(
+    query: np.ndarray, k: int, table: PageTable, vectors: VectorFile, chunk_rows: int = _CHUNK_ROWS
+) -> list[ScoredPage]:
     """The k pages of `table` with the highest MaxSim, by scoring every page exactly (best first;
     ties: lower page id)."""
     if k < 1 or len(table) == 0:
@@ -109,8 +112,14 @@ def brute_force_top_k(query: np.ndarray, k: int, table: PageTable, vectors: Vect
     return _ranked(page_scores(query, table, vectors, chunk_rows=chunk_rows), table, k)
 
 
-def two_stage_top_k(query: np.ndarray, k: int, table: PageTable, candidates: CandidateIndex,
-                    vectors: VectorFile, rerank: int = RERANK_PAGES) -> list[ScoredPage]:
+def two_stage_top_k(
+    query: np.ndarray,
+    k: int,
+    table: PageTable,
+    candidates: CandidateIndex,
+    vectors: VectorFile,
+    rerank: int = RERANK_PAGES,
+) -> list[ScoredPage]:
     """The best k pages among the `rerank` (at least 4 k) pages of `table` that the candidate index
     scores highest: those are scored in bfloat16, and the best RESCORE_PAGES (at least 4 k) of them
     exactly, which ranks them."""

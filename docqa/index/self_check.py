@@ -56,10 +56,16 @@ def estimate(table, candidates, vectors, seed: int = 0) -> RecallEstimate | None
     if len(table) < 4 * K:
         return None
     share = min(1.0, SAMPLE_PAGES / len(table))
-    sample = table.subset(np.sort(rng.choice(len(table), min(len(table), SAMPLE_PAGES), replace=False))) \
-        if share < 1 else table
-    source_pages = vectors.read(sample.offsets[:512], sample.counts[:512]) if len(sample) > 512 else \
-        vectors.read(sample.offsets, sample.counts)
+    sample = (
+        table.subset(np.sort(rng.choice(len(table), min(len(table), SAMPLE_PAGES), replace=False)))
+        if share < 1
+        else table
+    )
+    source_pages = (
+        vectors.read(sample.offsets[:512], sample.counts[:512])
+        if len(sample) > 512
+        else vectors.read(sample.offsets, sample.counts)
+    )
     queries = pseudo_queries([page for page in source_pages if len(page)], rng)
     exact = [brute_force_top_k(query, K, sample, vectors) for query in queries]
     measured = []
@@ -75,5 +81,6 @@ def estimate(table, candidates, vectors, seed: int = 0) -> RecallEstimate | None
         if measured[-1][1] >= TARGET_RECALL:
             break
     depth, recall, top1 = measured[-1]
-    return RecallEstimate(rerank=depth, recall_at_10=recall, top1=top1, queries=len(queries),
-                          pages=len(table), sample_pages=len(sample))
+    return RecallEstimate(
+        rerank=depth, recall_at_10=recall, top1=top1, queries=len(queries), pages=len(table), sample_pages=len(sample)
+    )

@@ -25,15 +25,15 @@ import numpy as np
 
 from ..errors import IndexLockedError, IndexMismatchError, StorageFullError
 from . import candidates as stage
+from . import search as scoring
+from . import self_check
 from .assigning import Assigned, BackgroundAssigner
-from .threads import one_thread
 from .candidates import CandidateIndex
 from .locking import WriteLock
 from .pooling import pool_tokens
-from . import search as scoring
-from . import self_check
 from .search import ScoredPage, brute_force_top_k
 from .store import NewPage, PageFilter, PageTable, Store
+from .threads import one_thread
 from .vectors import VECTOR_TYPES, VectorFile, file_name
 
 MODES = ("fast", "exact")
@@ -187,8 +187,12 @@ class IndexStorage:
             self._live_rows = 0
             return
         current = self.vectors
-        for stale in [*self.path.glob(".candidates-*.tmp"), *self.path.glob("vectors*f16"),
-                      *self.path.glob(".tokens-*.tmp"), self.path / "tokens.faiss"]:
+        for stale in [
+            *self.path.glob(".candidates-*.tmp"),
+            *self.path.glob("vectors*f16"),
+            *self.path.glob(".tokens-*.tmp"),
+            self.path / "tokens.faiss",
+        ]:
             if stale != current.path:
                 stale.unlink(missing_ok=True)
         end = self.store.vector_end()
@@ -205,8 +209,9 @@ class IndexStorage:
             self._save_candidates()
         self.compact_if_wasteful()  # a writer killed between an update and its compaction
 
-    def append_page(self, number: int, width: int, height: int, vectors: np.ndarray,
-                    fingerprint: hashlib._Hash | None = None) -> NewPage:
+    def append_page(
+        self, number: int, width: int, height: int, vectors: np.ndarray, fingerprint: hashlib._Hash | None = None
+    ) -> NewPage:
         """Append one page's vectors (not yet visible: commit_document does that); returns the page
         to commit. With a pool factor, similar vectors are merged first (so fewer are stored).
         `fingerprint`, a hash, is updated with the rows as stored."""
@@ -218,8 +223,17 @@ class IndexStorage:
         offset = self.vectors.append(stored)
         return NewPage(number, width, height, offset, len(vectors))
 
-    def commit_document(self, path: Path, *, sha256: str, size: int, mtime: float, kind: str,
-                        pages: list[NewPage], metadata: dict | None = None) -> int:
+    def commit_document(
+        self,
+        path: Path,
+        *,
+        sha256: str,
+        size: int,
+        mtime: float,
+        kind: str,
+        pages: list[NewPage],
+        metadata: dict | None = None,
+    ) -> int:
         """Make a document and its pages visible atomically (their vectors are already appended);
         a document already at `path` is replaced in the same transaction."""
         self.vectors.sync(durable=self._durable)
@@ -304,7 +318,9 @@ class IndexStorage:
             return self._candidates
         newer = table.page_ids > self._candidates.high_water
         if newer.any():  # committed by a writer that died before logging them, or by one still running
-            self._candidates.add(table.page_ids[newer].tolist(), vectors.read(table.offsets[newer], table.counts[newer]))
+            self._candidates.add(
+                table.page_ids[newer].tolist(), vectors.read(table.offsets[newer], table.counts[newer])
+            )
             self._unsaved = True
         return self._candidates
 
@@ -341,8 +357,9 @@ class IndexStorage:
         estimate = self._candidates.recall_estimate
         if estimate is None or len(table) >= self_check.REESTIMATE_GROWTH * estimate.pages:
             # measured on a smaller index: its depth may no longer reach the target; measure again
-            self._candidates.recall_estimate = self_check.estimate(table, self._candidates, self.vectors,
-                                                                   seed=len(table))
+            self._candidates.recall_estimate = self_check.estimate(
+                table, self._candidates, self.vectors, seed=len(table)
+            )
         self._candidates.save(self.path)
         self._unsaved = False
 
@@ -382,8 +399,15 @@ class IndexStorage:
         return self.compact() if rows and (rows - live) > ratio * rows else 0
 
     # --- reading ----------------------------------------------------------------------------
-    def search(self, query: np.ndarray, k: int, *, exact: bool = False, rerank: int | None = None,
-               page_filter: PageFilter | None = None) -> list[ScoredPage]:
+    def search(
+        self,
+        query: np.ndarray,
+        k: int,
+        *,
+        exact: bool = False,
+        rerank: int | None = None,
+        page_filter: PageFilter | None = None,
+    ) -> list[ScoredPage]:
         """The k best pages for a (n_tokens, dim) query: exact MaxSim over every page (`exact`, exact
         mode, small or selectively filtered sets), else over the candidate stage's best pages."""
         with one_thread(with_torch=True):
@@ -401,13 +425,19 @@ class IndexStorage:
         estimate = candidates.recall_estimate
         stats = {"candidate_stage": True, "rerank": scoring.RERANK_PAGES}
         if estimate is not None:
-            stats.update(rerank=estimate.rerank, recall_estimate=estimate.recall_at_10, top1_estimate=estimate.top1,
-                         estimate_queries=estimate.queries, estimated_at_pages=estimate.pages,
-                         estimate_sample_pages=estimate.sample_pages)
+            stats.update(
+                rerank=estimate.rerank,
+                recall_estimate=estimate.recall_at_10,
+                top1_estimate=estimate.top1,
+                estimate_queries=estimate.queries,
+                estimated_at_pages=estimate.pages,
+                estimate_sample_pages=estimate.sample_pages,
+            )
         return stats
 
-    def _search(self, query: np.ndarray, k: int, exact: bool, rerank: int | None,
-                page_filter: PageFilter | None) -> list[ScoredPage]:
+    def _search(
+        self, query: np.ndarray, k: int, exact: bool, rerank: int | None, page_filter: PageFilter | None
+    ) -> list[ScoredPage]:
         for attempt in range(3):
             table, _, name, allowed = self.store.snapshot(page_filter)
             vectors = self._vector_file(name)

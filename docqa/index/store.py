@@ -17,6 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import IndexCorruptError
+from ..inputs.sources import printable
+
 
 def _import_sqlite_utils():
     """sqlite-utils imports pandas when it is installed (about 1 s with pyarrow, for DataFrame column
@@ -35,9 +38,6 @@ def _import_sqlite_utils():
 
 
 sqlite_utils = _import_sqlite_utils()
-
-from ..errors import IndexCorruptError
-from ..inputs.sources import printable
 
 DB_NAME = "docqa.db"
 SCHEMA_VERSION = 2
@@ -176,8 +176,10 @@ def _migration_2(db: sqlite_utils.Database) -> None:
         " document_id INTEGER NOT NULL REFERENCES documents(id), number INTEGER NOT NULL,"
         " width INTEGER, height INTEGER, vec_offset INTEGER NOT NULL, vec_count INTEGER NOT NULL)"
     )
-    db.execute("INSERT INTO pages (id, document_id, number, width, height, vec_offset, vec_count)"
-               " SELECT id, document_id, number, width, height, vec_offset, vec_count FROM pages_v1")
+    db.execute(
+        "INSERT INTO pages (id, document_id, number, width, height, vec_offset, vec_count)"
+        " SELECT id, document_id, number, width, height, vec_offset, vec_count FROM pages_v1"
+    )
     db.execute("DROP TABLE pages_v1")
     db.execute("CREATE UNIQUE INDEX idx_pages_document_id_number ON pages (document_id, number)")
     db.execute("CREATE INDEX idx_pages_vec_offset ON pages (vec_offset)")
@@ -268,10 +270,7 @@ class Store:
         return self._documents("", [])
 
     def _documents(self, where: str, params: list) -> list[DocumentRecord]:
-        sql = (
-            "SELECT id, path, path_key, sha256, size, mtime, kind, pages FROM documents "
-            f"{where} ORDER BY path_key"
-        )
+        sql = f"SELECT id, path, path_key, sha256, size, mtime, kind, pages FROM documents {where} ORDER BY path_key"
         return [DocumentRecord(*row) for row in self.db.execute(sql, params).fetchall()]
 
     def put_document(
@@ -296,13 +295,21 @@ class Store:
         cursor = self.db.execute(
             "INSERT INTO documents (path_key, path, sha256, size, mtime, kind, pages, metadata, indexed_at)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [key, printable(key), sha256, size, mtime, kind, len(pages),
-             json.dumps(metadata or {}, ensure_ascii=False), time.time()],
+            [
+                key,
+                printable(key),
+                sha256,
+                size,
+                mtime,
+                kind,
+                len(pages),
+                json.dumps(metadata or {}, ensure_ascii=False),
+                time.time(),
+            ],
         )
         document_id = int(cursor.lastrowid)
         self.db.conn.executemany(
-            "INSERT INTO pages (document_id, number, width, height, vec_offset, vec_count)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO pages (document_id, number, width, height, vec_offset, vec_count) VALUES (?, ?, ?, ?, ?, ?)",
             [(document_id, p.number, p.width, p.height, p.vec_offset, p.vec_count) for p in pages],
         )
         return document_id, replaced
@@ -353,13 +360,19 @@ class Store:
         merged = {**current, **tags}
         if merged == current:
             return False
-        self.db.execute("UPDATE documents SET metadata = ? WHERE id = ?", [json.dumps(merged, ensure_ascii=False), document_id])
+        self.db.execute(
+            "UPDATE documents SET metadata = ? WHERE id = ?", [json.dumps(merged, ensure_ascii=False), document_id]
+        )
         return True
 
     def documents_past_row(self, rows: int) -> list[int]:
         """Ids of documents with a page whose vectors reach past the first `rows` rows."""
-        return [row[0] for row in self.db.execute(
-            "SELECT DISTINCT document_id FROM pages WHERE vec_offset + vec_count > ?", [rows]).fetchall()]
+        return [
+            row[0]
+            for row in self.db.execute(
+                "SELECT DISTINCT document_id FROM pages WHERE vec_offset + vec_count > ?", [rows]
+            ).fetchall()
+        ]
 
     def set_synchronous(self, durable: bool) -> None:
         """FULL: each commit is on disk when it returns; NORMAL (WAL): commits are atomic and survive
@@ -370,9 +383,12 @@ class Store:
 
     def pages_of(self, document_id: int) -> list[tuple[int, int, int]]:
         """(page id, vector offset, vector count) of a document's pages, in page order."""
-        return [tuple(row) for row in self.db.execute(
-            "SELECT id, vec_offset, vec_count FROM pages WHERE document_id = ? ORDER BY number", [document_id]
-        ).fetchall()]
+        return [
+            tuple(row)
+            for row in self.db.execute(
+                "SELECT id, vec_offset, vec_count FROM pages WHERE document_id = ? ORDER BY number", [document_id]
+            ).fetchall()
+        ]
 
     def vector_epoch(self) -> int:
         """Bumped whenever vector row numbers change meaning (rows dropped, or the file compacted)."""
@@ -387,9 +403,7 @@ class Store:
         self.db.conn.executemany("UPDATE pages SET vec_offset = ? WHERE id = ?", [(o, i) for i, o in moves])
 
     def page_table(self) -> PageTable:
-        rows = self.db.execute(
-            "SELECT id, vec_offset, vec_count FROM pages ORDER BY vec_offset"
-        ).fetchall()
+        rows = self.db.execute("SELECT id, vec_offset, vec_count FROM pages ORDER BY vec_offset").fetchall()
         array = np.array(rows, dtype=np.int64).reshape(-1, 3)
         return PageTable(page_ids=array[:, 0], offsets=array[:, 1], counts=array[:, 2])
 

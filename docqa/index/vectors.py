@@ -33,7 +33,7 @@ def as_float32(values: np.ndarray) -> np.ndarray:
     if ((bits & 0x7C00) == 0x7C00).any():  # infinities or NaNs: numpy's cast keeps them as they are
         return values.astype(np.float32)
     wide = bits.astype(np.int32)  # sign-extended: its float32 view carries the sign
-    magnitude = ((wide & 0x7FFF) << 13).view(np.float32) * np.float32(2.0 ** 112)  # rebias the exponent
+    magnitude = ((wide & 0x7FFF) << 13).view(np.float32) * np.float32(2.0**112)  # rebias the exponent
     return np.copysign(magnitude, wide.view(np.float32))
 
 
@@ -67,8 +67,10 @@ class VectorFile:
     def append(self, stored: np.ndarray) -> int:
         """Append rows in the stored type (`encode` makes them); returns the row offset of the first."""
         if stored.ndim != 2 or stored.shape[1] != self.dim or stored.dtype != self.stored_dtype:
-            raise ValueError(f"expected (n, {self.dim}) {np.dtype(self.stored_dtype).name} rows, "
-                             f"got {stored.shape} {stored.dtype.name}")
+            raise ValueError(
+                f"expected (n, {self.dim}) {np.dtype(self.stored_dtype).name} rows, "
+                f"got {stored.shape} {stored.dtype.name}"
+            )
         if self._appender is None:
             self._appender = open(self.path, "ab")
         offset = self._appender.tell() // self._row_bytes
@@ -120,15 +122,17 @@ class VectorFile:
         if len(offsets) == 0:
             return []
         mapped = self._map().view(np.ndarray)  # slices of a plain array: no memmap object per page
-        return [mapped[offset:offset + count]
-                for offset, count in zip(np.asarray(offsets).tolist(), np.asarray(counts).tolist())]
+        return [
+            mapped[offset : offset + count]
+            for offset, count in zip(np.asarray(offsets).tolist(), np.asarray(counts).tolist())
+        ]
 
     def gather(self, offsets: np.ndarray, counts: np.ndarray, out: np.ndarray) -> None:
         """Copy the row ranges [offset, offset + count), one after another, into `out` (as stored:
         float16, or bfloat16 bits in uint16)."""
         row = 0
         for rows in self.stored_rows(offsets, counts):
-            out[row:row + len(rows)] = rows
+            out[row : row + len(rows)] = rows
             row += len(rows)
 
     def _map(self) -> np.ndarray:
@@ -138,8 +142,11 @@ class VectorFile:
             self._appender.flush()
         rows = self.rows
         if self._mapped is None or len(self._mapped) != rows:
-            self._mapped = (np.memmap(self.path, dtype=self.stored_dtype, mode="r", shape=(rows, self.dim))
-                            if rows else np.zeros((0, self.dim), dtype=self.stored_dtype))
+            self._mapped = (
+                np.memmap(self.path, dtype=self.stored_dtype, mode="r", shape=(rows, self.dim))
+                if rows
+                else np.zeros((0, self.dim), dtype=self.stored_dtype)
+            )
         return self._mapped
 
     def close(self) -> None:

@@ -61,8 +61,12 @@ _release_free_memory = _glibc_trim()
 
 
 def run_ingest(
-    storage: IndexStorage, paths: Iterable[str | Path], settings: IngestSettings, retriever: Retriever | None,
-    *, pipeline: Pipeline | None = None,
+    storage: IndexStorage,
+    paths: Iterable[str | Path],
+    settings: IngestSettings,
+    retriever: Retriever | None,
+    *,
+    pipeline: Pipeline | None = None,
 ) -> IngestReport:
     """Bring the index stored by `storage` up to date with `paths` (the caller holds the write lock).
 
@@ -82,9 +86,7 @@ def run_ingest(
     total_pages = sum(job.page_count for job in jobs)
     if settings.on_progress is not None:
         settings.on_progress(0, total_pages)
-    with tqdm(
-        total=total_pages, unit="page", desc="ingest", disable=not settings.progress, leave=False
-    ) as bar:
+    with tqdm(total=total_pages, unit="page", desc="ingest", disable=not settings.progress, leave=False) as bar:
         if pipeline is None:
             assert retriever is not None, "a local ingest needs a retriever"
             _encode_and_commit(storage, jobs, settings, retriever, report, bar)
@@ -96,7 +98,10 @@ def run_ingest(
 
 
 def _page_stream(
-    jobs: list[PlannedFile], settings: IngestSettings, image_edge: int, bar: tqdm | None = None,
+    jobs: list[PlannedFile],
+    settings: IngestSettings,
+    image_edge: int,
+    bar: tqdm | None = None,
 ) -> Iterator[tuple[PlannedFile, RenderedPage | InputFileError | object]]:
     """Every page of every job in order, then a _DONE marker per job; errors come as items."""
     for job in jobs:
@@ -109,8 +114,11 @@ def _page_stream(
                 bar.total += job.page_count
         try:
             for page in render_pages(
-                job.path, job.kind, image_edge,
-                chunk_pages=settings.chunk_pages, timeout_s=settings.render_timeout_s,
+                job.path,
+                job.kind,
+                image_edge,
+                chunk_pages=settings.chunk_pages,
+                timeout_s=settings.render_timeout_s,
             ):
                 yield job, page
         except InputFileError as error:
@@ -242,8 +250,9 @@ def _encode_and_commit(
                 commit_job(storage, job, report)
         timings.store_s += time.monotonic() - started
 
-    pages = _prefetch(_timed(_page_stream(jobs, settings, retriever.stamp.image_edge, bar), timings),
-                      depth=2 * settings.batch_size)
+    pages = _prefetch(
+        _timed(_page_stream(jobs, settings, retriever.stamp.image_edge, bar), timings), depth=2 * settings.batch_size
+    )
     batches = _batches(pages, retriever, settings.batch_size, timings)
     for event in _prefetch(batches, depth=1, name="docqa-preprocess"):
         if isinstance(event, _Batch):
@@ -274,7 +283,12 @@ def commit_job(storage: IndexStorage, job: PlannedFile, report: IngestReport) ->
         report.fail(job.path, f"only {len(job.pages)} of {job.page_count} pages could be read")
         return
     storage.commit_document(
-        job.path, sha256=job.sha256, size=job.size, mtime=job.mtime, kind=job.kind, pages=job.pages,
+        job.path,
+        sha256=job.sha256,
+        size=job.size,
+        mtime=job.mtime,
+        kind=job.kind,
+        pages=job.pages,
         metadata=job.metadata,
     )
     report.pages_added += len(job.pages)

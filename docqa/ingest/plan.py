@@ -59,7 +59,11 @@ class PlannedFile:
 
 
 def plan_jobs(
-    storage: IndexStorage, given: list[Path], report: IngestReport, seen: set[Path], settings: IngestSettings,
+    storage: IndexStorage,
+    given: list[Path],
+    report: IngestReport,
+    seen: set[Path],
+    settings: IngestSettings,
     scanned: tqdm,
 ) -> list[PlannedFile]:
     """Walk, sniff and hash; return the files whose content is new or changed (unchanged files
@@ -78,7 +82,7 @@ def plan_jobs(
         seen.add(found)
         try:
             source = sources.classify(found)
-            if not plan_source(source, report):
+            if not plan_source(source, report) or source.kind is None:
                 continue
             before = found.stat()
             digest = sources.sha256_of(found)
@@ -103,8 +107,17 @@ def plan_jobs(
             continue
         metadata = {**(store.metadata(existing.id) if existing else {}), **tags}  # an update keeps its tags
         jobs.append(
-            PlannedFile(found, source.kind, digest, before.st_size, before.st_mtime, pages, existing is not None,
-                        metadata, converting=converting)
+            PlannedFile(
+                found,
+                source.kind,
+                digest,
+                before.st_size,
+                before.st_mtime,
+                pages,
+                existing is not None,
+                metadata,
+                converting=converting,
+            )
         )
     return jobs
 

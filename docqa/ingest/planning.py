@@ -34,14 +34,19 @@ def plan_source(source: sources.SourceFile, report: IngestReport) -> bool:
     if source.kind in sources.CONVERTED:
         size = path.stat().st_size
         if size > sources.MAX_CONVERTED_BYTES:
-            report.skip(path, f"{size / 2**20:,.0f} MiB, over the limit of {sources.MAX_CONVERTED_BYTES >> 20:,} MiB"
-                        " for a file converted by LibreOffice (DOCQA_MAX_CONVERT_MB)", skips.TOO_LARGE)
+            report.skip(
+                path,
+                f"{size / 2**20:,.0f} MiB, over the limit of {sources.MAX_CONVERTED_BYTES >> 20:,} MiB"
+                " for a file converted by LibreOffice (DOCQA_MAX_CONVERT_MB)",
+                skips.TOO_LARGE,
+            )
             return False
         from ..inputs.converters import INSTALL_HINT, default_converter
 
         if not default_converter().available():
-            report.skip(path, f"a {source.kind} file: converting it needs LibreOffice ({INSTALL_HINT})",
-                        skips.NEEDS_LIBREOFFICE)
+            report.skip(
+                path, f"a {source.kind} file: converting it needs LibreOffice ({INSTALL_HINT})", skips.NEEDS_LIBREOFFICE
+            )
             return False
     return True
 

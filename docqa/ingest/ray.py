@@ -51,19 +51,33 @@ def render_document(row: dict, *, image_edge: int, chunk_pages: int, timeout_s: 
         for page in render_pages(Path(path), row["kind"], image_edge, chunk_pages=chunk_pages, timeout_s=timeout_s):
             width, height = page.image.size
             pages += 1
-            yield _row(row["job"], PAGE, number=page.number, width=width, height=height,
-                       image=page.image.convert("RGB").tobytes())
+            yield _row(
+                row["job"],
+                PAGE,
+                number=page.number,
+                width=width,
+                height=height,
+                image=page.image.convert("RGB").tobytes(),
+            )
     except InputFileError as error:
         yield _row(row["job"], ERROR, error=error.reason)
         return
     yield _row(row["job"], END, number=pages)
 
 
-def _row(job: int, kind: str, *, number: int = 0, width: int = 0, height: int = 0,
-         image: bytes = b"", error: str = "") -> dict:
+def _row(
+    job: int, kind: str, *, number: int = 0, width: int = 0, height: int = 0, image: bytes = b"", error: str = ""
+) -> dict:
     """One dataset row (every row has every column, so blocks share one schema)."""
-    return {"job": job, "kind": kind, "number": number, "width": width, "height": height,
-            "image": image, "error": error}
+    return {
+        "job": job,
+        "kind": kind,
+        "number": number,
+        "width": width,
+        "height": height,
+        "image": image,
+        "error": error,
+    }
 
 
 class PageEncoder:
@@ -75,8 +89,10 @@ class PageEncoder:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         is_page = batch["kind"] == PAGE
-        images = [Image.frombytes("RGB", (int(width), int(height)), data) for width, height, data
-                  in zip(batch["width"][is_page], batch["height"][is_page], batch["image"][is_page])]
+        images = [
+            Image.frombytes("RGB", (int(width), int(height)), data)
+            for width, height, data in zip(batch["width"][is_page], batch["height"][is_page], batch["image"][is_page])
+        ]
         encoded = iter(self.retriever.encode_pages(images))
         vectors = np.empty(len(is_page), dtype=object)
         counts = np.zeros(len(is_page), dtype=np.int64)
@@ -84,9 +100,16 @@ class PageEncoder:
             page = np.asarray(next(encoded), dtype=STORED_DTYPE)
             vectors[row], counts[row] = page.tobytes(), len(page)
         vectors[~is_page] = b""
-        return {"job": batch["job"], "kind": batch["kind"], "number": batch["number"],
-                "width": batch["width"], "height": batch["height"], "error": batch["error"],
-                "vectors": vectors, "count": counts}
+        return {
+            "job": batch["job"],
+            "kind": batch["kind"],
+            "number": batch["number"],
+            "width": batch["width"],
+            "height": batch["height"],
+            "error": batch["error"],
+            "vectors": vectors,
+            "count": counts,
+        }
 
 
 def _load_stamp(model: str, device: str, image_edge: int | None, engine: str | None) -> EncoderStamp:
@@ -136,8 +159,9 @@ class RayPipeline:
         stamp = ray.get(loader.remote(model, device, image_edge, engine))
         return cls(ray, stamp, device, encoders, gpus_per_encoder)
 
-    def __call__(self, storage: IndexStorage, jobs: list[PlannedFile], settings: IngestSettings,
-                 report: IngestReport, bar: tqdm) -> None:
+    def __call__(
+        self, storage: IndexStorage, jobs: list[PlannedFile], settings: IngestSettings, report: IngestReport, bar: tqdm
+    ) -> None:
         if not jobs:
             return
         waiting = {number: _Arrivals(job) for number, job in enumerate(jobs)}
@@ -153,11 +177,15 @@ class RayPipeline:
                         arrivals.job.pages.sort(key=lambda page: page.number)
                         commit_job(storage, arrivals.job, report)
         for arrivals in waiting.values():
-            report.fail(arrivals.job.path, f"{len(arrivals.numbers)} of {arrivals.job.page_count} pages came "
-                        "back from the cluster; run ingest again")
+            report.fail(
+                arrivals.job.path,
+                f"{len(arrivals.numbers)} of {arrivals.job.page_count} pages came "
+                "back from the cluster; run ingest again",
+            )
 
-    def _take(self, storage: IndexStorage, arrivals: _Arrivals, batch: dict[str, np.ndarray], row: int,
-              report: IngestReport) -> int:
+    def _take(
+        self, storage: IndexStorage, arrivals: _Arrivals, batch: dict[str, np.ndarray], row: int, report: IngestReport
+    ) -> int:
         """Apply one row to its document; returns the number of new pages stored (0 or 1)."""
         kind = batch["kind"][row]
         job = arrivals.job
@@ -169,7 +197,8 @@ class RayPipeline:
         elif int(batch["number"][row]) not in arrivals.numbers:
             number = int(batch["number"][row])
             vectors = np.frombuffer(batch["vectors"][row], dtype=STORED_DTYPE).reshape(
-                int(batch["count"][row]), self.stamp.dim)
+                int(batch["count"][row]), self.stamp.dim
+            )
             job.store_page(storage, number, int(batch["width"][row]), int(batch["height"][row]), vectors)
             arrivals.numbers.add(number)
             return 1
@@ -177,19 +206,30 @@ class RayPipeline:
 
     def _dataset(self, jobs: list[PlannedFile], settings: IngestSettings):
         """The lazy Ray Data pipeline over `jobs` (nothing runs until the driver iterates it)."""
-        documents = [{"job": number, "path": os.fsencode(job.path), "kind": job.kind}
-                     for number, job in enumerate(jobs)]
+        documents = [
+            {"job": number, "path": os.fsencode(job.path), "kind": job.kind} for number, job in enumerate(jobs)
+        ]
         dataset = self.ray.data.from_items(documents, override_num_blocks=len(documents))
         pages = dataset.flat_map(
-            render_document, num_cpus=1,
-            fn_kwargs={"image_edge": self.stamp.image_edge, "chunk_pages": settings.chunk_pages,
-                       "timeout_s": settings.render_timeout_s},
+            render_document,
+            num_cpus=1,
+            fn_kwargs={
+                "image_edge": self.stamp.image_edge,
+                "chunk_pages": settings.chunk_pages,
+                "timeout_s": settings.render_timeout_s,
+            },
         )
         return pages.map_batches(
-            PageEncoder, batch_size=settings.batch_size, batch_format="numpy",
+            PageEncoder,
+            batch_size=settings.batch_size,
+            batch_format="numpy",
             compute=self.ray.data.ActorPoolStrategy(size=self.encoders),
-            fn_constructor_kwargs={"model": self.stamp.model, "device": self.device, "engine": self.stamp.engine,
-                                   "image_edge": self.stamp.image_edge},
-            num_cpus=1, num_gpus=self.gpus_per_encoder,
+            fn_constructor_kwargs={
+                "model": self.stamp.model,
+                "device": self.device,
+                "engine": self.stamp.engine,
+                "image_edge": self.stamp.image_edge,
+            },
+            num_cpus=1,
+            num_gpus=self.gpus_per_encoder,
         )  # Ray Data restarts a dead encoder actor and retries its batch (max_restarts=-1 by default)
-

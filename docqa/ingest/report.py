@@ -54,7 +54,10 @@ class IngestReport:
             },
             "pages_added": self.pages_added,
             "failures": [{"path": f.path, "error": f.error} for f in self.failures],
-            "skipped": [item.to_json() for item in skips.all_skipped(self.skipped_files, [(f.path, f.error) for f in self.failures])],
+            "skipped": [
+                item.to_json()
+                for item in skips.all_skipped(self.skipped_files, [(f.path, f.error) for f in self.failures])
+            ],
             "seconds": round(self.seconds, 3),
             "timings": self.timings.to_json(),
         }

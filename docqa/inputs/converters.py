@@ -32,14 +32,16 @@ import tempfile
 import threading
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 
 from ..errors import DocQAError, InputFileError
 from . import sources, webpages
 
-LIBREOFFICE_PACKAGES = ("libreoffice-core-nogui libreoffice-writer-nogui libreoffice-impress-nogui "
-                        "libreoffice-calc-nogui python3-uno bubblewrap")
+LIBREOFFICE_PACKAGES = (
+    "libreoffice-core-nogui libreoffice-writer-nogui libreoffice-impress-nogui "
+    "libreoffice-calc-nogui python3-uno bubblewrap"
+)
 INSTALL_HINT = f"apt-get install -y {LIBREOFFICE_PACKAGES}"
 DEFAULT_TIMEOUT_S = float(os.environ.get("DOCQA_CONVERT_TIMEOUT", "120"))
 DEFAULT_MEMORY_MB = int(os.environ.get("DOCQA_CONVERT_MEMORY_MB", "4096"))  # address space per worker
@@ -55,9 +57,19 @@ _IMPORT = {
     sources.MARKDOWN: ("HTML (StarWriter)", None),
 }
 _STAGED_SUFFIX = {
-    sources.DOCX: ".docx", sources.PPTX: ".pptx", sources.XLSX: ".xlsx", sources.ODT: ".odt",
-    sources.ODP: ".odp", sources.ODS: ".ods", sources.DOC: ".doc", sources.PPT: ".ppt", sources.XLS: ".xls",
-    sources.RTF: ".rtf", sources.HTML: ".html", sources.MARKDOWN: ".html", sources.TEXT: ".txt",
+    sources.DOCX: ".docx",
+    sources.PPTX: ".pptx",
+    sources.XLSX: ".xlsx",
+    sources.ODT: ".odt",
+    sources.ODP: ".odp",
+    sources.ODS: ".ods",
+    sources.DOC: ".doc",
+    sources.PPT: ".ppt",
+    sources.XLS: ".xls",
+    sources.RTF: ".rtf",
+    sources.HTML: ".html",
+    sources.MARKDOWN: ".html",
+    sources.TEXT: ".txt",
 }
 
 
@@ -75,7 +87,8 @@ class ConversionError(InputFileError):
 def cache_dir() -> Path:
     """Where converted PDFs are kept: $DOCQA_CACHE, else $XDG_CACHE_HOME/docqa, else ~/.cache/docqa."""
     root = os.environ.get("DOCQA_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "docqa")
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "docqa"
+    )
     return Path(root) / "converted" / RECIPE
 
 
@@ -85,14 +98,13 @@ def cached_pdf_path(sha256: str) -> Path:
 
 def find_soffice() -> str | None:
     """The soffice program: $DOCQA_SOFFICE, else on PATH, else Debian's location."""
-    for candidate in (os.environ.get("DOCQA_SOFFICE"), shutil.which("soffice"),
-                      "/usr/lib/libreoffice/program/soffice"):
+    for candidate in (os.environ.get("DOCQA_SOFFICE"), shutil.which("soffice"), "/usr/lib/libreoffice/program/soffice"):
         if candidate and os.access(candidate, os.X_OK):
             return candidate
     return None
 
 
-@lru_cache(maxsize=None)
+@cache
 def _uno_python_for(candidates: tuple[str, ...]) -> str | None:
     for candidate in candidates:
         if candidate and os.access(candidate, os.X_OK):
@@ -116,8 +128,11 @@ def _bwrap_works() -> bool:
     bwrap = shutil.which("bwrap")
     if bwrap is None or os.environ.get("DOCQA_CONVERT_SANDBOX", "1") == "0":
         return False
-    probe = subprocess.run([bwrap, *_system_binds(), "--unshare-all", "--die-with-parent", "--", "/bin/true"],
-                           capture_output=True, timeout=30)
+    probe = subprocess.run(
+        [bwrap, *_system_binds(), "--unshare-all", "--die-with-parent", "--", "/bin/true"],
+        capture_output=True,
+        timeout=30,
+    )
     return probe.returncode == 0
 
 
@@ -130,8 +145,16 @@ def _system_binds() -> list[str]:
             args += ["--symlink", os.readlink(top), top]
         elif os.path.isdir(top):
             args += ["--ro-bind", top, top]
-    for etc in ("/etc/fonts", "/etc/libreoffice", "/etc/ld.so.cache", "/etc/alternatives", "/etc/localtime",
-                "/etc/passwd", "/etc/group", "/etc/nsswitch.conf"):
+    for etc in (
+        "/etc/fonts",
+        "/etc/libreoffice",
+        "/etc/ld.so.cache",
+        "/etc/alternatives",
+        "/etc/localtime",
+        "/etc/passwd",
+        "/etc/group",
+        "/etc/nsswitch.conf",
+    ):
         if os.path.exists(etc):
             args += ["--ro-bind", etc, etc]
     return args
@@ -165,15 +188,36 @@ class _Worker:
         inner = [python, str(script), soffice, str(self.stage / "profile"), f"docqa{os.getpid()}w{self.number}"]
         if not converter.sandboxed:
             return inner
-        return ["bwrap", *_system_binds(), "--bind", str(self.stage), str(self.stage),
-                "--unshare-all", "--die-with-parent", "--new-session", "--setenv", "HOME", str(self.stage / "home"),
-                "--setenv", "TMPDIR", "/tmp", "--chdir", str(self.stage), "--", *inner]
+        return [
+            "bwrap",
+            *_system_binds(),
+            "--bind",
+            str(self.stage),
+            str(self.stage),
+            "--unshare-all",
+            "--die-with-parent",
+            "--new-session",
+            "--setenv",
+            "HOME",
+            str(self.stage / "home"),
+            "--setenv",
+            "TMPDIR",
+            "/tmp",
+            "--chdir",
+            str(self.stage),
+            "--",
+            *inner,
+        ]
 
     def start(self) -> None:
         memory = self.converter.memory_mb
         self.process = subprocess.Popen(
-            self.command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-            start_new_session=True, preexec_fn=(lambda: _limit_memory(memory)) if memory else None,
+            self.command(),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=(lambda: _limit_memory(memory)) if memory else None,
             env={**os.environ, "HOME": str(self.stage / "home"), "SAL_USE_VCLPLUGIN": "svp"},
         )
         answer = self.read(STARTUP_TIMEOUT_S)
@@ -212,8 +256,9 @@ class _Worker:
                 stream.close()
         self.process = None
 
-    def convert(self, staged: Path, import_filter: tuple[str | None, str | None], out: Path,
-                timeout_s: float, shown_as: str) -> None:
+    def convert(
+        self, staged: Path, import_filter: tuple[str | None, str | None], out: Path, timeout_s: float, shown_as: str
+    ) -> None:
         if self.process is None or self.process.poll() is not None:
             self.kill()
             self.start()
@@ -231,12 +276,17 @@ class _Worker:
             alive = self.process.poll() is None
             self.kill()
             if alive:
-                raise ConversionError(shown_as, f"converting it took longer than {timeout_s:g} s, the limit per"
-                                      " file (killed; raise it with DOCQA_CONVERT_TIMEOUT if it is just slow)")
+                raise ConversionError(
+                    shown_as,
+                    f"converting it took longer than {timeout_s:g} s, the limit per"
+                    " file (killed; raise it with DOCQA_CONVERT_TIMEOUT if it is just slow)",
+                )
             raise ConversionError(shown_as, "LibreOffice crashed converting it (or ran out of its memory limit)")
         self.served += 1
         if not answer.get("ok"):
-            raise ConversionError(shown_as, f"LibreOffice could not convert it: {answer.get('error') or 'unknown error'}")
+            raise ConversionError(
+                shown_as, f"LibreOffice could not convert it: {answer.get('error') or 'unknown error'}"
+            )
         if not out.is_file() or out.stat().st_size == 0:
             raise ConversionError(shown_as, "LibreOffice wrote no PDF for it")
 
@@ -253,9 +303,15 @@ class Converter:
     (tests use a stand-in that sleeps); it gets the staging folder as its last argument.
     """
 
-    def __init__(self, workers: int | None = None, *, timeout_s: float = DEFAULT_TIMEOUT_S,
-                 memory_mb: int | None = DEFAULT_MEMORY_MB, worker_command: Sequence[str] | None = None,
-                 sandboxed: bool | None = None) -> None:
+    def __init__(
+        self,
+        workers: int | None = None,
+        *,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        memory_mb: int | None = DEFAULT_MEMORY_MB,
+        worker_command: Sequence[str] | None = None,
+        sandboxed: bool | None = None,
+    ) -> None:
         env_workers = os.environ.get("DOCQA_CONVERT_WORKERS")
         cores = os.cpu_count() or 1
         self.workers = workers or (int(env_workers) if env_workers else max(1, min(4, cores // 2)))

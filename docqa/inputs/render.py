@@ -24,7 +24,7 @@ from pdf2image.exceptions import (
 from PIL import Image, UnidentifiedImageError
 
 from ..config import DEFAULT_CHUNK_PAGES, DEFAULT_TIMEOUT_S
-from ..errors import DocQAError, InputFileError, PopplerMissingError
+from ..errors import InputFileError, PopplerMissingError
 from .sources import CONVERTED, IMAGE, PDF, printable
 
 # Decompression-bomb guard: an image declaring more pixels than Pillow's default warning threshold
@@ -34,8 +34,16 @@ MAX_IMAGE_PIXELS = 89_478_485
 IMAGE_FORMATS = ("PNG", "JPEG", "TIFF", "BMP", "WEBP")
 # What Pillow raises on corrupt or hostile image data: it has no single error type.
 _DECODE_ERRORS = (
-    OSError, ValueError, SyntaxError, TypeError, EOFError, KeyError, IndexError, struct.error,
-    ZeroDivisionError, Image.DecompressionBombError,
+    OSError,
+    ValueError,
+    SyntaxError,
+    TypeError,
+    EOFError,
+    KeyError,
+    IndexError,
+    struct.error,
+    ZeroDivisionError,
+    Image.DecompressionBombError,
 )
 
 
@@ -173,11 +181,14 @@ def _render_pdf(
         try:
             with clock.running("rendering the PDF") as left:
                 images = convert_from_path(
-                    str(path), first_page=start, last_page=end, size=image_edge, timeout=left,  # type: ignore[arg-type]
+                    str(path),
+                    first_page=start,
+                    last_page=end,
+                    size=image_edge,
+                    timeout=left,  # type: ignore[arg-type]
                 )
                 pages = [
-                    RenderedPage(start + offset, fit_within(image, image_edge))
-                    for offset, image in enumerate(images)
+                    RenderedPage(start + offset, fit_within(image, image_edge)) for offset, image in enumerate(images)
                 ]
         except (PDFInfoNotInstalledError, FileNotFoundError) as error:
             raise _poppler_missing() from error
@@ -250,9 +261,15 @@ def _render_image(path: Path, image_edge: int, first_page: int) -> Iterator[Rend
             yield page
 
 
-_ORIENTATION = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
-                5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
-                8: Image.Transpose.ROTATE_90}
+_ORIENTATION = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
 
 
 def _decoded_near(image: Image.Image, image_edge: int) -> Image.Image:
@@ -264,7 +281,7 @@ def _decoded_near(image: Image.Image, image_edge: int) -> Image.Image:
         image.draft(image.mode, (2 * image_edge, 2 * image_edge))
     factor = max(image.size) // (2 * image_edge)
     frame = image.reduce(factor) if factor >= 2 else image.copy()
-    method = _ORIENTATION.get(orientation)
+    method = _ORIENTATION.get(orientation) if orientation is not None else None
     return frame.transpose(method) if method is not None else frame
 
 

@@ -26,11 +26,38 @@ ODT, ODP, ODS = "odt", "odp", "ods"  # OpenDocument
 DOC, PPT, XLS = "doc", "ppt", "xls"  # the binary (OLE) Office formats
 RTF, HTML, MARKDOWN, TEXT, EPUB = "rtf", "html", "markdown", "text", "epub"
 CONVERTED = frozenset({DOCX, PPTX, XLSX, ODT, ODP, ODS, DOC, PPT, XLS, RTF, HTML, MARKDOWN, TEXT})
-OFFICE_EXTENSIONS = frozenset({
-    ".doc", ".docx", ".docm", ".dotx", ".dot", ".rtf", ".odt", ".ott", ".ppt", ".pptx", ".pptm", ".pps",
-    ".ppsx", ".odp", ".otp", ".xls", ".xlsx", ".xlsm", ".ods", ".ots", ".html", ".htm", ".xhtml", ".md",
-    ".markdown", ".txt", ".text", ".epub",
-})
+OFFICE_EXTENSIONS = frozenset(
+    {
+        ".doc",
+        ".docx",
+        ".docm",
+        ".dotx",
+        ".dot",
+        ".rtf",
+        ".odt",
+        ".ott",
+        ".ppt",
+        ".pptx",
+        ".pptm",
+        ".pps",
+        ".ppsx",
+        ".odp",
+        ".otp",
+        ".xls",
+        ".xlsx",
+        ".xlsm",
+        ".ods",
+        ".ots",
+        ".html",
+        ".htm",
+        ".xhtml",
+        ".md",
+        ".markdown",
+        ".txt",
+        ".text",
+        ".epub",
+    }
+)
 TEXT_EXTENSIONS = frozenset({".txt", ".text", ""})
 MARKDOWN_EXTENSIONS = frozenset({".md", ".markdown"})
 HTML_EXTENSIONS = frozenset({".html", ".htm", ".xhtml"})
@@ -131,9 +158,17 @@ def classify(path: Path) -> SourceFile:
             return SourceFile(path, MARKDOWN, claimed, encoding=encoding)
         if suffix in TEXT_EXTENSIONS:
             return SourceFile(path, TEXT, claimed, encoding=encoding)
-    if claimed and suffix in OFFICE_EXTENSIONS and suffix not in HTML_EXTENSIONS | MARKDOWN_EXTENSIONS | TEXT_EXTENSIONS:
-        return SourceFile(path, None, claimed, f"named {suffix} but the content is not such a document"
-                          " (no zip or OLE container: damaged or mislabelled)")
+    if (
+        claimed
+        and suffix in OFFICE_EXTENSIONS
+        and suffix not in HTML_EXTENSIONS | MARKDOWN_EXTENSIONS | TEXT_EXTENSIONS
+    ):
+        return SourceFile(
+            path,
+            None,
+            claimed,
+            f"named {suffix} but the content is not such a document (no zip or OLE container: damaged or mislabelled)",
+        )
     return SourceFile(path=path, kind=None, claimed=claimed)
 
 
@@ -151,7 +186,7 @@ def text_encoding(head: bytes) -> str | None:
     except UnicodeDecodeError as error:
         if error.start >= len(head) - 3 and error.reason in ("unexpected end of data", "invalid continuation byte"):
             try:  # a character cut at the end of the sniffed bytes
-                head[:error.start].decode("utf-8")
+                head[: error.start].decode("utf-8")
                 return "utf-8"
             except UnicodeDecodeError:
                 pass
@@ -177,12 +212,16 @@ def _sniff_zip(path: Path) -> tuple[str | None, str | None]:
         return None, None  # some other zip: unsupported, not damaged
     expanded = sum(info.file_size for info in members)
     if expanded > MAX_ZIP_EXPANDED:
-        return kind, (f"its zip members expand to {expanded / 2**20:,.0f} MiB (over the limit of"
-                      f" {MAX_ZIP_EXPANDED >> 20:,} MiB): a zip bomb, not converted")
+        return kind, (
+            f"its zip members expand to {expanded / 2**20:,.0f} MiB (over the limit of"
+            f" {MAX_ZIP_EXPANDED >> 20:,} MiB): a zip bomb, not converted"
+        )
     for info in members:
         if info.file_size > _ZIP_RATIO_FLOOR and info.file_size > MAX_ZIP_RATIO * max(info.compress_size, 1):
-            return kind, (f"zip member {info.filename[:80]!r} expands {info.file_size // max(info.compress_size, 1):,}x"
-                          f" to {info.file_size / 2**20:,.0f} MiB: a zip bomb, not converted")
+            return kind, (
+                f"zip member {info.filename[:80]!r} expands {info.file_size // max(info.compress_size, 1):,}x"
+                f" to {info.file_size / 2**20:,.0f} MiB: a zip bomb, not converted"
+            )
     return kind, None
 
 
@@ -234,7 +273,7 @@ def ole_stream_names(path: Path, limit: int = 4096) -> set[str]:
             for start in range(0, len(data) - 127, 128):
                 length = struct.unpack_from("<H", data, start + 64)[0]
                 if 2 <= length <= 64:
-                    names.add(data[start:start + length - 2].decode("utf-16-le", errors="replace"))
+                    names.add(data[start : start + length - 2].decode("utf-16-le", errors="replace"))
             visited += 1
             current = fat[current] if current < len(fat) else 0xFFFFFFFE
         return names

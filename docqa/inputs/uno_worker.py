@@ -17,9 +17,10 @@ import os
 import subprocess
 import sys
 import time
+from typing import Any
 
-import uno  # type: ignore[import-not-found]  # only in the system Python (python3-uno)
-from com.sun.star.beans import PropertyValue  # type: ignore[import-not-found]
+import uno  # only in the system Python (python3-uno)
+from com.sun.star.beans import PropertyValue
 
 NEVER_EXECUTE = 0  # com.sun.star.document.MacroExecMode.NEVER_EXECUTE
 NO_UPDATE = 0  # com.sun.star.document.UpdateDocMode.NO_UPDATE
@@ -67,13 +68,23 @@ def write_profile(profile: str) -> None:
             handle.write(PROFILE_SETTINGS)
 
 
-def start_office(soffice: str, profile: str, pipe: str) -> tuple[subprocess.Popen, object]:
+def start_office(soffice: str, profile: str, pipe: str) -> tuple[subprocess.Popen, Any]:
     write_profile(profile)
     office = subprocess.Popen(
-        [soffice, "--headless", "--invisible", "--nologo", "--norestore", "--nodefault", "--nolockcheck",
-         f"-env:UserInstallation={uno.systemPathToFileUrl(profile)}",
-         f"--accept=pipe,name={pipe};urp;StarOffice.ComponentContext"],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            soffice,
+            "--headless",
+            "--invisible",
+            "--nologo",
+            "--norestore",
+            "--nodefault",
+            "--nolockcheck",
+            f"-env:UserInstallation={uno.systemPathToFileUrl(profile)}",
+            f"--accept=pipe,name={pipe};urp;StarOffice.ComponentContext",
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     local = uno.getComponentContext()
     resolver = local.ServiceManager.createInstanceWithContext("com.sun.star.bridge.UnoUrlResolver", local)
@@ -84,15 +95,20 @@ def start_office(soffice: str, profile: str, pipe: str) -> tuple[subprocess.Pope
             break
         except Exception:  # NoConnectException until soffice listens
             if office.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"soffice did not start (exit {office.poll()})")
+                raise SystemExit(f"soffice did not start (exit {office.poll()})") from None
             time.sleep(0.1)
     desktop = context.ServiceManager.createInstanceWithContext("com.sun.star.frame.Desktop", context)
     return office, desktop
 
 
-def convert(desktop: object, source: str, target: str, import_filter: str | None, options_text: str | None) -> None:
-    options = [prop("Hidden", True), prop("ReadOnly", True), prop("MacroExecutionMode", NEVER_EXECUTE),
-               prop("UpdateDocMode", NO_UPDATE), prop("Silent", True)]
+def convert(desktop: Any, source: str, target: str, import_filter: str | None, options_text: str | None) -> None:
+    options = [
+        prop("Hidden", True),
+        prop("ReadOnly", True),
+        prop("MacroExecutionMode", NEVER_EXECUTE),
+        prop("UpdateDocMode", NO_UPDATE),
+        prop("Silent", True),
+    ]
     if import_filter:
         options.append(prop("FilterName", import_filter))
     if options_text:

@@ -20,13 +20,47 @@ from .sources import sniff
 MAX_ASSET_BYTES = 20 << 20  # one inlined image or stylesheet
 MAX_ASSETS_BYTES = 100 << 20  # all of one page's inlined files together
 
-_DROPPED_TAGS = frozenset({"script", "iframe", "frame", "frameset", "object", "embed", "applet", "base",
-                           "noscript", "template", "audio", "video", "source", "track", "portal"})
-_VOID_TAGS = frozenset({"area", "br", "col", "embed", "hr", "img", "input", "link", "meta", "param",
-                        "source", "track", "wbr", "base"})
+_DROPPED_TAGS = frozenset(
+    {
+        "script",
+        "iframe",
+        "frame",
+        "frameset",
+        "object",
+        "embed",
+        "applet",
+        "base",
+        "noscript",
+        "template",
+        "audio",
+        "video",
+        "source",
+        "track",
+        "portal",
+    }
+)
+_VOID_TAGS = frozenset(
+    {"area", "br", "col", "embed", "hr", "img", "input", "link", "meta", "param", "source", "track", "wbr", "base"}
+)
 # Attributes through which a renderer would load something.
-_LOADING_ATTRIBUTES = frozenset({"src", "srcset", "background", "poster", "data", "dynsrc", "lowsrc",
-                                 "longdesc", "action", "formaction", "xlink:href", "cite", "manifest", "ping"})
+_LOADING_ATTRIBUTES = frozenset(
+    {
+        "src",
+        "srcset",
+        "background",
+        "poster",
+        "data",
+        "dynsrc",
+        "lowsrc",
+        "longdesc",
+        "action",
+        "formaction",
+        "xlink:href",
+        "cite",
+        "manifest",
+        "ping",
+    }
+)
 _CSS_URL = re.compile(r"url\s*\(\s*(['\"]?)(.*?)\1\s*\)", re.IGNORECASE | re.DOTALL)
 _CSS_IMPORT = re.compile(r"@import[^;]*;?", re.IGNORECASE)
 _IMAGE_TYPES = {b"\x89PNG": "image/png", b"\xff\xd8\xff": "image/jpeg", b"GIF8": "image/gif"}
@@ -37,10 +71,14 @@ def markdown_to_html(text: str, title: str) -> str:
     from markdown_it import MarkdownIt
 
     body = MarkdownIt("commonmark", {"html": False}).enable("table").enable("strikethrough").render(text)
-    style = ("body{font-family:sans-serif} table{border-collapse:collapse} "
-             "th,td{border:1px solid #888;padding:2px 6px} pre,code{font-family:monospace}")
-    return (f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
-            f"<style>{style}</style></head><body>{body}</body></html>")
+    style = (
+        "body{font-family:sans-serif} table{border-collapse:collapse} "
+        "th,td{border:1px solid #888;padding:2px 6px} pre,code{font-family:monospace}"
+    )
+    return (
+        f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+        f"<style>{style}</style></head><body>{body}</body></html>"
+    )
 
 
 def self_contained(markup: str, folder: Path) -> str:

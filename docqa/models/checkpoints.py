@@ -29,7 +29,7 @@ _HUB_TIMEOUT_S = 3.0
 
 
 def default_device() -> str:
-    """"cuda" when a GPU is usable, else "cpu"."""
+    """ "cuda" when a GPU is usable, else "cpu"."""
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
@@ -54,8 +54,10 @@ def check_device(device: str | None) -> str:
     if parsed.type != "cuda":
         raise DeviceError(f"device {device!r} is not supported; use cpu, cuda or cuda:N")
     if not torch.backends.cuda.is_built():
-        raise DeviceError(f"device {device!r}: this torch build ({torch.__version__}) has no CUDA support;"
-                          " use --device cpu, or install a CUDA build of torch")
+        raise DeviceError(
+            f"device {device!r}: this torch build ({torch.__version__}) has no CUDA support;"
+            " use --device cpu, or install a CUDA build of torch"
+        )
     count = torch.cuda.device_count()
     if count == 0:
         raise DeviceError(f"device {device!r}: no CUDA GPU is visible on this machine; use --device cpu")
@@ -170,8 +172,9 @@ def checkpoint_file(source: str, name: str, local_files_only: bool) -> Path | No
         return None
 
 
-def read_checkpoint(source: str, model: str, local_files_only: bool, role: str = "retriever",
-                    option: str = "--model") -> CheckpointFacts:
+def read_checkpoint(
+    source: str, model: str, local_files_only: bool, role: str = "retriever", option: str = "--model"
+) -> CheckpointFacts:
     """The facts of ``source`` (as :func:`resolve` gave it); ``model`` is the name the user gave."""
     config_path = checkpoint_file(source, "config.json", local_files_only)
     if config_path is None:
@@ -191,8 +194,7 @@ def read_checkpoint(source: str, model: str, local_files_only: bool, role: str =
         if kind and not kind.startswith("sentence_transformers."):
             code.append(kind.rsplit(".", 1)[0].replace(".", "/") + ".py")
     sentence_transformers = any(checkpoint_file(source, name, local_files_only) for name in _ST_FILES)
-    return CheckpointFacts(config, sentence_transformers, tuple(dict.fromkeys(code)),
-                           _revision(source, config_path))
+    return CheckpointFacts(config, sentence_transformers, tuple(dict.fromkeys(code)), _revision(source, config_path))
 
 
 def _json_or_empty(path: Path | None) -> object:

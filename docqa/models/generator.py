@@ -40,12 +40,12 @@ from typing import Any
 from PIL import Image
 from transformers.utils import logging as hf_logging
 
-from .checkpoints import check_device, load_error, resolve, short_reason, torch_dtype
-from .engines import prepare_on_engine
 from ..answer.citations import find_citations
 from ..answer.prompt import Answer, Conversation, PageImage, build_messages
 from ..errors import ModelLoadError, UnsupportedModelError
 from ..inputs.render import fit_within
+from .checkpoints import check_device, load_error, resolve, short_reason, torch_dtype
+from .engines import prepare_on_engine
 
 DEFAULT_CPU_ANSWER_MODEL = "HuggingFaceTB/SmolVLM-500M-Instruct"
 DEFAULT_GPU_ANSWER_MODEL = "Qwen/Qwen2.5-VL-3B-Instruct"
@@ -54,6 +54,7 @@ _STOP_WAIT_S = 0.5  # how long a stopped stream waits for generation to end at a
 _BUDGET_QUESTION = "x " * 128  # the room a question gets when the context is budgeted (128 tokens or so)
 
 _IDEFICS3_TYPES = {"idefics3", "smolvlm"}
+
 
 def default_answer_model(device: str) -> str:
     """The answer model docqa uses when none is named: a small one on CPU, a stronger one on GPU."""
@@ -69,17 +70,24 @@ def _load_images_only_processor(processor_class: Any, model: str, local_only: bo
     """
     from transformers import AutoImageProcessor, AutoTokenizer
 
-    def __init__(self: Any, image_processor: Any = None, tokenizer: Any = None, chat_template: Any = None,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self: Any, image_processor: Any = None, tokenizer: Any = None, chat_template: Any = None, **kwargs: Any
+    ) -> None:
         processor_class.__init__(self, image_processor, tokenizer, None, chat_template=chat_template, **kwargs)
 
     images_only = type(processor_class.__name__, (processor_class,), {"__init__": __init__})
     saved, _ = processor_class.get_processor_dict(model, local_files_only=local_only)
     params = inspect.signature(processor_class.__init__).parameters
-    settings = {k: v for k, v in saved.items()
-                if k in params and k not in ("self", "image_processor", "tokenizer", "video_processor")}
-    return images_only(AutoImageProcessor.from_pretrained(model, local_files_only=local_only),
-                       AutoTokenizer.from_pretrained(model, local_files_only=local_only), **settings)
+    settings = {
+        k: v
+        for k, v in saved.items()
+        if k in params and k not in ("self", "image_processor", "tokenizer", "video_processor")
+    }
+    return images_only(
+        AutoImageProcessor.from_pretrained(model, local_files_only=local_only),
+        AutoTokenizer.from_pretrained(model, local_files_only=local_only),
+        **settings,
+    )
 
 
 class _TokenStreamer:
@@ -112,7 +120,7 @@ class _TokenStreamer:
         if not final and text.endswith("\ufffd"):
             return
         if len(text) > self.sent:
-            self.queue.put(text[self.sent:])
+            self.queue.put(text[self.sent :])
             self.sent = len(text)
 
 
@@ -136,8 +144,15 @@ class ContextBudget:
 class Generator:
     """A vision-language model that answers questions from page images, with streaming."""
 
-    def __init__(self, model: Any, processor: Any, model_id: str, max_image_edge: int,
-                 engine: str = "torch", precision: str = "float32") -> None:
+    def __init__(
+        self,
+        model: Any,
+        processor: Any,
+        model_id: str,
+        max_image_edge: int,
+        engine: str = "torch",
+        precision: str = "float32",
+    ) -> None:
         self.model = model
         self.processor = processor
         self.model_id = model_id
@@ -147,8 +162,14 @@ class Generator:
         self.precision = precision
 
     @classmethod
-    def load(cls, model: str | os.PathLike, device: str | None = None, dtype: str | None = None,
-             max_image_edge: int = DEFAULT_MAX_IMAGE_EDGE, engine: str | None = None) -> Generator:
+    def load(
+        cls,
+        model: str | os.PathLike,
+        device: str | None = None,
+        dtype: str | None = None,
+        max_image_edge: int = DEFAULT_MAX_IMAGE_EDGE,
+        engine: str | None = None,
+    ) -> Generator:
         """Load an image-text-to-text checkpoint (hub id or folder) for answering.
 
         ``engine`` ("torch" | "openvino") defaults to the fast engine on a CPU where it runs the model.
@@ -177,7 +198,10 @@ class Generator:
         if config.model_type in _IDEFICS3_TYPES:  # the processor would otherwise upscale to 2048 px
             processor.image_processor.size = {"longest_edge": max_image_edge}
         runner, precision = prepare_on_engine(
-            engine, device, "answer model", config.model_type,
+            engine,
+            device,
+            "answer model",
+            config.model_type,
             lambda chosen: chosen.prepare_generator(net, processor, source),
         )
         return cls(net, processor, model, max_image_edge, runner.name, precision)
@@ -213,12 +237,19 @@ class Generator:
 
         messages = build_messages(conversation, question, pages)
         prompt = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        images = [fit_within(part["image"], self.max_image_edge)
-                  for message in messages for part in message["content"] if part["type"] == "image"]
+        images = [
+            fit_within(part["image"], self.max_image_edge)
+            for message in messages
+            for part in message["content"]
+            if part["type"] == "image"
+        ]
         inputs = self.processor(text=[prompt], images=images or None, return_tensors="pt")
         device, dtype = self.model.device, self.model.dtype
-        return {key: value.to(device, dtype) if value.is_floating_point() else value.to(device)
-                for key, value in inputs.items() if isinstance(value, torch.Tensor)}
+        return {
+            key: value.to(device, dtype) if value.is_floating_point() else value.to(device)
+            for key, value in inputs.items()
+            if isinstance(value, torch.Tensor)
+        }
 
     def context_budget(self) -> ContextBudget:
         """Measure, once, what the prompt and one page image cost in tokens (a blank page; ~0.1 s)."""
@@ -237,8 +268,9 @@ class Generator:
             config.pad_token_id = self.processor.tokenizer.pad_token_id or self.processor.tokenizer.eos_token_id
         return config
 
-    def stream(self, conversation: Conversation, question: str, pages: list[PageImage],
-               max_new_tokens: int = 256) -> Iterator[str]:
+    def stream(
+        self, conversation: Conversation, question: str, pages: list[PageImage], max_new_tokens: int = 256
+    ) -> Iterator[str]:
         """Yield the answer's text pieces as they are generated (greedy decoding).
 
         Older page images may be dropped from ``conversation`` first (see ``Conversation.notes``).
@@ -262,8 +294,12 @@ class Generator:
 
         def run() -> None:
             try:
-                self.model.generate(**inputs, generation_config=self._generation_config(max_new_tokens),
-                                    streamer=streamer, stopping_criteria=StoppingCriteriaList([_Stop()]))
+                self.model.generate(
+                    **inputs,
+                    generation_config=self._generation_config(max_new_tokens),
+                    streamer=streamer,
+                    stopping_criteria=StoppingCriteriaList([_Stop()]),
+                )
             except BaseException as exc:  # handed to the consumer thread below
                 errors.append(exc)
                 streamer.queue.put(None)
@@ -287,8 +323,9 @@ class Generator:
             raise errors[0]
         conversation.add(question, pages, "".join(pieces))
 
-    def ask(self, question: str, pages: list[PageImage], conversation: Conversation | None = None,
-            max_new_tokens: int = 256) -> Answer:
+    def ask(
+        self, question: str, pages: list[PageImage], conversation: Conversation | None = None, max_new_tokens: int = 256
+    ) -> Answer:
         """Answer ``question`` from ``pages`` (non-streaming); one Citation per page, in order."""
         conversation = conversation if conversation is not None else Conversation()
         start = time.perf_counter()

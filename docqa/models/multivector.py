@@ -30,17 +30,31 @@ from .checkpoints import CheckpointFacts, load_error, short_reason
 _PROBE_TEXT = "probe"
 
 
-def load_encoder(source: str, model: str, facts: CheckpointFacts, device: str, dtype: torch.dtype,
-                 local_files_only: bool, trust_remote_code: bool) -> Any:
+def load_encoder(
+    source: str,
+    model: str,
+    facts: CheckpointFacts,
+    device: str,
+    dtype: torch.dtype,
+    local_files_only: bool,
+    trust_remote_code: bool,
+) -> Any:
     """The ``MultiVectorEncoder`` of ``source`` on ``device`` in ``dtype`` (a one-line ModelLoadError if not)."""
     try:
         from sentence_transformers import MultiVectorEncoder
     except ImportError as error:
-        raise ModelLoadError(f"cannot load retriever {model!r}: it needs sentence-transformers"
-                             " (pip install 'sentence-transformers>=6.2')") from error
+        raise ModelLoadError(
+            f"cannot load retriever {model!r}: it needs sentence-transformers"
+            " (pip install 'sentence-transformers>=6.2')"
+        ) from error
     try:
-        encoder = MultiVectorEncoder(source, device=device, local_files_only=local_files_only,
-                                     trust_remote_code=trust_remote_code, model_kwargs={"dtype": dtype})
+        encoder = MultiVectorEncoder(
+            source,
+            device=device,
+            local_files_only=local_files_only,
+            trust_remote_code=trust_remote_code,
+            model_kwargs={"dtype": dtype},
+        )
     except Exception as error:
         raise load_error("retriever", model, short_reason(error), "--model") from error
     encoder.eval()
@@ -82,8 +96,10 @@ def forward(encoder: Any, features: dict[str, Any], side: str, keep_padding: boo
     from sentence_transformers.util import batch_to_device
 
     if encoder.token_pooling is not None or encoder.truncate_dim is not None:
-        raise ModelLoadError("this sentence-transformers checkpoint pools or truncates its vectors;"
-                             " docqa does not run such checkpoints yet")
+        raise ModelLoadError(
+            "this sentence-transformers checkpoint pools or truncates its vectors;"
+            " docqa does not run such checkpoints yet"
+        )
     device = next(encoder.parameters()).device
     with torch.inference_mode():
         output = encoder(batch_to_device(features, device), task=side)

@@ -25,8 +25,9 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -45,12 +46,20 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
-from .checkpoints import (CheckpointFacts, check_device, is_gpu, load_error, read_checkpoint, resolve,
-                          short_reason, torch_dtype)
-from .engines import TORCH, prepare_on_engine
 from ..build import TRANSFORMERS, EncoderStamp
 from ..errors import RemoteCodeError, UnsupportedModelError
 from ..inputs.render import fit_within
+from .checkpoints import (
+    CheckpointFacts,
+    check_device,
+    is_gpu,
+    load_error,
+    read_checkpoint,
+    resolve,
+    short_reason,
+    torch_dtype,
+)
+from .engines import TORCH, prepare_on_engine
 
 SENTENCE_TRANSFORMERS = "sentence-transformers"
 LOADERS = (TRANSFORMERS, SENTENCE_TRANSFORMERS)
@@ -128,8 +137,11 @@ def config_hash(config: PreTrainedConfig) -> str:
 
     def stable(value: object) -> object:
         if isinstance(value, dict):
-            return {key: stable(item) for key, item in value.items()
-                    if not key.startswith("_") and key not in _VOLATILE_CONFIG_KEYS}
+            return {
+                key: stable(item)
+                for key, item in value.items()
+                if not key.startswith("_") and key not in _VOLATILE_CONFIG_KEYS
+            }
         if isinstance(value, list):
             return [stable(item) for item in value]
         return value
@@ -167,7 +179,7 @@ def check_remote_code(facts: CheckpointFacts, model: str, trust_remote_code: boo
         )
 
 
-def page_layout(processor: object, config: object = None) -> str:
+def page_layout(processor: Any, config: Any = None) -> str:
     """How a family's processor lays a page's image tokens out, found from the processor itself:
     "tiles" (Idefics3-style tiles named by <row_r_col_c> tokens, plus a global view), "grid" (one
     dynamic grid reported as image_grid_thw, merged ``merge_size`` x ``merge_size``), "square" (a
@@ -177,11 +189,15 @@ def page_layout(processor: object, config: object = None) -> str:
     if image_processor is None or getattr(processor, "image_token_id", None) is None:
         return ""
     if getattr(image_processor, "merge_size", None) and "image_grid_thw" in getattr(
-            image_processor, "model_input_names", ()):
+        image_processor, "model_input_names", ()
+    ):
         return "grid"
     tokenizer = getattr(processor, "tokenizer", None)
-    if getattr(image_processor, "do_image_splitting", False) and tokenizer is not None and \
-            tokenizer.convert_tokens_to_ids("<row_1_col_1>") not in (None, tokenizer.unk_token_id):
+    if (
+        getattr(image_processor, "do_image_splitting", False)
+        and tokenizer is not None
+        and tokenizer.convert_tokens_to_ids("<row_1_col_1>") not in (None, tokenizer.unk_token_id)
+    ):
         return "tiles"
     size = getattr(image_processor, "size", None) or {}
     if size.get("height") and size.get("width") and getattr(processor, "image_seq_length", None):
@@ -209,7 +225,7 @@ class Retriever:
 
     def __init__(self, model: Any, processor: ProcessorMixin | None, stamp: EncoderStamp) -> None:
         self._model = model  # the *ForRetrieval model, or the MultiVectorEncoder
-        self.processor = processor  # exposed for callers that map vectors back to image regions
+        self.processor: Any = processor  # exposed for callers that map vectors back to image regions
         self._forward_kwargs = _FAMILIES[stamp.family].forward_kwargs if stamp.family in _FAMILIES else {}
         self.stamp = stamp
         self._lock = threading.Lock()
@@ -246,15 +262,16 @@ class Retriever:
         check_remote_code(facts, model, trust_remote_code)
         chosen = choose_loader(facts, model, loader)
         try:
-            config = AutoConfig.from_pretrained(source, local_files_only=local_files_only,
-                                                trust_remote_code=trust_remote_code)
+            config = AutoConfig.from_pretrained(
+                source, local_files_only=local_files_only, trust_remote_code=trust_remote_code
+            )
         except Exception as error:
             raise load_error("retriever", model, short_reason(error), "--model") from error
         family = config.model_type
         if chosen == TRANSFORMERS:
             spec = _family_spec(family, model)
             try:
-                network = spec.model_class.from_pretrained(source, dtype=dtype_, local_files_only=local_files_only)
+                network: Any = spec.model_class.from_pretrained(source, dtype=dtype_, local_files_only=local_files_only)
                 processor = spec.processor_class.from_pretrained(source, local_files_only=local_files_only)
             except Exception as error:
                 raise load_error("retriever", model, short_reason(error), "--model") from error
@@ -265,20 +282,33 @@ class Retriever:
 
             runs = multivector.load_encoder(source, model, facts, device, dtype_, local_files_only, trust_remote_code)
             network, processor = multivector.backbone(runs), multivector.retrieval_processor(runs)
-        default_edge = default_image_edge(family, device) if family in _FAMILIES else (
-            OTHER_GPU_IMAGE_EDGE if is_gpu(device) else OTHER_CPU_IMAGE_EDGE)
+        default_edge = (
+            default_image_edge(family, device)
+            if family in _FAMILIES
+            else (OTHER_GPU_IMAGE_EDGE if is_gpu(device) else OTHER_CPU_IMAGE_EDGE)
+        )
         edge = _set_image_edge(family, processor, image_edge or default_edge)
         if network is None:  # an encoder whose first module holds no transformers model: torch runs it
-            runner, precision = prepare_on_engine(TORCH if engine is None else engine, device, "retriever", family,
-                                                  lambda chosen_engine: str(dtype_).removeprefix("torch."))
+            runner, precision = prepare_on_engine(
+                TORCH if engine is None else engine,
+                device,
+                "retriever",
+                family,
+                lambda chosen_engine: str(dtype_).removeprefix("torch."),
+            )
         else:
             runner, precision = prepare_on_engine(
-                engine, device, "retriever", family,
+                engine,
+                device,
+                "retriever",
+                family,
                 lambda chosen_engine: chosen_engine.prepare_retriever(network, family, processor, source, edge),
             )
         dim = getattr(config, "embedding_dim", None)
         if dim is None and chosen == SENTENCE_TRANSFORMERS:
             dim = runs.get_embedding_dimension()
+        if dim is None:
+            raise UnsupportedModelError(f"{model}: its config names no embedding dimension")
         stamp = EncoderStamp(
             model=source,
             family=family,
@@ -356,10 +386,13 @@ class Retriever:
         """
         query_tensor = torch.from_numpy(query)
         if self._st:
-            return np.array([float(self._model.similarity([query_tensor], [torch.from_numpy(page)])[0, 0])
-                             for page in pages], dtype=np.float32)
-        scores = [float(self.processor.score_retrieval([query_tensor], [torch.from_numpy(page)])[0, 0])
-                  for page in pages]
+            return np.array(
+                [float(self._model.similarity([query_tensor], [torch.from_numpy(page)])[0, 0]) for page in pages],
+                dtype=np.float32,
+            )
+        scores = [
+            float(self.processor.score_retrieval([query_tensor], [torch.from_numpy(page)])[0, 0]) for page in pages
+        ]
         return np.array(scores, dtype=np.float32)
 
     def _embed(self, batch: dict[str, Any], side: str) -> list[np.ndarray]:
@@ -378,4 +411,3 @@ class Retriever:
         if tensor.is_floating_point():
             return tensor.to(device=self._model.device, dtype=self._model.dtype)
         return tensor.to(self._model.device)
-

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 from ..errors import DocQAError
@@ -33,12 +34,16 @@ def require_serve_extra() -> None:
 def check_bind(host: str, *, tls: bool, insecure: bool = False) -> None:
     """Anything but loopback needs TLS (--certfile/--keyfile), or --insecure said out loud."""
     if host not in LOCAL_HOSTS and not tls and not insecure:
-        raise DocQAError(f"serving on {host} makes the index reachable from other machines, and the token "
-                         "would cross the network in clear; pass --certfile and --keyfile, or --insecure, "
-                         "or keep --host 127.0.0.1")
+        raise DocQAError(
+            f"serving on {host} makes the index reachable from other machines, and the token "
+            "would cross the network in clear; pass --certfile and --keyfile, or --insecure, "
+            "or keep --host 127.0.0.1"
+        )
 
 
-def resolve_token(token: str | None, token_file: str | None, environ: dict | None = None) -> tuple[str, str]:
+def resolve_token(
+    token: str | None, token_file: str | None, environ: Mapping[str, str] | None = None
+) -> tuple[str, str]:
     """The token and where it came from: --token-file, --token, $DOCQA_TOKEN, else a random one."""
     environ = os.environ if environ is None else environ
     if token_file:
@@ -61,12 +66,25 @@ def create_app(service, auth: Auth | None = None):
     return _create(service, auth)
 
 
-def serve(index: str | None, *, host: str = "127.0.0.1", port: int = 8000, token: str | None = None,
-          token_file: str | None = None, allow_hosts: list[str] | None = None, certfile: str | None = None,
-          keyfile: str | None = None, insecure: bool = False, model: str | None = None,
-          answer_model: str | None = None, device: str | None = None, max_upload_mb: int = 100,
-          max_upload_pages: int | None = None, upload_quota_mb: int | None = None,
-          absolute_paths: bool = False) -> None:
+def serve(
+    index: str | None,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    token: str | None = None,
+    token_file: str | None = None,
+    allow_hosts: list[str] | None = None,
+    certfile: str | None = None,
+    keyfile: str | None = None,
+    insecure: bool = False,
+    model: str | None = None,
+    answer_model: str | None = None,
+    device: str | None = None,
+    max_upload_mb: int = 100,
+    max_upload_pages: int | None = None,
+    upload_quota_mb: int | None = None,
+    absolute_paths: bool = False,
+) -> None:
     """Load the index's retriever once, print the login URL, then serve until interrupted."""
     if bool(certfile) != bool(keyfile):
         raise DocQAError("TLS needs both --certfile and --keyfile")
@@ -74,26 +92,34 @@ def serve(index: str | None, *, host: str = "127.0.0.1", port: int = 8000, token
     require_serve_extra()
     value, source = resolve_token(token, token_file)
     if source == "argument":
-        print("docqa: warning: --token shows in `ps` to every user of this machine; prefer --token-file or "
-              "$DOCQA_TOKEN", file=sys.stderr)
+        print(
+            "docqa: warning: --token shows in `ps` to every user of this machine; prefer --token-file or $DOCQA_TOKEN",
+            file=sys.stderr,
+        )
     import uvicorn
 
     from .service import Limits, Service
     from .transport import server_config
 
-    limits = Limits(max_upload_bytes=max_upload_mb * 1024 * 1024,
-                    **({"max_upload_pages": max_upload_pages} if max_upload_pages else {}),
-                    **({"upload_quota_bytes": upload_quota_mb * 1024 * 1024} if upload_quota_mb else {}))
-    service = Service(index, model=model, answer_model=answer_model, device=device, limits=limits,
-                      absolute_paths=absolute_paths)
+    limits = Limits(
+        max_upload_bytes=max_upload_mb * 1024 * 1024,
+        **({"max_upload_pages": max_upload_pages} if max_upload_pages else {}),
+        **({"upload_quota_bytes": upload_quota_mb * 1024 * 1024} if upload_quota_mb else {}),
+    )
+    service = Service(
+        index, model=model, answer_model=answer_model, device=device, limits=limits, absolute_paths=absolute_paths
+    )
     auth = Auth(token=value, allow_hosts=frozenset(allow_hosts or ()))
     try:
         service.load_models()
         scheme = "https" if certfile else "http"
         shown = "127.0.0.1" if host in ("0.0.0.0", "::") else (f"[{host}]" if ":" in host else host)
-        print(f"docqa: serving {service.reader.path.name} on {scheme}://{shown}:{port}/ (Ctrl-C stops)\n"
-              f"docqa: open {scheme}://{shown}:{port}/login?code={auth.login_code()} to log in (works once, "
-              "for 10 minutes)", file=sys.stderr)
+        print(
+            f"docqa: serving {service.reader.path.name} on {scheme}://{shown}:{port}/ (Ctrl-C stops)\n"
+            f"docqa: open {scheme}://{shown}:{port}/login?code={auth.login_code()} to log in (works once, "
+            "for 10 minutes)",
+            file=sys.stderr,
+        )
         if source == "random":
             print(f"docqa: API token (Authorization: Bearer ...): {value}", file=sys.stderr)
         sys.stderr.flush()

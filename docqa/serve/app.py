@@ -9,7 +9,6 @@ front of everything: security headers on every response and the request-size lim
 any route or body parsing).
 """
 
-
 import asyncio
 import html
 import json
@@ -49,15 +48,28 @@ from .slots import Busy
 
 _STATIC = {"app.js": "text/javascript; charset=utf-8", "style.css": "text/css; charset=utf-8"}
 _STATUS: list[tuple[type[DocQAError], int]] = [
-    (NotFound, 404), (NoResultsError, 404), (UploadRejected, 415), (UploadTooLarge, 413), (QuotaExceeded, 507),
-    (IndexLockedError, 409), (SourceChangedError, 409), (IndexMismatchError, 409), (ModelRequiredError, 409),
-    (JobConflict, 409), (InputFileError, 422), (QueryError, 422), (ModelLoadError, 503),
+    (NotFound, 404),
+    (NoResultsError, 404),
+    (UploadRejected, 415),
+    (UploadTooLarge, 413),
+    (QuotaExceeded, 507),
+    (IndexLockedError, 409),
+    (SourceChangedError, 409),
+    (IndexMismatchError, 409),
+    (ModelRequiredError, 409),
+    (JobConflict, 409),
+    (InputFileError, 422),
+    (QueryError, 422),
+    (ModelLoadError, 503),
 ]
 PAGE_ID = Annotated[int, Path(ge=1, le=2**62, description="a page id from search or ask results")]
 JOB_ID = Annotated[str, Path(pattern=r"^[0-9]{1,12}$")]
 SECURITY_HEADERS = [
-    (b"content-security-policy", b"default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob:; "
-                                 b"connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"),
+    (
+        b"content-security-policy",
+        b"default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob:; "
+        b"connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'",
+    ),
     (b"x-content-type-options", b"nosniff"),
     (b"referrer-policy", b"no-referrer"),
     (b"x-frame-options", b"DENY"),
@@ -94,9 +106,15 @@ ServiceDep = Annotated[Service, Depends(_service)]
 
 def create_app(service: Service, auth: Auth | None = None) -> FastAPI:
     """The app over ``service``; ``auth`` holds its token (a random one when not given)."""
-    app = FastAPI(title="docqa", version=__version__, openapi_url=None, docs_url=None, redoc_url=None,
-                  description="Search and question answering over your documents, with where each match is. "
-                              "Every call needs Authorization: Bearer TOKEN.")
+    app = FastAPI(
+        title="docqa",
+        version=__version__,
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
+        description="Search and question answering over your documents, with where each match is. "
+        "Every call needs Authorization: Bearer TOKEN.",
+    )
     app.state.service = service
     app.state.auth = auth or Auth()
     _add_error_handlers(app)
@@ -163,8 +181,7 @@ def _page_router() -> APIRouter:
             return HTMLResponse(_LOGIN_HELP.format(message="This server needs a login."), status_code=401)
         xsrf = auth.xsrf(principal.nonce) if principal.via == "session" else ""
         meta = f'<meta name="docqa-xsrf" content="{html.escape(xsrf)}">'
-        return HTMLResponse(page_html.replace("<head>", "<head>\n" + meta, 1),
-                            headers={"Cache-Control": "no-store"})
+        return HTMLResponse(page_html.replace("<head>", "<head>\n" + meta, 1), headers={"Cache-Control": "no-store"})
 
     @router.get("/login")
     async def login(request: Request, code: str | None = None, token: str | None = None) -> Response:
@@ -172,11 +189,17 @@ def _page_router() -> APIRouter:
         auth: Auth = request.app.state.auth
         auth.check_host(request)
         if not auth.redeem(code, token):
-            return HTMLResponse(_LOGIN_HELP.format(message="That login link is not valid (any more)."),
-                                status_code=401)
+            return HTMLResponse(_LOGIN_HELP.format(message="That login link is not valid (any more)."), status_code=401)
         response = RedirectResponse("/", status_code=303, headers={"Cache-Control": "no-store"})
-        response.set_cookie(auth.cookie_name(request), auth.new_session(), max_age=int(auth.session_s),
-                            httponly=True, samesite="strict", secure=request.url.scheme == "https", path="/")
+        response.set_cookie(
+            auth.cookie_name(request),
+            auth.new_session(),
+            max_age=int(auth.session_s),
+            httponly=True,
+            samesite="strict",
+            secure=request.url.scheme == "https",
+            path="/",
+        )
         return response
 
     @router.get("/static/{name}", dependencies=[Depends(authorized)])
@@ -201,12 +224,14 @@ def _search_router(limits: Limits) -> APIRouter:
         return service.info()
 
     @router.get("/search", summary="The top-k pages for a query (exact MaxSim)")
-    def search(service: ServiceDep,
-               q: Annotated[str, Query(min_length=1, max_length=limits.max_query_chars, description="the query")],
-               k: Annotated[int, Query(ge=1, le=limits.max_k)] = 5,
-               exact: Annotated[bool, Query(description="score every page (brute force)")] = False,
-               where: Annotated[list[str], Query(max_length=20, description="KEY=VALUE tag filter, repeatable")] = [],
-               path: Annotated[str | None, Query(max_length=1000, description="path glob filter")] = None) -> Any:
+    def search(
+        service: ServiceDep,
+        q: Annotated[str, Query(min_length=1, max_length=limits.max_query_chars, description="the query")],
+        k: Annotated[int, Query(ge=1, le=limits.max_k)] = 5,
+        exact: Annotated[bool, Query(description="score every page (brute force)")] = False,
+        where: Annotated[list[str], Query(max_length=20, description="KEY=VALUE tag filter, repeatable")] = [],
+        path: Annotated[str | None, Query(max_length=1000, description="path glob filter")] = None,
+    ) -> Any:
         tags = {}
         for item in where:
             try:
@@ -223,24 +248,38 @@ def _search_router(limits: Limits) -> APIRouter:
         shown = service.hit_json(hit)
         return {key: shown[key] for key in ("page_id", "path", "name", "page", "document_id")}
 
-    @router.get("/pages/{page_id}/image", summary="The page as a PNG, rendered from its source file",
-                response_class=Response, responses={200: {"content": {"image/png": {}}}})
-    def page_image(service: ServiceDep, page_id: PAGE_ID,
-                   edge: Annotated[int, Query(ge=32, le=limits.max_image_edge, description="longest edge, px")] = 512
-                   ) -> Response:
-        return Response(service.page_png(page_id, edge), media_type="image/png",
-                        headers={"Cache-Control": "private, max-age=300"})
+    @router.get(
+        "/pages/{page_id}/image",
+        summary="The page as a PNG, rendered from its source file",
+        response_class=Response,
+        responses={200: {"content": {"image/png": {}}}},
+    )
+    def page_image(
+        service: ServiceDep,
+        page_id: PAGE_ID,
+        edge: Annotated[int, Query(ge=32, le=limits.max_image_edge, description="longest edge, px")] = 512,
+    ) -> Response:
+        return Response(
+            service.page_png(page_id, edge), media_type="image/png", headers={"Cache-Control": "private, max-age=300"}
+        )
 
-    @router.get("/pages/{page_id}/heatmap", summary="The page with where the query matches drawn over it",
-                response_class=Response, responses={200: {"content": {"image/png": {}}}})
-    def page_heatmap(service: ServiceDep, page_id: PAGE_ID,
-                     q: Annotated[str, Query(min_length=1, max_length=limits.max_query_chars)]) -> Response:
-        return Response(service.heatmap_png(page_id, q), media_type="image/png",
-                        headers={"Cache-Control": "private, max-age=300"})
+    @router.get(
+        "/pages/{page_id}/heatmap",
+        summary="The page with where the query matches drawn over it",
+        response_class=Response,
+        responses={200: {"content": {"image/png": {}}}},
+    )
+    def page_heatmap(
+        service: ServiceDep, page_id: PAGE_ID, q: Annotated[str, Query(min_length=1, max_length=limits.max_query_chars)]
+    ) -> Response:
+        return Response(
+            service.heatmap_png(page_id, q), media_type="image/png", headers={"Cache-Control": "private, max-age=300"}
+        )
 
     @router.get("/pages/{page_id}/grounding", summary="The box of the region that best matches the query")
-    def page_grounding(service: ServiceDep, page_id: PAGE_ID,
-                       q: Annotated[str, Query(min_length=1, max_length=limits.max_query_chars)]) -> dict:
+    def page_grounding(
+        service: ServiceDep, page_id: PAGE_ID, q: Annotated[str, Query(min_length=1, max_length=limits.max_query_chars)]
+    ) -> dict:
         return {"page_id": page_id, "query": q, **service.grounding(page_id, q).to_json()}
 
     return router
@@ -250,10 +289,17 @@ def _search_router(limits: Limits) -> APIRouter:
 def _ask_router(limits: Limits) -> APIRouter:
     router = APIRouter(prefix="/api")
 
-    @router.post("/ask", summary="Answer a question from the best pages: server-sent events",
-                 response_class=StreamingResponse,
-                 responses={200: {"content": {"text/event-stream": {}},
-                                  "description": "events: pages, token (repeated), citations, done (or error)"}})
+    @router.post(
+        "/ask",
+        summary="Answer a question from the best pages: server-sent events",
+        response_class=StreamingResponse,
+        responses={
+            200: {
+                "content": {"text/event-stream": {}},
+                "description": "events: pages, token (repeated), citations, done (or error)",
+            }
+        },
+    )
     async def ask(body: AskRequest, request: Request, service: ServiceDep) -> Response:
         max_pages = body.max_pages or min(3, limits.max_pages)
         if body.k > limits.max_k or max_pages > limits.max_pages:
@@ -264,8 +310,16 @@ def _ask_router(limits: Limits) -> APIRouter:
         def emit(event: tuple[str, Any]) -> None:
             loop.call_soon_threadsafe(events.put_nowait, event)
 
-        run = await run_in_threadpool(service.start_ask, body.question, body.k, max_pages, body.max_new_tokens,
-                                      emit=emit, where=body.where, path=body.path)
+        run = await run_in_threadpool(
+            service.start_ask,
+            body.question,
+            body.k,
+            max_pages,
+            body.max_new_tokens,
+            emit=emit,
+            where=body.where,
+            path=body.path,
+        )
         try:  # the first event decides: retrieval's errors (and a full line) are a 4xx/503, not a broken stream
             first = await _next_event(events, request, limits.ask_wait_s + 600)
         except BaseException:
@@ -285,14 +339,21 @@ def _ask_router(limits: Limits) -> APIRouter:
                     return
                 name, data = event
                 if name == "error":
-                    message = service.scrub(str(data)) if isinstance(data, DocQAError) else \
-                        "the answer failed; the server log has the details"
+                    message = (
+                        service.scrub(str(data))
+                        if isinstance(data, DocQAError)
+                        else "the answer failed; the server log has the details"
+                    )
                     yield _sse("error", {"error": message})
                     continue
                 yield _sse(name, data)
 
-        return _Streaming(stream(), on_close=run.stop, media_type="text/event-stream",
-                          headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+        return _Streaming(
+            stream(),
+            on_close=run.stop,
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+        )
 
     return router
 
@@ -335,10 +396,26 @@ def _sse(event: str, data: dict) -> bytes:
 
 
 # --- documents and uploads ------------------------------------------------------------------------
-_UPLOAD_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
-    "type": "object", "required": ["file"],
-    "properties": {"file": {"type": "string", "format": "binary",
-                            "description": "a PDF or an image (png, jpeg, tiff, bmp, webp)"}}}}}}}
+_UPLOAD_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {
+                        "file": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": "a PDF or an image (png, jpeg, tiff, bmp, webp)",
+                        }
+                    },
+                }
+            }
+        },
+    }
+}
 
 
 def _documents_router() -> APIRouter:
@@ -352,16 +429,19 @@ def _documents_router() -> APIRouter:
     def delete_document(service: ServiceDep, document_id: Annotated[int, Path(ge=1, le=2**62)]) -> dict:
         return service.delete_document(document_id)
 
-    @router.post("/uploads", status_code=202, openapi_extra=_UPLOAD_BODY,
-                 summary="Upload a PDF or page image; it is ingested in the background (poll or stream its job)")
+    @router.post(
+        "/uploads",
+        status_code=202,
+        openapi_extra=_UPLOAD_BODY,
+        summary="Upload a PDF or page image; it is ingested in the background (poll or stream its job)",
+    )
     async def upload(request: Request, service: ServiceDep) -> dict:
         # The body is read here, after `authorized` ran: nobody unauthenticated gets a file parsed.
         form = await request.form(max_files=1, max_fields=4, max_part_size=64 * 1024)
         try:
             file = form.get("file")
             if not isinstance(file, UploadFile):
-                raise RequestValidationError([{"loc": ("body", "file"), "msg": "Field required",
-                                               "type": "missing"}])
+                raise RequestValidationError([{"loc": ("body", "file"), "msg": "Field required", "type": "missing"}])
 
             def chunks() -> Iterator[bytes]:
                 while chunk := file.file.read(1 << 20):
@@ -387,13 +467,20 @@ def _jobs_router() -> APIRouter:
     def job(service: ServiceDep, job_id: JOB_ID) -> dict:
         return service.job_json(service.job(job_id))
 
-    @router.delete("/jobs/{job_id}", summary="Cancel a queued or running job; forget a finished one and "
-                                              "delete its stored file unless it is an indexed document")
+    @router.delete(
+        "/jobs/{job_id}",
+        summary="Cancel a queued or running job; forget a finished one and "
+        "delete its stored file unless it is an indexed document",
+    )
     def delete_job(service: ServiceDep, job_id: JOB_ID) -> dict:
         return service.delete_job(job_id)
 
-    @router.get("/jobs/{job_id}/events", summary="A job's progress as server-sent events, until it ends",
-                response_class=StreamingResponse, responses={200: {"content": {"text/event-stream": {}}}})
+    @router.get(
+        "/jobs/{job_id}/events",
+        summary="A job's progress as server-sent events, until it ends",
+        response_class=StreamingResponse,
+        responses={200: {"content": {"text/event-stream": {}}}},
+    )
     async def job_events(service: ServiceDep, job_id: JOB_ID) -> Response:
         job = service.job(job_id)
         ticket = service.streams.reserve()
@@ -412,8 +499,9 @@ def _jobs_router() -> APIRouter:
                         return
                 await asyncio.sleep(0.25)
 
-        return _Streaming(stream(), on_close=ticket.release, media_type="text/event-stream",
-                          headers={"Cache-Control": "no-store"})
+        return _Streaming(
+            stream(), on_close=ticket.release, media_type="text/event-stream", headers={"Cache-Control": "no-store"}
+        )
 
     return router
 
@@ -430,8 +518,11 @@ class _Transport:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        limit = self.limits.max_upload_bytes + 64 * 1024 if scope["path"] == "/api/uploads" \
+        limit = (
+            self.limits.max_upload_bytes + 64 * 1024
+            if scope["path"] == "/api/uploads"
             else self.limits.max_request_bytes
+        )
         declared = next((v for k, v in scope.get("headers", []) if k.lower() == b"content-length"), b"")
         if declared:
             if not declared.isdigit() or len(declared) > 18:
@@ -472,7 +563,15 @@ class _TooLarge(StarletteHTTPException):
 
 async def _send_json(send: Any, status: int, message: str) -> None:
     body = json.dumps({"error": message}).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            *SECURITY_HEADERS]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                *SECURITY_HEADERS,
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})

@@ -46,8 +46,10 @@ def runtime_dir() -> Path:
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     info = folder.stat()
     if info.st_uid != os.getuid() or info.st_mode & 0o077:
-        raise DocQAError(f"{folder} is not private to this user (owner {info.st_uid}, mode "
-                         f"{oct(info.st_mode & 0o777)}); remove it or set XDG_RUNTIME_DIR")
+        raise DocQAError(
+            f"{folder} is not private to this user (owner {info.st_uid}, mode "
+            f"{oct(info.st_mode & 0o777)}); remove it or set XDG_RUNTIME_DIR"
+        )
     return folder
 
 
@@ -82,8 +84,14 @@ class RemoteHit:
     page_id: int
 
     def to_json(self) -> dict:
-        return {"rank": self.rank, "score": self.score, "path": self.path, "page": self.page,
-                "document_id": self.document_id, "page_id": self.page_id}
+        return {
+            "rank": self.rank,
+            "score": self.score,
+            "path": self.path,
+            "page": self.page,
+            "document_id": self.document_id,
+            "page_id": self.page_id,
+        }
 
 
 class Connection:
@@ -170,8 +178,9 @@ def _spawn(index_dir: Path, device: str | None, path: Path) -> subprocess.Popen 
     try:
         with open(log, "ab") as out:
             os.chmod(log, 0o600)
-            return subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                                    start_new_session=True, close_fds=True)
+            return subprocess.Popen(
+                command, stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True, close_fds=True
+            )
     except OSError:
         return None
 
@@ -287,7 +296,6 @@ class Daemon:
 
     def _stamp(self):
         from ..api import BUILD_KEY
-
         from ..index.store import DB_NAME
 
         try:  # an index deleted and made again is another index, whatever its stamp says
@@ -398,8 +406,12 @@ class Daemon:
             yield {"ok": True, "index": str(self.index.path), "pid": os.getpid()}
             return
         if op == "status":
-            yield {"index": str(self.index.path), "served": self.served, "pid": os.getpid(),
-                   "answer_model": (self._generator_key or [None])[0]}
+            yield {
+                "index": str(self.index.path),
+                "served": self.served,
+                "pid": os.getpid(),
+                "answer_model": (self._generator_key or [None])[0],
+            }
             return
         if not session.get("hello"):
             raise DocQAError("say hello first")
@@ -408,10 +420,16 @@ class Daemon:
             time.sleep(delay)
         if op == "search":
             with self._read:
-                hits = self.index.search(request["query"], k=int(request["k"]), device=self.device,
-                                         exact=bool(request.get("exact")), rerank=request.get("rerank"),
-                                         where=request.get("where") or {}, path=request.get("path"),
-                                         engine=request.get("engine"))
+                hits = self.index.search(
+                    request["query"],
+                    k=int(request["k"]),
+                    device=self.device,
+                    exact=bool(request.get("exact")),
+                    rerank=request.get("rerank"),
+                    where=request.get("where") or {},
+                    path=request.get("path"),
+                    engine=request.get("engine"),
+                )
             yield {"hits": [hit.to_json() for hit in hits]}
         elif op == "asker":
             from ..answer.ask import Asker
@@ -420,9 +438,16 @@ class Daemon:
             with self._answer:
                 generator = self.generator(request.get("answer_model"), request.get("engine"))
             conversation = Conversation(max_images=request["max_images"]) if request.get("max_images") else None
-            asker = Asker(generator, self.index, k=int(request["k"]), max_pages=int(request["max_pages"]),
-                          max_new_tokens=int(request["max_new_tokens"]), conversation=conversation,
-                          where=request.get("where") or {}, path=request.get("path"))
+            asker = Asker(
+                generator,
+                self.index,
+                k=int(request["k"]),
+                max_pages=int(request["max_pages"]),
+                max_new_tokens=int(request["max_new_tokens"]),
+                conversation=conversation,
+                where=request.get("where") or {},
+                path=request.get("path"),
+            )
             session["asker"] = asker
             yield {"notes": asker.notes}
         elif op == "ask":
@@ -446,8 +471,9 @@ class Daemon:
         self.index.close()
 
 
-def run_daemon(index: str | None, *, socket_file: str | None = None, device: str | None = None,
-               idle_s: float | None = None) -> None:
+def run_daemon(
+    index: str | None, *, socket_file: str | None = None, device: str | None = None, idle_s: float | None = None
+) -> None:
     from ..config import index_path
 
     folder = index_path(index)

@@ -47,10 +47,19 @@ class Job:
 
     def to_json(self, root: Path | None = None) -> dict:
         shown = os.path.relpath(self.path, root) if root is not None else str(self.path)
-        return {"id": self.id, "name": self.name, "state": self.state, "pages_done": self.pages_done,
-                "pages_total": self.pages_total, "report": self.report, "error": self.error,
-                "created": self.created, "resumes": self.resumes, "file": shown,
-                "file_kept": self.path.exists()}
+        return {
+            "id": self.id,
+            "name": self.name,
+            "state": self.state,
+            "pages_done": self.pages_done,
+            "pages_total": self.pages_total,
+            "report": self.report,
+            "error": self.error,
+            "created": self.created,
+            "resumes": self.resumes,
+            "file": shown,
+            "file_kept": self.path.exists(),
+        }
 
     def to_record(self) -> dict:
         return {**self.to_json(), "file": str(self.path)}
@@ -84,15 +93,23 @@ class JobStore:
             data = json.loads(self.file.read_text("utf-8"))
             self.next_id = int(data["next_id"])
             for record in data["jobs"]:
-                job = Job(id=str(record["id"]), name=str(record["name"]), path=Path(record["file"]),
-                          state=record["state"] if record["state"] in STATES else "failed",
-                          pages_done=int(record.get("pages_done", 0)), pages_total=int(record.get("pages_total", 0)),
-                          report=record.get("report"), error=record.get("error"),
-                          created=float(record.get("created", 0)), resumes=int(record.get("resumes", 0)))
+                job = Job(
+                    id=str(record["id"]),
+                    name=str(record["name"]),
+                    path=Path(record["file"]),
+                    state=record["state"] if record["state"] in STATES else "failed",
+                    pages_done=int(record.get("pages_done", 0)),
+                    pages_total=int(record.get("pages_total", 0)),
+                    report=record.get("report"),
+                    error=record.get("error"),
+                    created=float(record.get("created", 0)),
+                    resumes=int(record.get("resumes", 0)),
+                )
                 self.jobs[job.id] = job
         except (OSError, ValueError, KeyError, TypeError) as error:
-            raise JobsFileError(f"{self.file}: cannot read the upload jobs ({error}); move it away to start "
-                                "with an empty job list") from error
+            raise JobsFileError(
+                f"{self.file}: cannot read the upload jobs ({error}); move it away to start with an empty job list"
+            ) from error
 
     def recover(self) -> list[Job]:
         """Jobs a stopped server left unfinished: queued again (returned) or failed with the reason."""
@@ -104,8 +121,11 @@ class JobStore:
                 if not job.path.exists():
                     job.update(state="failed", error="the uploaded file is gone")
                 elif job.state == "ingesting" and job.resumes >= MAX_RESUMES:
-                    job.update(state="failed", error=f"the server stopped while ingesting it {job.resumes + 1} "
-                                                     "times; delete it or upload it again")
+                    job.update(
+                        state="failed",
+                        error=f"the server stopped while ingesting it {job.resumes + 1} "
+                        "times; delete it or upload it again",
+                    )
                 else:
                     if job.state == "ingesting":
                         job.resumes += 1
@@ -132,8 +152,9 @@ class JobStore:
 
     def save(self) -> None:
         with self._lock:
-            payload = json.dumps({"next_id": self.next_id, "jobs": [j.to_record() for j in self.jobs.values()]},
-                                 indent=1).encode()
+            payload = json.dumps(
+                {"next_id": self.next_id, "jobs": [j.to_record() for j in self.jobs.values()]}, indent=1
+            ).encode()
             self.file.parent.mkdir(parents=True, exist_ok=True)
             handle, temp = tempfile.mkstemp(dir=self.file.parent, prefix=".jobs-")
             try:

@@ -25,7 +25,7 @@ from ..errors import DocQAError, MissingDependencyError, QueryError
 if TYPE_CHECKING:
     from PIL import Image
 
-    from ..api import DocIndex, Hit
+    from ..api import Hit
 
 INSTALL_HINT = 'the MCP server needs the mcp extra: pip install "docqa[mcp]"'
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -50,8 +50,14 @@ def require_mcp() -> None:
 class PageLibrary:
     """What the tools read: one index handle, its retriever and an answer model loaded on first use."""
 
-    def __init__(self, index: str | Path | None, *, device: str | None = None, answer_model: str | None = None,
-                 engine: str | None = None) -> None:
+    def __init__(
+        self,
+        index: str | Path | None,
+        *,
+        device: str | None = None,
+        answer_model: str | None = None,
+        engine: str | None = None,
+    ) -> None:
         from ..api import DocIndex
 
         self.index = DocIndex.open(index)
@@ -76,8 +82,9 @@ class PageLibrary:
             from ..models.generator import Generator, default_answer_model
 
             device = check_device(self.device)
-            self._generator = Generator.load(self.answer_model or default_answer_model(device), device=device,
-                                             engine=self.engine)
+            self._generator = Generator.load(
+                self.answer_model or default_answer_model(device), device=device, engine=self.engine
+            )
         return self._generator
 
     # --- reading -----------------------------------------------------------------------------
@@ -135,8 +142,9 @@ class PageLibrary:
             return self.index.documents()
 
     # --- asking ------------------------------------------------------------------------------
-    def ask(self, question: str, k: int, max_pages: int, max_new_tokens: int, where: dict[str, str] | None,
-            path: str | None) -> "tuple[dict, list[Image.Image]]":
+    def ask(
+        self, question: str, k: int, max_pages: int, max_new_tokens: int, where: dict[str, str] | None, path: str | None
+    ) -> "tuple[dict, list[Image.Image]]":
         """The answer, its citations with boxes (fractions of the page), and the pages shown."""
         from ..answer.ask import Asker
         from ..answer.grounding import answer_query, ground
@@ -144,8 +152,15 @@ class PageLibrary:
         with self._answer:
             generator = self.generator()
             with self._read:
-                asker = Asker(generator, self.index, k=k, max_pages=max_pages, max_new_tokens=max_new_tokens,
-                              where=where, path=path)
+                asker = Asker(
+                    generator,
+                    self.index,
+                    k=k,
+                    max_pages=max_pages,
+                    max_new_tokens=max_new_tokens,
+                    where=where,
+                    path=path,
+                )
                 stream = asker.ask(question)
             result = stream.run()
         query = answer_query(question, result.answer.text)
@@ -154,11 +169,24 @@ class PageLibrary:
             retriever = self._retriever()
             for page, citation in zip(stream.pages, result.answer.citations):
                 box = ground(retriever, query, page.image).to_json()["box_fraction"]
-                citations.append({"path": citation.path, "page": citation.page, "score": citation.score,
-                                  "cited": citation.cited, "box": box, "page_id": page.page_id,
-                                  "resource": PAGE_URI.format(page_id=page.page_id)})
-        payload = {"question": question, "answer": result.answer.text, "citations": citations,
-                   "answer_model": result.answer.model, "notes": [*asker.notes, *result.notes]}
+                citations.append(
+                    {
+                        "path": citation.path,
+                        "page": citation.page,
+                        "score": citation.score,
+                        "cited": citation.cited,
+                        "box": box,
+                        "page_id": page.page_id,
+                        "resource": PAGE_URI.format(page_id=page.page_id),
+                    }
+                )
+        payload = {
+            "question": question,
+            "answer": result.answer.text,
+            "citations": citations,
+            "answer_model": result.answer.model,
+            "notes": [*asker.notes, *result.notes],
+        }
         return payload, [page.image for page in stream.pages]
 
     def close(self) -> None:
@@ -202,21 +230,42 @@ def build_server(library: PageLibrary):
     Query = Annotated[str, Field(min_length=1, max_length=MAX_QUERY_CHARS, description="what to look for")]
     K = Annotated[int, Field(ge=1, le=MAX_K, description=f"how many pages (1 to {MAX_K})")]
     Where = Annotated[dict[str, str] | None, Field(description="only documents with all these tags (ingest --tag)")]
-    Glob = Annotated[str | None, Field(max_length=1000, description="only documents whose path matches this "
-                                       "glob (* matches across folders, e.g. '*/2024/*.pdf')")]
+    Glob = Annotated[
+        str | None,
+        Field(
+            max_length=1000,
+            description="only documents whose path matches this glob (* matches across folders, e.g. '*/2024/*.pdf')",
+        ),
+    ]
     Edge = Annotated[int, Field(ge=64, le=MAX_EDGE, description="longest edge of the page images, px")]
 
     def hit_json(hit: "Hit") -> dict:
-        return {"rank": hit.rank, "file": hit.path, "page": hit.page, "score": round(hit.score, 4),
-                "document_id": hit.document_id, "page_id": hit.page_id,
-                "resource": PAGE_URI.format(page_id=hit.page_id)}
+        return {
+            "rank": hit.rank,
+            "file": hit.path,
+            "page": hit.page,
+            "score": round(hit.score, 4),
+            "document_id": hit.document_id,
+            "page_id": hit.page_id,
+            "resource": PAGE_URI.format(page_id=hit.page_id),
+        }
 
-    @server.tool(structured_output=False, description="Find the pages that best match a query (late-interaction "
-                 "retrieval over page images, no OCR). Returns one JSON text block listing the hits (file, page, "
-                 "score, page_id), then each page as a PNG image in rank order; heatmap=true draws where the "
-                 "query matches and adds the strongest region's box.")
-    def search(query: Query, k: K = 5, where: Where = None, path: Glob = None, heatmap: bool = False,
-               images: bool = True, edge: Edge = DEFAULT_EDGE) -> list[TextContent | ImageContent]:
+    @server.tool(
+        structured_output=False,
+        description="Find the pages that best match a query (late-interaction "
+        "retrieval over page images, no OCR). Returns one JSON text block listing the hits (file, page, "
+        "score, page_id), then each page as a PNG image in rank order; heatmap=true draws where the "
+        "query matches and adds the strongest region's box.",
+    )
+    def search(
+        query: Query,
+        k: K = 5,
+        where: Where = None,
+        path: Glob = None,
+        heatmap: bool = False,
+        images: bool = True,
+        edge: Edge = DEFAULT_EDGE,
+    ) -> list[TextContent | ImageContent]:
         def run() -> list[TextContent | ImageContent]:
             hits = library.search(query, k, where, path)
             listed, pictures = [], []
@@ -235,28 +284,47 @@ def build_server(library: PageLibrary):
 
         return guarded(run)
 
-    @server.tool(structured_output=False, description="Answer a question from the best pages of the index with a "
-                 "vision-language model that reads the page images. Returns JSON: the answer and every page "
-                 "shown to the model (file, page, score, cited, box = the region that best matches question and "
-                 "answer, as fractions x0,y0,x1,y1 of the page); with images=true also the pages themselves.")
-    def ask(question: Query, k: K = 3, max_pages: Annotated[int, Field(ge=1, le=MAX_PAGES)] = 3,
-            max_new_tokens: Annotated[int, Field(ge=1, le=MAX_NEW_TOKENS)] = 256, where: Where = None,
-            path: Glob = None, images: bool = False) -> list[TextContent | ImageContent]:
+    @server.tool(
+        structured_output=False,
+        description="Answer a question from the best pages of the index with a "
+        "vision-language model that reads the page images. Returns JSON: the answer and every page "
+        "shown to the model (file, page, score, cited, box = the region that best matches question and "
+        "answer, as fractions x0,y0,x1,y1 of the page); with images=true also the pages themselves.",
+    )
+    def ask(
+        question: Query,
+        k: K = 3,
+        max_pages: Annotated[int, Field(ge=1, le=MAX_PAGES)] = 3,
+        max_new_tokens: Annotated[int, Field(ge=1, le=MAX_NEW_TOKENS)] = 256,
+        where: Where = None,
+        path: Glob = None,
+        images: bool = False,
+    ) -> list[TextContent | ImageContent]:
         def run() -> list[TextContent | ImageContent]:
             payload, pages = library.ask(question, k, max_pages, max_new_tokens, where, path)
             return [text(payload), *([image(png_bytes(page)) for page in pages] if images else [])]
 
         return guarded(run)
 
-    @server.tool(structured_output=False, description="One page of an indexed document as a PNG image. document is "
-                 "the document's path (as list_documents shows it), its file name when that is unique, or its id.")
-    def get_page(document: Annotated[str, Field(min_length=1, max_length=4096)],
-                 page: Annotated[int, Field(ge=1, description="1-based page number")] = 1,
-                 edge: Edge = DEFAULT_EDGE) -> list[TextContent | ImageContent]:
+    @server.tool(
+        structured_output=False,
+        description="One page of an indexed document as a PNG image. document is "
+        "the document's path (as list_documents shows it), its file name when that is unique, or its id.",
+    )
+    def get_page(
+        document: Annotated[str, Field(min_length=1, max_length=4096)],
+        page: Annotated[int, Field(ge=1, description="1-based page number")] = 1,
+        edge: Edge = DEFAULT_EDGE,
+    ) -> list[TextContent | ImageContent]:
         def run() -> list[TextContent | ImageContent]:
             hit = library.find_page(document, page)
-            entry = {"file": hit.path, "page": hit.page, "document_id": hit.document_id, "page_id": hit.page_id,
-                     "resource": PAGE_URI.format(page_id=hit.page_id)}
+            entry = {
+                "file": hit.path,
+                "page": hit.page,
+                "document_id": hit.document_id,
+                "page_id": hit.page_id,
+                "resource": PAGE_URI.format(page_id=hit.page_id),
+            }
             return [text(entry), image(png_bytes(library.page_image(hit, edge)))]
 
         return guarded(run)
@@ -265,14 +333,26 @@ def build_server(library: PageLibrary):
     def list_documents() -> list[TextContent]:
         def run() -> list[TextContent]:
             records = library.documents()
-            return [text({"index": str(library.index.path), "documents": [
-                {"id": r.id, "path": r.path, "name": Path(r.path).name, "kind": r.kind, "pages": r.pages}
-                for r in records]})]
+            return [
+                text(
+                    {
+                        "index": str(library.index.path),
+                        "documents": [
+                            {"id": r.id, "path": r.path, "name": Path(r.path).name, "kind": r.kind, "pages": r.pages}
+                            for r in records
+                        ],
+                    }
+                )
+            ]
 
         return guarded(run)
 
-    @server.resource(PAGE_URI, name="page", mime_type="image/png",
-                     description="An indexed page, re-rendered from its source file, as a PNG")
+    @server.resource(
+        PAGE_URI,
+        name="page",
+        mime_type="image/png",
+        description="An indexed page, re-rendered from its source file, as a PNG",
+    )
     def page_resource(page_id: str) -> bytes:
         if not page_id.isdigit():
             raise QueryError(f"a page id is a whole number, not {page_id!r}")
@@ -305,8 +385,12 @@ class Guard:
                 return await _refuse(send, 421, "this server answers only on its loopback address")
             scheme, _, given = headers.get(b"authorization", b"").partition(b" ")
             if scheme.lower() != b"bearer" or not hmac.compare_digest(given.strip(), self.token):
-                return await _refuse(send, 401, "missing or wrong token: send Authorization: Bearer TOKEN",
-                                     [(b"www-authenticate", b'Bearer realm="docqa"')])
+                return await _refuse(
+                    send,
+                    401,
+                    "missing or wrong token: send Authorization: Bearer TOKEN",
+                    [(b"www-authenticate", b'Bearer realm="docqa"')],
+                )
         elif scope["type"] == "websocket":
             return await _refuse(send, 403, "no websockets here")
         await self.app(scope, receive, send)
@@ -314,9 +398,17 @@ class Guard:
 
 async def _refuse(send, status: int, message: str, extra: list | None = None) -> None:
     body = json.dumps({"error": message}).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            *(extra or [])]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                *(extra or []),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
@@ -324,22 +416,36 @@ def http_app(server, token: str, port: int, *, max_body_bytes: int = 1024 * 1024
     """The streamable HTTP app behind the Guard (the SDK's own Host/Origin check is on too)."""
     from mcp.server.transport_security import TransportSecuritySettings
 
-    security = TransportSecuritySettings(enable_dns_rebinding_protection=True, allowed_hosts=allowed_hosts(port),
-                                         allowed_origins=[f"http://{host}" for host in allowed_hosts(port)])
-    app = server.streamable_http_app(transport_security=security, host="127.0.0.1",
-                                     max_request_body_size=max_body_bytes)
+    security = TransportSecuritySettings(
+        enable_dns_rebinding_protection=True,
+        allowed_hosts=allowed_hosts(port),
+        allowed_origins=[f"http://{host}" for host in allowed_hosts(port)],
+    )
+    app = server.streamable_http_app(
+        transport_security=security, host="127.0.0.1", max_request_body_size=max_body_bytes
+    )
     return Guard(app, token, port)
 
 
-def run(index: str | None, *, transport: str = "stdio", host: str = "127.0.0.1", port: int = 8765,
-        token: str | None = None, device: str | None = None, answer_model: str | None = None,
-        engine: str | None = None) -> None:
+def run(
+    index: str | None,
+    *,
+    transport: str = "stdio",
+    host: str = "127.0.0.1",
+    port: int = 8765,
+    token: str | None = None,
+    device: str | None = None,
+    answer_model: str | None = None,
+    engine: str | None = None,
+) -> None:
     """Serve until the client hangs up (stdio) or until interrupted (http)."""
     require_mcp()
     if transport == "http":
         if host not in LOOPBACK:
-            raise DocQAError(f"docqa mcp binds loopback only, not {host}: use 127.0.0.1 and a tunnel or a "
-                             "reverse proxy with TLS to reach it from elsewhere")
+            raise DocQAError(
+                f"docqa mcp binds loopback only, not {host}: use 127.0.0.1 and a tunnel or a "
+                "reverse proxy with TLS to reach it from elsewhere"
+            )
         if not token:
             raise DocQAError("the MCP HTTP transport needs a token: pass --token TOKEN or set $DOCQA_TOKEN")
     library = PageLibrary(index, device=device, answer_model=answer_model, engine=engine)
@@ -352,10 +458,17 @@ def run(index: str | None, *, transport: str = "stdio", host: str = "127.0.0.1",
         else:
             import uvicorn
 
-            print(f"docqa: MCP over streamable HTTP at http://{host}:{port}/mcp (Bearer token required)",
-                  file=sys.stderr)
-            uvicorn.run(http_app(server, token, port), host=host, port=port, log_level="warning",
-                        limit_concurrency=32, timeout_keep_alive=5)
+            print(
+                f"docqa: MCP over streamable HTTP at http://{host}:{port}/mcp (Bearer token required)", file=sys.stderr
+            )
+            uvicorn.run(
+                http_app(server, token, port),
+                host=host,
+                port=port,
+                log_level="warning",
+                limit_concurrency=32,
+                timeout_keep_alive=5,
+            )
     finally:
         library.close()
 

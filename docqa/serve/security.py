@@ -41,8 +41,10 @@ class TokenError(DocQAError):
 def check_token(token: str) -> str:
     token = token.strip()
     if len(token) < MIN_TOKEN_CHARS or any(ord(c) < 33 or ord(c) > 126 for c in token):
-        raise TokenError(f"the token must be at least {MIN_TOKEN_CHARS} printable ASCII characters without spaces "
-                         "(leave it out and docqa makes a random one)")
+        raise TokenError(
+            f"the token must be at least {MIN_TOKEN_CHARS} printable ASCII characters without spaces "
+            "(leave it out and docqa makes a random one)"
+        )
     return token
 
 
@@ -129,10 +131,14 @@ class Auth:
         scheme = request.url.scheme
         default_port = 443 if scheme == "https" else 80
         same_port = (port if port is not None else default_port) == server_port
-        if not ((name in LOCAL_NAMES and same_port) or host in self.allow_hosts
-                or (name in self.allow_hosts and same_port)):
-            raise HTTPException(421, f"this server does not answer to the host name {host[:100]!r}; "
-                                     "start it with --allow-host NAME to allow one")
+        if not (
+            (name in LOCAL_NAMES and same_port) or host in self.allow_hosts or (name in self.allow_hosts and same_port)
+        ):
+            raise HTTPException(
+                421,
+                f"this server does not answer to the host name {host[:100]!r}; "
+                "start it with --allow-host NAME to allow one",
+            )
         return f"{scheme}://{host}"
 
     def cookie_name(self, request: Request) -> str:
@@ -151,9 +157,11 @@ class Auth:
         origin = self.check_host(request)
         principal = self.principal(request)
         if principal is None:
-            raise HTTPException(401, "a valid token is required: Authorization: Bearer TOKEN, "
-                                     "or open the login URL docqa serve printed",
-                                headers={"WWW-Authenticate": "Bearer"})
+            raise HTTPException(
+                401,
+                "a valid token is required: Authorization: Bearer TOKEN, or open the login URL docqa serve printed",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
         if principal.via == "session":
             self._check_browser_request(request, origin, principal)
         return principal
@@ -162,20 +170,23 @@ class Auth:
         fetch_site = request.headers.get("sec-fetch-site")
         if request.method in _SAFE_METHODS:
             if fetch_site not in (None, "same-origin", "none"):
-                raise HTTPException(403, f"a {fetch_site} request is refused: only this server's own page may "
-                                         "use its session")
+                raise HTTPException(
+                    403, f"a {fetch_site} request is refused: only this server's own page may use its session"
+                )
             return
         given_origin = request.headers.get("origin")
         if given_origin is not None:
             if given_origin.lower() != origin:
                 raise HTTPException(403, "a request from another origin is refused")
         elif fetch_site != "same-origin":
-            raise HTTPException(403, "a state-changing request needs an Origin or Sec-Fetch-Site header "
-                                     "of this server (use Authorization: Bearer from scripts)")
+            raise HTTPException(
+                403,
+                "a state-changing request needs an Origin or Sec-Fetch-Site header "
+                "of this server (use Authorization: Bearer from scripts)",
+            )
         if fetch_site not in (None, "same-origin"):
             raise HTTPException(403, f"a {fetch_site} request is refused")
-        if not hmac.compare_digest(request.headers.get(XSRF_HEADER, "").encode(),
-                                   self.xsrf(principal.nonce).encode()):
+        if not hmac.compare_digest(request.headers.get(XSRF_HEADER, "").encode(), self.xsrf(principal.nonce).encode()):
             raise HTTPException(403, "the X-XSRF-Token header is missing or does not match the session")
 
 

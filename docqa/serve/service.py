@@ -29,15 +29,14 @@ from typing import Any
 
 from PIL import Image
 
-from ..api import DocIndex, Hit
 from ..answer.ask import Asker
-from ..config import IngestSettings
-from ..models.retriever import Retriever
-from ..errors import (DocQAError, IndexLockedError, JobConflict, NotFound, QuotaExceeded, UploadRejected,
-                      UploadTooLarge)
 from ..answer.grounding import Grounding, ground, ground_answer, render_indexed_page
+from ..api import DocIndex, Hit
+from ..config import IngestSettings
+from ..errors import DocQAError, IndexLockedError, NotFound, QuotaExceeded, UploadRejected, UploadTooLarge
 from ..inputs.render import IMAGE_FORMATS
 from ..inputs.sources import describe_content, sniff
+from ..models.retriever import Retriever
 from .jobs import Job, JobStore
 from .slots import Budget, Ticket
 
@@ -78,8 +77,13 @@ class AnswerRun:
     ``("error", exception)`` for a failure, then ``("end", None)``. ``stop()`` never blocks: the
     thread stops at the next event and then hands the answer model back."""
 
-    def __init__(self, events: Callable[[], Iterator[tuple[str, dict]]], ticket: Ticket, wait_s: float,
-                 emit: Callable[[tuple[str, Any]], None]) -> None:
+    def __init__(
+        self,
+        events: Callable[[], Iterator[tuple[str, dict]]],
+        ticket: Ticket,
+        wait_s: float,
+        emit: Callable[[tuple[str, Any]], None],
+    ) -> None:
         self._events = events
         self._ticket = ticket
         self._wait_s = wait_s
@@ -122,9 +126,16 @@ class AnswerRun:
 class Service:
     """The server's state: index handles, models, upload jobs."""
 
-    def __init__(self, index: str | os.PathLike[str] | None, *, model: str | None = None,
-                 answer_model: str | None = None, device: str | None = None,
-                 limits: Limits | None = None, absolute_paths: bool = False) -> None:
+    def __init__(
+        self,
+        index: str | os.PathLike[str] | None,
+        *,
+        model: str | None = None,
+        answer_model: str | None = None,
+        device: str | None = None,
+        limits: Limits | None = None,
+        absolute_paths: bool = False,
+    ) -> None:
         self.limits = limits = limits or Limits()
         self.reader = DocIndex.open(index, create=True)
         self.model = model
@@ -136,10 +147,12 @@ class Service:
         self._generator_lock = threading.Lock()  # loads the answer model once
         self._generator = None
         self._retriever_lock = threading.Lock()
-        self.asks = Budget("questions", 1, max_in_flight=1 + limits.asks_waiting, wait_s=limits.ask_wait_s,
-                           retry_after=10)
-        self.renders = Budget("page renders", limits.render_bytes, max_in_flight=limits.renders_in_flight,
-                              wait_s=limits.wait_s)
+        self.asks = Budget(
+            "questions", 1, max_in_flight=1 + limits.asks_waiting, wait_s=limits.ask_wait_s, retry_after=10
+        )
+        self.renders = Budget(
+            "page renders", limits.render_bytes, max_in_flight=limits.renders_in_flight, wait_s=limits.wait_s
+        )
         self.heatmaps = Budget("heatmaps", 1, max_in_flight=limits.heatmaps_in_flight, wait_s=limits.wait_s)
         self.searches = Budget("searches", 1, max_in_flight=limits.searches_in_flight, wait_s=limits.wait_s)
         self.streams = Budget("event streams", limits.event_streams, max_in_flight=limits.event_streams, wait_s=0)
@@ -167,8 +180,8 @@ class Service:
         self.retriever()
 
     def _generator_instance(self):
-        from ..models.generator import Generator, default_answer_model
         from ..models.checkpoints import default_device
+        from ..models.generator import Generator, default_answer_model
 
         with self._generator_lock:
             if self._generator is None:
@@ -202,8 +215,7 @@ class Service:
     def _documents_root(self) -> str | None:
         if self._root is None:
             with self._read:
-                files = [os.fspath(r.file) for r in self.reader.documents()
-                         if not _is_under(r.file, self.reader.path)]
+                files = [os.fspath(r.file) for r in self.reader.documents() if not _is_under(r.file, self.reader.path)]
             self._root = os.path.commonpath([os.path.dirname(f) for f in files]) if files else ""
         return self._root or None
 
@@ -211,8 +223,9 @@ class Service:
         self._root = None
 
     # --- reading ---------------------------------------------------------------------------
-    def search(self, query: str, k: int, *, exact: bool = False, where: dict | None = None,
-               path: str | None = None) -> list[Hit]:
+    def search(
+        self, query: str, k: int, *, exact: bool = False, where: dict | None = None, path: str | None = None
+    ) -> list[Hit]:
         """The index's search, with its filters (tags ``where``, path glob ``path``) and ``exact``."""
         if self.retriever() is None:
             return []
@@ -266,8 +279,18 @@ class Service:
     def documents(self) -> list[dict]:
         with self._read:
             records = self.reader.documents()
-        return [{"id": r.id, "path": self.shown(r.file), "name": Path(r.path).name, "kind": r.kind,
-                 "pages": r.pages, "size": r.size, "uploaded": _is_under(r.file, self.uploads)} for r in records]
+        return [
+            {
+                "id": r.id,
+                "path": self.shown(r.file),
+                "name": Path(r.path).name,
+                "kind": r.kind,
+                "pages": r.pages,
+                "size": r.size,
+                "uploaded": _is_under(r.file, self.uploads),
+            }
+            for r in records
+        ]
 
     def info(self) -> dict:
         info = self.reader.info()
@@ -276,35 +299,81 @@ class Service:
             shown["index"] = self.reader.path.name
             if shown.get("model") and os.path.isabs(shown["model"]):
                 shown["model"] = Path(shown["model"]).name
-        return {**shown, "family": info.build.family if info.build else None,
-                "answer_model": None if self.answer_model is None else
-                (self.answer_model if self.absolute_paths or not os.path.isabs(self.answer_model)
-                 else Path(self.answer_model).name),
-                "limits": self.limits.__dict__,
-                "jobs_running": sum(not job.finished for job in self.jobs())}
+        return {
+            **shown,
+            "family": info.build.family if info.build else None,
+            "answer_model": None
+            if self.answer_model is None
+            else (
+                self.answer_model
+                if self.absolute_paths or not os.path.isabs(self.answer_model)
+                else Path(self.answer_model).name
+            ),
+            "limits": self.limits.__dict__,
+            "jobs_running": sum(not job.finished for job in self.jobs()),
+        }
 
     # --- asking ----------------------------------------------------------------------------
-    def start_ask(self, question: str, k: int, max_pages: int, max_new_tokens: int, *,
-                  emit: Callable[[tuple[str, Any]], None], where: dict | None = None,
-                  path: str | None = None) -> AnswerRun:
+    def start_ask(
+        self,
+        question: str,
+        k: int,
+        max_pages: int,
+        max_new_tokens: int,
+        *,
+        emit: Callable[[tuple[str, Any]], None],
+        where: dict | None = None,
+        path: str | None = None,
+    ) -> AnswerRun:
         """Answer on a thread of its own (see ``AnswerRun``); Busy at once when too many wait."""
         retriever = self.retriever()
         if retriever is None or self.reader.info().pages == 0:
             raise NotFound("the index is empty: upload a document first")
         ticket = self.asks.reserve()
-        return AnswerRun(lambda: self._answer(retriever, question, k, max_pages, max_new_tokens, where, path),
-                         ticket, self.limits.ask_wait_s, emit)
+        return AnswerRun(
+            lambda: self._answer(retriever, question, k, max_pages, max_new_tokens, where, path),
+            ticket,
+            self.limits.ask_wait_s,
+            emit,
+        )
 
-    def _answer(self, retriever: Retriever, question: str, k: int, max_pages: int, max_new_tokens: int,
-                where: dict | None, path: str | None) -> Iterator[tuple[str, dict]]:
+    def _answer(
+        self,
+        retriever: Retriever,
+        question: str,
+        k: int,
+        max_pages: int,
+        max_new_tokens: int,
+        where: dict | None,
+        path: str | None,
+    ) -> Iterator[tuple[str, dict]]:
         """(event, data) pairs: ``pages`` (what the model is shown), ``token`` (answer text as it
         is generated), ``citations`` (each page shown, cited or not, with its box), ``done``."""
-        asker = Asker(self._generator_instance(), _ReadOnly(self), k=k, max_pages=max_pages,
-                      max_new_tokens=max_new_tokens, where=where, path=path)
+        asker = Asker(
+            self._generator_instance(),
+            _ReadOnly(self),
+            k=k,
+            max_pages=max_pages,
+            max_new_tokens=max_new_tokens,
+            where=where,
+            path=path,
+        )
         stream = asker.ask(question)
-        yield "pages", {"pages": [{"page_id": p.page_id, "path": self._shown_page(p.path),
-                                   "name": Path(p.path).name, "page": p.page, "score": p.score}
-                                  for p in stream.pages]}
+        yield (
+            "pages",
+            {
+                "pages": [
+                    {
+                        "page_id": p.page_id,
+                        "path": self._shown_page(p.path),
+                        "name": Path(p.path).name,
+                        "page": p.page,
+                        "score": p.score,
+                    }
+                    for p in stream.pages
+                ]
+            },
+        )
         for piece in stream:
             yield "token", {"text": piece}
         result = stream.result
@@ -312,14 +381,31 @@ class Service:
         groundings = ground_answer(retriever, question, result.answer.text, stream.pages)
         for page, citation, grounding in zip(stream.pages, result.answer.citations, groundings):
             box = grounding.to_json()
-            citations.append({"page_id": page.page_id, "path": self._shown_page(citation.path),
-                              "name": Path(citation.path).name, "page": citation.page, "score": citation.score,
-                              "cited": citation.cited, "box": box["box_fraction"]})
+            citations.append(
+                {
+                    "page_id": page.page_id,
+                    "path": self._shown_page(citation.path),
+                    "name": Path(citation.path).name,
+                    "page": citation.page,
+                    "score": citation.score,
+                    "cited": citation.cited,
+                    "box": box["box_fraction"],
+                }
+            )
         yield "citations", {"citations": citations, "notes": [self.scrub(n) for n in result.notes]}
-        yield "done", {"answer": result.answer.text, "answer_model": result.answer.model if self.absolute_paths
-                       or not os.path.isabs(result.answer.model) else Path(result.answer.model).name,
-                       "timings": {"retrieve_s": round(result.retrieve_s, 3),
-                                   "generate_s": round(result.answer.generate_s, 3)}}
+        yield (
+            "done",
+            {
+                "answer": result.answer.text,
+                "answer_model": result.answer.model
+                if self.absolute_paths or not os.path.isabs(result.answer.model)
+                else Path(result.answer.model).name,
+                "timings": {
+                    "retrieve_s": round(result.retrieve_s, 3),
+                    "generate_s": round(result.answer.generate_s, 3),
+                },
+            },
+        )
 
     def _shown_page(self, path: str) -> str:
         return self.shown(path)
@@ -349,8 +435,10 @@ class Service:
                     if size > self.limits.max_upload_bytes:
                         raise UploadTooLarge(f"the upload is over the {self.limits.max_upload_bytes} byte limit")
                     if size > room:
-                        raise QuotaExceeded(f"the stored uploads would go over the server's quota of "
-                                            f"{self.limits.upload_quota_bytes} bytes; delete some first")
+                        raise QuotaExceeded(
+                            f"the stored uploads would go over the server's quota of "
+                            f"{self.limits.upload_quota_bytes} bytes; delete some first"
+                        )
                     if len(head) < 1024:
                         head += chunk[: 1024 - len(head)]
                     digest.update(chunk)
@@ -385,8 +473,9 @@ class Service:
         if state["report"] and not self.absolute_paths:
             report = dict(state["report"])
             report["index"] = self.reader.path.name
-            report["failures"] = [{"path": self.shown(f["path"]), "error": self.scrub(f["error"])}
-                                  for f in report.get("failures", [])]
+            report["failures"] = [
+                {"path": self.shown(f["path"]), "error": self.scrub(f["error"])} for f in report.get("failures", [])
+            ]
             state["report"] = report
         if state["error"]:
             state["error"] = self.scrub(state["error"])
@@ -420,8 +509,9 @@ class Service:
     def delete_document(self, document_id: int) -> dict:
         """Remove a document (and its uploaded file, when it was uploaded here)."""
         if not self._write.acquire(timeout=5):
-            raise IndexLockedError("an upload is being ingested; try the delete again when it is done, "
-                                   "or cancel it (DELETE /api/jobs/ID)")
+            raise IndexLockedError(
+                "an upload is being ingested; try the delete again when it is done, or cancel it (DELETE /api/jobs/ID)"
+            )
         try:
             with self._read:
                 record = next((r for r in self.reader.documents() if r.id == document_id), None)
@@ -438,8 +528,11 @@ class Service:
             self._paths_changed()
             shown = report.to_json()
             if not self.absolute_paths:
-                shown = {"index": self.reader.path.name, "removed": [self.shown(record.file)] if shown["removed"]
-                         else [], "not_found": []}
+                shown = {
+                    "index": self.reader.path.name,
+                    "removed": [self.shown(record.file)] if shown["removed"] else [],
+                    "not_found": [],
+                }
             return shown
         finally:
             self._write.release()
@@ -473,14 +566,19 @@ class Service:
         def progress(done: int, total: int) -> None:
             job.update(pages_done=done, pages_total=total)
             if total > cap:
-                raise _Stop(f"{job.name} has {total} pages, over the server's limit of {cap} pages per upload "
-                            "(docqa serve --max-upload-pages)")
+                raise _Stop(
+                    f"{job.name} has {total} pages, over the server's limit of {cap} pages per upload "
+                    "(docqa serve --max-upload-pages)"
+                )
             if job.cancel.is_set():
                 raise _Stop(f"cancelled after {done} of {total} pages")
 
-        settings = IngestSettings(model=self.model if self.reader.build is None else None, device=self.device,
-                                  batch_size=1,  # release the shared model between pages: searches go on
-                                  on_progress=progress)
+        settings = IngestSettings(
+            model=self.model if self.reader.build is None else None,
+            device=self.device,
+            batch_size=1,  # release the shared model between pages: searches go on
+            on_progress=progress,
+        )
         try:
             with self._write:
                 writer = self._writer()

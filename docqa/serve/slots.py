@@ -40,8 +40,7 @@ class Ticket:
 
 
 class Budget:
-    def __init__(self, what: str, capacity: int, *, max_in_flight: int, wait_s: float,
-                 retry_after: int = 5) -> None:
+    def __init__(self, what: str, capacity: int, *, max_in_flight: int, wait_s: float, retry_after: int = 5) -> None:
         self.what = what
         self.capacity = capacity
         self.max_in_flight = max_in_flight
@@ -55,8 +54,12 @@ class Budget:
         """A place in line, at once, or Busy (429) when ``max_in_flight`` hold or wait already."""
         with self._changed:
             if self._in_flight >= self.max_in_flight:
-                raise Busy(f"too many {self.what} at once ({self.max_in_flight} running or waiting); try again "
-                           f"in {self.retry_after} s", status=429, retry_after=self.retry_after)
+                raise Busy(
+                    f"too many {self.what} at once ({self.max_in_flight} running or waiting); try again "
+                    f"in {self.retry_after} s",
+                    status=429,
+                    retry_after=self.retry_after,
+                )
             self._in_flight += 1
         return Ticket(self)
 
@@ -82,8 +85,11 @@ class Budget:
                 if left <= 0 or not self._changed.wait(left):
                     if self._used + cost <= self.capacity:
                         break
-                    raise Busy(f"the server is busy with other {self.what}; try again in {self.retry_after} s",
-                               status=503, retry_after=self.retry_after)
+                    raise Busy(
+                        f"the server is busy with other {self.what}; try again in {self.retry_after} s",
+                        status=503,
+                        retry_after=self.retry_after,
+                    )
             self._used += cost
             ticket._held += cost
 

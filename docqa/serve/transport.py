@@ -81,8 +81,11 @@ def guarded_protocol(limits: SocketLimits) -> type[H11Protocol]:
                     return
             else:
                 self._idle_since = None
-                if state is h11.SEND_BODY and not self.flow.read_paused \
-                        and now - self._last_data > limits.body_timeout_s:
+                if (
+                    state is h11.SEND_BODY
+                    and not self.flow.read_paused
+                    and now - self._last_data > limits.body_timeout_s
+                ):
                     self._drop()
                     return
             self._timer = self.loop.call_later(tick, self._check)
@@ -95,8 +98,9 @@ def guarded_protocol(limits: SocketLimits) -> type[H11Protocol]:
             self.transport.close()
 
         def _refuse(self) -> None:
-            self.transport.write(b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 5\r\nContent-Length: 0\r\n"
-                                 b"Connection: close\r\n\r\n")
+            self.transport.write(
+                b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 5\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            )
             self.transport.close()
 
         def _forget(self) -> None:
@@ -112,14 +116,33 @@ def guarded_protocol(limits: SocketLimits) -> type[H11Protocol]:
     return GuardedH11
 
 
-def server_config(app: Any, *, host: str = "127.0.0.1", port: int = 8000, limits: SocketLimits | None = None,
-                  certfile: str | None = None, keyfile: str | None = None, log_level: str = "warning"):
+def server_config(
+    app: Any,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    limits: SocketLimits | None = None,
+    certfile: str | None = None,
+    keyfile: str | None = None,
+    log_level: str = "warning",
+):
     """The uvicorn Config `docqa serve` runs (the tests run the same one)."""
     import uvicorn
 
     limits = limits or SocketLimits()
-    return uvicorn.Config(app, host=host, port=port, log_level=log_level, lifespan="off",
-                          http=guarded_protocol(limits), ws="none", limit_concurrency=limits.max_connections,
-                          timeout_keep_alive=limits.keep_alive_s, timeout_graceful_shutdown=5,
-                          ssl_certfile=certfile, ssl_keyfile=keyfile, server_header=False,
-                          h11_max_incomplete_event_size=32 * 1024)
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level=log_level,
+        lifespan="off",
+        http=guarded_protocol(limits),
+        ws="none",
+        limit_concurrency=limits.max_connections,
+        timeout_keep_alive=limits.keep_alive_s,
+        timeout_graceful_shutdown=5,
+        ssl_certfile=certfile,
+        ssl_keyfile=keyfile,
+        server_header=False,
+        h11_max_incomplete_event_size=32 * 1024,
+    )

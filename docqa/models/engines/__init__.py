@@ -58,8 +58,9 @@ def select_engine(name: str | None, device: str) -> Engine:
     return OpenVINOEngine()
 
 
-def prepare_on_engine(requested: str | None, device: str, role: str, kind: str,
-                      prepare: Callable[[Engine], str]) -> tuple[Engine, str]:
+def prepare_on_engine(
+    requested: str | None, device: str, role: str, kind: str, prepare: Callable[[Engine], str]
+) -> tuple[Engine, str]:
     """Run ``prepare(engine)`` on the requested (or default) engine; returns (engine, precision).
 
     When no engine was named and the fast one cannot take this model (``kind``: its family or model
@@ -70,15 +71,21 @@ def prepare_on_engine(requested: str | None, device: str, role: str, kind: str,
     if engine.name != TORCH and not engine.supports(role, kind):
         if requested is not None:
             raise ModelLoadError(f"the {engine.name} engine does not run {kind} {role}s yet; use --engine torch")
-        log.warning("docqa: using the slower torch engine: the %s engine does not run %s %ss yet",
-                    engine.name, kind, role)
+        log.warning(
+            "docqa: using the slower torch engine: the %s engine does not run %s %ss yet", engine.name, kind, role
+        )
         engine = Engine()
     try:
         return engine, prepare(engine)
     except Exception as error:
         if requested is not None or engine.name == TORCH:
             raise
-        log.warning("docqa: using the slower torch engine: converting the %s for %s failed (%s: %s)",
-                    role, engine.name, type(error).__name__, str(error).splitlines()[0][:160] if str(error) else "")
+        log.warning(
+            "docqa: using the slower torch engine: converting the %s for %s failed (%s: %s)",
+            role,
+            engine.name,
+            type(error).__name__,
+            str(error).splitlines()[0][:160] if str(error) else "",
+        )
         engine = Engine()
         return engine, prepare(engine)

@@ -69,8 +69,11 @@ class OpenVINOEngine(Engine):
     def precision(self, role: str, dtype: str) -> str:
         if role != "retriever":
             return ANSWER_PRECISION
-        return {"static": RETRIEVER_PRECISION, "static-all": "int8 (vision w8a8 static, text f32)",
-                "weights": "int8 weights (vision w8 f32, text f32)"}[self.retriever_vision]
+        return {
+            "static": RETRIEVER_PRECISION,
+            "static-all": "int8 (vision w8a8 static, text f32)",
+            "weights": "int8 weights (vision w8 f32, text f32)",
+        }[self.retriever_vision]
 
     def prepare_retriever(self, model: Any, family: str, processor: Any, checkpoint: str, image_edge: int) -> str:
         if family not in RETRIEVER_FAMILIES:
@@ -83,13 +86,26 @@ class OpenVINOEngine(Engine):
             return lambda: model(**tensors(processor.process_images(batch_pages)))
 
         vision = _converted_part(
-            "retriever vision encoder", checkpoint, weights, image_edge, vlm.vision_model, VisionGraph,
-            [run_pages([page]) for page in pages], quantize=self.retriever_vision.removesuffix("-all"),
-            keep_f32=RETRIEVER_VISION_F32 if self.retriever_vision == "static" else ())
+            "retriever vision encoder",
+            checkpoint,
+            weights,
+            image_edge,
+            vlm.vision_model,
+            VisionGraph,
+            [run_pages([page]) for page in pages],
+            quantize=self.retriever_vision.removesuffix("-all"),
+            keep_f32=RETRIEVER_VISION_F32 if self.retriever_vision == "static" else (),
+        )
         text = _converted_part(
-            "retriever text encoder", checkpoint, weights, image_edge, vlm.text_model, _EmbeddingsGraph,
+            "retriever text encoder",
+            checkpoint,
+            weights,
+            image_edge,
+            vlm.text_model,
+            _EmbeddingsGraph,
             [lambda: model(**tensors(processor.process_queries(["what is the total amount due?"])))],
-            quantize="none")
+            quantize="none",
+        )
         vlm.vision_model = _OVVision(vision)
         vlm.text_model = _OVEncoder(text, vlm.text_model.get_input_embeddings())
         return self.precision("retriever", "")
@@ -106,19 +122,27 @@ class OpenVINOEngine(Engine):
                 messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is this?"}]}]
                 prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
                 model(**tensors(processor(text=[prompt], images=[page], return_tensors="pt")))
+
             return run
 
         vision = _converted_part(
-            "answer model vision encoder", checkpoint, checkpoint_hash(checkpoint), edge, inner.vision_model,
-            VisionGraph, [run_page(page) for page in calibration_pages(edge)], quantize="static")
+            "answer model vision encoder",
+            checkpoint,
+            checkpoint_hash(checkpoint),
+            edge,
+            inner.vision_model,
+            VisionGraph,
+            [run_page(page) for page in calibration_pages(edge)],
+            quantize="static",
+        )
         inner.vision_model = _OVVision(vision)
         with warnings.catch_warnings():  # torch.ao.quantization announces its move to torchao
             warnings.simplefilter("ignore")
-            torch.ao.quantization.quantize_dynamic(inner.text_model, {torch.nn.Linear}, dtype=torch.qint8,
-                                                   inplace=True)
+            torch.ao.quantization.quantize_dynamic(inner.text_model, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
             if isinstance(model.lm_head, torch.nn.Linear):
                 model.lm_head = torch.ao.quantization.quantize_dynamic(
-                    torch.nn.Sequential(model.lm_head), {torch.nn.Linear}, dtype=torch.qint8)[0]
+                    torch.nn.Sequential(model.lm_head), {torch.nn.Linear}, dtype=torch.qint8
+                )[0]
         return self.precision("answer model", "")
 
 
@@ -132,15 +156,18 @@ def calibration_pages(edge: int) -> list[Image.Image]:
     """
     pages = []
     for number in range(_CALIBRATION_PAGES):
-        long_side, short_side = edge, round(edge / 2 ** 0.5)
+        long_side, short_side = edge, round(edge / 2**0.5)
         size = (short_side, long_side) if number % 2 == 0 else (long_side, short_side)
         page = Image.new("RGB", size, "white")
         draw = ImageDraw.Draw(page)
         width, height = size
         margin, line = max(width // 12, 4), max(height // 50, 6)
         for row, y in enumerate(range(margin, height // 2, line * 2)):
-            draw.text((margin, y), f"Section {number}.{row}: revenue 4.2M, invoice 2041, total 1,250.00 EUR " * 2,
-                      fill="black")
+            draw.text(
+                (margin, y),
+                f"Section {number}.{row}: revenue 4.2M, invoice 2041, total 1,250.00 EUR " * 2,
+                fill="black",
+            )
         top = height // 2 + margin
         if number < 2:
             for column in range(5):  # a table
@@ -155,8 +182,10 @@ def calibration_pages(edge: int) -> list[Image.Image]:
                     draw.rectangle([x, y, x + cell_w, y + cell_h], fill=tuple(round(255 * c) for c in rgb))
         for bar in range(6):  # a bar chart
             x = margin + bar * (width - 2 * margin) // 6
-            draw.rectangle([x, height - margin - (bar + 1) * margin // 2, x + margin // 2, height - margin],
-                           fill=(40 * bar, 90, 200 - 30 * bar))
+            draw.rectangle(
+                [x, height - margin - (bar + 1) * margin // 2, x + margin // 2, height - margin],
+                fill=(40 * bar, 90, 200 - 30 * bar),
+            )
         pages.append(page)
     return pages
 
@@ -190,8 +219,9 @@ class _OVVision(torch.nn.Module):
         super().__init__()
         self.compiled = compiled
 
-    def forward(self, pixel_values: torch.Tensor, patch_attention_mask: torch.Tensor | None = None,
-                **_: Any) -> BaseModelOutput:
+    def forward(
+        self, pixel_values: torch.Tensor, patch_attention_mask: torch.Tensor | None = None, **_: Any
+    ) -> BaseModelOutput:
         if patch_attention_mask is None:
             raise ValueError("the openvino vision encoder needs patch_attention_mask")
         inputs = [pixel_values.float().numpy(), patch_attention_mask.bool().numpy()]
@@ -209,9 +239,14 @@ class _OVEncoder(torch.nn.Module):
     def get_input_embeddings(self) -> torch.nn.Module:
         return self.embeddings
 
-    def forward(self, input_ids: torch.Tensor | None = None, inputs_embeds: torch.Tensor | None = None,
-                attention_mask: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
-                **_: Any) -> BaseModelOutput:
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        **_: Any,
+    ) -> BaseModelOutput:
         if inputs_embeds is None:
             inputs_embeds = self.embeddings(input_ids)
         if attention_mask is None:
@@ -247,46 +282,75 @@ def capture_inputs(module: torch.nn.Module, graph: type[torch.nn.Module], run: C
     return captured["inputs_embeds"], captured["attention_mask"]
 
 
-def _converted_part(label: str, checkpoint: str, weights_hash: str, edge: int, module: torch.nn.Module,
-                    graph: type[torch.nn.Module], runs: list[Callable[[], None]], quantize: str,
-                    keep_f32: tuple[str, ...] = ()) -> Any:
+def _converted_part(
+    label: str,
+    checkpoint: str,
+    weights_hash: str,
+    edge: int,
+    module: torch.nn.Module,
+    graph: type[torch.nn.Module],
+    runs: list[Callable[[], None]],
+    quantize: str,
+    keep_f32: tuple[str, ...] = (),
+) -> Any:
     """Convert (once, cached) and compile one submodule; returns the compiled model. ``quantize``:
     "static" (int8 weights and activations, but the nodes matching the ``keep_f32`` patterns stay f32),
     "weights" (int8 weights, f32 compute) or "none" (f32)."""
     import nncf
     import openvino as ov
 
-    key = cache_key(checkpoint=weights_hash, part=label, edge=edge, quantize=quantize, keep_f32=keep_f32,
-                    recipe=RECIPE_VERSION, openvino=ov.__version__, nncf=nncf.__version__, shapes="dynamic")
+    key = cache_key(
+        checkpoint=weights_hash,
+        part=label,
+        edge=edge,
+        quantize=quantize,
+        keep_f32=keep_f32,
+        recipe=RECIPE_VERSION,
+        openvino=ov.__version__,
+        nncf=nncf.__version__,
+        shapes="dynamic",
+    )
 
     def convert(folder: Path) -> None:
         samples = [capture_inputs(module, graph, run) for run in runs]
         with quiet():
             model = ov.convert_model(graph(module).eval(), example_input=samples[0])
             if quantize == "static":
-                calibration = [tuple(t.numpy() for t in tiles) for sample in samples
-                               for tiles in one_by_one(sample)][:_CALIBRATION_TILES]
-                model = nncf.quantize(model, nncf.Dataset(calibration), model_type=nncf.ModelType.TRANSFORMER,
-                                      subset_size=len(calibration),
-                                      ignored_scope=nncf.IgnoredScope(patterns=list(keep_f32), validate=False))
+                calibration = [tuple(t.numpy() for t in tiles) for sample in samples for tiles in one_by_one(sample)][
+                    :_CALIBRATION_TILES
+                ]
+                model = nncf.quantize(
+                    model,
+                    nncf.Dataset(calibration),
+                    model_type=nncf.ModelType.TRANSFORMER,
+                    subset_size=len(calibration),
+                    ignored_scope=nncf.IgnoredScope(patterns=list(keep_f32), validate=False),
+                )
             elif quantize == "weights":
                 model = nncf.compress_weights(model)
             ov.save_model(model, folder / "model.xml", compress_to_fp16=False)
 
     def announce() -> None:
-        log.warning("docqa: converting the %s of %s for the openvino engine (once; cached in %s)",
-                    label, checkpoint, cache_root())
+        log.warning(
+            "docqa: converting the %s of %s for the openvino engine (once; cached in %s)",
+            label,
+            checkpoint,
+            cache_root(),
+        )
 
     folder = converted(key, convert, on_first=announce)
     core = ov.Core()
-    config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY",
-              "INFERENCE_NUM_THREADS": torch.get_num_threads()}
+    config = {
+        "INFERENCE_PRECISION_HINT": "f32",
+        "PERFORMANCE_HINT": "LATENCY",
+        "INFERENCE_NUM_THREADS": torch.get_num_threads(),
+    }
     return core.compile_model(core.read_model(folder / "model.xml"), "CPU", config)
 
 
 def one_by_one(sample: tuple[torch.Tensor, ...]) -> list[tuple[torch.Tensor, ...]]:
     """Split a batch of inputs into batch-1 items (calibration statistics per tile)."""
-    return [tuple(tensor[i:i + 1] for tensor in sample) for i in range(sample[0].shape[0])]
+    return [tuple(tensor[i : i + 1] for tensor in sample) for i in range(sample[0].shape[0])]
 
 
 @contextlib.contextmanager
