@@ -8,7 +8,7 @@ One room per stage; imports run one way, each layer importing only its own and t
 
     cli/        parse, call, print                                  (layer 9)
     serve/      HTTP API and web page                               (8)
-    eval, cluster/shards   evaluation; several indexes as one       (7)
+    eval, cluster/shards, watch   evaluation; shards as one; live folders (7)
     answer/     ask, grounding: hits -> grounded answers            (6)
     api         DocIndex (the facade), Hit, Searchable              (5)
     ingest/     plan, local and Ray pipelines, report -> index/     (4)
