@@ -31,7 +31,7 @@ from office_files import (
 )
 
 from docqa import DocIndex
-from docqa.answer.grounding import hit_page
+from docqa.answer.grounding import render_indexed_page
 from docqa.cli import main
 from docqa.inputs import converters, sources, webpages
 from docqa.inputs.converters import Converter, libreoffice_available, set_default_converter
@@ -265,7 +265,9 @@ def test_every_format_is_indexed_with_libreoffice_page_counts_under_its_own_name
     assert {result["path"] for result in results} <= originals  # never a cached PDF
     index = DocIndex.open("main")
     hit = next(h for h in index.search("slide", k=40) if h.kind == "pptx")
-    image = hit_page(hit.file, hit.page, hit.sha256, hit.kind, 256, hit.path)  # as ask, heatmaps, the server do
+    image = render_indexed_page(
+        hit.file, hit.page, hit.sha256, hit.kind, 256, hit.path
+    )  # as ask, heatmaps, the server do
     assert max(image.size) == 256
     again = index.ingest([docs])
     assert (again.unchanged, again.added) == (len(expected), 0)
