@@ -40,6 +40,19 @@ from .cache import cache_key, cache_root, checkpoint_hash, converted
 log = logging.getLogger("docqa")
 
 RECIPE_VERSION = 3  # bump when a conversion recipe below changes: old cache entries are then unused
+
+
+def int8_saturates() -> bool:
+    """True on x86 CPUs without VNNI (or AMX): their u8 x s8 products add up in saturating int16, so
+    static int8 quantizes weights to 7 bits there (nncf's overflow fix) to stay close to fp32."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            flags = next((line for line in cpuinfo if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return "avx2" in flags and not any(flag in flags for flag in ("avx512_vnni", "avx_vnni", "amx_int8"))
+
+
 RETRIEVER_FAMILIES = ("colmodernvbert",)
 ANSWER_TYPES = ("idefics3", "smolvlm")
 RETRIEVER_PRECISION = "int8 (vision MLP w8a8 static; patch embedding, attention projections, text f32)"
@@ -298,7 +311,9 @@ def _converted_part(
     "weights" (int8 weights, f32 compute) or "none" (f32)."""
     import nncf
     import openvino as ov
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
 
+    saturates = quantize == "static" and int8_saturates()
     key = cache_key(
         checkpoint=weights_hash,
         part=label,
@@ -309,6 +324,7 @@ def _converted_part(
         openvino=ov.__version__,
         nncf=nncf.__version__,
         shapes="dynamic",
+        overflow_fix=saturates,
     )
 
     def convert(folder: Path) -> None:
@@ -325,6 +341,9 @@ def _converted_part(
                     model_type=nncf.ModelType.TRANSFORMER,
                     subset_size=len(calibration),
                     ignored_scope=nncf.IgnoredScope(patterns=list(keep_f32), validate=False),
+                    advanced_parameters=AdvancedQuantizationParameters(
+                        overflow_fix=OverflowFix.ENABLE if saturates else OverflowFix.FIRST_LAYER
+                    ),
                 )
             elif quantize == "weights":
                 model = nncf.compress_weights(model)
