@@ -26,7 +26,8 @@ LIMIT_S = 2.0
 
 class Harness:
     def __init__(self) -> None:
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE.parent), str(HERE)])}
+        # The commands run in the child itself (each stage is slowed there), never in a resident process.
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE.parent), str(HERE)]), "DOCQA_DAEMON": "off"}
         self.process = subprocess.Popen(
             [sys.executable, str(HERE / "interrupt_harness.py")],
             env=env,
