@@ -94,9 +94,9 @@ class PageLibrary:
 
     def page_image(self, hit: "Hit", edge: int) -> "Image.Image":
         """The page re-rendered from its source (refused when the file changed since indexing)."""
-        from ..answer.grounding import hit_page
+        from ..answer.grounding import render_indexed_page
 
-        return hit_page(hit.file, hit.page, hit.sha256, hit.kind, edge, hit.path)
+        return render_indexed_page(hit.file, hit.page, hit.sha256, hit.kind, edge, hit.path)
 
     def heatmap(self, query: str, hit: "Hit") -> "tuple[Image.Image, dict]":
         """The page with where ``query`` matches drawn over it, and the strongest region's box."""
@@ -147,7 +147,7 @@ class PageLibrary:
     ) -> "tuple[dict, list[Image.Image]]":
         """The answer, its citations with boxes (fractions of the page), and the pages shown."""
         from ..answer.ask import Asker
-        from ..answer.grounding import answer_query, ground
+        from ..answer.grounding import ground_answer
 
         with self._answer:
             generator = self.generator()
@@ -163,12 +163,11 @@ class PageLibrary:
                 )
                 stream = asker.ask(question)
             result = stream.run()
-        query = answer_query(question, result.answer.text)
         citations = []
         with self._read:
-            retriever = self._retriever()
-            for page, citation in zip(stream.pages, result.answer.citations):
-                box = ground(retriever, query, page.image).to_json()["box_fraction"]
+            groundings = ground_answer(self._retriever(), question, result.answer.text, stream.pages)
+            for page, citation, grounding in zip(stream.pages, result.answer.citations, groundings):
+                box = grounding.to_json()["box_fraction"]
                 citations.append(
                     {
                         "path": citation.path,
