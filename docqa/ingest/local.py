@@ -6,8 +6,6 @@ vectors are durable, so a crash or a bad file never leaves a partial document vi
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import queue
 import threading
 import time
@@ -22,6 +20,7 @@ from tqdm import tqdm
 from ..config import IngestSettings
 from ..errors import InputFileError
 from ..inputs.render import RenderedPage, render_pages
+from ..memory import release_free_memory
 from .plan import PlannedFile, converted_jobs, plan_jobs, remove_vanished
 from .report import IngestReport, Timings
 
@@ -35,29 +34,6 @@ if TYPE_CHECKING:
 Pipeline = Callable[["IndexStorage", list[PlannedFile], IngestSettings, IngestReport, tqdm], None]
 
 _DONE = object()
-
-
-def _glibc_trim() -> Callable[[], None]:
-    """glibc's malloc_trim(0), or a no-op where the C library is not glibc.
-
-    Each batch allocates and frees tens of MB of image arrays in two threads; glibc keeps such freed
-    blocks in its per-thread heaps (its mmap threshold slides up past them), so a long ingest's
-    resident memory creeps up by the spread of those heaps. Trimming after every batch hands the
-    free pages back: measured, it halves how far a 200-page PDF raises peak RSS over a 10-page one
-    (benchmarks/ingest_memory.py), at no measurable time.
-    """
-    name = ctypes.util.find_library("c")
-    try:
-        trim = ctypes.CDLL(name).malloc_trim if name else None
-    except (OSError, AttributeError):
-        trim = None
-    if trim is None:
-        return lambda: None
-    trim.argtypes = [ctypes.c_size_t]
-    return lambda: trim(0)
-
-
-_release_free_memory = _glibc_trim()
 
 
 def run_ingest(
@@ -236,7 +212,7 @@ def _encode_and_commit(
             if job.error is None:
                 job.store_page(storage, page.number, *page.image.size, vectors)
         timings.store_s += time.monotonic() - stored
-        _release_free_memory()
+        release_free_memory()
         bar.update(len(batch.pages))
         encoded[0] += len(batch.pages)
         if settings.on_progress is not None:

@@ -36,6 +36,7 @@ from ..config import IngestSettings
 from ..errors import DocQAError, IndexLockedError, NotFound, QuotaExceeded, UploadRejected, UploadTooLarge
 from ..inputs.render import IMAGE_FORMATS
 from ..inputs.sources import describe_content, sniff
+from ..memory import release_free_memory
 from ..models.retriever import Retriever
 from .jobs import Job, JobStore
 from .slots import Budget, Ticket
@@ -257,7 +258,7 @@ class Service:
             try:
                 return render_indexed_page(hit.file, hit.page, hit.sha256, hit.kind, edge, hit.path)
             finally:
-                _release_free_memory()
+                release_free_memory()
 
     def grounding(self, page_id: int, query: str) -> Grounding:
         hit = self.page(page_id)
@@ -662,25 +663,6 @@ def _render_cost(hit: Hit, edge: int) -> int:
         except Exception:  # noqa: BLE001  the render itself reports what is wrong
             return edge * edge * 4
     return edge * edge * 3 * 3
-
-
-def _glibc_trim() -> Callable[[], None]:
-    """glibc's malloc_trim(0) (hands a big render's freed pages back), or a no-op elsewhere."""
-    import ctypes
-    import ctypes.util
-
-    name = ctypes.util.find_library("c")
-    try:
-        trim = ctypes.CDLL(name).malloc_trim if name else None
-    except (OSError, AttributeError):
-        trim = None
-    if trim is None:
-        return lambda: None
-    trim.argtypes = [ctypes.c_size_t]
-    return lambda: trim(0)
-
-
-_release_free_memory = _glibc_trim()
 
 
 def _folder_bytes(folder: Path) -> int:
