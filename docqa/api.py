@@ -495,9 +495,6 @@ class DocIndex:
     def list_documents(self, *, where: dict[str, object] | None = None, path: str | None = None) -> list[dict]:
         """Every document matching `where` tags and the `path` glob, ordered by path, as JSON objects
         (path, pages, size, kind, sha256, tags, added)."""
-        import json
-        import time
-
         clause, params = PageFilter(where=where or {}, path=path).sql()
         rows = self.store.db.execute(
             "SELECT path, pages, size, kind, sha256, metadata, indexed_at FROM documents"
