@@ -14,12 +14,17 @@ from __future__ import annotations
 import argparse
 import importlib
 import pkgutil
+import re
 import sys
+import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 # Top-level packages that only optional extras install (pyproject.toml's [project.optional-dependencies]).
 OPTIONAL = {"fastapi", "starlette", "uvicorn", "multipart", "python_multipart", "ray", "pyarrow"}
+# Scripts that docqa starts under another interpreter and never imports: the LibreOffice worker runs
+# under the system Python, whose `uno` (python3-uno) the project's Python does not have.
+OTHER_INTERPRETER = {"docqa.inputs.uno_worker"}
 
 
 def modules(package: str = "docqa") -> tuple[list[str], list[str]]:
@@ -29,6 +34,9 @@ def modules(package: str = "docqa") -> tuple[list[str], list[str]]:
     walked = [info.name for info in pkgutil.walk_packages(root.__path__, prefix=f"{package}.")]
     names = [package] + [name for name in walked if not name.endswith(".__main__")]  # runs the CLI
     found, notes = [], []
+    for name in sorted(OTHER_INTERPRETER.intersection(names)):
+        notes.append(f"{name}: left out (a script run under another interpreter, never imported)")
+        names.remove(name)
     for name in names:
         try:
             importlib.import_module(name)
@@ -46,6 +54,11 @@ def modules(package: str = "docqa") -> tuple[list[str], list[str]]:
         listed = getattr(sys.modules[parent], "__all__", None) if parent else None
         if not parent or (listed is not None and leaf not in listed):
             specs.append(name)
+    # ...and it would walk into the other interpreter's scripts too: "!name" excludes one (pdoc
+    # still tries the import while walking and warns; that failure is the expected one).
+    for name in sorted(OTHER_INTERPRETER):
+        specs.append(f"!{name}")
+        warnings.filterwarnings("ignore", message=f"Couldn't import {re.escape(name)}:")
     # docqa's public names are imported lazily (module __getattr__); pdoc reads a module's __dict__,
     # so resolve them once here for the package page to document them.
     for export in getattr(root, "__all__", []):
