@@ -1,7 +1,7 @@
 """Answer latency of the CPU default answer model at its real size (random weights).
 
 Builds SmolVLM-500M-Instruct (the CPU default, ``--model-size 500m``) or -256M-Instruct (``256m``)
-from its real architecture with random weights (tests/tiny_generators.py), then for k = 1 and 3
+from its real architecture with random weights (tests/helpers/tiny_generators.py), then for k = 1 and 3
 synthetic A4 page images at the generator's ``max_image_edge`` measures, in one run, each as a
 median over repeats (TTFT and prefill interleaved, so background load hits both alike):
 
@@ -32,7 +32,7 @@ from PIL import Image, ImageDraw
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # docqa, and the checkpoint factories of the tests
 
-from tiny_generators import build_generator_checkpoint  # noqa: E402
+from helpers.tiny_generators import build_generator_checkpoint  # noqa: E402
 
 from docqa.answer.prompt import Conversation, PageImage  # noqa: E402
 from docqa.models.generator import DEFAULT_MAX_IMAGE_EDGE, Generator  # noqa: E402

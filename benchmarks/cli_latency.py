@@ -2,7 +2,7 @@
 without the resident process (docqa/serve/daemon.py), at real model sizes with random weights.
 
 Builds ColModernVBert (the CPU default retriever, 251M) and SmolVLM-256M-Instruct from their real
-architectures with random weights (tests/tiny_*.py), ingests a few synthetic pages at a 512 px edge,
+architectures with random weights (tests/helpers/tiny_*.py), ingests a few synthetic pages at a 512 px edge,
 then times, each as the median of --repeats runs of a fresh `python -m docqa` process:
 
 - search, in-process (DOCQA_DAEMON=off) and with a warm daemon (started once, before timing);
@@ -83,8 +83,8 @@ def main() -> None:
 
     import torch
     from answer_latency import printable_only, synthetic_page
-    from tiny_generators import build_generator_checkpoint
-    from tiny_retrievers import build_retriever_checkpoint
+    from helpers.tiny_generators import build_generator_checkpoint
+    from helpers.tiny_retrievers import build_retriever_checkpoint
 
     from docqa.api import DocIndex
     from docqa.models.generator import Conversation, Generator, PageImage

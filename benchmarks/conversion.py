@@ -32,7 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from office_files import (  # noqa: E402
+from helpers.office_files import (  # noqa: E402
     make_docx,
     make_html,
     make_long_text,
@@ -40,7 +40,7 @@ from office_files import (  # noqa: E402
     make_pptx,
     make_xlsx,
 )
-from tiny_retrievers import build_retriever_checkpoint  # noqa: E402
+from helpers.tiny_retrievers import build_retriever_checkpoint  # noqa: E402
 
 from docqa.api import DocIndex  # noqa: E402
 from docqa.inputs import converters, sources  # noqa: E402

@@ -27,8 +27,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from tiny_generators import build_generator_checkpoint  # noqa: E402
-from tiny_retrievers import build_retriever_checkpoint  # noqa: E402
+from helpers.tiny_generators import build_generator_checkpoint  # noqa: E402
+from helpers.tiny_retrievers import build_retriever_checkpoint  # noqa: E402
 from trained_retriever import EDGE as TRAINED_EDGE  # noqa: E402
 from trained_retriever import corpus as labelled_corpus  # noqa: E402
 from trained_retriever import query, trained_checkpoint  # noqa: E402

@@ -22,9 +22,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 import torch  # noqa: E402
+from helpers.tiny_generators import build_generator_checkpoint  # noqa: E402
+from helpers.tiny_retrievers import build_retriever_checkpoint  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
-from tiny_generators import build_generator_checkpoint  # noqa: E402
-from tiny_retrievers import build_retriever_checkpoint  # noqa: E402
 
 from docqa.answer.ask import Asker  # noqa: E402
 from docqa.api import DocIndex  # noqa: E402

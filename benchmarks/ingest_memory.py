@@ -29,8 +29,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # docqa, and the checkpoint factories of the tests
 
-from documents import make_pdf  # noqa: E402
-from tiny_retrievers import build_retriever_checkpoint  # noqa: E402
+from helpers.documents import make_pdf  # noqa: E402
+from helpers.tiny_retrievers import build_retriever_checkpoint  # noqa: E402
 
 
 def ingest_peak(pdf: Path, index: Path, checkpoint: Path, args: argparse.Namespace) -> tuple[int, float, dict]:

@@ -32,9 +32,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # docqa, and the checkpoint factories of the tests
 
 import torch  # noqa: E402
-from documents import make_pdf  # noqa: E402
+from helpers.documents import make_pdf  # noqa: E402
+from helpers.tiny_retrievers import FAMILIES, build_retriever_checkpoint  # noqa: E402
 from pdf2image import convert_from_path  # noqa: E402
-from tiny_retrievers import FAMILIES, build_retriever_checkpoint  # noqa: E402
 
 from docqa.api import DocIndex  # noqa: E402
 from docqa.inputs.render import render_pages  # noqa: E402

@@ -29,8 +29,8 @@ os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPAT
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from documents import make_pdf  # noqa: E402
-from tiny_retrievers import build_retriever_checkpoint  # noqa: E402
+from helpers.documents import make_pdf  # noqa: E402
+from helpers.tiny_retrievers import build_retriever_checkpoint  # noqa: E402
 
 from docqa.api import DocIndex  # noqa: E402
 from docqa.ingest.local import commit_job  # noqa: E402

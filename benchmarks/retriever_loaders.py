@@ -27,7 +27,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from cpu_engines import pages as make_pages  # noqa: E402
-from tiny_retrievers import build_retriever_checkpoint  # noqa: E402
+from helpers.tiny_retrievers import build_retriever_checkpoint  # noqa: E402
 
 from docqa.models.retriever import SENTENCE_TRANSFORMERS, TRANSFORMERS, Retriever  # noqa: E402
 

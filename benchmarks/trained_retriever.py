@@ -2,7 +2,7 @@
 
 Random-weight retrievers score every page nearly alike (README, "Ranking fidelity"), so whether an
 engine keeps fp32's top-10 cannot be told from them. This script trains the tiny checkpoint of
-``tests/tiny_retrievers.py`` (the real ColModernVBertForRetrieval class) for a few hundred steps on
+``tests/helpers/tiny_retrievers.py`` (the real ColModernVBertForRetrieval class) for a few hundred steps on
 one CPU thread, ColPali style: the MaxSim score of every query against every page of a batch, and
 cross-entropy on the diagonal (in-batch negatives). The embeddings are the model's own output (its
 projection and L2 normalisation, exactly what ``Retriever.encode_pages/encode_queries`` return).
@@ -36,8 +36,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from helpers.tiny_retrievers import build_retriever_checkpoint  # noqa: E402
 from PIL import Image, ImageDraw, ImageFont  # noqa: E402
-from tiny_retrievers import build_retriever_checkpoint  # noqa: E402
 
 from docqa.models.retriever import Retriever  # noqa: E402
 
@@ -172,7 +172,9 @@ def train(out_dir: Path, steps: int = 600, batch: int = 16, lr: float = 3e-3, ed
 
 def trained_checkpoint(cache: Path) -> Path:
     """The trained checkpoint, trained once per version of this file and kept under ``cache``."""
-    version = hashlib.sha256(Path(__file__).read_bytes() + (ROOT / "tests" / "tiny_retrievers.py").read_bytes())
+    version = hashlib.sha256(
+        Path(__file__).read_bytes() + (ROOT / "tests" / "helpers" / "tiny_retrievers.py").read_bytes()
+    )
     folder = cache / f"trained-tiny-colmodernvbert-{version.hexdigest()[:16]}"
     if not (folder / "config.json").exists():
         with tempfile.TemporaryDirectory(dir=cache) as tmp:

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
-from tiny_retrievers import build_retriever_checkpoint
+from helpers.tiny_retrievers import build_retriever_checkpoint
 
 RETRIEVER_FAMILIES = ("colmodernvbert", "colqwen2", "colpali")
 
@@ -38,7 +38,7 @@ def docqa_home(tmp_path, monkeypatch) -> Path:
 
 @pytest.fixture(scope="session", autouse=True)
 def torch_engine():
-    """Tests of the pipeline run the plain torch engine (session fixtures too); tests/test_engines.py
+    """Tests of the pipeline run the plain torch engine (session fixtures too); tests/models/test_engines.py
     covers the default fast one by unsetting this."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("DOCQA_ENGINE", "torch")
@@ -48,7 +48,7 @@ def torch_engine():
 @pytest.fixture(scope="session")
 def generator_checkpoints(tmp_path_factory) -> dict[str, Path]:
     """Tiny answer-model checkpoints (SmolVLM-style Idefics3, Qwen2-VL), built once per session."""
-    from tiny_generators import build_generator_checkpoint
+    from helpers.tiny_generators import build_generator_checkpoint
 
     root = tmp_path_factory.mktemp("generators")
     return {family: build_generator_checkpoint(family, root / family) for family in ("idefics3", "qwen2_vl")}
@@ -58,7 +58,7 @@ def generator_checkpoints(tmp_path_factory) -> dict[str, Path]:
 def ray_cluster(tmp_path_factory):
     """A local Ray with 2 CPUs for the whole session (started once: it takes seconds).
 
-    Workers import this checkout's docqa and the tests' helpers (tests/ray_faults.py) through
+    Workers import this checkout's docqa and the tests' helpers (tests/helpers/ray_faults.py) through
     PYTHONPATH, and find the fault-injection switch through DOCQA_TEST_DIE_ONCE.
     """
     import ray

@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from documents import make_image, make_pdf
+from helpers.documents import make_image, make_pdf
 
 from docqa import DocIndex
 from docqa.errors import IndexMismatchError, ModelRequiredError, QueryError

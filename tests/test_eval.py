@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from documents import make_image, make_pdf
+from helpers.documents import make_image, make_pdf
 
 from docqa import DocIndex
 from docqa.cli.main import main

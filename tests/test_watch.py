@@ -18,8 +18,9 @@ import pytest
 
 pytest.importorskip("watchfiles")
 
-from documents import make_image, make_pdf  # noqa: E402
-from stored import stored_pages  # noqa: E402
+from helpers.documents import make_image, make_pdf  # noqa: E402
+from helpers.paths import REPO
+from helpers.stored import stored_pages  # noqa: E402
 
 from docqa.api import DocIndex  # noqa: E402
 from docqa.config import IngestSettings  # noqa: E402
@@ -28,7 +29,6 @@ from docqa.index.store import DB_NAME  # noqa: E402
 from docqa.inputs.sources import sha256_of  # noqa: E402
 from docqa.watch import FolderWatcher  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
 SETTLE = 0.3
 
 
@@ -199,7 +199,7 @@ def test_one_watcher_per_index(watching, retriever_checkpoint):
 
 
 def _start_watch(docs: Path, index_dir: Path, checkpoint: Path) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)}
     return subprocess.Popen(
         [
             sys.executable,
