@@ -136,6 +136,7 @@ class IndexInfo:
     pages: int
     bytes_on_disk: int
     build: BuildStamp | None
+    search: dict  # IndexStorage.search_stats(): the candidate stage's own recall estimate, if any
 
     def to_json(self) -> dict:
         options = None
@@ -148,6 +149,7 @@ class IndexInfo:
             "pages": self.pages,
             "bytes_on_disk": self.bytes_on_disk,
             "options": options,
+            "search": self.search,
         }
 
 
@@ -542,6 +544,7 @@ class DocIndex:
             pages=pages,
             bytes_on_disk=size,
             build=build,
+            search=self.storage.search_stats() if self.dim is not None else {},
         )
 
     def close(self) -> None:

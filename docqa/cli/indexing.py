@@ -68,9 +68,25 @@ def info_command(args: argparse.Namespace) -> int:
         print(
             f"index:     {info.index}\nmodel:     {info.model or '(none yet)'}\n"
             f"documents: {info.documents}\npages:     {info.pages}\n"
-            f"on disk:   {info.bytes_on_disk / 1e6:.1f} MB"
+            f"on disk:   {info.bytes_on_disk / 1e6:.1f} MB\nsearch:    {_search_line(info.search)}"
         )
     return EXIT_OK
+
+
+def _search_line(stats: dict) -> str:
+    """How searches run, and how much of exact MaxSim's top 10 the index estimates it finds."""
+    if not stats:
+        return "exact (every page scored)"
+    if not stats["candidate_stage"]:
+        return "every page scored (too few pages for a candidate stage yet)"
+    line = f"two-stage, reranking {stats['rerank']:,} pages"
+    if "recall_estimate" not in stats:
+        return f"{line}; no recall estimate yet"
+    return (
+        f"{line}; estimated recall@10 {stats['recall_estimate']:.2f}, top-1 {stats['top1_estimate']:.2f}"
+        f" ({stats['estimate_queries']} pseudo-queries over {stats['estimate_sample_pages']:,}"
+        f" of {stats['estimated_at_pages']:,} pages)"
+    )
 
 
 def remove_command(args: argparse.Namespace) -> int:
