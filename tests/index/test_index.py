@@ -10,9 +10,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from docqa import DocIndex
+from docqa.index import candidate_stage
 from docqa.index import candidates as stage
 from docqa.index import search as scoring
-from docqa.index import storage as storage_module
 from docqa.index.candidates import CELLS, LOG_NAME, CandidateIndex, Codebook
 from docqa.index.search import brute_force_top_k, page_scores, two_stage_top_k
 from docqa.index.store import PageTable
@@ -242,7 +242,7 @@ def test_cells_assigned_beside_the_writer_are_those_of_the_stored_values(tmp_pat
     (through training, retraining and folds): a reader in between sees every committed page, and
     afterwards the candidate index holds each live page with the cells of its stored values, also
     after a session that failed with pages still waiting, once reopened."""
-    monkeypatch.setattr(storage_module, "_ASSIGN_PAGES", 3)
+    monkeypatch.setattr(candidate_stage, "_ASSIGN_PAGES", 3)
     rng = np.random.default_rng(7)
     folder = tmp_path / "index"
     index = DocIndex.open(folder, create=True)
@@ -250,8 +250,8 @@ def test_cells_assigned_beside_the_writer_are_those_of_the_stored_values(tmp_pat
     def holds_every_page_with_its_cells(index: DocIndex, settled: bool = False) -> None:
         table = index.store.page_table()
         if settled:  # nothing left for a reader to catch up
-            assert index.storage._candidates.high_water == table.page_ids.max()
-        candidates = index.storage._current_candidates(table, index.vectors)
+            assert index.storage.candidate_stage._candidates.high_water == table.page_ids.max()
+        candidates = index.storage.candidate_stage._current_candidates(table, index.vectors)
         stored = index.vectors.read(table.offsets, table.counts)
         expected = dict(zip(table.page_ids.tolist(), candidates.codebook.page_cells(stored)))
         held = _cells_by_page(candidates)
