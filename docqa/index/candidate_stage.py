@@ -21,7 +21,7 @@ from .candidates import CandidateIndex
 from .store import PageTable, Store
 from .vectors import VectorFile
 
-_ASSIGN_PAGES = 64  # committed pages handed to the cell-assigning thread at once
+ASSIGN_BATCH_PAGES = 64  # committed pages handed to the cell-assigning thread at once
 
 
 class CandidateStage:
@@ -31,78 +31,90 @@ class CandidateStage:
         self.path = path
         self.store = store
         self.fast = fast
-        self._candidates: CandidateIndex | None = None
+        self._index: CandidateIndex | None = None
         self._unsaved = False  # the candidate index in memory holds more than the one on disk
         self._assigner = BackgroundAssigner()  # cells of committed pages, computed beside the writer
         self._unassigned: list[tuple[int, int, int]] = []  # committed (page id, offset, count) not yet handed over
 
-    def _index_committed(self, added: list[tuple[int, int, int]], pages: int, vectors: VectorFile) -> None:
-        """Give the candidate index the committed pages (page id, offset, count): their cells are
-        computed on the assigning thread a batch at a time and logged in the index's tail when they
-        come back; the index is trained once big enough and retrained when it has grown many times
-        since."""
+    @property
+    def in_memory(self) -> CandidateIndex | None:
+        """The candidate index as this process holds it now (None before it is loaded or trained)."""
+        return self._index
+
+    def recover(self, table: PageTable, vectors: VectorFile) -> None:
+        """A writer's recovery: catch up with every page of `table` and save, when that changed
+        what is on disk (pages a dead writer did not log, or a lost candidate index rebuilt)."""
+        self.caught_up(table, vectors)
+        if self._unsaved:
+            self.save(vectors)
+
+    def add_committed(self, added: list[tuple[int, int, int]], pages: int, vectors: VectorFile) -> None:
+        """Give the candidate index the pages just committed (page id, offset, count), `pages` being
+        how many the index holds now: their cells are computed on the assigning thread a batch at a
+        time and logged in the index's tail when they come back; the index is trained once big
+        enough and retrained when it has grown many times since."""
         if not self.fast:
             return
-        candidates = self._candidates
+        candidates = self._index
         if candidates is None or pages >= stage.RETRAIN_GROWTH * candidates.trained_pages:
             if pages >= stage.TRAIN_MIN_PAGES:
-                self._drop_assignments()  # the new codebook assigns every page anew
-                self._candidates = self._trained(self.store.page_table(), vectors)
-                self._save_candidates(vectors)
+                self.drop_unassigned()  # the new codebook assigns every page anew
+                self._index = self._train_and_assign(self.store.page_table(), vectors)
+                self.save(vectors)
             return
         self._unassigned += added
-        if len(self._unassigned) >= _ASSIGN_PAGES:
-            self._apply(self._submit_unassigned(vectors), vectors)
+        if len(self._unassigned) >= ASSIGN_BATCH_PAGES:
+            self._add_assigned(self._submit_unassigned(vectors), vectors)
 
     def _submit_unassigned(self, vectors: VectorFile) -> list[Assigned]:
         """Hand the buffered committed pages to the assigning thread (their cells come from the
-        stored values, what search sees); returns the batches ready to apply."""
+        stored values, what search sees); returns the batches ready to add."""
         page_ids, offsets, counts = zip(*self._unassigned)
         self._unassigned = []
         stored = vectors.stored_rows(offsets, counts)
-        return self._assigner.submit(self._candidates.codebook, list(page_ids), stored, vectors.decode_into)
+        return self._assigner.submit(self._index.codebook, list(page_ids), stored, vectors.decode_into)
 
-    def _apply(self, batches: list[Assigned], vectors: VectorFile) -> None:
+    def _add_assigned(self, batches: list[Assigned], vectors: VectorFile) -> None:
         """Put assigned pages into the candidate index's tail and log them (or fold and save)."""
         for page_ids, cells in batches:
-            self._candidates.put_assigned([(page_ids, cells)])
-            if self._candidates.needs_rebuild():
-                self._save_candidates(vectors)
+            self._index.put_assigned([(page_ids, cells)])
+            if self._index.needs_rebuild():
+                self.save(vectors)
             else:
-                self._candidates.log(self.path, page_ids, cells)
+                self._index.log(self.path, page_ids, cells)
 
-    def _settle_assignments(self, vectors: VectorFile) -> None:
-        """Wait for every committed page's cells and apply them."""
+    def finish_assigning(self, vectors: VectorFile) -> None:
+        """Wait for every committed page's cells and add them (the end of a write session)."""
         if self._unassigned:
-            self._apply(self._submit_unassigned(vectors), vectors)
-        self._apply(self._assigner.finish(), vectors)
+            self._add_assigned(self._submit_unassigned(vectors), vectors)
+        self._add_assigned(self._assigner.finish(), vectors)
 
-    def _drop_assignments(self) -> None:
+    def drop_unassigned(self) -> None:
+        """Forget pages waiting for their cells (after a failure, or before retraining): whoever
+        needs them next recomputes them from the vector file."""
         self._unassigned = []
         self._assigner.close()
 
-    def _current_candidates(self, table: PageTable, vectors: VectorFile) -> CandidateIndex | None:
+    def caught_up(self, table: PageTable, vectors: VectorFile) -> CandidateIndex | None:
         """The candidate index holding every page of `table` (None in exact mode or while the index
         is too small to need one): loaded once, then caught up with pages committed since."""
         if not self.fast:
             return None
-        if self._candidates is None:
-            self._candidates = CandidateIndex.load(self.path, vectors.dim)
-        if self._candidates is None:
+        if self._index is None:
+            self._index = CandidateIndex.load(self.path, vectors.dim)
+        if self._index is None:
             if len(table) < stage.TRAIN_MIN_PAGES:
                 return None
-            self._candidates = self._trained(table, vectors)  # lost or never saved: rebuild from vectors
+            self._index = self._train_and_assign(table, vectors)  # lost or never saved: rebuild from vectors
             self._unsaved = True  # a writer saves it on its next recovery
-            return self._candidates
-        newer = table.page_ids > self._candidates.high_water
+            return self._index
+        newer = table.page_ids > self._index.high_water
         if newer.any():  # committed by a writer that died before logging them, or by one still running
-            self._candidates.add(
-                table.page_ids[newer].tolist(), vectors.read(table.offsets[newer], table.counts[newer])
-            )
+            self._index.add(table.page_ids[newer].tolist(), vectors.read(table.offsets[newer], table.counts[newer]))
             self._unsaved = True
-        return self._candidates
+        return self._index
 
-    def _trained(self, table: PageTable, vectors: VectorFile, chunk_pages: int = 512) -> CandidateIndex:
+    def _train_and_assign(self, table: PageTable, vectors: VectorFile, chunk_pages: int = 512) -> CandidateIndex:
         """A candidate index trained on a sample of `table`'s pages, holding all of them (their cells
         assigned a chunk at a time, every other chunk on a helper thread)."""
         rng = np.random.default_rng(len(table))
@@ -127,14 +139,14 @@ class CandidateStage:
         candidates.recall_estimate = self_check.estimate(table, candidates, vectors, seed=len(table))
         return candidates
 
-    def _save_candidates(self, vectors: VectorFile) -> None:
+    def save(self, vectors: VectorFile) -> None:
         """Fold the tail into the postings and save them (inside a write); pages still being
         assigned are logged after the save."""
         table = self.store.page_table()
-        self._candidates.rebuild(table.page_ids)
-        estimate = self._candidates.recall_estimate
+        self._index.rebuild(table.page_ids)
+        estimate = self._index.recall_estimate
         if estimate is None or len(table) >= self_check.REESTIMATE_GROWTH * estimate.pages:
             # measured on a smaller index: its depth may no longer reach the target; measure again
-            self._candidates.recall_estimate = self_check.estimate(table, self._candidates, vectors, seed=len(table))
-        self._candidates.save(self.path)
+            self._index.recall_estimate = self_check.estimate(table, self._index, vectors, seed=len(table))
+        self._index.save(self.path)
         self._unsaved = False

@@ -7,8 +7,9 @@
 
 The SQLite transaction is the one commit point. Vectors are appended to the vector file and fsynced
 before the commit that points at them; rows past the last commit are dropped on recovery. The
-candidate index (candidates.py) is derived data: saved now and then, caught up from the vector file
-for pages committed after its save, rebuilt from the vector file if it is lost.
+candidate index is derived data, kept by the candidate stage (candidate_stage.py): saved now and
+then, caught up from the vector file for pages committed after its save, rebuilt from the vector
+file if it is lost.
 """
 
 from __future__ import annotations
@@ -131,7 +132,7 @@ class IndexStorage:
                 self._recover()
                 yield
                 if self.dim is not None:  # else nothing was committed: no cells to wait for
-                    self.candidate_stage._settle_assignments(self.vectors)
+                    self.candidate_stage.finish_assigning(self.vectors)
         except (OSError, sqlite3.OperationalError) as error:
             if not _is_storage_full(error):
                 raise
@@ -143,7 +144,7 @@ class IndexStorage:
             self._depth -= 1
             self._live_rows = None
             self._writing_file = None
-            self.candidate_stage._drop_assignments()  # after a failure: recomputed from the vector file when next needed
+            self.candidate_stage.drop_unassigned()  # after a failure: recomputed from the vector file when next needed
             if self._vectors is not None:
                 self._vectors.close()
             lock.close()
@@ -198,9 +199,7 @@ class IndexStorage:
         table = self.store.page_table()
         self._pages = len(table)
         self._live_rows = int(table.counts.sum())
-        self.candidate_stage._current_candidates(table, current)
-        if self.candidate_stage._unsaved:
-            self.candidate_stage._save_candidates(current)
+        self.candidate_stage.recover(table, current)
         self.compact_if_wasteful()  # a writer killed between an update and its compaction
 
     def append_page(
@@ -239,7 +238,7 @@ class IndexStorage:
         self._pages += len(added) - len(replaced)
         if self._live_rows is not None:
             self._live_rows += sum(count for _, _, count in added) - sum(count for _, count in replaced)
-        self.candidate_stage._index_committed(added, self._pages, self.vectors)
+        self.candidate_stage.add_committed(added, self._pages, self.vectors)
         return document_id
 
     def delete(self, document_ids: list[int]) -> int:
@@ -258,7 +257,7 @@ class IndexStorage:
         one commit; returns the rows freed. A crash before the commit leaves the old file in charge
         (the new one is deleted on recovery); after it, the old file is the leftover."""
         # pages waiting for cells are named by offsets in the old file
-        self.candidate_stage._settle_assignments(self.vectors)
+        self.candidate_stage.finish_assigning(self.vectors)
         old = self.vectors
         table = self.store.page_table()
         freed = old.rows - int(table.counts.sum())
@@ -278,8 +277,8 @@ class IndexStorage:
         self._writing_file = new.path.name
         old.close()
         old.path.unlink(missing_ok=True)
-        if self.candidate_stage._candidates is not None:  # drop removed pages from the postings meanwhile
-            self.candidate_stage._save_candidates(self.vectors)
+        if self.candidate_stage.in_memory is not None:  # drop removed pages from the postings meanwhile
+            self.candidate_stage.save(self.vectors)
         return freed
 
     def compact_if_wasteful(self, ratio: float = 0.25) -> int:
@@ -309,7 +308,7 @@ class IndexStorage:
         if self.options.mode != "fast" or self.dim is None:
             return {}
         table, _, name, _ = self.store.snapshot()
-        candidates = self.candidate_stage._current_candidates(table, self._vector_file(name))
+        candidates = self.candidate_stage.caught_up(table, self._vector_file(name))
         if candidates is None:
             return {"candidate_stage": False}
         estimate = candidates.recall_estimate
@@ -332,7 +331,7 @@ class IndexStorage:
             table, _, name, allowed = self.store.snapshot(page_filter)
             vectors = self._vector_file(name)
             try:
-                candidates = None if exact else self.candidate_stage._current_candidates(table, vectors)
+                candidates = None if exact else self.candidate_stage.caught_up(table, vectors)
                 if allowed is not None:
                     table = table.subset(np.isin(table.page_ids, allowed))
                 if rerank is None:  # the depth the index chose from its own recall estimate

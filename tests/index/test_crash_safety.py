@@ -34,8 +34,8 @@ KILL_POINTS = [
     KillPoint("docqa.index.vectors", "VectorFile.sync", 3, "before", "store"),
     KillPoint("docqa.index.store", "Store.put_document", 1, "after", "store"),  # inside the transaction
     KillPoint("docqa.index.store", "Store.put_document", 3, "before", "store"),
-    KillPoint("docqa.index.candidate_stage", "CandidateStage._index_committed", 1, "before", "store"),  # just committed
-    KillPoint("docqa.index.candidate_stage", "CandidateStage._index_committed", 4, "before", "store"),  # after training
+    KillPoint("docqa.index.candidate_stage", "CandidateStage.add_committed", 1, "before", "store"),  # just committed
+    KillPoint("docqa.index.candidate_stage", "CandidateStage.add_committed", 4, "before", "store"),  # after training
     KillPoint("docqa.index.candidates", "Codebook.train", 1, "after", "train"),
     KillPoint("docqa.index.candidates", "CandidateIndex.log", 1, "after", "log"),
     KillPoint("docqa.index.candidates", "CandidateIndex.rebuild", 2, "after", "save"),
@@ -55,7 +55,7 @@ def _child_setup() -> None:
     single_threaded()
     for name, value in TINY_CANDIDATE_STAGE.items():
         setattr(candidates, name, value)
-    candidate_stage._ASSIGN_PAGES = 1
+    candidate_stage.ASSIGN_BATCH_PAGES = 1
 
 
 def _ingest(index_dir: Path, corpus: Path, model: str) -> dict:
@@ -95,7 +95,7 @@ def _state(index_dir: Path) -> dict:
         return {"documents": documents, "covered": True, "scores": []}
     table, _, _, _ = index.store.snapshot()
     vectors = index.vectors
-    candidates = index.storage.candidate_stage._current_candidates(table, vectors)
+    candidates = index.storage.candidate_stage.caught_up(table, vectors)
     ends = table.offsets + table.counts
     covered = bool(
         len(table) == 0
@@ -166,7 +166,7 @@ COMPACTION_KILL_POINTS = [
     KillPoint("docqa.index.storage", "IndexStorage.compact", 1, "before", "compact"),
     KillPoint("docqa.index.store", "Store.set_offsets", 1, "before", "compact"),  # new file written
     KillPoint("docqa.index.store", "Store.set_offsets", 1, "after", "compact"),  # inside the transaction
-    KillPoint("docqa.index.candidate_stage", "CandidateStage._save_candidates", 1, "before", "compact"),  # switched
+    KillPoint("docqa.index.candidate_stage", "CandidateStage.save", 1, "before", "compact"),  # switched
 ]
 
 

@@ -242,7 +242,7 @@ def test_cells_assigned_beside_the_writer_are_those_of_the_stored_values(tmp_pat
     (through training, retraining and folds): a reader in between sees every committed page, and
     afterwards the candidate index holds each live page with the cells of its stored values, also
     after a session that failed with pages still waiting, once reopened."""
-    monkeypatch.setattr(candidate_stage, "_ASSIGN_PAGES", 3)
+    monkeypatch.setattr(candidate_stage, "ASSIGN_BATCH_PAGES", 3)
     rng = np.random.default_rng(7)
     folder = tmp_path / "index"
     index = DocIndex.open(folder, create=True)
@@ -250,8 +250,8 @@ def test_cells_assigned_beside_the_writer_are_those_of_the_stored_values(tmp_pat
     def holds_every_page_with_its_cells(index: DocIndex, settled: bool = False) -> None:
         table = index.store.page_table()
         if settled:  # nothing left for a reader to catch up
-            assert index.storage.candidate_stage._candidates.high_water == table.page_ids.max()
-        candidates = index.storage.candidate_stage._current_candidates(table, index.vectors)
+            assert index.storage.candidate_stage.in_memory.high_water == table.page_ids.max()
+        candidates = index.storage.candidate_stage.caught_up(table, index.vectors)
         stored = index.vectors.read(table.offsets, table.counts)
         expected = dict(zip(table.page_ids.tolist(), candidates.codebook.page_cells(stored)))
         held = _cells_by_page(candidates)
