@@ -28,17 +28,17 @@ caller's list of live pages.
 
 from __future__ import annotations
 
-import os
 import secrets
 import struct
-import tempfile
 import zipfile
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, astuple, dataclass
 from pathlib import Path
 
 import faiss
 import numpy as np
+
+from ..files import atomic_file, atomic_write
 
 FILE_NAME = "candidates.npz"
 LOG_NAME = "candidates.log"
@@ -224,48 +224,26 @@ class CandidateIndex:
 
     # --- disk -------------------------------------------------------------------------------
     def save(self, directory: Path) -> None:
-        """Fold the tail into the postings and write them atomically (temp file, fsync, os.replace),
-        then start an empty log for the pages committed after this."""
+        """Write the postings atomically (docqa.files.atomic_file: temp file, fsync, os.replace),
+        after starting an empty log for the pages committed after this (a crash in between leaves
+        the old postings with a log that is not theirs: it is ignored, and the pages it would have
+        held are recomputed from the vector file)."""
         if self.tail:
             raise ValueError("rebuild() before save(): the saved postings hold every page")
         self.log_id = secrets.randbits(62)
-        handle, temp_name = tempfile.mkstemp(prefix=".candidates-", suffix=".tmp", dir=directory)
-        try:
-            with os.fdopen(handle, "wb") as temp:
-                header = [self.trained_pages, self.base_pages, self.high_water, self.log_id]
-                estimate = self.recall_estimate
-                extra = (
-                    {}
-                    if estimate is None
-                    else {
-                        "estimate": np.array(
-                            [
-                                estimate.rerank,
-                                estimate.recall_at_10,
-                                estimate.top1,
-                                estimate.queries,
-                                estimate.pages,
-                                estimate.sample_pages,
-                            ],
-                            dtype=np.float64,
-                        )
-                    }
-                )
-                np.savez(
-                    temp,
-                    centroids=self.codebook.centroids,
-                    pointers=self.pointers,
-                    ids=self.ids,
-                    header=np.array(header, dtype=np.int64),
-                    **extra,
-                )
-                temp.flush()
-                os.fsync(temp.fileno())
-            _write_atomically(directory / LOG_NAME, _LOG_HEADER.pack(_LOG_MAGIC, self.log_id))
-            os.replace(temp_name, directory / FILE_NAME)
-        except BaseException:
-            Path(temp_name).unlink(missing_ok=True)
-            raise
+        estimate = self.recall_estimate
+        # saved as its fields in order (load() reads them back so)
+        extra = {} if estimate is None else {"estimate": np.array(astuple(estimate), dtype=np.float64)}
+        with atomic_file(directory / FILE_NAME) as temp:
+            np.savez(
+                temp,
+                centroids=self.codebook.centroids,
+                pointers=self.pointers,
+                ids=self.ids,
+                header=np.array([self.trained_pages, self.base_pages, self.high_water, self.log_id], dtype=np.int64),
+                **extra,
+            )
+            atomic_write(directory / LOG_NAME, _LOG_HEADER.pack(_LOG_MAGIC, self.log_id))
 
     def log(self, directory: Path, page_ids: list[int], cells: list[np.ndarray]) -> None:
         """Append committed pages' cells to the log (no fsync: a lost or torn record is recomputed
@@ -321,19 +299,6 @@ def _read_log(path: Path, log_id: int) -> Iterator[tuple[int, np.ndarray]]:
             return
         yield page_id, np.frombuffer(data, dtype="<u2", count=count, offset=position + _RECORD.size).astype(np.uint16)
         position = end
-
-
-def _write_atomically(path: Path, payload: bytes) -> None:
-    handle, temp_name = tempfile.mkstemp(prefix=".candidates-", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as temp:
-            temp.write(payload)
-            temp.flush()
-            os.fsync(temp.fileno())
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
 
 
 def _ranges(starts: np.ndarray, stops: np.ndarray) -> np.ndarray:

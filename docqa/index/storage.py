@@ -183,7 +183,7 @@ class IndexStorage:
             return
         current = self.vectors
         for stale in [
-            *self.path.glob(".candidates-*.tmp"),
+            *self.path.glob(".candidates*.tmp"),  # atomic_file's ".candidates.npz.*.tmp" (and older "-*.tmp")
             *self.path.glob("vectors*f16"),
             *self.path.glob(".tokens-*.tmp"),
             self.path / "tokens.faiss",

@@ -40,8 +40,8 @@ KILL_POINTS = [
     KillPoint("docqa.index.candidates", "CandidateIndex.log", 1, "after", "log"),
     KillPoint("docqa.index.candidates", "CandidateIndex.rebuild", 2, "after", "save"),
     KillPoint("docqa.index.candidates", "np.savez", 1, "after", "save"),  # temp file written, not renamed
-    KillPoint("docqa.index.candidates", "os.replace", 1, "after", "save"),  # new empty log, old postings
-    KillPoint("docqa.index.candidates", "os.replace", 4, "after", "save"),
+    KillPoint("docqa.files", "os.replace", 1, "after", "save"),  # new empty log, old postings
+    KillPoint("docqa.files", "os.replace", 4, "after", "save"),
 ]
 # The tiny corpus has 11 pages: train the candidate stage from 4 pages, assign cells a page at a time
 # and fold the tail after 2, so that training, logging and saving all happen (and get killed) during

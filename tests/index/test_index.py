@@ -181,6 +181,19 @@ def test_torn_or_foreign_logs_are_ignored(tmp_path):
     assert CandidateIndex.load(tmp_path, 16) is None
 
 
+def test_temp_files_of_a_crashed_save_are_removed_on_recovery(tmp_path):
+    """atomic_file's temporaries (".candidates.npz.*.tmp", ".candidates.log.*.tmp") and those of
+    older versions (".candidates-*.tmp") go when a writer next recovers (here: on open)."""
+    index = DocIndex.open(tmp_path, create=True)
+    index.add_embeddings("/a.pdf", [_normalised(np.random.default_rng(1), 4, 8)])
+    index.close()
+    left = [tmp_path / name for name in (".candidates.npz.a1.tmp", ".candidates.log.b2.tmp", ".candidates-c3.tmp")]
+    for path in left:
+        path.write_bytes(b"partial")
+    DocIndex.open(tmp_path).close()
+    assert [path.name for path in left if path.exists()] == []
+
+
 def _with_candidates(tmp_path, rng, pages: int):
     """A vector file of `pages` random pages with a candidate index holding all of them."""
     vectors, table = _build(tmp_path, rng, pages=pages)
