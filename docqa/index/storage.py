@@ -17,7 +17,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,7 +30,7 @@ from .candidate_stage import CandidateStage
 from .locking import WriteLock
 from .pooling import pool_tokens
 from .search import ScoredPage, brute_force_top_k
-from .store import NewPage, PageFilter, Store
+from .store import DocumentRecord, NewPage, PageFilter, Store
 from .threads import one_thread
 from .vectors import VECTOR_TYPES, VectorFile, file_name
 
@@ -250,6 +250,24 @@ class IndexStorage:
         if self._live_rows is not None:
             self._live_rows -= sum(count for _, count in ranges)
         return len(document_ids)
+
+    # --- the catalogue: what ingest plans from ------------------------------------------------
+    def document(self, path: Path) -> DocumentRecord | None:
+        """The document indexed at exactly `path`, or None."""
+        return self.store.document(path)
+
+    def documents_under(self, paths: Iterable[Path]) -> list[DocumentRecord]:
+        """Documents whose file is one of `paths` or lies below one of them, in path order."""
+        return self.store.documents_under(paths)
+
+    def metadata(self, document_id: int) -> dict:
+        """A document's tags ({} for a document that is not there)."""
+        return self.store.metadata(document_id)
+
+    def add_tags(self, document_id: int, tags: dict[str, object]) -> bool:
+        """Add `tags` to a document's metadata in one transaction; False when nothing changed."""
+        with self.store.transaction():
+            return self.store.merge_metadata(document_id, tags)
 
     # --- compaction -------------------------------------------------------------------------
     def compact(self) -> int:

@@ -67,6 +67,39 @@ class DocumentRecord:
 
 
 @dataclass(frozen=True)
+class PageRecord:
+    """One committed page: which document and page it is, its size as rendered (0 x 0 for given
+    embeddings; None in indexes from before sizes were kept) and its rows in the vector file."""
+
+    id: int
+    document_id: int
+    number: int
+    width: int | None
+    height: int | None
+    vec_offset: int
+    vec_count: int
+
+
+@dataclass(frozen=True)
+class ListedDocument:
+    """A document as `docqa list` shows it: its fields, its tags and when it was indexed."""
+
+    path: str
+    pages: int
+    size: int
+    kind: str
+    sha256: str
+    tags: dict
+    indexed_at: float | None
+
+    def to_json(self) -> dict:
+        """Its fields, `indexed_at` as "added" (UTC, ISO 8601; None in indexes from before it was kept)."""
+        added = None if self.indexed_at is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.indexed_at))
+        fields = {"path": self.path, "pages": self.pages, "size": self.size, "kind": self.kind, "sha256": self.sha256}
+        return {**fields, "tags": self.tags, "added": added}
+
+
+@dataclass(frozen=True)
 class NewPage:
     number: int
     width: int
@@ -269,6 +302,16 @@ class Store:
     def all_documents(self) -> list[DocumentRecord]:
         return self._documents("", [])
 
+    def listed_documents(self, page_filter: PageFilter) -> list[ListedDocument]:
+        """The documents `page_filter` lets through, with their tags, in path order."""
+        clause, params = page_filter.sql()
+        rows = self.db.execute(
+            "SELECT path, pages, size, kind, sha256, metadata, indexed_at FROM documents"
+            f" WHERE {clause} ORDER BY path_key",
+            params,
+        ).fetchall()
+        return [ListedDocument(*row[:5], tags=json.loads(row[5] or "{}"), indexed_at=row[6]) for row in rows]
+
     def _documents(self, where: str, params: list) -> list[DocumentRecord]:
         sql = f"SELECT id, path, path_key, sha256, size, mtime, kind, pages FROM documents {where} ORDER BY path_key"
         return [DocumentRecord(*row) for row in self.db.execute(sql, params).fetchall()]
@@ -389,6 +432,15 @@ class Store:
                 "SELECT id, vec_offset, vec_count FROM pages WHERE document_id = ? ORDER BY number", [document_id]
             ).fetchall()
         ]
+
+    def page_records(self, document_id: int | None = None) -> list[PageRecord]:
+        """The committed pages of one document (or of every document), by document id and page number."""
+        where, params = ("WHERE document_id = ?", [document_id]) if document_id is not None else ("", [])
+        sql = (
+            "SELECT id, document_id, number, width, height, vec_offset, vec_count FROM pages"
+            f" {where} ORDER BY document_id, number"
+        )
+        return [PageRecord(*row) for row in self.db.execute(sql, params).fetchall()]
 
     def vector_epoch(self) -> int:
         """Bumped whenever vector row numbers change meaning (rows dropped, or the file compacted)."""

@@ -66,6 +66,7 @@ def _ingest(index_dir: Path, corpus: Path, model: str) -> dict:
 
 def _raw_invariants(index_dir: Path) -> dict:
     """What a crashed writer left, read before anything repairs it."""
+    # Raw SQLite on purpose: DocIndex.open would repair first, and the torn state is what is checked.
     db = sqlite3.connect(index_dir / "docqa.db")
     build = db.execute("SELECT value FROM meta WHERE key = 'build'").fetchone()
     dim = json.loads(build[0])["encoder"]["dim"] if build else 1
@@ -90,10 +91,10 @@ def _state(index_dir: Path) -> dict:
     from docqa.index.search import brute_force_top_k, two_stage_top_k
 
     index = DocIndex.open(index_dir)
-    documents = [(d.path, d.sha256, d.pages) for d in index.store.all_documents()]
+    documents = [(d.path, d.sha256, d.pages) for d in index.documents()]
     if index.build is None:
         return {"documents": documents, "covered": True, "scores": []}
-    table, _, _, _ = index.store.snapshot()
+    table, _, _, _ = index.store.snapshot()  # the page table readers search: what the candidate stage must hold
     vectors = index.vectors
     candidates = index.storage.candidate_stage.caught_up(table, vectors)
     ends = table.offsets + table.counts
@@ -110,8 +111,8 @@ def _state(index_dir: Path) -> dict:
             staged = two_stage_top_k(query, len(table), table, candidates, vectors, rerank=len(table))
             assert [h.page_id for h in staged] == [h.page_id for h in exact]
             assert np.isfinite(candidates.approximate_scores(query, table.page_ids)).all()
-        details = index.store.pages_with_documents([hit.page_id for hit in exact])
-        scores.append({(details[h.page_id]["path"], details[h.page_id]["page"]): h.score for h in exact})
+        pages = {h.page_id: index.page(h.page_id) for h in exact}
+        scores.append({(pages[h.page_id].path, pages[h.page_id].page): h.score for h in exact})
     return {"documents": documents, "covered": covered, "scores": scores, "trained": candidates is not None}
 
 

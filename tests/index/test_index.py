@@ -261,7 +261,7 @@ def test_cells_assigned_beside_the_writer_are_those_of_the_stored_values(tmp_pat
     index = DocIndex.open(folder, create=True)
 
     def holds_every_page_with_its_cells(index: DocIndex, settled: bool = False) -> None:
-        table = index.store.page_table()
+        table = index.store.page_table()  # the storage engine's own view: what the candidate stage must hold
         if settled:  # nothing left for a reader to catch up
             assert index.storage.candidate_stage.in_memory.high_water == table.page_ids.max()
         candidates = index.storage.candidate_stage.caught_up(table, index.vectors)
