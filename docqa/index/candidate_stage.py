@@ -41,6 +41,13 @@ class CandidateStage:
         """The candidate index as this process holds it now (None before it is loaded or trained)."""
         return self._index
 
+    def _existing(self) -> CandidateIndex:
+        """The candidate index, for the steps that only run once there is one (pages are handed to
+        the assigning thread, and saved, only after it is trained or loaded)."""
+        if self._index is None:
+            raise RuntimeError(f"{self.path}: the candidate stage was asked to assign or save before it had an index")
+        return self._index
+
     def recover(self, table: PageTable, vectors: VectorFile) -> None:
         """A writer's recovery: catch up with every page of `table` and save, when that changed
         what is on disk (pages a dead writer did not log, or a lost candidate index rebuilt)."""
@@ -72,16 +79,17 @@ class CandidateStage:
         page_ids, offsets, counts = zip(*self._unassigned)
         self._unassigned = []
         stored = vectors.stored_rows(offsets, counts)
-        return self._assigner.submit(self._index.codebook, list(page_ids), stored, vectors.decode_into)
+        return self._assigner.submit(self._existing().codebook, list(page_ids), stored, vectors.decode_into)
 
     def _add_assigned(self, batches: list[Assigned], vectors: VectorFile) -> None:
         """Put assigned pages into the candidate index's tail and log them (or fold and save)."""
         for page_ids, cells in batches:
-            self._index.put_assigned([(page_ids, cells)])
-            if self._index.needs_rebuild():
+            candidates = self._existing()
+            candidates.put_assigned([(page_ids, cells)])
+            if candidates.needs_rebuild():
                 self.save(vectors)
             else:
-                self._index.log(self.path, page_ids, cells)
+                candidates.log(self.path, page_ids, cells)
 
     def finish_assigning(self, vectors: VectorFile) -> None:
         """Wait for every committed page's cells and add them (the end of a write session)."""
@@ -142,11 +150,12 @@ class CandidateStage:
     def save(self, vectors: VectorFile) -> None:
         """Fold the tail into the postings and save them (inside a write); pages still being
         assigned are logged after the save."""
+        candidates = self._existing()
         table = self.store.page_table()
-        self._index.rebuild(table.page_ids)
-        estimate = self._index.recall_estimate
+        candidates.rebuild(table.page_ids)
+        estimate = candidates.recall_estimate
         if estimate is None or len(table) >= self_check.REESTIMATE_GROWTH * estimate.pages:
             # measured on a smaller index: its depth may no longer reach the target; measure again
-            self._index.recall_estimate = self_check.estimate(table, self._index, vectors, seed=len(table))
-        self._index.save(self.path)
+            candidates.recall_estimate = self_check.estimate(table, candidates, vectors, seed=len(table))
+        candidates.save(self.path)
         self._unsaved = False

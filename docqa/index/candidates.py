@@ -34,6 +34,7 @@ import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, astuple, dataclass
 from pathlib import Path
+from typing import Any
 
 import faiss
 import numpy as np
@@ -93,6 +94,8 @@ class Codebook:
         for part in (sample[:, :half], sample[:, half:]):
             kmeans = faiss.Kmeans(half, HALF_CENTROIDS, niter=20, seed=seed, verbose=False)
             kmeans.train(np.ascontiguousarray(part))
+            if kmeans.centroids is None:
+                raise RuntimeError(f"FAISS k-means on a ({len(part)}, {half}) sample returned no centroids")
             centroids.append(kmeans.centroids)
         return cls(np.stack(centroids))
 
@@ -231,18 +234,18 @@ class CandidateIndex:
         if self.tail:
             raise ValueError("rebuild() before save(): the saved postings hold every page")
         self.log_id = secrets.randbits(62)
-        estimate = self.recall_estimate
-        # saved as its fields in order (load() reads them back so)
-        extra = {} if estimate is None else {"estimate": np.array(astuple(estimate), dtype=np.float64)}
+        header = [self.trained_pages, self.base_pages, self.high_water, self.log_id]
+        # Any: numpy's stub checks **arrays against savez's own allow_pickle flag
+        arrays: dict[str, Any] = {
+            "centroids": self.codebook.centroids,
+            "pointers": self.pointers,
+            "ids": self.ids,
+            "header": np.array(header, dtype=np.int64),
+        }
+        if self.recall_estimate is not None:  # its fields in order, as load() reads them back
+            arrays["estimate"] = np.array(astuple(self.recall_estimate), dtype=np.float64)
         with atomic_file(directory / FILE_NAME) as temp:
-            np.savez(
-                temp,
-                centroids=self.codebook.centroids,
-                pointers=self.pointers,
-                ids=self.ids,
-                header=np.array([self.trained_pages, self.base_pages, self.high_water, self.log_id], dtype=np.int64),
-                **extra,
-            )
+            np.savez(temp, **arrays)
             atomic_write(directory / LOG_NAME, _LOG_HEADER.pack(_LOG_MAGIC, self.log_id))
 
     def log(self, directory: Path, page_ids: list[int], cells: list[np.ndarray]) -> None:

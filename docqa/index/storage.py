@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import IndexLockedError, IndexMismatchError, StorageFullError
+from ..errors import IndexLockedError, IndexMismatchError, IndexNotFoundError, StorageFullError
 from . import search as scoring
 from .candidate_stage import CandidateStage
 from .locking import WriteLock
@@ -90,6 +90,9 @@ class IndexStorage:
         self.store = store
         self.dim = dim
         self.options = options
+        if options.vector_type is None:  # IndexOptions.__post_init__ always chooses one
+            raise ValueError(f"index options without a vector type: {options}")
+        self.vector_type: str = options.vector_type
         self._vectors: VectorFile | None = None
         self.candidate_stage = CandidateStage(path, store, fast=options.mode == "fast")
         self._pages = 0  # committed pages, as of this writer's last look
@@ -109,11 +112,13 @@ class IndexStorage:
 
     def _vector_file(self, name: str) -> VectorFile:
         """The vector file called `name` ("": the index's first file), opened once."""
-        name = name or file_name(self.options.vector_type)
+        if self.dim is None:
+            raise IndexNotFoundError(f"{self.path} has no vectors yet: nothing was added to it")
+        name = name or file_name(self.vector_type)
         if self._vectors is None or self._vectors.path.name != name:
             if self._vectors is not None:
                 self._vectors.close()
-            self._vectors = VectorFile(self.path, self.dim, name, self.options.vector_type)
+            self._vectors = VectorFile(self.path, self.dim, name, self.vector_type)
         return self._vectors
 
     # --- writing ----------------------------------------------------------------------------
@@ -212,7 +217,7 @@ class IndexStorage:
             vectors = pool_tokens(vectors, self.options.pool_factor)
         stored = self.vectors.encode(vectors)
         if fingerprint is not None:
-            fingerprint.update(stored)
+            fingerprint.update(stored.data)
         offset = self.vectors.append(stored)
         return NewPage(number, width, height, offset, len(vectors))
 
@@ -282,7 +287,7 @@ class IndexStorage:
         if freed <= 0:
             return 0
         epoch = self.store.vector_epoch() + 1
-        new = VectorFile(self.path, old.dim, file_name(self.options.vector_type, epoch), self.options.vector_type)
+        new = VectorFile(self.path, old.dim, file_name(self.vector_type, epoch), self.vector_type)
         new.path.unlink(missing_ok=True)
         stored = old.stored_rows(table.offsets, table.counts)
         moves = [(page_id, new.append(rows)) for page_id, rows in zip(table.page_ids.tolist(), stored)]
@@ -330,7 +335,7 @@ class IndexStorage:
         if candidates is None:
             return {"candidate_stage": False}
         estimate = candidates.recall_estimate
-        stats = {"candidate_stage": True, "rerank": scoring.RERANK_PAGES}
+        stats: dict[str, object] = {"candidate_stage": True, "rerank": scoring.RERANK_PAGES}
         if estimate is not None:
             stats.update(
                 rerank=estimate.rerank,

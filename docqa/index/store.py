@@ -14,21 +14,27 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..errors import IndexCorruptError
 from ..inputs.sources import printable
 
+if TYPE_CHECKING:
+    from sqlite_utils import Database
 
-def _import_sqlite_utils():
+
+def _import_sqlite_utils() -> ModuleType:
     """sqlite-utils imports pandas when it is installed (about 1 s with pyarrow, for DataFrame column
     types docqa never stores); keep it from doing so, unless something imported pandas already."""
     import sys
 
     blocked = "pandas" not in sys.modules
     if blocked:
-        sys.modules["pandas"] = None  # type: ignore[assignment]  (import pandas -> ImportError)
+        # None in sys.modules makes `import pandas` raise ImportError (typeshed allows modules only)
+        sys.modules["pandas"] = None  # type: ignore[assignment]
     try:
         import sqlite_utils
     finally:
@@ -163,9 +169,9 @@ def check_metadata_key(key: str) -> None:
         raise ValueError(f"metadata key {key!r} must be a non-empty string without double quotes")
 
 
-def _migration_1(db: sqlite_utils.Database) -> None:
-    db["meta"].create({"key": str, "value": str}, pk="key")
-    db["documents"].create(
+def _migration_1(db: Database) -> None:
+    db.table("meta").create({"key": str, "value": str}, pk="key")
+    db.table("documents").create(
         {
             "id": int,
             "path_key": bytes,
@@ -181,9 +187,9 @@ def _migration_1(db: sqlite_utils.Database) -> None:
         pk="id",
         not_null=["path_key", "path", "sha256", "kind", "pages"],
     )
-    db["documents"].create_index(["path_key"], unique=True)
-    db["documents"].create_index(["sha256"])
-    db["pages"].create(
+    db.table("documents").create_index(["path_key"], unique=True)
+    db.table("documents").create_index(["sha256"])
+    db.table("pages").create(
         {
             "id": int,
             "document_id": int,
@@ -197,11 +203,11 @@ def _migration_1(db: sqlite_utils.Database) -> None:
         foreign_keys=[("document_id", "documents", "id")],
         not_null=["document_id", "number", "vec_offset", "vec_count"],
     )
-    db["pages"].create_index(["document_id", "number"], unique=True)
-    db["pages"].create_index(["vec_offset"])
+    db.table("pages").create_index(["document_id", "number"], unique=True)
+    db.table("pages").create_index(["vec_offset"])
 
 
-def _migration_2(db: sqlite_utils.Database) -> None:
+def _migration_2(db: Database) -> None:
     """Page ids are never reused (AUTOINCREMENT): the candidate index keys pages by id."""
     db.execute("ALTER TABLE pages RENAME TO pages_v1")
     db.execute(
@@ -218,7 +224,7 @@ def _migration_2(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX idx_pages_vec_offset ON pages (vec_offset)")
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migration_1, _migration_2]
+MIGRATIONS: list[Callable[[Database], None]] = [_migration_1, _migration_2]
 
 
 class Store:
@@ -310,7 +316,10 @@ class Store:
             f" WHERE {clause} ORDER BY path_key",
             params,
         ).fetchall()
-        return [ListedDocument(*row[:5], tags=json.loads(row[5] or "{}"), indexed_at=row[6]) for row in rows]
+        return [
+            ListedDocument(path, pages, size, kind, sha256, tags=json.loads(metadata or "{}"), indexed_at=indexed_at)
+            for path, pages, size, kind, sha256, metadata, indexed_at in rows
+        ]
 
     def _documents(self, where: str, params: list) -> list[DocumentRecord]:
         sql = f"SELECT id, path, path_key, sha256, size, mtime, kind, pages FROM documents {where} ORDER BY path_key"
