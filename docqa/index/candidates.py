@@ -2,10 +2,9 @@
 
 Every page vector is quantised to one cell of an inverted multi-index (Babenko & Lempitsky): its
 first and second halves each go to the nearest of 256 k-means centroids (FAISS k-means, trained on a
-sample of the index's own vectors), giving 65,536 cells assigned with two small matrix products.
-(Fine cells matter: on the benchmark's corpus at 10k pages the best 256 pages by approximate score
-held 47% of the exact top 10 with 64 x 64 cells, 83% with 128 x 128, 93-95% with 256 x 256.) A
-page is represented by the set of cells its vectors fall in; a cell's postings list the pages that
+sample of the index's own vectors), giving 65,536 cells assigned with two small matrix products
+(fine cells find more of the exact top 10: benchmarks/RESULTS.md, "Cell count"). A page is
+represented by the set of cells its vectors fall in; a cell's postings list the pages that
 have it.
 
 A query token's score for a cell is its dot product with the cell's centroid (the sum of the two
