@@ -33,7 +33,7 @@ from .errors import (
 )
 from .index.search import ScoredPage
 from .index.storage import IndexOptions, IndexStorage
-from .index.store import DB_NAME, DocumentRecord, PageFilter, Store, check_metadata_key
+from .index.store import DB_NAME, DocumentRecord, PageFilter, PageRecord, Store, check_metadata_key
 from .index.vectors import VectorFile, as_float32
 from .ingest.local import run_ingest
 from .ingest.report import IngestReport
@@ -494,27 +494,19 @@ class DocIndex:
         """Every indexed document, in path order."""
         return self.store.all_documents()
 
+    def document(self, path: str | os.PathLike[str]) -> DocumentRecord | None:
+        """The document indexed at exactly `path` (as ingest recorded it), or None."""
+        return self.store.document(Path(path))
+
+    def page_records(self, document_id: int | None = None) -> list[PageRecord]:
+        """The committed pages of one document (or of every one), by document id and page number:
+        page ids, sizes as rendered and where their vectors are in the vector file."""
+        return self.store.page_records(document_id)
+
     def list_documents(self, *, where: dict[str, object] | None = None, path: str | None = None) -> list[dict]:
         """Every document matching `where` tags and the `path` glob, ordered by path, as JSON objects
         (path, pages, size, kind, sha256, tags, added)."""
-        clause, params = PageFilter(where=where or {}, path=path).sql()
-        rows = self.store.db.execute(
-            "SELECT path, pages, size, kind, sha256, metadata, indexed_at FROM documents"
-            f" WHERE {clause} ORDER BY path_key",
-            params,
-        ).fetchall()
-        return [
-            {
-                "path": row[0],
-                "pages": row[1],
-                "size": row[2],
-                "kind": row[3],
-                "sha256": row[4],
-                "tags": json.loads(row[5] or "{}"),
-                "added": None if row[6] is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(row[6])),
-            }
-            for row in rows
-        ]
+        return [listed.to_json() for listed in self.store.listed_documents(PageFilter(where=where or {}, path=path))]
 
     def remove_documents(self, document_ids: Iterable[int]) -> RemoveReport:
         """Delete documents by id (ids not in the index are reported as not found)."""

@@ -20,18 +20,15 @@ def _unit(rng: np.random.Generator, rows: int, dim: int = DIM) -> np.ndarray:
 
 
 def _reference(index: DocIndex, query: np.ndarray, k: int, keep=lambda path, metadata: True) -> list[tuple[str, int]]:
-    """Brute-force MaxSim over every stored page, straight from SQLite and the vector file."""
-    rows = index.store.db.execute(
-        "SELECT documents.path, documents.metadata, pages.number, pages.vec_offset, pages.vec_count, pages.id"
-        " FROM pages JOIN documents ON documents.id = pages.document_id"
-    ).fetchall()
-    import json
-
+    """Brute-force MaxSim over every stored page, straight from the page records and the vector file."""
+    paths = {document.id: document.path for document in index.documents()}
+    tags = {listed["path"]: listed["tags"] for listed in index.list_documents()}
     scored = []
-    for path, metadata, number, offset, count, page_id in rows:
-        if keep(path, json.loads(metadata)):
-            page = index.vectors.read([offset], [count])[0]
-            scored.append((-float((query @ page.T).max(axis=1).sum()), page_id, path, number))
+    for record in index.page_records():
+        path = paths[record.document_id]
+        if keep(path, tags[path]):
+            page = index.vectors.read([record.vec_offset], [record.vec_count])[0]
+            scored.append((-float((query @ page.T).max(axis=1).sum()), record.id, path, record.number))
     return [(path, number) for _, _, path, number in sorted(scored)[:k]]
 
 
@@ -144,7 +141,7 @@ def test_index_options_are_fixed_at_creation_and_pooling_shrinks_pages(tmp_path)
     pooled = DocIndex.open(tmp_path / "pooled", create=True, options={"pool_factor": 3})
     pages = [_unit(rng, 30), _unit(rng, 7)]
     pooled.add_embeddings("/a.pdf", pages)
-    counts = [row[0] for row in pooled.store.db.execute("SELECT vec_count FROM pages ORDER BY number")]
+    counts = [page.vec_count for page in pooled.page_records()]  # one document's pages, in order
     assert counts == [10, 2]  # about 1/3 as many vectors
     assert pooled.info().to_json()["options"] == {"mode": "fast", "pool_factor": 3, "vector_type": "bfloat16"}
     hits = pooled.search_embeddings(pages[0][:4], k=2, exact=True)
@@ -180,7 +177,7 @@ def test_vector_types_store_what_they_say(tmp_path):
         assert abs(best[vector_type].score - expected) < 1e-5
 
     legacy = tmp_path / "float16"  # made to look like an index from before vector types
-    store = DocIndex.open(legacy).store
+    store = DocIndex.open(legacy).store  # writing the stamp such an index stored, raw, is the point
     build = json.loads(store.get_meta("build"))
     del build["options"]["vector_type"]
     with store.transaction():

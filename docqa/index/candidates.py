@@ -2,10 +2,9 @@
 
 Every page vector is quantised to one cell of an inverted multi-index (Babenko & Lempitsky): its
 first and second halves each go to the nearest of 256 k-means centroids (FAISS k-means, trained on a
-sample of the index's own vectors), giving 65,536 cells assigned with two small matrix products.
-(Fine cells matter: on the benchmark's corpus at 10k pages the best 256 pages by approximate score
-held 47% of the exact top 10 with 64 x 64 cells, 83% with 128 x 128, 93-95% with 256 x 256.) A
-page is represented by the set of cells its vectors fall in; a cell's postings list the pages that
+sample of the index's own vectors), giving 65,536 cells assigned with two small matrix products
+(fine cells find more of the exact top 10: benchmarks/RESULTS.md, "Cell count"). A page is
+represented by the set of cells its vectors fall in; a cell's postings list the pages that
 have it.
 
 A query token's score for a cell is its dot product with the cell's centroid (the sum of the two
@@ -28,17 +27,18 @@ caller's list of live pages.
 
 from __future__ import annotations
 
-import os
 import secrets
 import struct
-import tempfile
 import zipfile
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, astuple, dataclass
 from pathlib import Path
+from typing import Any
 
 import faiss
 import numpy as np
+
+from ..files import atomic_file, atomic_write
 
 FILE_NAME = "candidates.npz"
 LOG_NAME = "candidates.log"
@@ -93,6 +93,8 @@ class Codebook:
         for part in (sample[:, :half], sample[:, half:]):
             kmeans = faiss.Kmeans(half, HALF_CENTROIDS, niter=20, seed=seed, verbose=False)
             kmeans.train(np.ascontiguousarray(part))
+            if kmeans.centroids is None:
+                raise RuntimeError(f"FAISS k-means on a ({len(part)}, {half}) sample returned no centroids")
             centroids.append(kmeans.centroids)
         return cls(np.stack(centroids))
 
@@ -224,48 +226,26 @@ class CandidateIndex:
 
     # --- disk -------------------------------------------------------------------------------
     def save(self, directory: Path) -> None:
-        """Fold the tail into the postings and write them atomically (temp file, fsync, os.replace),
-        then start an empty log for the pages committed after this."""
+        """Write the postings atomically (docqa.files.atomic_file: temp file, fsync, os.replace),
+        after starting an empty log for the pages committed after this (a crash in between leaves
+        the old postings with a log that is not theirs: it is ignored, and the pages it would have
+        held are recomputed from the vector file)."""
         if self.tail:
             raise ValueError("rebuild() before save(): the saved postings hold every page")
         self.log_id = secrets.randbits(62)
-        handle, temp_name = tempfile.mkstemp(prefix=".candidates-", suffix=".tmp", dir=directory)
-        try:
-            with os.fdopen(handle, "wb") as temp:
-                header = [self.trained_pages, self.base_pages, self.high_water, self.log_id]
-                estimate = self.recall_estimate
-                extra = (
-                    {}
-                    if estimate is None
-                    else {
-                        "estimate": np.array(
-                            [
-                                estimate.rerank,
-                                estimate.recall_at_10,
-                                estimate.top1,
-                                estimate.queries,
-                                estimate.pages,
-                                estimate.sample_pages,
-                            ],
-                            dtype=np.float64,
-                        )
-                    }
-                )
-                np.savez(
-                    temp,
-                    centroids=self.codebook.centroids,
-                    pointers=self.pointers,
-                    ids=self.ids,
-                    header=np.array(header, dtype=np.int64),
-                    **extra,
-                )
-                temp.flush()
-                os.fsync(temp.fileno())
-            _write_atomically(directory / LOG_NAME, _LOG_HEADER.pack(_LOG_MAGIC, self.log_id))
-            os.replace(temp_name, directory / FILE_NAME)
-        except BaseException:
-            Path(temp_name).unlink(missing_ok=True)
-            raise
+        header = [self.trained_pages, self.base_pages, self.high_water, self.log_id]
+        # Any: numpy's stub checks **arrays against savez's own allow_pickle flag
+        arrays: dict[str, Any] = {
+            "centroids": self.codebook.centroids,
+            "pointers": self.pointers,
+            "ids": self.ids,
+            "header": np.array(header, dtype=np.int64),
+        }
+        if self.recall_estimate is not None:  # its fields in order, as load() reads them back
+            arrays["estimate"] = np.array(astuple(self.recall_estimate), dtype=np.float64)
+        with atomic_file(directory / FILE_NAME) as temp:
+            np.savez(temp, **arrays)
+            atomic_write(directory / LOG_NAME, _LOG_HEADER.pack(_LOG_MAGIC, self.log_id))
 
     def log(self, directory: Path, page_ids: list[int], cells: list[np.ndarray]) -> None:
         """Append committed pages' cells to the log (no fsync: a lost or torn record is recomputed
@@ -321,19 +301,6 @@ def _read_log(path: Path, log_id: int) -> Iterator[tuple[int, np.ndarray]]:
             return
         yield page_id, np.frombuffer(data, dtype="<u2", count=count, offset=position + _RECORD.size).astype(np.uint16)
         position = end
-
-
-def _write_atomically(path: Path, payload: bytes) -> None:
-    handle, temp_name = tempfile.mkstemp(prefix=".candidates-", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as temp:
-            temp.write(payload)
-            temp.flush()
-            os.fsync(temp.fileno())
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
 
 
 def _ranges(starts: np.ndarray, stops: np.ndarray) -> np.ndarray:

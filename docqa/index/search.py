@@ -7,11 +7,9 @@ best approximate scores, scores those in bfloat16, and rescores the best of them
 it returns are exact, the set of pages considered is not.
 
 Pages are scored a chunk of rows at a time through torch, into buffers allocated once per call:
-torch converts float16 to float32 with vector instructions (numpy converts one value at a time, 8x
-slower here), and its bfloat16 products use the CPU's bf16 dot-product instructions (AVX512-BF16).
-On the 2-core dev machine (one thread, another process busy), 1,536 pages of 356 x 128 vectors took
-49 ms in float32 and 32 ms in bfloat16 from float16 storage, 21 ms from bfloat16 storage; numpy
-took about 60 ms per 512 pages.
+torch converts float16 to float32 with vector instructions (numpy converts one value at a time),
+and its bfloat16 products use the CPU's bf16 dot-product instructions (AVX512-BF16) where the CPU
+has them. What each costs: benchmarks/RESULTS.md, "Scoring".
 """
 
 from __future__ import annotations
@@ -93,8 +91,8 @@ def page_scores(
 @functools.lru_cache(maxsize=1)
 def bfloat16_is_native() -> bool:
     """Whether this CPU multiplies bfloat16 in hardware (AVX512-BF16 or AMX). Without it (AVX2-only
-    CPUs) torch emulates bfloat16 products: 547k x 128 rows against 20 tokens took 1.8 s in
-    bfloat16 and 0.32 s in float32 on an AVX2 EPYC, so search multiplies in float32 there."""
+    CPUs) torch emulates bfloat16 products, slower than float32 ones (benchmarks/RESULTS.md,
+    "Scoring"), so search multiplies in float32 there."""
     try:
         flags = next((line for line in open("/proc/cpuinfo") if line.startswith("flags")), "")
     except OSError:

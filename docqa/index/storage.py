@@ -7,8 +7,9 @@
 
 The SQLite transaction is the one commit point. Vectors are appended to the vector file and fsynced
 before the commit that points at them; rows past the last commit are dropped on recovery. The
-candidate index (candidates.py) is derived data: saved now and then, caught up from the vector file
-for pages committed after its save, rebuilt from the vector file if it is lost.
+candidate index is derived data, kept by the candidate stage (candidate_stage.py): saved now and
+then, caught up from the vector file for pages committed after its save, rebuilt from the vector
+file if it is lost.
 """
 
 from __future__ import annotations
@@ -16,28 +17,24 @@ from __future__ import annotations
 import errno
 import hashlib
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import IndexLockedError, IndexMismatchError, StorageFullError
-from . import candidates as stage
+from ..errors import IndexLockedError, IndexMismatchError, IndexNotFoundError, StorageFullError
 from . import search as scoring
-from . import self_check
-from .assigning import Assigned, BackgroundAssigner
-from .candidates import CandidateIndex
+from .candidate_stage import CandidateStage
 from .locking import WriteLock
 from .pooling import pool_tokens
 from .search import ScoredPage, brute_force_top_k
-from .store import NewPage, PageFilter, PageTable, Store
+from .store import DocumentRecord, NewPage, PageFilter, Store
 from .threads import one_thread
 from .vectors import VECTOR_TYPES, VectorFile, file_name
 
 MODES = ("fast", "exact")
-_ASSIGN_PAGES = 64  # committed pages handed to the cell-assigning thread at once
 DEFAULT_VECTOR_TYPE = {"fast": "bfloat16", "exact": "float16"}
 
 
@@ -93,16 +90,16 @@ class IndexStorage:
         self.store = store
         self.dim = dim
         self.options = options
+        if options.vector_type is None:  # IndexOptions.__post_init__ always chooses one
+            raise ValueError(f"index options without a vector type: {options}")
+        self.vector_type: str = options.vector_type
         self._vectors: VectorFile | None = None
-        self._candidates: CandidateIndex | None = None
+        self.candidate_stage = CandidateStage(path, store, fast=options.mode == "fast")
         self._pages = 0  # committed pages, as of this writer's last look
-        self._unsaved = False  # the candidate index in memory holds more than the one on disk
         self._depth = 0  # writing() is re-entrant: only the outermost call locks and recovers
         self._durable = True  # every commit survives power loss (see bulk())
         self._live_rows: int | None = None  # vector rows committed pages use, kept during a write session
         self._writing_file: str | None = None  # the vector file's name during a write session
-        self._assigner = BackgroundAssigner()  # cells of committed pages, computed beside the writer
-        self._unassigned: list[tuple[int, int, int]] = []  # committed (page id, offset, count) not yet handed over
 
     # --- vectors ----------------------------------------------------------------------------
     @property
@@ -115,11 +112,13 @@ class IndexStorage:
 
     def _vector_file(self, name: str) -> VectorFile:
         """The vector file called `name` ("": the index's first file), opened once."""
-        name = name or file_name(self.options.vector_type)
+        if self.dim is None:
+            raise IndexNotFoundError(f"{self.path} has no vectors yet: nothing was added to it")
+        name = name or file_name(self.vector_type)
         if self._vectors is None or self._vectors.path.name != name:
             if self._vectors is not None:
                 self._vectors.close()
-            self._vectors = VectorFile(self.path, self.dim, name, self.options.vector_type)
+            self._vectors = VectorFile(self.path, self.dim, name, self.vector_type)
         return self._vectors
 
     # --- writing ----------------------------------------------------------------------------
@@ -137,7 +136,8 @@ class IndexStorage:
                 self._writing_file = self.store.vector_file()
                 self._recover()
                 yield
-                self._settle_assignments()
+                if self.dim is not None:  # else nothing was committed: no cells to wait for
+                    self.candidate_stage.finish_assigning(self.vectors)
         except (OSError, sqlite3.OperationalError) as error:
             if not _is_storage_full(error):
                 raise
@@ -149,7 +149,7 @@ class IndexStorage:
             self._depth -= 1
             self._live_rows = None
             self._writing_file = None
-            self._drop_assignments()  # after a failure: recomputed from the vector file when next needed
+            self.candidate_stage.drop_unassigned()  # after a failure: recomputed from the vector file when next needed
             if self._vectors is not None:
                 self._vectors.close()
             lock.close()
@@ -188,7 +188,7 @@ class IndexStorage:
             return
         current = self.vectors
         for stale in [
-            *self.path.glob(".candidates-*.tmp"),
+            *self.path.glob(".candidates*.tmp"),  # atomic_file's ".candidates.npz.*.tmp" (and older "-*.tmp")
             *self.path.glob("vectors*f16"),
             *self.path.glob(".tokens-*.tmp"),
             self.path / "tokens.faiss",
@@ -204,9 +204,7 @@ class IndexStorage:
         table = self.store.page_table()
         self._pages = len(table)
         self._live_rows = int(table.counts.sum())
-        self._current_candidates(table, current)
-        if self._unsaved:
-            self._save_candidates()
+        self.candidate_stage.recover(table, current)
         self.compact_if_wasteful()  # a writer killed between an update and its compaction
 
     def append_page(
@@ -219,7 +217,7 @@ class IndexStorage:
             vectors = pool_tokens(vectors, self.options.pool_factor)
         stored = self.vectors.encode(vectors)
         if fingerprint is not None:
-            fingerprint.update(stored)
+            fingerprint.update(stored.data)
         offset = self.vectors.append(stored)
         return NewPage(number, width, height, offset, len(vectors))
 
@@ -245,7 +243,7 @@ class IndexStorage:
         self._pages += len(added) - len(replaced)
         if self._live_rows is not None:
             self._live_rows += sum(count for _, _, count in added) - sum(count for _, count in replaced)
-        self._index_committed(added)
+        self.candidate_stage.add_committed(added, self._pages, self.vectors)
         return document_id
 
     def delete(self, document_ids: list[int]) -> int:
@@ -258,124 +256,38 @@ class IndexStorage:
             self._live_rows -= sum(count for _, count in ranges)
         return len(document_ids)
 
-    def _index_committed(self, added: list[tuple[int, int, int]]) -> None:
-        """Give the candidate index the committed pages (page id, offset, count): their cells are
-        computed on the assigning thread a batch at a time and logged in the index's tail when they
-        come back; the index is trained once big enough and retrained when it has grown many times
-        since."""
-        if self.options.mode != "fast":
-            return
-        candidates = self._candidates
-        if candidates is None or self._pages >= stage.RETRAIN_GROWTH * candidates.trained_pages:
-            if self._pages >= stage.TRAIN_MIN_PAGES:
-                self._drop_assignments()  # the new codebook assigns every page anew
-                self._candidates = self._trained(self.store.page_table(), self.vectors)
-                self._save_candidates()
-            return
-        self._unassigned += added
-        if len(self._unassigned) >= _ASSIGN_PAGES:
-            self._apply(self._submit_unassigned())
+    # --- the catalogue: what ingest plans from ------------------------------------------------
+    def document(self, path: Path) -> DocumentRecord | None:
+        """The document indexed at exactly `path`, or None."""
+        return self.store.document(path)
 
-    def _submit_unassigned(self) -> list[Assigned]:
-        """Hand the buffered committed pages to the assigning thread (their cells come from the
-        stored values, what search sees); returns the batches ready to apply."""
-        page_ids, offsets, counts = zip(*self._unassigned)
-        self._unassigned = []
-        stored = self.vectors.stored_rows(offsets, counts)
-        return self._assigner.submit(self._candidates.codebook, list(page_ids), stored, self.vectors.decode_into)
+    def documents_under(self, paths: Iterable[Path]) -> list[DocumentRecord]:
+        """Documents whose file is one of `paths` or lies below one of them, in path order."""
+        return self.store.documents_under(paths)
 
-    def _apply(self, batches: list[Assigned]) -> None:
-        """Put assigned pages into the candidate index's tail and log them (or fold and save)."""
-        for page_ids, cells in batches:
-            self._candidates.put_assigned([(page_ids, cells)])
-            if self._candidates.needs_rebuild():
-                self._save_candidates()
-            else:
-                self._candidates.log(self.path, page_ids, cells)
+    def metadata(self, document_id: int) -> dict:
+        """A document's tags ({} for a document that is not there)."""
+        return self.store.metadata(document_id)
 
-    def _settle_assignments(self) -> None:
-        """Wait for every committed page's cells and apply them."""
-        if self._unassigned:
-            self._apply(self._submit_unassigned())
-        self._apply(self._assigner.finish())
-
-    def _drop_assignments(self) -> None:
-        self._unassigned = []
-        self._assigner.close()
-
-    def _current_candidates(self, table: PageTable, vectors: VectorFile) -> CandidateIndex | None:
-        """The candidate index holding every page of `table` (None in exact mode or while the index
-        is too small to need one): loaded once, then caught up with pages committed since."""
-        if self.options.mode != "fast":
-            return None
-        if self._candidates is None:
-            self._candidates = CandidateIndex.load(self.path, self.dim)
-        if self._candidates is None:
-            if len(table) < stage.TRAIN_MIN_PAGES:
-                return None
-            self._candidates = self._trained(table, vectors)  # lost or never saved: rebuild from vectors
-            self._unsaved = True  # a writer saves it on its next recovery
-            return self._candidates
-        newer = table.page_ids > self._candidates.high_water
-        if newer.any():  # committed by a writer that died before logging them, or by one still running
-            self._candidates.add(
-                table.page_ids[newer].tolist(), vectors.read(table.offsets[newer], table.counts[newer])
-            )
-            self._unsaved = True
-        return self._candidates
-
-    def _trained(self, table: PageTable, vectors: VectorFile, chunk_pages: int = 512) -> CandidateIndex:
-        """A candidate index trained on a sample of `table`'s pages, holding all of them (their cells
-        assigned a chunk at a time, every other chunk on a helper thread)."""
-        rng = np.random.default_rng(len(table))
-        share = min(1.0, 4 * stage.TRAIN_SAMPLE_VECTORS / max(int(table.counts.sum()), 1))
-        sample = table.subset(rng.random(len(table)) < share) if share < 1 else table
-        candidates = CandidateIndex.train(vectors.read(sample.offsets, sample.counts))
-        candidates.trained_pages = len(table)
-        helper = BackgroundAssigner()
-        try:
-            for start in range(0, len(table), chunk_pages):
-                part = slice(start, start + chunk_pages)
-                page_ids = table.page_ids[part].tolist()
-                stored = vectors.stored_rows(table.offsets[part], table.counts[part])
-                if start // chunk_pages % 2:
-                    candidates.put_assigned(helper.submit(candidates.codebook, page_ids, stored, vectors.decode_into))
-                else:
-                    candidates.put_assigned([(page_ids, candidates.codebook.page_cells(stored, vectors.decode_into))])
-            candidates.put_assigned(helper.finish())
-        finally:
-            helper.close()
-        candidates.rebuild(table.page_ids)  # the estimate searches postings, not a tail
-        candidates.recall_estimate = self_check.estimate(table, candidates, vectors, seed=len(table))
-        return candidates
-
-    def _save_candidates(self) -> None:
-        """Fold the tail into the postings and save them (inside a write); pages still being
-        assigned are logged after the save."""
-        table = self.store.page_table()
-        self._candidates.rebuild(table.page_ids)
-        estimate = self._candidates.recall_estimate
-        if estimate is None or len(table) >= self_check.REESTIMATE_GROWTH * estimate.pages:
-            # measured on a smaller index: its depth may no longer reach the target; measure again
-            self._candidates.recall_estimate = self_check.estimate(
-                table, self._candidates, self.vectors, seed=len(table)
-            )
-        self._candidates.save(self.path)
-        self._unsaved = False
+    def add_tags(self, document_id: int, tags: dict[str, object]) -> bool:
+        """Add `tags` to a document's metadata in one transaction; False when nothing changed."""
+        with self.store.transaction():
+            return self.store.merge_metadata(document_id, tags)
 
     # --- compaction -------------------------------------------------------------------------
     def compact(self) -> int:
         """Copy every committed page's rows, in order, into a new vector file; then switch to it in
         one commit; returns the rows freed. A crash before the commit leaves the old file in charge
         (the new one is deleted on recovery); after it, the old file is the leftover."""
-        self._settle_assignments()  # pages waiting for cells are named by offsets in the old file
+        # pages waiting for cells are named by offsets in the old file
+        self.candidate_stage.finish_assigning(self.vectors)
         old = self.vectors
         table = self.store.page_table()
         freed = old.rows - int(table.counts.sum())
         if freed <= 0:
             return 0
         epoch = self.store.vector_epoch() + 1
-        new = VectorFile(self.path, old.dim, file_name(self.options.vector_type, epoch), self.options.vector_type)
+        new = VectorFile(self.path, old.dim, file_name(self.vector_type, epoch), self.vector_type)
         new.path.unlink(missing_ok=True)
         stored = old.stored_rows(table.offsets, table.counts)
         moves = [(page_id, new.append(rows)) for page_id, rows in zip(table.page_ids.tolist(), stored)]
@@ -388,8 +300,8 @@ class IndexStorage:
         self._writing_file = new.path.name
         old.close()
         old.path.unlink(missing_ok=True)
-        if self._candidates is not None:  # drop removed pages from the postings while we are at it
-            self._save_candidates()
+        if self.candidate_stage.in_memory is not None:  # drop removed pages from the postings meanwhile
+            self.candidate_stage.save(self.vectors)
         return freed
 
     def compact_if_wasteful(self, ratio: float = 0.25) -> int:
@@ -419,11 +331,11 @@ class IndexStorage:
         if self.options.mode != "fast" or self.dim is None:
             return {}
         table, _, name, _ = self.store.snapshot()
-        candidates = self._current_candidates(table, self._vector_file(name))
+        candidates = self.candidate_stage.caught_up(table, self._vector_file(name))
         if candidates is None:
             return {"candidate_stage": False}
         estimate = candidates.recall_estimate
-        stats = {"candidate_stage": True, "rerank": scoring.RERANK_PAGES}
+        stats: dict[str, object] = {"candidate_stage": True, "rerank": scoring.RERANK_PAGES}
         if estimate is not None:
             stats.update(
                 rerank=estimate.rerank,
@@ -442,7 +354,7 @@ class IndexStorage:
             table, _, name, allowed = self.store.snapshot(page_filter)
             vectors = self._vector_file(name)
             try:
-                candidates = None if exact else self._current_candidates(table, vectors)
+                candidates = None if exact else self.candidate_stage.caught_up(table, vectors)
                 if allowed is not None:
                     table = table.subset(np.isin(table.page_ids, allowed))
                 if rerank is None:  # the depth the index chose from its own recall estimate

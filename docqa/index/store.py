@@ -14,21 +14,27 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..errors import IndexCorruptError
 from ..inputs.sources import printable
 
+if TYPE_CHECKING:
+    from sqlite_utils import Database
 
-def _import_sqlite_utils():
+
+def _import_sqlite_utils() -> ModuleType:
     """sqlite-utils imports pandas when it is installed (about 1 s with pyarrow, for DataFrame column
     types docqa never stores); keep it from doing so, unless something imported pandas already."""
     import sys
 
     blocked = "pandas" not in sys.modules
     if blocked:
-        sys.modules["pandas"] = None  # type: ignore[assignment]  (import pandas -> ImportError)
+        # None in sys.modules makes `import pandas` raise ImportError (typeshed allows modules only)
+        sys.modules["pandas"] = None  # type: ignore[assignment]
     try:
         import sqlite_utils
     finally:
@@ -64,6 +70,39 @@ class DocumentRecord:
     def file(self) -> Path:
         """The file itself (`path` is for display: undecodable bytes in it are escaped)."""
         return Path(os.fsdecode(self.key))
+
+
+@dataclass(frozen=True)
+class PageRecord:
+    """One committed page: which document and page it is, its size as rendered (0 x 0 for given
+    embeddings; None in indexes from before sizes were kept) and its rows in the vector file."""
+
+    id: int
+    document_id: int
+    number: int
+    width: int | None
+    height: int | None
+    vec_offset: int
+    vec_count: int
+
+
+@dataclass(frozen=True)
+class ListedDocument:
+    """A document as `docqa list` shows it: its fields, its tags and when it was indexed."""
+
+    path: str
+    pages: int
+    size: int
+    kind: str
+    sha256: str
+    tags: dict
+    indexed_at: float | None
+
+    def to_json(self) -> dict:
+        """Its fields, `indexed_at` as "added" (UTC, ISO 8601; None in indexes from before it was kept)."""
+        added = None if self.indexed_at is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.indexed_at))
+        fields = {"path": self.path, "pages": self.pages, "size": self.size, "kind": self.kind, "sha256": self.sha256}
+        return {**fields, "tags": self.tags, "added": added}
 
 
 @dataclass(frozen=True)
@@ -130,9 +169,9 @@ def check_metadata_key(key: str) -> None:
         raise ValueError(f"metadata key {key!r} must be a non-empty string without double quotes")
 
 
-def _migration_1(db: sqlite_utils.Database) -> None:
-    db["meta"].create({"key": str, "value": str}, pk="key")
-    db["documents"].create(
+def _migration_1(db: Database) -> None:
+    db.table("meta").create({"key": str, "value": str}, pk="key")
+    db.table("documents").create(
         {
             "id": int,
             "path_key": bytes,
@@ -148,9 +187,9 @@ def _migration_1(db: sqlite_utils.Database) -> None:
         pk="id",
         not_null=["path_key", "path", "sha256", "kind", "pages"],
     )
-    db["documents"].create_index(["path_key"], unique=True)
-    db["documents"].create_index(["sha256"])
-    db["pages"].create(
+    db.table("documents").create_index(["path_key"], unique=True)
+    db.table("documents").create_index(["sha256"])
+    db.table("pages").create(
         {
             "id": int,
             "document_id": int,
@@ -164,11 +203,11 @@ def _migration_1(db: sqlite_utils.Database) -> None:
         foreign_keys=[("document_id", "documents", "id")],
         not_null=["document_id", "number", "vec_offset", "vec_count"],
     )
-    db["pages"].create_index(["document_id", "number"], unique=True)
-    db["pages"].create_index(["vec_offset"])
+    db.table("pages").create_index(["document_id", "number"], unique=True)
+    db.table("pages").create_index(["vec_offset"])
 
 
-def _migration_2(db: sqlite_utils.Database) -> None:
+def _migration_2(db: Database) -> None:
     """Page ids are never reused (AUTOINCREMENT): the candidate index keys pages by id."""
     db.execute("ALTER TABLE pages RENAME TO pages_v1")
     db.execute(
@@ -185,7 +224,7 @@ def _migration_2(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX idx_pages_vec_offset ON pages (vec_offset)")
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migration_1, _migration_2]
+MIGRATIONS: list[Callable[[Database], None]] = [_migration_1, _migration_2]
 
 
 class Store:
@@ -268,6 +307,19 @@ class Store:
 
     def all_documents(self) -> list[DocumentRecord]:
         return self._documents("", [])
+
+    def listed_documents(self, page_filter: PageFilter) -> list[ListedDocument]:
+        """The documents `page_filter` lets through, with their tags, in path order."""
+        clause, params = page_filter.sql()
+        rows = self.db.execute(
+            "SELECT path, pages, size, kind, sha256, metadata, indexed_at FROM documents"
+            f" WHERE {clause} ORDER BY path_key",
+            params,
+        ).fetchall()
+        return [
+            ListedDocument(path, pages, size, kind, sha256, tags=json.loads(metadata or "{}"), indexed_at=indexed_at)
+            for path, pages, size, kind, sha256, metadata, indexed_at in rows
+        ]
 
     def _documents(self, where: str, params: list) -> list[DocumentRecord]:
         sql = f"SELECT id, path, path_key, sha256, size, mtime, kind, pages FROM documents {where} ORDER BY path_key"
@@ -389,6 +441,15 @@ class Store:
                 "SELECT id, vec_offset, vec_count FROM pages WHERE document_id = ? ORDER BY number", [document_id]
             ).fetchall()
         ]
+
+    def page_records(self, document_id: int | None = None) -> list[PageRecord]:
+        """The committed pages of one document (or of every document), by document id and page number."""
+        where, params = ("WHERE document_id = ?", [document_id]) if document_id is not None else ("", [])
+        sql = (
+            "SELECT id, document_id, number, width, height, vec_offset, vec_count FROM pages"
+            f" {where} ORDER BY document_id, number"
+        )
+        return [PageRecord(*row) for row in self.db.execute(sql, params).fetchall()]
 
     def vector_epoch(self) -> int:
         """Bumped whenever vector row numbers change meaning (rows dropped, or the file compacted)."""

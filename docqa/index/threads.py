@@ -2,13 +2,11 @@
 
 The products here are small (a page's vectors against 256 half-centroids, a query against a chunk of
 a few dozen pages), and thread pools cost more than they save on them when another process wants a
-core: on the 2-core dev machine, assigning one page's vectors took 0.3 ms on one thread and 40 ms
-with two OpenBLAS threads; a search of 100,000 pages took 42.5 ms (p50) with torch on one thread
-and 145 ms with its two OpenMP threads while another process kept one core busy. A search
-therefore runs on one thread (concurrent searches use the cores instead), and so does each of an
-index writer's two threads: its own and the one that assigns cells (assigning.py). The limits
-hold for the calling thread's OpenMP work (its thread count is per thread), so a model running in
-another thread keeps its own; OpenBLAS's count is process-wide.
+core (benchmarks/RESULTS.md, "Threads"). A search therefore runs on one thread (concurrent
+searches use the cores instead), and so does each of an index writer's two threads: its own and the
+one that assigns cells (assigning.py). The limits hold for the calling thread's OpenMP work (its
+thread count is per thread), so a model running in another thread keeps its own; OpenBLAS's count
+is process-wide.
 """
 
 from __future__ import annotations

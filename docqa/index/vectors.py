@@ -10,12 +10,15 @@ first be converted. This module is the only one that knows the file format, so t
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
+from io import BufferedWriter
 from pathlib import Path
 
 import numpy as np
 
 VECTOR_DTYPE = np.float16  # what float16 files hold
 VECTOR_TYPES = {"float16": "f16", "bfloat16": "bf16"}  # stored type -> file suffix
+RowNumbers = Sequence[int] | np.ndarray  # row offsets or counts, one per page
 
 
 def file_name(vector_type: str, epoch: int = 0) -> str:
@@ -54,7 +57,7 @@ class VectorFile:
         self.dim = dim
         self.stored_dtype = VECTOR_DTYPE if vector_type == "float16" else np.uint16  # bfloat16 as its bits
         self._row_bytes = dim * np.dtype(self.stored_dtype).itemsize
-        self._appender = None
+        self._appender: BufferedWriter | None = None
         self._mapped: np.ndarray | None = None  # reused while the file keeps its length
 
     @property
@@ -74,7 +77,7 @@ class VectorFile:
         if self._appender is None:
             self._appender = open(self.path, "ab")
         offset = self._appender.tell() // self._row_bytes
-        self._appender.write(np.ascontiguousarray(stored))
+        self._appender.write(np.ascontiguousarray(stored).data)
         return offset
 
     def sync(self, durable: bool = True) -> None:
@@ -112,11 +115,11 @@ class VectorFile:
         else:
             np.left_shift(stored, 16, out=out.view(np.uint32), dtype=np.uint32)
 
-    def read(self, offsets: np.ndarray, counts: np.ndarray) -> list[np.ndarray]:
+    def read(self, offsets: RowNumbers, counts: RowNumbers) -> list[np.ndarray]:
         """float32 copies of the row ranges [offset, offset + count)."""
         return [self.decode(rows) for rows in self.stored_rows(offsets, counts)]
 
-    def stored_rows(self, offsets: np.ndarray, counts: np.ndarray) -> list[np.ndarray]:
+    def stored_rows(self, offsets: RowNumbers, counts: RowNumbers) -> list[np.ndarray]:
         """The row ranges [offset, offset + count) as stored, views of the file's mapping (which
         they keep alive: they stay readable after the file is replaced by compaction)."""
         if len(offsets) == 0:
@@ -127,7 +130,7 @@ class VectorFile:
             for offset, count in zip(np.asarray(offsets).tolist(), np.asarray(counts).tolist())
         ]
 
-    def gather(self, offsets: np.ndarray, counts: np.ndarray, out: np.ndarray) -> None:
+    def gather(self, offsets: RowNumbers, counts: RowNumbers, out: np.ndarray) -> None:
         """Copy the row ranges [offset, offset + count), one after another, into `out` (as stored:
         float16, or bfloat16 bits in uint16)."""
         row = 0

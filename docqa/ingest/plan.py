@@ -69,7 +69,6 @@ def plan_jobs(
     """Walk, sniff and hash; return the files whose content is new or changed (unchanged files
     only get `tags` added to their metadata). Conversions to PDF start here, in the background."""
     timeout_s, tags = settings.render_timeout_s, settings.tags
-    store = storage.store  # the index's catalogue: read here, written only for tags of unchanged files
     jobs: list[PlannedFile] = []
     for found in sources.walk(given, settings.walk):
         if isinstance(found, sources.Skipped):
@@ -89,12 +88,11 @@ def plan_jobs(
         except OSError as error:
             report.fail(found, f"cannot read the file: {error.strerror or error}")
             continue
-        existing = store.document(found)
+        existing = storage.document(found)  # the catalogue is read here, written only for tags of unchanged files
         if existing is not None and existing.sha256 == digest:
             report.unchanged += 1
             if tags:
-                with store.transaction():
-                    store.merge_metadata(existing.id, dict(tags))
+                storage.add_tags(existing.id, dict(tags))
             continue
         converting = None
         try:
@@ -105,7 +103,7 @@ def plan_jobs(
         except InputFileError as error:
             report.fail(error.path, error.reason)
             continue
-        metadata = {**(store.metadata(existing.id) if existing else {}), **tags}  # an update keeps its tags
+        metadata = {**(storage.metadata(existing.id) if existing else {}), **tags}  # an update keeps its tags
         jobs.append(
             PlannedFile(
                 found,
@@ -143,6 +141,6 @@ def _converter():
 def remove_vanished(storage: IndexStorage, given: list[Path], seen: set[Path], report: IngestReport) -> None:
     """--sync: drop documents under the given folders whose files are gone."""
     resolved = list(dict.fromkeys([*given, *(path.resolve() for path in given)]))  # documents keep the given path
-    gone = [doc for doc in storage.store.documents_under(resolved) if doc.file not in seen and not doc.file.exists()]
+    gone = [doc for doc in storage.documents_under(resolved) if doc.file not in seen and not doc.file.exists()]
     if gone:
         report.removed += storage.delete([doc.id for doc in gone])

@@ -122,7 +122,7 @@ def describe_content(head: bytes) -> str:
     return "the content is not a PDF or a supported image (png, jpeg, tiff, bmp, webp)"
 
 
-def printable(path: Path | str) -> str:
+def printable(path: Path | str | bytes) -> str:
     """`path` as text that can always be printed or encoded as UTF-8 (undecodable bytes as \\xNN)."""
     return os.fsencode(path).decode("utf-8", errors="backslashreplace")
 

@@ -109,7 +109,7 @@ def test_ingest_into_shards_then_search_and_ask_them_as_one_index(
     shards = [str(tmp_path / "s1"), str(tmp_path / "s2")]
     assert main(["ingest", str(docs), "--index", str(tmp_path / "whole"), *model]) == 0
     assert main(["ingest", str(docs), "--shards", *shards, *model]) == 0
-    held = [{doc.path for doc in DocIndex.open(shard).store.all_documents()} for shard in shards]
+    held = [{doc.path for doc in DocIndex.open(shard).documents()} for shard in shards]
     assert not held[0] & held[1] and len(held[0] | held[1]) == 5
     assert all(shard_of(Path(path), 2) == number for number, paths in enumerate(held) for path in paths)
     capsys.readouterr()

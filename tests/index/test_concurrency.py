@@ -58,7 +58,7 @@ def _search_while_writing(index_dir: Path, started: Path, stop: Path) -> dict:
         pages: dict[str, set[int]] = {}
         for hit in hits:
             pages.setdefault(hit.path, set()).add(hit.page)
-        declared = {d.path: d.pages for d in index.store.all_documents()}
+        declared = {d.path: d.pages for d in index.documents()}
         partial_documents += [
             path
             for path, numbers in pages.items()
@@ -150,9 +150,9 @@ def test_disk_full_keeps_the_index_at_its_last_commit(tmp_path, retriever_checkp
         from docqa.api import DocIndex
 
         index = DocIndex.open(index_dir)
-        documents = {Path(d.path).name: d.pages for d in index.store.all_documents()}
-        table = index.store.page_table()
-        return documents, int((table.offsets + table.counts).max()), index.vectors.rows, len(index.search("x", k=3))
+        documents = {Path(d.path).name: d.pages for d in index.documents()}
+        vector_end = max(page.vec_offset + page.vec_count for page in index.page_records())
+        return documents, vector_end, index.vectors.rows, len(index.search("x", k=3))
 
     documents, vector_end, rows, hits = in_child(state, before=single_threaded).value
     assert documents["first.png"] == 1

@@ -34,14 +34,14 @@ KILL_POINTS = [
     KillPoint("docqa.index.vectors", "VectorFile.sync", 3, "before", "store"),
     KillPoint("docqa.index.store", "Store.put_document", 1, "after", "store"),  # inside the transaction
     KillPoint("docqa.index.store", "Store.put_document", 3, "before", "store"),
-    KillPoint("docqa.index.storage", "IndexStorage._index_committed", 1, "before", "store"),  # just committed
-    KillPoint("docqa.index.storage", "IndexStorage._index_committed", 4, "before", "store"),  # after training
+    KillPoint("docqa.index.candidate_stage", "CandidateStage.add_committed", 1, "before", "store"),  # just committed
+    KillPoint("docqa.index.candidate_stage", "CandidateStage.add_committed", 4, "before", "store"),  # after training
     KillPoint("docqa.index.candidates", "Codebook.train", 1, "after", "train"),
     KillPoint("docqa.index.candidates", "CandidateIndex.log", 1, "after", "log"),
     KillPoint("docqa.index.candidates", "CandidateIndex.rebuild", 2, "after", "save"),
     KillPoint("docqa.index.candidates", "np.savez", 1, "after", "save"),  # temp file written, not renamed
-    KillPoint("docqa.index.candidates", "os.replace", 1, "after", "save"),  # new empty log, old postings
-    KillPoint("docqa.index.candidates", "os.replace", 4, "after", "save"),
+    KillPoint("docqa.files", "os.replace", 1, "after", "save"),  # new empty log, old postings
+    KillPoint("docqa.files", "os.replace", 4, "after", "save"),
 ]
 # The tiny corpus has 11 pages: train the candidate stage from 4 pages, assign cells a page at a time
 # and fold the tail after 2, so that training, logging and saving all happen (and get killed) during
@@ -50,12 +50,12 @@ TINY_CANDIDATE_STAGE = {"TRAIN_MIN_PAGES": 4, "TAIL_MERGE_PAGES": 2}
 
 
 def _child_setup() -> None:
-    from docqa.index import candidates, storage
+    from docqa.index import candidate_stage, candidates
 
     single_threaded()
     for name, value in TINY_CANDIDATE_STAGE.items():
         setattr(candidates, name, value)
-    storage._ASSIGN_PAGES = 1
+    candidate_stage.ASSIGN_BATCH_PAGES = 1
 
 
 def _ingest(index_dir: Path, corpus: Path, model: str) -> dict:
@@ -66,6 +66,7 @@ def _ingest(index_dir: Path, corpus: Path, model: str) -> dict:
 
 def _raw_invariants(index_dir: Path) -> dict:
     """What a crashed writer left, read before anything repairs it."""
+    # Raw SQLite on purpose: DocIndex.open would repair first, and the torn state is what is checked.
     db = sqlite3.connect(index_dir / "docqa.db")
     build = db.execute("SELECT value FROM meta WHERE key = 'build'").fetchone()
     dim = json.loads(build[0])["encoder"]["dim"] if build else 1
@@ -90,12 +91,12 @@ def _state(index_dir: Path) -> dict:
     from docqa.index.search import brute_force_top_k, two_stage_top_k
 
     index = DocIndex.open(index_dir)
-    documents = [(d.path, d.sha256, d.pages) for d in index.store.all_documents()]
+    documents = [(d.path, d.sha256, d.pages) for d in index.documents()]
     if index.build is None:
         return {"documents": documents, "covered": True, "scores": []}
-    table, _, _, _ = index.store.snapshot()
+    table, _, _, _ = index.store.snapshot()  # the page table readers search: what the candidate stage must hold
     vectors = index.vectors
-    candidates = index.storage._current_candidates(table, vectors)
+    candidates = index.storage.candidate_stage.caught_up(table, vectors)
     ends = table.offsets + table.counts
     covered = bool(
         len(table) == 0
@@ -110,8 +111,8 @@ def _state(index_dir: Path) -> dict:
             staged = two_stage_top_k(query, len(table), table, candidates, vectors, rerank=len(table))
             assert [h.page_id for h in staged] == [h.page_id for h in exact]
             assert np.isfinite(candidates.approximate_scores(query, table.page_ids)).all()
-        details = index.store.pages_with_documents([hit.page_id for hit in exact])
-        scores.append({(details[h.page_id]["path"], details[h.page_id]["page"]): h.score for h in exact})
+        pages = {h.page_id: index.page(h.page_id) for h in exact}
+        scores.append({(pages[h.page_id].path, pages[h.page_id].page): h.score for h in exact})
     return {"documents": documents, "covered": covered, "scores": scores, "trained": candidates is not None}
 
 
@@ -166,7 +167,7 @@ COMPACTION_KILL_POINTS = [
     KillPoint("docqa.index.storage", "IndexStorage.compact", 1, "before", "compact"),
     KillPoint("docqa.index.store", "Store.set_offsets", 1, "before", "compact"),  # new file written
     KillPoint("docqa.index.store", "Store.set_offsets", 1, "after", "compact"),  # inside the transaction
-    KillPoint("docqa.index.storage", "IndexStorage._save_candidates", 1, "before", "compact"),  # switched
+    KillPoint("docqa.index.candidate_stage", "CandidateStage.save", 1, "before", "compact"),  # switched
 ]
 
 

@@ -10,9 +10,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from docqa import DocIndex
+from docqa.index import candidate_stage
 from docqa.index import candidates as stage
 from docqa.index import search as scoring
-from docqa.index import storage as storage_module
 from docqa.index.candidates import CELLS, LOG_NAME, CandidateIndex, Codebook
 from docqa.index.search import brute_force_top_k, page_scores, two_stage_top_k
 from docqa.index.store import PageTable
@@ -181,6 +181,19 @@ def test_torn_or_foreign_logs_are_ignored(tmp_path):
     assert CandidateIndex.load(tmp_path, 16) is None
 
 
+def test_temp_files_of_a_crashed_save_are_removed_on_recovery(tmp_path):
+    """atomic_file's temporaries (".candidates.npz.*.tmp", ".candidates.log.*.tmp") and those of
+    older versions (".candidates-*.tmp") go when a writer next recovers (here: on open)."""
+    index = DocIndex.open(tmp_path, create=True)
+    index.add_embeddings("/a.pdf", [_normalised(np.random.default_rng(1), 4, 8)])
+    index.close()
+    left = [tmp_path / name for name in (".candidates.npz.a1.tmp", ".candidates.log.b2.tmp", ".candidates-c3.tmp")]
+    for path in left:
+        path.write_bytes(b"partial")
+    DocIndex.open(tmp_path).close()
+    assert [path.name for path in left if path.exists()] == []
+
+
 def _with_candidates(tmp_path, rng, pages: int):
     """A vector file of `pages` random pages with a candidate index holding all of them."""
     vectors, table = _build(tmp_path, rng, pages=pages)
@@ -242,16 +255,16 @@ def test_cells_assigned_beside_the_writer_are_those_of_the_stored_values(tmp_pat
     (through training, retraining and folds): a reader in between sees every committed page, and
     afterwards the candidate index holds each live page with the cells of its stored values, also
     after a session that failed with pages still waiting, once reopened."""
-    monkeypatch.setattr(storage_module, "_ASSIGN_PAGES", 3)
+    monkeypatch.setattr(candidate_stage, "ASSIGN_BATCH_PAGES", 3)
     rng = np.random.default_rng(7)
     folder = tmp_path / "index"
     index = DocIndex.open(folder, create=True)
 
     def holds_every_page_with_its_cells(index: DocIndex, settled: bool = False) -> None:
-        table = index.store.page_table()
+        table = index.store.page_table()  # the storage engine's own view: what the candidate stage must hold
         if settled:  # nothing left for a reader to catch up
-            assert index.storage._candidates.high_water == table.page_ids.max()
-        candidates = index.storage._current_candidates(table, index.vectors)
+            assert index.storage.candidate_stage.in_memory.high_water == table.page_ids.max()
+        candidates = index.storage.candidate_stage.caught_up(table, index.vectors)
         stored = index.vectors.read(table.offsets, table.counts)
         expected = dict(zip(table.page_ids.tolist(), candidates.codebook.page_cells(stored)))
         held = _cells_by_page(candidates)

@@ -26,7 +26,7 @@ def corpus(tmp_path):
 
 
 def _documents(index: DocIndex) -> dict[str, tuple[str, int, str]]:
-    return {doc.path: (doc.sha256, doc.pages, doc.kind) for doc in index.store.all_documents()}
+    return {doc.path: (doc.sha256, doc.pages, doc.kind) for doc in index.documents()}
 
 
 def _count_stored_pages(monkeypatch) -> list[int]:

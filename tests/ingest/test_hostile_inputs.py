@@ -129,8 +129,7 @@ def test_the_run_continues_and_counts_add_up(hostile):
     index, report, _ = hostile
     assert report.failed == len(FAILS) == len(report.failures), report.failures
     assert report.added == len(INDEXED)
-    documents, _ = index.store.counts()
-    assert documents == len(INDEXED)
+    assert index.info().documents == len(INDEXED)
 
 
 @pytest.mark.parametrize("name", sorted(FAILS))
@@ -147,17 +146,14 @@ def test_bad_file_fails_alone_with_its_path_and_reason(hostile, name):
 def test_good_or_recoverable_file_is_indexed_by_content(hostile, name):
     index, _, root = hostile
     path = root / "x.pdf" / name if name == "inner.pdf" else root / name
-    document = index.store.document(path)
+    document = index.document(path)
     assert document is not None, name
     assert document.kind == INDEXED[name] and document.pages >= 1
 
 
 def _page_sizes(index: DocIndex, path: Path) -> list[tuple[int, int]]:
-    document = index.store.document(path)
-    rows = index.store.db.execute(
-        "SELECT width, height FROM pages WHERE document_id = ? ORDER BY number", [document.id]
-    ).fetchall()
-    return [tuple(row) for row in rows]
+    document = index.document(path)
+    return [(page.width, page.height) for page in index.page_records(document.id)]
 
 
 def test_pages_fit_the_image_edge_and_exif_rotation_is_applied(hostile):
@@ -173,7 +169,7 @@ def test_pages_fit_the_image_edge_and_exif_rotation_is_applied(hostile):
 
 def test_same_file_through_a_symlink_and_loops_are_indexed_once(hostile):
     index, report, root = hostile
-    paths = [document.path for document in index.store.all_documents()]
+    paths = [document.path for document in index.documents()]
     assert paths.count(str(root / "good.pdf")) == 1
     assert not any("same_as_good" in path or "back_to_root" in path for path in paths)
     assert not any("x.pdf" == Path(f.path).name for f in report.failures)  # a folder, not a file
@@ -182,10 +178,10 @@ def test_same_file_through_a_symlink_and_loops_are_indexed_once(hostile):
 def test_non_utf8_and_long_names_round_trip(hostile):
     index, _, root = hostile
     raw = os.fsencode(root) + b"/" + NON_UTF8 + b".pdf"
-    document = index.store.document(Path(os.fsdecode(raw)))
+    document = index.document(Path(os.fsdecode(raw)))
     assert document is not None and document.key == raw
     document.path.encode("utf-8")
-    assert index.store.document(root / LONG_NAME).pages == 1
+    assert index.document(root / LONG_NAME).pages == 1
 
 
 def test_unsupported_content_under_a_non_utf8_name_has_a_printable_failure(tmp_path, retriever_checkpoint):
@@ -208,7 +204,7 @@ def test_file_rewritten_or_deleted_mid_ingest_keeps_the_old_version(tmp_path, re
     make_image(root / "bystander.png")
     index = DocIndex.open("main", create=True)
     assert index.ingest([root], model=str(retriever_checkpoint), image_edge=IMAGE_EDGE).added == 3
-    before = {path: index.store.document(path) for path in (rewritten, deleted)}
+    before = {path: index.document(path) for path in (rewritten, deleted)}
     make_pdf(rewritten, 3, title="v2")
     make_pdf(deleted, 2, title="v2")
     make_image(root / "newcomer.png", text="new")
@@ -232,7 +228,7 @@ def test_file_rewritten_or_deleted_mid_ingest_keeps_the_old_version(tmp_path, re
     assert "vanished while being ingested" in errors.pop("deleted.pdf")
     assert errors == {} and report.added == 1  # newcomer.png
     for path, old in before.items():
-        now = index.store.document(path)
+        now = index.document(path)
         assert (now.sha256, now.pages) == (old.sha256, old.pages)
         assert len(_page_sizes(index, path)) == old.pages
 

@@ -37,14 +37,23 @@ def _spy_encodes(index: DocIndex):
     return calls
 
 
+def _counts(index: DocIndex) -> tuple[int, int]:
+    info = index.info()
+    return info.documents, info.pages
+
+
+def _live_rows(index: DocIndex) -> int:
+    """Vector rows that committed pages use."""
+    return sum(page.vec_count for page in index.page_records())
+
+
 def test_ingest_counts_pages_and_skips_unchanged(corpus, retriever_checkpoint):
     index = DocIndex.open("main", create=True)
     report = index.ingest([corpus], model=str(retriever_checkpoint), batch_size=3)
     assert (report.added, report.skipped, report.failed) == (4, 1, 0)
     assert report.pages_added == 3 + 2 + 1 + 2
-    documents, pages = index.store.counts()
-    assert (documents, pages) == (4, 8)
-    per_doc = {r.path.split("/")[-1]: r.pages for r in index.store.all_documents()}
+    assert _counts(index) == (4, 8)
+    per_doc = {r.path.split("/")[-1]: r.pages for r in index.documents()}
     assert per_doc == {"q1.pdf": 3, "q2.pdf": 2, "receipt.png": 1, "fax.tiff": 2}
 
     calls = _spy_encodes(index)
@@ -57,21 +66,15 @@ def test_modified_file_is_reencoded_and_old_pages_are_gone(corpus, retriever_che
     index = DocIndex.open("main", create=True)
     index.ingest([corpus], model=str(retriever_checkpoint))
     target = corpus / "reports" / "q1.pdf"
-    old_pages = {
-        row[0]
-        for row in index.store.db.execute(
-            "SELECT pages.id FROM pages JOIN documents ON documents.id = pages.document_id WHERE documents.path = ?",
-            [str(target)],
-        )
-    }
+    old_pages = {page.id for page in index.page_records(index.document(target).id)}
     make_pdf(target, 5, title="q1 revised")
     calls = _spy_encodes(index)
     report = index.ingest([corpus])
     assert (report.updated, report.unchanged, report.pages_added) == (1, 3, 5)
     assert sum(calls) == 5
-    remaining = {row[0] for row in index.store.db.execute("SELECT id FROM pages")}
+    remaining = {page.id for page in index.page_records()}
     assert not old_pages & remaining
-    assert index.store.document(target).pages == 5
+    assert index.document(target).pages == 5
     hits = index.search("q1 revised page 4", k=20)
     assert {(h.path, h.page) for h in hits if h.path == str(target)} == {(str(target), n) for n in range(1, 6)}
 
@@ -103,16 +106,16 @@ def test_remove_and_sync(corpus, retriever_checkpoint):
     removed = index.remove([corpus / "reports" / "q2.pdf", corpus / "nothing.pdf"])
     assert removed.removed == [str(corpus / "reports" / "q2.pdf")]
     assert removed.not_found == [str(corpus / "nothing.pdf")]
-    assert index.store.counts() == (3, 6)
+    assert _counts(index) == (3, 6)
     assert all("q2.pdf" not in h.path for h in index.search("q2", k=10))
 
     (corpus / "scans" / "receipt.png").unlink()
     report = index.ingest([corpus], sync=True)
     assert report.removed == 1 and report.added == 1  # q2.pdf comes back, receipt is gone
-    assert {r.path.split("/")[-1] for r in index.store.all_documents()} == {"q1.pdf", "q2.pdf", "fax.tiff"}
+    assert {r.path.split("/")[-1] for r in index.documents()} == {"q1.pdf", "q2.pdf", "fax.tiff"}
 
     folder = index.remove([corpus / "reports"])
-    assert len(folder.removed) == 2 and index.store.counts() == (1, 2)
+    assert len(folder.removed) == 2 and _counts(index) == (1, 2)
 
 
 def test_bad_files_are_reported_and_good_ones_indexed(corpus, retriever_checkpoint):
@@ -127,7 +130,7 @@ def test_bad_files_are_reported_and_good_ones_indexed(corpus, retriever_checkpoi
     assert set(failed) == {"truncated.pdf", "page.pdf", "empty.png", "garbage.jpg"}
     assert "HTML" in failed["page.pdf"] and "empty" in failed["empty.png"]
     assert report.added == 5 and report.failed == 4
-    assert index.store.counts()[1] == 3 + 2 + 1 + 2 + 2
+    assert index.info().pages == 3 + 2 + 1 + 2 + 2
 
 
 def test_model_is_fixed_at_first_ingest(corpus, retriever_checkpoints):
@@ -136,7 +139,7 @@ def test_model_is_fixed_at_first_ingest(corpus, retriever_checkpoints):
     other = DocIndex.open("main")
     with pytest.raises(IndexMismatchError, match="colmodernvbert"):
         other.ingest([corpus], model=str(retriever_checkpoints["colqwen2"]))
-    assert other.store.counts() == (2, 3)
+    assert _counts(other) == (2, 3)
 
 
 def test_copied_checkpoint_with_same_config_at_a_new_path_is_refused(corpus, retriever_checkpoint, tmp_path):
@@ -190,11 +193,10 @@ def test_updates_are_compacted_and_open_readers_keep_working(corpus, retriever_c
 
     make_pdf(corpus / "reports" / "q1.pdf", 2, title="q1 shorter")  # 3 of 8 pages' rows become garbage
     writer.ingest([corpus])
-    table = writer.store.page_table()
-    ends = table.offsets + table.counts
+    rows = sorted((page.vec_offset, page.vec_offset + page.vec_count) for page in writer.page_records())
     assert writer.vectors.path.name != first_file and not (writer.path / first_file).exists()
-    assert table.offsets[0] == 0 and (table.offsets[1:] == ends[:-1]).all()
-    assert ends[-1] == writer.vectors.rows  # every vector row belongs to a committed page
+    assert rows[0][0] == 0 and all(start == end for (_, end), (start, _) in zip(rows, rows[1:]))
+    assert rows[-1][1] == writer.vectors.rows  # every vector row belongs to a committed page
 
     after = {(h.path, h.page): h.score for h in reader.search("revenue", k=7)}  # reader opened before
     fresh = {(h.path, h.page): h.score for h in DocIndex.open("main").search("revenue", k=7)}
@@ -207,9 +209,9 @@ def test_compact_reclaims_rows_of_removed_documents(corpus, retriever_checkpoint
     index = DocIndex.open("main", create=True)
     index.ingest([corpus], model=str(retriever_checkpoint))
     index.remove([corpus / "reports" / "q2.pdf"])  # 2 of 8 pages, mid-file: not over the 25% threshold
-    garbage = index.vectors.rows - index.store.vector_rows()
+    garbage = index.vectors.rows - _live_rows(index)
     assert garbage > 0
-    assert index.compact() == garbage and index.vectors.rows == index.store.vector_rows()
+    assert index.compact() == garbage and index.vectors.rows == _live_rows(index)
     assert index.compact() == 0
     assert len(index.search("q2", k=10)) == 6
 

@@ -229,7 +229,7 @@ def test_every_format_is_indexed_with_libreoffice_page_counts_under_its_own_name
     report = index.ingest([docs], model=str(retriever_checkpoint), batch_size=4, image_edge=512)
     assert report.failures == []
     assert [(Path(s.path).name, s.group) for s in report.skipped_files] == [("style.css", "unsupported type")]
-    stored = {Path(record.path).name: record for record in index.store.all_documents()}
+    stored = {Path(record.path).name: record for record in index.documents()}
     assert set(stored) == set(expected)
     for name, pages in expected.items():
         record = stored[name]
@@ -324,7 +324,7 @@ def test_hostile_files_are_named_and_nothing_indexed_is_lost(tmp_path, converter
     assert report.added == 2  # the macro document and the hostile page, both harmless now
     assert not marker.exists()  # the macro never ran
     assert requests == []  # nothing fetched
-    stored = {Path(record.path).name: record for record in index.store.all_documents()}
+    stored = {Path(record.path).name: record for record in index.documents()}
     assert pdf_images(converters.cached_pdf_path(stored["hostile.html"].sha256)) == 0  # nothing read outside
     assert (stored["kept.pdf"].pages, stored["kept.docx"].pages) == (2, 1)
     assert set(stored) == {"kept.pdf", "kept.docx", "macro.odt", "hostile.html"}
@@ -351,7 +351,7 @@ def test_a_hanging_converter_is_killed_and_reported(tmp_path, own_converter, ret
     assert report.added == 3  # before the hang, after it (a fresh worker), and the PDF
     pids = [int(line) for line in (stand_in._all[0].stage / "pids").read_text().split()]
     assert len(pids) == 2 and not Path(f"/proc/{pids[0]}").exists()  # the hung one is gone
-    [record] = [r for r in index.store.all_documents() if r.path.endswith("b-hangs.txt")] or [None]
+    [record] = [r for r in index.documents() if r.path.endswith("b-hangs.txt")] or [None]
     assert record is None
 
 
@@ -428,7 +428,7 @@ def test_a_symlink_is_indexed_under_the_path_given(tmp_path, retriever_checkpoin
     os.symlink(outside, docs / "link.pdf")
     index = DocIndex.open("main", create=True)
     index.ingest([docs], model=str(retriever_checkpoint), image_edge=512)
-    assert [record.path for record in index.store.all_documents()] == [str(docs / "link.pdf")]
+    assert [record.path for record in index.documents()] == [str(docs / "link.pdf")]
     assert [hit.path for hit in index.search("page", k=1)] == [str(docs / "link.pdf")]
     assert index.remove([docs]).removed == [str(docs / "link.pdf")]  # removing the folder takes it
 

@@ -232,7 +232,7 @@ def test_index_refuses_the_same_engine_with_another_conversion(retriever_checkpo
     build = index.build.to_json()
     assert build["encoder"]["engine"] == OPENVINO
     build["encoder"]["precision"] = "int8 (an earlier recipe)"
-    with index.store.transaction():
+    with index.store.transaction():  # the stamp an earlier docqa stored: writing it raw is the point
         index.store.set_meta("build", json.dumps(build))
     index.close()
     with pytest.raises(IndexMismatchError, match="its conversion changed"):
@@ -251,7 +251,7 @@ def test_indexes_stamped_before_engines_count_as_torch(retriever_checkpoint, tmp
     index.ingest([pdf], model=str(retriever_checkpoint), image_edge=512)
     build = index.build.to_json()
     del build["encoder"]["engine"], build["encoder"]["precision"]
-    with index.store.transaction():
+    with index.store.transaction():  # the stamp an earlier docqa stored: writing it raw is the point
         index.store.set_meta("build", json.dumps(build))
     index.close()
     with pytest.raises(IndexMismatchError):
