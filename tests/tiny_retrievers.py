@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from tiny_tokenizers import byte_level_bpe, train_bpe, vocab_and_merges
+from tiny_tokenizers import QWEN_VL_SPECIALS, byte_level_bpe, train_bpe, vocab_and_merges
 from tokenizers import Tokenizer, processors
 from transformers import (
     ColModernVBertConfig,
@@ -131,15 +131,7 @@ def _colmodernvbert(size: str) -> tuple[PreTrainedModel, ProcessorMixin]:
 
 def _colqwen2(size: str) -> tuple[PreTrainedModel, ProcessorMixin]:
     """ColQwen2: Qwen2-VL (14 px patches merged 2x2 into one token per 28 px square)."""
-    specials = [
-        "<|endoftext|>",
-        "<|im_start|>",
-        "<|im_end|>",
-        "<|vision_start|>",
-        "<|vision_end|>",
-        "<|image_pad|>",
-        "<|video_pad|>",
-    ]
+    specials = QWEN_VL_SPECIALS
     vocab, merges = vocab_and_merges(train_bpe(Qwen2Tokenizer().backend_tokenizer, specials, _VOCAB_SIZE))
     tokenizer = Qwen2Tokenizer(vocab=vocab, merges=merges, additional_special_tokens=specials[1:])
     image_processor = Qwen2VLImageProcessorPil(min_pixels=4 * 28 * 28, max_pixels=768 * 28 * 28)
