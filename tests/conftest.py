@@ -45,13 +45,25 @@ def torch_engine():
         yield
 
 
+class _BuiltOnFirstUse(dict):
+    """Tiny answer-model checkpoint folders by family (tests/tiny_generators.py), each built the first
+    time a test asks for it, so a session builds only the families its tests use."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__()
+        self.root = root
+
+    def __missing__(self, family: str) -> Path:
+        from tiny_generators import build_generator_checkpoint
+
+        self[family] = build_generator_checkpoint(family, self.root / family)
+        return self[family]
+
+
 @pytest.fixture(scope="session")
 def generator_checkpoints(tmp_path_factory) -> dict[str, Path]:
-    """Tiny answer-model checkpoints (SmolVLM-style Idefics3, Qwen2-VL), built once per session."""
-    from tiny_generators import build_generator_checkpoint
-
-    root = tmp_path_factory.mktemp("generators")
-    return {family: build_generator_checkpoint(family, root / family) for family in ("idefics3", "qwen2_vl")}
+    """Tiny answer-model checkpoints (``generator_checkpoints["qwen3_vl"]``), built once per session."""
+    return _BuiltOnFirstUse(tmp_path_factory.mktemp("generators"))
 
 
 @pytest.fixture(scope="session")

@@ -61,12 +61,29 @@ def default_answer_model(device: str) -> str:
     return DEFAULT_GPU_ANSWER_MODEL if device.startswith("cuda") else DEFAULT_CPU_ANSWER_MODEL
 
 
+class _NoVideoProcessor:
+    """Stands where an images-only processor's video processor would be.
+
+    Some processors read video settings in ``apply_chat_template`` whatever the conversation holds
+    (SmolVLM2's reads ``video_processor.num_frames`` and ``.fps`` as frame-sampling defaults). None is
+    what a processor sees when a user passes no such setting: no frames are sampled. Called with a
+    video, it refuses: docqa sends page images only.
+    """
+
+    num_frames = None
+    fps = None
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise UnsupportedModelError("docqa loads answer models for page images only; it sends no video")
+
+
 def _load_images_only_processor(processor_class: Any, model: str, local_only: bool) -> Any:
     """Load ``processor_class`` without its video processor (which needs torchvision; docqa sends no video).
 
     transformers derives a processor's parts from its ``__init__`` signature, so a subclass whose
     ``__init__`` takes no ``video_processor`` is built from the tokenizer and image processor alone;
-    the other saved settings (chat template, image_seq_len, ...) are passed on unchanged.
+    the other saved settings (chat template, image_seq_len, ...) are passed on unchanged. Its
+    ``video_processor`` is a ``_NoVideoProcessor``.
     """
     from transformers import AutoImageProcessor, AutoTokenizer
 
@@ -83,11 +100,13 @@ def _load_images_only_processor(processor_class: Any, model: str, local_only: bo
         for k, v in saved.items()
         if k in params and k not in ("self", "image_processor", "tokenizer", "video_processor")
     }
-    return images_only(
+    processor = images_only(
         AutoImageProcessor.from_pretrained(model, local_files_only=local_only),
         AutoTokenizer.from_pretrained(model, local_files_only=local_only),
         **settings,
     )
+    processor.video_processor = _NoVideoProcessor()
+    return processor
 
 
 class _TokenStreamer:
