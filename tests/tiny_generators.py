@@ -201,10 +201,12 @@ def _build_idefics3(out_dir: Path, size: str, smolvlm: bool = False) -> None:
 
 
 # Each Qwen-VL generation: its config class, its tiny vision tower (``hidden_size`` is Qwen2-VL's
-# merger output and the later ones' vision width), and what its text model and rope add to the
-# shared settings. Qwen2-VL: 14 px patches; Qwen2.5-VL: windowed vision attention; Qwen3-VL: 16 px
-# patches, learned position embeddings, deepstack features, interleaved M-RoPE.
+# merger output and the later ones' vision width; ``_QWEN_VISION`` is what those two share), and
+# what its text model and rope add to the shared settings. Qwen2-VL: 14 px patches; Qwen2.5-VL:
+# windowed vision attention; Qwen3-VL: 16 px patches, learned position embeddings, deepstack
+# features, interleaved M-RoPE.
 _QWEN_HIDDEN, _QWEN_HEADS = 32, 2  # head_dim 16: mrope_section [2, 3, 3] must sum to head_dim / 2
+_QWEN_VISION = dict(depth=2, hidden_size=_QWEN_HIDDEN, intermediate_size=64, num_heads=2, out_hidden_size=_QWEN_HIDDEN)
 _QWEN_VL: dict[str, dict] = {
     "qwen2_vl": dict(
         config="Qwen2VLConfig",
@@ -212,29 +214,11 @@ _QWEN_VL: dict[str, dict] = {
     ),
     "qwen2_5_vl": dict(
         config="Qwen2_5_VLConfig",
-        vision=dict(
-            depth=2,
-            hidden_size=_QWEN_HIDDEN,
-            intermediate_size=64,
-            num_heads=2,
-            out_hidden_size=_QWEN_HIDDEN,
-            patch_size=14,
-            window_size=56,
-            fullatt_block_indexes=[1],
-        ),
+        vision=dict(_QWEN_VISION, patch_size=14, window_size=56, fullatt_block_indexes=[1]),
     ),
     "qwen3_vl": dict(
         config="Qwen3VLConfig",
-        vision=dict(
-            depth=2,
-            hidden_size=_QWEN_HIDDEN,
-            intermediate_size=64,
-            num_heads=2,
-            out_hidden_size=_QWEN_HIDDEN,
-            patch_size=16,
-            num_position_embeddings=256,
-            deepstack_visual_indexes=[0],
-        ),
+        vision=dict(_QWEN_VISION, patch_size=16, num_position_embeddings=256, deepstack_visual_indexes=[0]),
         text=dict(head_dim=_QWEN_HIDDEN // _QWEN_HEADS),
         rope=dict(mrope_interleaved=True),
     ),
