@@ -38,27 +38,39 @@ def docqa_home(tmp_path, monkeypatch) -> Path:
 
 @pytest.fixture(scope="session", autouse=True)
 def torch_engine():
-    """Tests of the pipeline run the plain torch engine (session fixtures too); tests/models/test_engines.py
+    """Tests of the pipeline run the plain torch engine (session fixtures too); tests/test_engines.py
     covers the default fast one by unsetting this."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("DOCQA_ENGINE", "torch")
         yield
 
 
+class _BuiltOnFirstUse(dict):
+    """Tiny answer-model checkpoint folders by family (tests/helpers/tiny_generators.py), each built the first
+    time a test asks for it, so a session builds only the families its tests use."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__()
+        self.root = root
+
+    def __missing__(self, family: str) -> Path:
+        from helpers.tiny_generators import build_generator_checkpoint
+
+        self[family] = build_generator_checkpoint(family, self.root / family)
+        return self[family]
+
+
 @pytest.fixture(scope="session")
 def generator_checkpoints(tmp_path_factory) -> dict[str, Path]:
-    """Tiny answer-model checkpoints (SmolVLM-style Idefics3, Qwen2-VL), built once per session."""
-    from helpers.tiny_generators import build_generator_checkpoint
-
-    root = tmp_path_factory.mktemp("generators")
-    return {family: build_generator_checkpoint(family, root / family) for family in ("idefics3", "qwen2_vl")}
+    """Tiny answer-model checkpoints (``generator_checkpoints["qwen3_vl"]``), built once per session."""
+    return _BuiltOnFirstUse(tmp_path_factory.mktemp("generators"))
 
 
 @pytest.fixture(scope="session")
 def ray_cluster(tmp_path_factory):
     """A local Ray with 2 CPUs for the whole session (started once: it takes seconds).
 
-    Workers import this checkout's docqa and the tests' helpers (tests/helpers/ray_faults.py) through
+    Workers import this checkout's docqa and the tests' helpers (tests/ray_faults.py) through
     PYTHONPATH, and find the fault-injection switch through DOCQA_TEST_DIE_ONCE.
     """
     import ray

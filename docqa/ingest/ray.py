@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -27,7 +28,7 @@ from tqdm import tqdm
 from ..build import BuildStamp, EncoderStamp
 from ..cluster.ray_runtime import cluster_cpus, cluster_gpus, connect
 from ..config import IngestSettings
-from ..errors import ClusterError, InputFileError
+from ..errors import ClusterError, IndexMismatchError, InputFileError
 from ..index.storage import IndexStorage
 from ..inputs.render import render_pages
 from ..models.checkpoints import is_gpu
@@ -82,10 +83,29 @@ def _row(
 
 class PageEncoder:
     """Ray Data actor: loads the retriever once, encodes the PAGE rows of each batch, passes the
-    other rows through. Output rows carry float16 vectors as bytes plus their row count."""
+    other rows through. Output rows carry float16 vectors as bytes plus their row count.
 
-    def __init__(self, model: str, device: str, image_edge: int, engine: str) -> None:
-        self.retriever = Retriever.load(model, device=device, image_edge=image_edge, engine=engine)
+    It loads what ``stamp`` (the ingest's first load, as JSON) records: model, image edge, engine,
+    loader and whether the checkpoint's own code may run; and refuses to encode when its own load
+    differs from that one in anything recorded (another revision of the checkpoint on its node, or one
+    changed since the ingest began): an index never mixes vectors of two checkpoints."""
+
+    def __init__(self, stamp: dict, device: str) -> None:
+        expected = EncoderStamp.from_json(stamp)
+        self.retriever = _load(
+            expected.model, device, expected.image_edge, expected.engine, expected.loader, expected.trust_remote_code
+        )
+        loaded = self.retriever.stamp
+        differs = [
+            f"{name} {str(getattr(loaded, name))[:19]} instead of {str(getattr(expected, name))[:19]}"
+            for name in EncoderStamp.__dataclass_fields__
+            if getattr(loaded, name) != getattr(expected, name)
+        ]
+        if differs:
+            raise IndexMismatchError(
+                f"an encoder actor's load of {expected.model!r} differs from the ingest's first load"
+                f" ({'; '.join(differs)}); give every node the same checkpoint and run ingest again"
+            )
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         is_page = batch["kind"] == PAGE
@@ -112,9 +132,18 @@ class PageEncoder:
         }
 
 
-def _load_stamp(model: str, device: str, image_edge: int | None, engine: str | None) -> EncoderStamp:
-    """On a worker like the encoders' own: load the model once, for the stamp the index records."""
-    return Retriever.load(model, device=device, image_edge=image_edge, engine=engine).stamp
+def _load(
+    model: str, device: str, image_edge: int | None, engine: str | None, loader: str | None, trust_remote_code: bool
+) -> Retriever:
+    return Retriever.load(
+        model, device=device, image_edge=image_edge, engine=engine, loader=loader, trust_remote_code=trust_remote_code
+    )
+
+
+def _load_stamp(*args: Any) -> EncoderStamp:
+    """On a worker like the encoders' own: load the model once (``_load``'s arguments), for the
+    stamp the index records and every encoder actor loads again."""
+    return _load(*args).stamp
 
 
 @dataclass
@@ -153,10 +182,11 @@ class RayPipeline:
         model = settings.model or (encoded_by.model if encoded_by else None) or default_retriever(device)
         image_edge = settings.image_edge or (encoded_by.image_edge if encoded_by else None)
         engine = settings.engine or (encoded_by.engine if encoded_by else None)
+        loader = encoded_by.loader if encoded_by else None  # as a local ingest: the index's loader
         gpus_per_encoder = 1.0 if is_gpu(device) else 0.0
         encoders = settings.ray_encoders or (gpus if gpus_per_encoder else max(1, cluster_cpus(ray) - 1))
-        loader = ray.remote(num_cpus=1, num_gpus=gpus_per_encoder, max_retries=RETRIES)(_load_stamp)
-        stamp = ray.get(loader.remote(model, device, image_edge, engine))
+        load = ray.remote(num_cpus=1, num_gpus=gpus_per_encoder, max_retries=RETRIES)(_load_stamp)
+        stamp = ray.get(load.remote(model, device, image_edge, engine, loader, settings.trust_remote_code))
         return cls(ray, stamp, device, encoders, gpus_per_encoder)
 
     def __call__(
@@ -165,7 +195,7 @@ class RayPipeline:
         if not jobs:
             return
         waiting = {number: _Arrivals(job) for number, job in enumerate(jobs)}
-        for batch in self._dataset(jobs, settings).iter_batches(batch_size=None, batch_format="numpy"):
+        for batch in self._batches(jobs, settings):
             for row in range(len(batch["job"])):
                 arrivals = waiting.get(int(batch["job"][row]))
                 if arrivals is None:  # already committed or failed: a duplicate from a retry
@@ -182,6 +212,17 @@ class RayPipeline:
                 f"{len(arrivals.numbers)} of {arrivals.job.page_count} pages came "
                 "back from the cluster; run ingest again",
             )
+
+    def _batches(self, jobs: list[PlannedFile], settings: IngestSettings) -> Iterator[dict[str, np.ndarray]]:
+        """The dataset's output batches; an encoder actor that could not start (its model did not
+        load, or loaded otherwise than the first load) ends the ingest with its reason in one line."""
+        try:
+            yield from self._dataset(jobs, settings).iter_batches(batch_size=None, batch_format="numpy")
+        except self.ray.exceptions.RayActorError as error:
+            if not getattr(error, "actor_init_failed", False):
+                raise
+            reason = str(getattr(error, "error_msg", "") or error).strip().splitlines()[-1]
+            raise ClusterError(f"an encoder actor could not start: {reason}") from error
 
     def _take(
         self, storage: IndexStorage, arrivals: _Arrivals, batch: dict[str, np.ndarray], row: int, report: IngestReport
@@ -224,12 +265,7 @@ class RayPipeline:
             batch_size=settings.batch_size,
             batch_format="numpy",
             compute=self.ray.data.ActorPoolStrategy(size=self.encoders),
-            fn_constructor_kwargs={
-                "model": self.stamp.model,
-                "device": self.device,
-                "engine": self.stamp.engine,
-                "image_edge": self.stamp.image_edge,
-            },
+            fn_constructor_kwargs={"stamp": self.stamp.to_json(), "device": self.device},
             num_cpus=1,
             num_gpus=self.gpus_per_encoder,
         )  # Ray Data restarts a dead encoder actor and retries its batch (max_restarts=-1 by default)

@@ -5,24 +5,15 @@ No retrieval happens here: the caller hands over the pages (``PageImage``) to an
 prompt (docqa.answer.prompt) shows each page as an image preceded by its label
 ``[report.pdf, page 4]`` and asks for an answer grounded only in those pages, cited the same way
 (docqa.answer.citations finds the citations). ``Generator`` wraps any transformers
-image-text-to-text checkpoint whose processor has a chat template (SmolVLM/Idefics3, Qwen2-VL,
-Qwen2.5-VL, ...) and streams the answer as it is generated.
+image-text-to-text checkpoint whose processor has a chat template (SmolVLM/Idefics3, SmolVLM2,
+Qwen2-VL, Qwen2.5-VL, Qwen3-VL, ...) and streams the answer as it is generated. A processor that also
+takes video is loaded from its tokenizer and image processor alone (``_load_images_only_processor``):
+its video processor needs torchvision, and docqa sends no video.
 
-CPU default: SmolVLM-500M-Instruct. benchmarks/answer_latency.py (real architectures, random
-weights, fp32, 2 threads pinned on an idle Xeon; pages at 1024 px = 2x2 tiles + a global view):
-
-    model  pages  TTFT   prefill  TTFT/prefill  decode
-    256M   1       5.8s   5.3s    1.11          23.7 tok/s
-    256M   3      16.9s  16.2s    1.04          20.1 tok/s
-    500M   1       6.6s   5.7s    1.15          12.0 tok/s
-    500M   3      19.4s  17.8s    1.09          11.5 tok/s
-
-Both share the same SigLIP vision encoder, which dominates prefill, so 500M costs only ~15% more
-time to the first token and half the decode speed: a 50-token answer over 3 pages takes ~24 s
-instead of ~19 s (+23%), for DocVQA ANLS 70.5 instead of 58.3 (29% fewer errors). 256M stays
-available for slow machines (``--answer-model HuggingFaceTB/SmolVLM-256M-Instruct``).
-Pages are downscaled to ``max_image_edge`` (1024 px) because prefill grows linearly with 512 px
-tiles: SmolVLM's own 2048 px would be 13 tiles per A4 page instead of 5, ~2.6x the wait.
+CPU default: SmolVLM-500M-Instruct (SmolVLM-256M-Instruct answers faster at lower quality: pass it
+as ``--answer-model``); GPU default: Qwen2.5-VL-3B-Instruct. Pages are downscaled to
+``max_image_edge`` (1024 px) because prefill grows with the number of 512 px tiles SmolVLM cuts a
+page into. The latency figures behind these choices are in benchmarks/RESULTS.md ("Answer latency").
 """
 
 from __future__ import annotations
@@ -61,12 +52,29 @@ def default_answer_model(device: str) -> str:
     return DEFAULT_GPU_ANSWER_MODEL if device.startswith("cuda") else DEFAULT_CPU_ANSWER_MODEL
 
 
+class _NoVideoProcessor:
+    """Stands where an images-only processor's video processor would be.
+
+    Some processors read video settings in ``apply_chat_template`` whatever the conversation holds
+    (SmolVLM2's reads ``video_processor.num_frames`` and ``.fps`` as frame-sampling defaults). None is
+    what a processor sees when a user passes no such setting: no frames are sampled. Called with a
+    video, it refuses: docqa sends page images only.
+    """
+
+    num_frames = None
+    fps = None
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise UnsupportedModelError("docqa loads answer models for page images only; it sends no video")
+
+
 def _load_images_only_processor(processor_class: Any, model: str, local_only: bool) -> Any:
     """Load ``processor_class`` without its video processor (which needs torchvision; docqa sends no video).
 
     transformers derives a processor's parts from its ``__init__`` signature, so a subclass whose
     ``__init__`` takes no ``video_processor`` is built from the tokenizer and image processor alone;
-    the other saved settings (chat template, image_seq_len, ...) are passed on unchanged.
+    the other saved settings (chat template, image_seq_len, ...) are passed on unchanged. Its
+    ``video_processor`` is a ``_NoVideoProcessor``.
     """
     from transformers import AutoImageProcessor, AutoTokenizer
 
@@ -83,11 +91,13 @@ def _load_images_only_processor(processor_class: Any, model: str, local_only: bo
         for k, v in saved.items()
         if k in params and k not in ("self", "image_processor", "tokenizer", "video_processor")
     }
-    return images_only(
+    processor = images_only(
         AutoImageProcessor.from_pretrained(model, local_files_only=local_only),
         AutoTokenizer.from_pretrained(model, local_files_only=local_only),
         **settings,
     )
+    processor.video_processor = _NoVideoProcessor()
+    return processor
 
 
 class _TokenStreamer:

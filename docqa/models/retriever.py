@@ -1,23 +1,26 @@
 """Retriever stage: page images and queries in, late-interaction multi-vectors out (ColPali family).
 
-Three families, all native transformers classes, chosen from the checkpoint's config (never its name):
+``Retriever`` is the one interface over two loaders, chosen from the checkpoint's files and config
+(never its name; ``choose_loader``): transformers' native classes for the three families below, and
+sentence-transformers' ``MultiVectorEncoder`` (docqa.models.multivector) for a checkpoint with a
+sentence-transformers configuration or a ``*ForRetrieval`` family without a native class. This module
+also owns the per-family resolution defaults, the page layout found from the processor
+(``page_layout``), the refusal of code a checkpoint ships (``check_remote_code``) and the encoder
+stamp an index records.
 
 =============== ========================== ============== =========================================
-family          model class                CPU / GPU edge vectors per A4 page at those edges
+family          model class                CPU / GPU edge page tokens
 =============== ========================== ============== =========================================
-colmodernvbert  ColModernVBertForRetrieval 1024 / 2048    355 (2x2 tiles + global) / 885 (4x3 + 1)
-colqwen2        ColQwen2ForRetrieval       672 / 896      421 / 749 (one per 28 px square + prompt)
-colpali         ColPaliForRetrieval        448 / 448      1030 (fixed 448 px square)
+colmodernvbert  ColModernVBertForRetrieval 1024 / 2048    512 px tiles + a global view
+colqwen2        ColQwen2ForRetrieval       672 / 896      one per 28 px square (+ prompt)
+colpali         ColPaliForRetrieval        448 / 448      a fixed 448 px square
 =============== ========================== ============== =========================================
 
 ``image_edge`` is the one resolution knob: each page is resized so its longest edge is ``image_edge``
-and the processor is set up not to go beyond it. Resolution is the biggest speed lever on a CPU
-(measured on 2 cores, real-size random weights, fp32): ColModernVBert costs ~2.8 s per 512 px tile,
-so 1024 px (5 tiles) is ~16 s/page against ~47 s at 2048; a 2B ColQwen2 costs ~19 s/page at 261
-vectors and ~61 s at 750, so 672 px keeps it near 30 s/page. On a GPU the defaults go to the
-resolutions the models were trained for (2048 px tiles; ColQwen2's 768-token budget); measured on an
-H200 in bf16, batches of 8 A4 pages, random weights: ColModernVBert 2048 px ~0.31 s/page (CPU-side
-tiling dominates), ColQwen2 896 px ~67 ms/page, ColPali ~63 ms/page.
+and the processor is set up not to go beyond it. Resolution is the biggest speed lever on a CPU, so
+the CPU defaults stay low; on a GPU they go to the resolutions the models were trained for (2048 px
+tiles; ColQwen2's 768-token budget). The per-page costs behind these defaults are in
+benchmarks/RESULTS.md ("Figures from module docstrings").
 """
 
 from __future__ import annotations

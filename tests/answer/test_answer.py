@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from helpers.tiny_generators import build_generator_checkpoint
 from PIL import Image
 
 from docqa.answer.citations import find_citations
@@ -18,7 +17,7 @@ from docqa.models.generator import (
     default_answer_model,
 )
 
-FAMILIES = ["idefics3", "qwen2_vl"]
+FAMILIES = ["idefics3", "smolvlm", "qwen2_vl", "qwen2_5_vl", "qwen3_vl"]  # SmolVLM v1 and 2, three Qwen-VL generations
 
 
 def page(path: str, number: int, score: float | None = None, size: tuple[int, int] = (90, 128)) -> PageImage:
@@ -29,9 +28,8 @@ PAGES = [page("/docs/report.pdf", 4, 0.91), page("/docs/memo.pdf", 1, 0.52, (128
 
 
 @pytest.fixture(scope="module", params=FAMILIES)
-def generator(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Generator:
-    folder = build_generator_checkpoint(request.param, tmp_path_factory.mktemp(request.param))
-    return Generator.load(str(folder), device="cpu", max_image_edge=64)
+def generator(request: pytest.FixtureRequest, generator_checkpoints: dict[str, Path]) -> Generator:
+    return Generator.load(str(generator_checkpoints[request.param]), device="cpu", max_image_edge=64)
 
 
 def test_stream_matches_ask_and_cites_every_page_shown(generator: Generator) -> None:
@@ -175,3 +173,22 @@ def test_conversation_bounds_images_oldest_first() -> None:
 
     conversation.reset()
     assert conversation.turns == [] and conversation.notes == [] and conversation.pages() == []
+
+
+def test_smolvlm2_answers_from_images_without_a_video_processor(generator_checkpoints: dict[str, Path]) -> None:
+    """SmolVLM2's processor wants a video processor (torchvision); docqa loads its image parts only."""
+    generator = Generator.load(str(generator_checkpoints["smolvlm"]), device="cpu", max_image_edge=64)
+    assert type(generator.processor).__name__ == "SmolVLMProcessor"
+    assert generator.processor.image_processor.size == {"longest_edge": 64}
+    with pytest.raises(UnsupportedModelError, match="sends no video"):
+        generator.processor.video_processor([])
+
+
+def test_smolvlm2_without_num2words_names_it(
+    generator_checkpoints: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from transformers.models.smolvlm import processing_smolvlm
+
+    monkeypatch.setattr(processing_smolvlm, "num2words", None)
+    with pytest.raises(ModelLoadError, match="num2words"):
+        Generator.load(str(generator_checkpoints["smolvlm"]), device="cpu")

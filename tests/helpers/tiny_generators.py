@@ -1,8 +1,8 @@
 """Build random-weight answer-model checkpoints offline (no hub access needed).
 
-``build_generator_checkpoint("idefics3", folder)`` writes a SmolVLM-style Idefics3 checkpoint and
-``build_generator_checkpoint("qwen2_vl", folder)`` a Qwen2-VL one: model, tokenizer (byte-level BPE
-trained here in a fraction of a second), image processor and chat template, all via
+``build_generator_checkpoint(family, folder)`` writes a checkpoint of one of ``FAMILIES``: SmolVLM
+v1 (``"idefics3"``), SmolVLM2 (``"smolvlm"``), Qwen2-VL, Qwen2.5-VL or Qwen3-VL: model, tokenizer
+(byte-level BPE trained here in a fraction of a second), image processor and chat template, all via
 ``save_pretrained``, so they load through the same code path as a downloaded checkpoint.
 
 Sizes: ``"tiny"`` (tests: a few thousand parameters, milliseconds per token), and for idefics3
@@ -17,7 +17,10 @@ from pathlib import Path
 
 import torch
 
-from helpers.tiny_tokenizers import byte_level_bpe, train_bpe, vocab_and_merges
+# SmolVLM2's template: SmolVLM's, taking string contents and <video> too (transformers' own copy).
+from transformers.models.smolvlm.processing_smolvlm import DEFAULT_CHAT_TEMPLATE as SMOLVLM2_CHAT_TEMPLATE
+
+from helpers.tiny_tokenizers import QWEN_VL_SPECIALS, byte_level_bpe, train_bpe, vocab_and_merges
 
 _VOCAB_SIZE = 320  # learned tokens besides the special ones
 
@@ -30,7 +33,7 @@ SMOLVLM_CHAT_TEMPLATE = (
     "{% endfor %}{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}"
 )
 
-# The chat template shipped with Qwen/Qwen2-VL-*-Instruct.
+# The chat template shipped with Qwen/Qwen2-VL-*-Instruct (Qwen2.5-VL's and Qwen3-VL's take the same messages).
 QWEN2_VL_CHAT_TEMPLATE = (
     "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
     "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
@@ -50,6 +53,9 @@ QWEN2_VL_CHAT_TEMPLATE = (
 )
 
 # SmolVLM-style Idefics3 text (SmolLM2) and vision (SigLIP base, patch 16, 512 px tiles) sizes.
+_SIGLIP_BASE_512 = dict(
+    hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12, image_size=512, patch_size=16
+)
 _IDEFICS3_SIZES = {
     "tiny": dict(
         text=dict(
@@ -60,16 +66,8 @@ _IDEFICS3_SIZES = {
             num_key_value_heads=1,
             head_dim=8,
         ),
-        vision=dict(
-            hidden_size=16,
-            intermediate_size=32,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            image_size=512,
-            patch_size=16,
-        ),  # SmolVLM's 512 px tiles of 64 tokens: real prompt lengths
-        scale_factor=4,
-        longest_edge=2048,
+        # SmolVLM's 512 px tiles of 64 tokens: real prompt lengths
+        vision=dict(_SIGLIP_BASE_512, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2),
         vocab_size=None,
     ),
     "real": dict(  # HuggingFaceTB/SmolVLM-256M-Instruct
@@ -81,16 +79,7 @@ _IDEFICS3_SIZES = {
             num_key_value_heads=3,
             head_dim=64,
         ),
-        vision=dict(
-            hidden_size=768,
-            intermediate_size=3072,
-            num_hidden_layers=12,
-            num_attention_heads=12,
-            image_size=512,
-            patch_size=16,
-        ),
-        scale_factor=4,
-        longest_edge=2048,
+        vision=_SIGLIP_BASE_512,
         vocab_size=49280,
     ),
     "real500m": dict(  # HuggingFaceTB/SmolVLM-500M-Instruct
@@ -102,19 +91,12 @@ _IDEFICS3_SIZES = {
             num_key_value_heads=5,
             head_dim=64,
         ),
-        vision=dict(
-            hidden_size=768,
-            intermediate_size=3072,
-            num_hidden_layers=12,
-            num_attention_heads=12,
-            image_size=512,
-            patch_size=16,
-        ),
-        scale_factor=4,
-        longest_edge=2048,
+        vision=_SIGLIP_BASE_512,
         vocab_size=49280,
     ),
 }
+_IDEFICS3_SCALE_FACTOR = 4  # pixel shuffle: 32x32 patches of a 512 px tile -> 64 tokens
+_IDEFICS3_LONGEST_EDGE = 2048
 
 
 def _padded_vocab(n_tokens: int, wanted: int | None) -> int:
@@ -123,10 +105,6 @@ def _padded_vocab(n_tokens: int, wanted: int | None) -> int:
     if size < n_tokens:
         raise ValueError(f"vocab_size {size} is smaller than the tokenizer ({n_tokens} tokens)")
     return size
-
-
-QWEN_VL_FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
-FAMILIES = ("idefics3", "smolvlm", *QWEN_VL_FAMILIES)
 
 
 def _build_idefics3(out_dir: Path, size: str, smolvlm: bool = False) -> None:
@@ -162,9 +140,9 @@ def _build_idefics3(out_dir: Path, size: str, smolvlm: bool = False) -> None:
     )
     vision = spec["vision"]
     tile = vision["image_size"]
-    image_seq_len = (tile // vision["patch_size"]) ** 2 // spec["scale_factor"] ** 2
+    image_seq_len = (tile // vision["patch_size"]) ** 2 // _IDEFICS3_SCALE_FACTOR**2
     image_processor = Idefics3ImageProcessorPil(
-        size={"longest_edge": spec["longest_edge"]},
+        size={"longest_edge": _IDEFICS3_LONGEST_EDGE},
         max_image_size={"longest_edge": tile},
         image_mean=[0.5, 0.5, 0.5],
         image_std=[0.5, 0.5, 0.5],
@@ -198,7 +176,7 @@ def _build_idefics3(out_dir: Path, size: str, smolvlm: bool = False) -> None:
     config = config_class(
         text_config=text,
         vision_config=dict(vision, model_type=vision_type),
-        scale_factor=spec["scale_factor"],
+        scale_factor=_IDEFICS3_SCALE_FACTOR,
         image_token_id=ids["<image>"],
         pad_token_id=ids["<|im_end|>"],
         tie_word_embeddings=False,
@@ -215,7 +193,7 @@ def _build_idefics3(out_dir: Path, size: str, smolvlm: bool = False) -> None:
         SmolVLMImageProcessorPil(
             **{key: getattr(image_processor, key) for key in ("size", "max_image_size", "image_mean", "image_std")}
         ).save_pretrained(out_dir)
-        (out_dir / "chat_template.jinja").write_text(SMOLVLM_CHAT_TEMPLATE)
+        (out_dir / "chat_template.jinja").write_text(SMOLVLM2_CHAT_TEMPLATE)
         (out_dir / "processor_config.json").write_text(
             json.dumps({"processor_class": "SmolVLMProcessor", "image_seq_len": image_seq_len}, indent=2)
         )
@@ -223,120 +201,90 @@ def _build_idefics3(out_dir: Path, size: str, smolvlm: bool = False) -> None:
     processor.save_pretrained(out_dir)
 
 
-def _qwen_vl_parts(kind: str, hidden: int, heads: int) -> tuple[type, type, dict, dict, int, str]:
-    """(config class, model class, text settings, vision settings, patch size, processor class) of a
-    tiny ``kind``: Qwen2-VL, Qwen2.5-VL (windowed vision, 14 px patches) or Qwen3-VL (16 px patches,
-    interleaved M-RoPE, deepstack features)."""
+# Each Qwen-VL generation: its config class, its tiny vision tower (``hidden_size`` is Qwen2-VL's
+# merger output and the later ones' vision width; ``_QWEN_VISION`` is what those two share), and
+# what its text model and rope add to the shared settings. Qwen2-VL: 14 px patches; Qwen2.5-VL:
+# windowed vision attention; Qwen3-VL: 16 px patches, learned position embeddings, deepstack
+# features, interleaved M-RoPE.
+_QWEN_HIDDEN, _QWEN_HEADS = 32, 2  # head_dim 16: mrope_section [2, 3, 3] must sum to head_dim / 2
+_QWEN_VISION = dict(depth=2, hidden_size=_QWEN_HIDDEN, intermediate_size=64, num_heads=2, out_hidden_size=_QWEN_HIDDEN)
+_QWEN_VL: dict[str, dict] = {
+    "qwen2_vl": dict(
+        config="Qwen2VLConfig",
+        vision=dict(depth=1, embed_dim=16, hidden_size=_QWEN_HIDDEN, num_heads=2, mlp_ratio=2, patch_size=14),
+    ),
+    "qwen2_5_vl": dict(
+        config="Qwen2_5_VLConfig",
+        vision=dict(_QWEN_VISION, patch_size=14, window_size=56, fullatt_block_indexes=[1]),
+    ),
+    "qwen3_vl": dict(
+        config="Qwen3VLConfig",
+        vision=dict(_QWEN_VISION, patch_size=16, num_position_embeddings=256, deepstack_visual_indexes=[0]),
+        text=dict(head_dim=_QWEN_HIDDEN // _QWEN_HEADS),
+        rope=dict(mrope_interleaved=True),
+    ),
+}
+QWEN_VL_FAMILIES = tuple(_QWEN_VL)
+FAMILIES = ("idefics3", "smolvlm", *QWEN_VL_FAMILIES)
+
+
+def _build_qwen_vl(out_dir: Path, family: str) -> None:
+    """Any Qwen-VL generation in ``_QWEN_VL``; the model and processor classes are the ones
+    transformers maps its config class to, as for a downloaded checkpoint."""
     import transformers
+    from transformers import AutoModelForImageTextToText, Qwen2Tokenizer, Qwen2VLImageProcessorPil
+    from transformers.models.auto.processing_auto import PROCESSOR_MAPPING
 
-    rope = {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [2, 3, 3]}
-    if kind == "qwen2_vl":
-        vision = dict(depth=1, embed_dim=16, hidden_size=hidden, num_heads=2, mlp_ratio=2, patch_size=14)
-        return (
-            transformers.Qwen2VLConfig,
-            transformers.Qwen2VLForConditionalGeneration,
-            {"rope_parameters": rope},
-            vision,
-            14,
-            "Qwen2VLProcessor",
-        )
-    if kind == "qwen2_5_vl":
-        vision = dict(
-            depth=2,
-            hidden_size=hidden,
-            intermediate_size=64,
-            num_heads=2,
-            out_hidden_size=hidden,
-            patch_size=14,
-            window_size=56,
-            fullatt_block_indexes=[1],
-        )
-        return (
-            transformers.Qwen2_5_VLConfig,
-            transformers.Qwen2_5_VLForConditionalGeneration,
-            {"rope_parameters": rope},
-            vision,
-            14,
-            "Qwen2_5_VLProcessor",
-        )
-    vision = dict(
-        depth=2,
-        hidden_size=hidden,
-        intermediate_size=64,
-        num_heads=2,
-        out_hidden_size=hidden,
-        patch_size=16,
-        num_position_embeddings=256,
-        deepstack_visual_indexes=[0],
-    )
-    text = {"head_dim": hidden // heads, "rope_parameters": {**rope, "mrope_interleaved": True}}
-    return (
-        transformers.Qwen3VLConfig,
-        transformers.Qwen3VLForConditionalGeneration,
-        text,
-        vision,
-        16,
-        "Qwen3VLProcessor",
-    )
-
-
-def _build_qwen2_vl(out_dir: Path, kind: str = "qwen2_vl") -> None:
-    from transformers import Qwen2Tokenizer, Qwen2VLImageProcessorPil
-
-    specials = [
-        "<|endoftext|>",
-        "<|im_start|>",
-        "<|im_end|>",
-        "<|vision_start|>",
-        "<|vision_end|>",
-        "<|image_pad|>",
-        "<|video_pad|>",
-    ]
+    spec = _QWEN_VL[family]
+    config_class = getattr(transformers, spec["config"])
+    specials = QWEN_VL_SPECIALS
     vocab, merges = vocab_and_merges(train_bpe(byte_level_bpe(), specials, _VOCAB_SIZE + len(specials)))
     tokenizer = Qwen2Tokenizer(
         vocab=vocab, merges=merges, eos_token="<|im_end|>", pad_token="<|endoftext|>", extra_special_tokens=specials[1:]
     )
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in specials}
-    hidden, heads = 32, 2  # head_dim 16: mrope_section must sum to head_dim / 2
-    config_class, model_class, text, vision, patch, processor_class = _qwen_vl_parts(kind, hidden, heads)
+    rope = {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [2, 3, 3], **spec.get("rope", {})}
     config = config_class(
         text_config=dict(
             vocab_size=_padded_vocab(len(tokenizer), None),
-            hidden_size=hidden,
+            hidden_size=_QWEN_HIDDEN,
             intermediate_size=64,
             num_hidden_layers=1,
-            num_attention_heads=heads,
+            num_attention_heads=_QWEN_HEADS,
             num_key_value_heads=1,
             max_position_embeddings=4096,
-            **text,
+            rope_parameters=rope,
+            **spec.get("text", {}),
             bos_token_id=ids["<|endoftext|>"],
             eos_token_id=ids["<|im_end|>"],
             pad_token_id=ids["<|endoftext|>"],
         ),
-        vision_config=dict(vision, spatial_merge_size=2, temporal_patch_size=2),
+        vision_config=dict(spec["vision"], spatial_merge_size=2, temporal_patch_size=2),
         image_token_id=ids["<|image_pad|>"],
         video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"],
         vision_end_token_id=ids["<|vision_end|>"],
     )
-    model = model_class(config).eval()
+    model = AutoModelForImageTextToText.from_config(config).eval()
     model.generation_config.eos_token_id = [ids["<|im_end|>"], ids["<|endoftext|>"]]
     model.generation_config.pad_token_id = ids["<|endoftext|>"]
     model.save_pretrained(out_dir)
-    # Qwen2VLProcessor also wants a video processor, which needs torchvision. Save the parts a real
+    # The processor also wants a video processor, which needs torchvision. Save the parts a real
     # checkpoint ships instead: tokenizer, image processor, chat template and the processor class name.
     tokenizer.save_pretrained(out_dir)
+    patch = spec["vision"]["patch_size"]
     unit = 2 * patch  # one merged token per unit x unit square
     image_processor = Qwen2VLImageProcessorPil(
         size={"shortest_edge": unit * unit, "longest_edge": unit * unit * 64}, patch_size=patch, merge_size=2
     )
     image_processor.save_pretrained(out_dir)
     (out_dir / "chat_template.jinja").write_text(QWEN2_VL_CHAT_TEMPLATE)
+    processor_class = PROCESSOR_MAPPING[config_class].__name__
     (out_dir / "processor_config.json").write_text(json.dumps({"processor_class": processor_class}, indent=2))
 
 
 def build_generator_checkpoint(family: str, out_dir: Path, size: str = "tiny") -> Path:
-    """Write a random-weight answer-model checkpoint of ``family`` ("idefics3" or "qwen2_vl") to ``out_dir``.
+    """Write a random-weight answer-model checkpoint of ``family`` (one of ``FAMILIES``) to ``out_dir``.
 
     ``size``: "tiny" (tests), or for idefics3 "real" (SmolVLM-256M) / "real500m" (SmolVLM-500M).
     Returns ``out_dir``, loadable with ``Generator.load(str(out_dir))``.
@@ -355,7 +303,7 @@ def build_generator_checkpoint(family: str, out_dir: Path, size: str = "tiny") -
     elif family in QWEN_VL_FAMILIES:
         if size != "tiny":
             raise ValueError(f"{family} checkpoints are only built at size 'tiny'")
-        _build_qwen2_vl(out_dir, family)
+        _build_qwen_vl(out_dir, family)
     else:
         raise ValueError(f"unknown family {family!r}; choose from {', '.join(FAMILIES)}")
     return out_dir

@@ -36,7 +36,7 @@ from transformers import (
     SiglipImageProcessorPil,
 )
 
-from helpers.tiny_tokenizers import byte_level_bpe, train_bpe, vocab_and_merges
+from helpers.tiny_tokenizers import QWEN_VL_SPECIALS, byte_level_bpe, train_bpe, vocab_and_merges
 
 SIZES = ("tiny", "real")
 _VOCAB_SIZE = 600
@@ -132,15 +132,7 @@ def _colmodernvbert(size: str) -> tuple[PreTrainedModel, ProcessorMixin]:
 
 def _colqwen2(size: str) -> tuple[PreTrainedModel, ProcessorMixin]:
     """ColQwen2: Qwen2-VL (14 px patches merged 2x2 into one token per 28 px square)."""
-    specials = [
-        "<|endoftext|>",
-        "<|im_start|>",
-        "<|im_end|>",
-        "<|vision_start|>",
-        "<|vision_end|>",
-        "<|image_pad|>",
-        "<|video_pad|>",
-    ]
+    specials = QWEN_VL_SPECIALS
     vocab, merges = vocab_and_merges(train_bpe(Qwen2Tokenizer().backend_tokenizer, specials, _VOCAB_SIZE))
     tokenizer = Qwen2Tokenizer(vocab=vocab, merges=merges, additional_special_tokens=specials[1:])
     image_processor = Qwen2VLImageProcessorPil(min_pixels=4 * 28 * 28, max_pixels=768 * 28 * 28)

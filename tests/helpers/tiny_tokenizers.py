@@ -18,6 +18,17 @@ CORPUS = [
     "0123456789 ,.;:!?()[]{}<>-_/\\'\"@#$%&*+= abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ",
 ]
 
+# The special tokens of Qwen2-VL's tokenizer (and its successors'): text, then vision markers.
+QWEN_VL_SPECIALS = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+]
+
 
 def byte_level_bpe() -> Tokenizer:
     """An untrained BPE with byte-level pre-tokenizer and decoder."""

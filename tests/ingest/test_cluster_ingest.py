@@ -1,8 +1,10 @@
 """Ingest on a local Ray (2 CPUs, tiny real retriever): same index as a local ingest, exactly once
-through a dying encoder actor, and a re-run after a dead driver that encodes only what is missing."""
+through a dying encoder actor, a re-run after a dead driver that encodes only what is missing, and
+encoder actors that load what the first load did (a trusted remote-code retriever; no other revision)."""
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 import textwrap
@@ -12,10 +14,13 @@ import numpy as np
 import pytest
 from helpers.documents import make_mixed_folder
 from helpers.stored import stored_pages
+from helpers.tiny_multivector import build_remote_code_checkpoint
 
 from docqa import DocIndex
+from docqa.errors import IndexMismatchError
 from docqa.ingest import ray as cluster_ingest
 from docqa.ingest.plan import PlannedFile
+from docqa.models.retriever import Retriever
 
 
 @pytest.fixture()
@@ -26,7 +31,7 @@ def corpus(tmp_path):
 
 
 def _documents(index: DocIndex) -> dict[str, tuple[str, int, str]]:
-    return {doc.path: (doc.sha256, doc.pages, doc.kind) for doc in index.documents()}
+    return {doc.path: (doc.sha256, doc.pages, doc.kind) for doc in index.store.all_documents()}
 
 
 def _count_stored_pages(monkeypatch) -> list[int]:
@@ -152,6 +157,26 @@ def test_a_rerun_after_the_driver_died_encodes_only_the_uncommitted_documents(
     pages = stored_pages(index)
     assert len(pages) == 8
     assert index.vectors.rows == sum(len(vectors) for vectors in pages.values())
+
+
+def test_ray_ingest_runs_a_remote_code_retriever_when_trusted(corpus, retriever_checkpoints, tmp_path, ray_cluster):
+    """The encoder actors load what the first load did: its loader and --trust-remote-code too."""
+    remote = build_remote_code_checkpoint(retriever_checkpoints["colpali"], tmp_path / "remote")
+    index = DocIndex.open("remote", create=True)
+    report = index.ingest([corpus], model=str(remote), batch_size=4, ray="local", trust_remote_code=True)
+
+    assert (report.added, report.failed, report.pages_added) == (4, 1, 8)
+    encoder = index.build.encoder
+    assert encoder.trust_remote_code and encoder.loader == "sentence-transformers"
+
+
+def test_an_encoder_actor_refuses_another_revision_than_the_first_load(retriever_checkpoint):
+    """Run in this process (no Ray): the actor's own load is checked against the ingest's stamp."""
+    stamp = Retriever.load(str(retriever_checkpoint), device="cpu").stamp
+    assert cluster_ingest.PageEncoder(stamp.to_json(), "cpu").retriever.stamp == stamp
+    moved = dataclasses.replace(stamp, revision="sha256:" + "0" * 64)
+    with pytest.raises(IndexMismatchError, match="revision sha256:.*instead of sha256:0000"):
+        cluster_ingest.PageEncoder(moved.to_json(), "cpu")
 
 
 def test_without_ray_installed_the_cli_says_how_to_install_it(corpus, monkeypatch, capsys):
