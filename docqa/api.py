@@ -31,10 +31,19 @@ from .errors import (
     OptionsError,
     QueryError,
 )
-from .index.search import ScoredPage
-from .index.storage import IndexOptions, IndexStorage
-from .index.store import DB_NAME, DocumentRecord, PageFilter, PageRecord, Store, check_metadata_key
-from .index.vectors import VectorFile, as_float32
+from .index import (
+    DB_NAME,
+    DocumentRecord,
+    IndexOptions,
+    IndexStorage,
+    PageFilter,
+    PageRecord,
+    ScoredPage,
+    Store,
+    VectorFile,
+    as_float32,
+    check_metadata_key,
+)
 from .ingest.local import run_ingest
 from .ingest.report import IngestReport
 
@@ -221,6 +230,24 @@ class DocIndex:
             recorded = self.store.get_json(BUILD_KEY)
             self._build = None if recorded is None else BuildStamp.from_json(recorded)
         return self._build
+
+    def identity(self) -> tuple[int | None, float | None, str | None, str | None]:
+        """What names this index and its encoder now, read afresh from disk (`build` is read once):
+        the catalogue's inode (an index deleted and made again is another index, whatever its stamp
+        says), and the build's creation time, encoder model and config hash (None before any)."""
+        try:
+            inode: int | None = (self.path / DB_NAME).stat().st_ino
+        except OSError:
+            inode = None
+        recorded = self.store.get_json(BUILD_KEY)
+        build = None if recorded is None else BuildStamp.from_json(recorded)
+        encoder = None if build is None else build.encoder
+        return (
+            inode,
+            None if build is None else build.created,
+            None if encoder is None else encoder.model,
+            None if encoder is None else encoder.config_hash,
+        )
 
     @property
     def dim(self) -> int | None:

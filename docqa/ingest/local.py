@@ -25,7 +25,7 @@ from .plan import PlannedFile, converted_jobs, plan_jobs, remove_vanished
 from .report import IngestReport, Timings
 
 if TYPE_CHECKING:
-    from ..index.storage import IndexStorage
+    from ..index import IndexStorage
     from ..models.retriever import Retriever
 
 

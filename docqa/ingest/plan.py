@@ -13,14 +13,14 @@ from tqdm import tqdm
 
 from ..config import IngestSettings
 from ..errors import DocQAError, InputFileError
-from ..index.store import NewPage
+from ..index import NewPage
 from ..inputs import sources
 from ..inputs.render import count_pages
 from .planning import plan_source
 from .report import IngestReport
 
 if TYPE_CHECKING:
-    from ..index.storage import IndexStorage
+    from ..index import IndexStorage
 
 
 @dataclass

@@ -29,7 +29,7 @@ from ..build import BuildStamp, EncoderStamp
 from ..cluster.ray_runtime import cluster_cpus, cluster_gpus, connect
 from ..config import IngestSettings
 from ..errors import ClusterError, IndexMismatchError, InputFileError
-from ..index.storage import IndexStorage
+from ..index import IndexStorage
 from ..inputs.render import render_pages
 from ..models.checkpoints import is_gpu
 from ..models.retriever import Retriever, default_retriever

@@ -295,16 +295,7 @@ class Daemon:
             self.index.retriever(device=device)  # loaded before the socket appears
 
     def _stamp(self):
-        from ..api import BUILD_KEY
-        from ..index.store import DB_NAME
-
-        try:  # an index deleted and made again is another index, whatever its stamp says
-            inode = (self.index.path / DB_NAME).stat().st_ino
-        except OSError:
-            inode = None
-        build = self.index.store.get_json(BUILD_KEY)
-        encoder = (build or {}).get("encoder") or {}
-        return inode, (build or {}).get("created"), encoder.get("model"), encoder.get("config_hash")
+        return self.index.identity()
 
     def generator(self, model: str | None, engine: str | None):
         """The answer model the request names, loaded once (another one replaces it)."""

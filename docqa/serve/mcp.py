@@ -127,7 +127,7 @@ class PageLibrary:
         if not 1 <= page <= record.pages:
             raise QueryError(f"{record.path} has pages 1 to {record.pages}, not {page}")
         with self._read:
-            page_id = self.index.store.pages_of(record.id)[page - 1][0]
+            page_id = self.index.page_records(record.id)[page - 1].id
         return self.page_by_id(page_id)
 
     def documents_matching(self, document: str) -> list:
