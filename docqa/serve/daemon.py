@@ -30,9 +30,13 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .. import __version__
 from ..errors import DocQAError
+
+if TYPE_CHECKING:
+    from ..models.generator import Generator
 
 IDLE_S = 600.0
 START_TIMEOUT_S = 300.0  # how long a client waits for a daemon it started to load its models
@@ -284,8 +288,8 @@ class Daemon:
         self.built = self._stamp()
         self._read = threading.Lock()
         self._answer = threading.Lock()
-        self._generator = None
-        self._generator_key = None
+        self._generator: Generator | None = None
+        self._generator_key: tuple[str, str | None] | None = None
         self._active = 0
         self._last = time.monotonic()
         self._count = threading.Lock()
@@ -297,7 +301,7 @@ class Daemon:
     def _stamp(self):
         return self.index.identity()
 
-    def generator(self, model: str | None, engine: str | None):
+    def generator(self, model: str | None, engine: str | None) -> Generator:
         """The answer model the request names, loaded once (another one replaces it)."""
         from ..models.checkpoints import check_device
         from ..models.generator import Generator, default_answer_model
@@ -307,8 +311,8 @@ class Daemon:
         if Path(wanted).expanduser().is_dir():
             wanted = str(Path(wanted).expanduser().resolve())
         key = (wanted, engine)
-        if self._generator_key != key:
-            self._generator = None
+        if self._generator is None or self._generator_key != key:
+            self._generator = None  # the old model is let go before the new one loads
             self._generator = Generator.load(wanted, device=device, engine=engine)
             self._generator_key = key
         return self._generator

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from PIL import Image
 
     from ..api import Hit
+    from ..models.generator import Generator
 
 INSTALL_HINT = 'the MCP server needs the mcp extra: pip install "docqa[mcp]"'
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -66,7 +67,7 @@ class PageLibrary:
         self.engine = engine  # the answer model's; the retriever runs on the index's engine
         self._read = threading.Lock()  # the index handle and the retriever: one caller at a time
         self._answer = threading.Lock()  # the answer model: loaded once, one question at a time
-        self._generator = None
+        self._generator: Generator | None = None
 
     # --- models ------------------------------------------------------------------------------
     def retriever(self):
@@ -76,7 +77,7 @@ class PageLibrary:
     def _retriever(self):
         return self.index.retriever(device=self.device)  # the index's own engine
 
-    def generator(self):
+    def generator(self) -> "Generator":
         if self._generator is None:
             from ..models.checkpoints import check_device
             from ..models.generator import Generator, default_answer_model
@@ -439,14 +440,7 @@ def run(
 ) -> None:
     """Serve until the client hangs up (stdio) or until interrupted (http)."""
     require_mcp()
-    if transport == "http":
-        if host not in LOOPBACK:
-            raise DocQAError(
-                f"docqa mcp binds loopback only, not {host}: use 127.0.0.1 and a tunnel or a "
-                "reverse proxy with TLS to reach it from elsewhere"
-            )
-        if not token:
-            raise DocQAError("the MCP HTTP transport needs a token: pass --token TOKEN or set $DOCQA_TOKEN")
+    http_token = _http_token(host, token) if transport == "http" else ""
     library = PageLibrary(index, device=device, answer_model=answer_model, engine=engine)
     # load the retriever in the background, so the client's handshake is answered at once
     threading.Thread(target=_warm, args=(library,), name="docqa-mcp-warm", daemon=True).start()
@@ -461,7 +455,7 @@ def run(
                 f"docqa: MCP over streamable HTTP at http://{host}:{port}/mcp (Bearer token required)", file=sys.stderr
             )
             uvicorn.run(
-                http_app(server, token, port),
+                http_app(server, http_token, port),
                 host=host,
                 port=port,
                 log_level="warning",
@@ -470,6 +464,18 @@ def run(
             )
     finally:
         library.close()
+
+
+def _http_token(host: str, token: str | None) -> str:
+    """The token the HTTP transport requires, once the bind address is known to be loopback."""
+    if host not in LOOPBACK:
+        raise DocQAError(
+            f"docqa mcp binds loopback only, not {host}: use 127.0.0.1 and a tunnel or a "
+            "reverse proxy with TLS to reach it from elsewhere"
+        )
+    if not token:
+        raise DocQAError("the MCP HTTP transport needs a token: pass --token TOKEN or set $DOCQA_TOKEN")
+    return token
 
 
 def _warm(library: PageLibrary) -> None:

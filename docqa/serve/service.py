@@ -22,10 +22,10 @@ import re
 import tempfile
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
@@ -40,6 +40,11 @@ from ..memory import release_free_memory
 from ..models.retriever import Retriever
 from .jobs import Job, JobStore
 from .slots import Budget, Ticket
+
+if TYPE_CHECKING:
+    from ..models.generator import Generator as AnswerModel
+
+AnswerEvents = Generator[tuple[str, dict], None, None]
 
 UPLOADS = "uploads"  # inside the index folder
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._ -]+")
@@ -80,7 +85,7 @@ class AnswerRun:
 
     def __init__(
         self,
-        events: Callable[[], Iterator[tuple[str, dict]]],
+        events: Callable[[], AnswerEvents],
         ticket: Ticket,
         wait_s: float,
         emit: Callable[[tuple[str, Any]], None],
@@ -146,7 +151,7 @@ class Service:
         self._read = threading.Lock()  # one search at a time on the reader handle
         self._write = threading.Lock()  # one writer (ingest or delete) at a time
         self._generator_lock = threading.Lock()  # loads the answer model once
-        self._generator = None
+        self._generator: AnswerModel | None = None
         self._retriever_lock = threading.Lock()
         self.asks = Budget(
             "questions", 1, max_in_flight=1 + limits.asks_waiting, wait_s=limits.ask_wait_s, retry_after=10
@@ -180,7 +185,7 @@ class Service:
         """Load the retriever up front, so a bad model fails at start-up rather than on a request."""
         self.retriever()
 
-    def _generator_instance(self):
+    def _generator_instance(self) -> AnswerModel:
         from ..models.checkpoints import default_device
         from ..models.generator import Generator, default_answer_model
 
@@ -347,7 +352,7 @@ class Service:
         max_new_tokens: int,
         where: dict | None,
         path: str | None,
-    ) -> Iterator[tuple[str, dict]]:
+    ) -> AnswerEvents:
         """(event, data) pairs: ``pages`` (what the model is shown), ``token`` (answer text as it
         is generated), ``citations`` (each page shown, cited or not, with its box), ``done``."""
         asker = Asker(
@@ -378,6 +383,7 @@ class Service:
         for piece in stream:
             yield "token", {"text": piece}
         result = stream.result
+        assert result is not None  # set once the stream is iterated to its end
         citations = []
         groundings = ground_answer(retriever, question, result.answer.text, stream.pages)
         for page, citation, grounding in zip(stream.pages, result.answer.citations, groundings):
@@ -596,8 +602,8 @@ class Service:
             job.update(state="failed", error=f"{type(error).__name__}: {error}")
         else:
             state = "failed" if report.failed else "done"
-            error = "; ".join(f.error for f in report.failures) or None
-            job.update(state=state, report=report.to_json(), error=error)
+            reasons = "; ".join(f.error for f in report.failures) or None
+            job.update(state=state, report=report.to_json(), error=reasons)
         self._paths_changed()
         self._store.save()
 

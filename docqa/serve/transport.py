@@ -104,8 +104,9 @@ def guarded_protocol(limits: SocketLimits) -> type[H11Protocol]:
             self.transport.close()
 
         def _forget(self) -> None:
-            if getattr(self, "_timer", None) is not None:
-                self._timer.cancel()
+            timer: asyncio.TimerHandle | None = getattr(self, "_timer", None)
+            if timer is not None:
+                timer.cancel()
                 self._timer = None
             mine = peers.get(getattr(self, "_address", ""), [])
             if self in mine:
