@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DocQAError
+from ..files import atomic_write
 
 JOBS_FILE = "jobs.json"
 STATES = ("queued", "ingesting", "done", "failed", "cancelled")
@@ -76,7 +76,8 @@ class Job:
 
 
 class JobStore:
-    """The jobs of one index folder, saved after every change (atomically: temp file, fsync, rename)."""
+    """The jobs of one index folder, saved after every change (``atomic_write``: a crash leaves the
+    old list or the new one)."""
 
     def __init__(self, folder: Path, keep: int = 100) -> None:
         self.file = folder / JOBS_FILE
@@ -154,15 +155,5 @@ class JobStore:
         with self._lock:
             payload = json.dumps(
                 {"next_id": self.next_id, "jobs": [j.to_record() for j in self.jobs.values()]}, indent=1
-            ).encode()
-            self.file.parent.mkdir(parents=True, exist_ok=True)
-            handle, temp = tempfile.mkstemp(dir=self.file.parent, prefix=".jobs-")
-            try:
-                with os.fdopen(handle, "wb") as out:
-                    out.write(payload)
-                    out.flush()
-                    os.fsync(out.fileno())
-                os.replace(temp, self.file)
-            except BaseException:
-                Path(temp).unlink(missing_ok=True)
-                raise
+            )
+            atomic_write(self.file, payload)
