@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import tempfile
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Generator, Iterator
@@ -34,6 +33,7 @@ from ..answer.grounding import Grounding, ground, ground_answer, render_indexed_
 from ..api import DocIndex, Hit
 from ..config import IngestSettings
 from ..errors import DocQAError, IndexLockedError, NotFound, QuotaExceeded, UploadRejected, UploadTooLarge
+from ..files import atomic_writer
 from ..inputs.render import IMAGE_FORMATS
 from ..inputs.sources import describe_content, sniff
 from ..memory import release_free_memory
@@ -434,32 +434,27 @@ class Service:
         digest = hashlib.sha256()
         size = 0
         head = b""
-        with tempfile.NamedTemporaryFile(dir=self.uploads, prefix=".upload-", delete=False) as handle:
-            temp = Path(handle.name)
-            try:
-                for chunk in chunks:
-                    size += len(chunk)
-                    if size > self.limits.max_upload_bytes:
-                        raise UploadTooLarge(f"the upload is over the {self.limits.max_upload_bytes} byte limit")
-                    if size > room:
-                        raise QuotaExceeded(
-                            f"the stored uploads would go over the server's quota of "
-                            f"{self.limits.upload_quota_bytes} bytes; delete some first"
-                        )
-                    if len(head) < 1024:
-                        head += chunk[: 1024 - len(head)]
-                    digest.update(chunk)
-                    handle.write(chunk)
-                kind = sniff(head)
-                if kind is None:
-                    raise UploadRejected(f"{safe_name(name)}: {describe_content(head)}")
-            except BaseException:
-                temp.unlink(missing_ok=True)
-                raise
-        folder = self.uploads / digest.hexdigest()[:16]
-        folder.mkdir(exist_ok=True)
-        target = folder / safe_name(name, kind)
-        os.replace(temp, target)
+        with atomic_writer(self.uploads, "upload") as pending:  # a refused upload leaves nothing behind
+            for chunk in chunks:
+                size += len(chunk)
+                if size > self.limits.max_upload_bytes:
+                    raise UploadTooLarge(f"the upload is over the {self.limits.max_upload_bytes} byte limit")
+                if size > room:
+                    raise QuotaExceeded(
+                        f"the stored uploads would go over the server's quota of "
+                        f"{self.limits.upload_quota_bytes} bytes; delete some first"
+                    )
+                if len(head) < 1024:
+                    head += chunk[: 1024 - len(head)]
+                digest.update(chunk)
+                pending.file.write(chunk)
+            kind = sniff(head)
+            if kind is None:
+                raise UploadRejected(f"{safe_name(name)}: {describe_content(head)}")
+            folder = self.uploads / digest.hexdigest()[:16]
+            folder.mkdir(exist_ok=True)
+            target = folder / safe_name(name, kind)
+            pending.place(target)  # durable before jobs.json names it: a restart finds the whole file
         with self._queue_ready:
             job = self._store.add(target.name, target)
             self._queue.append(job)
