@@ -98,7 +98,8 @@ def serve(
         )
     import uvicorn
 
-    from .service import Limits, Service
+    from .service import Service
+    from .slots import Limits
     from .transport import server_config
 
     limits = Limits(

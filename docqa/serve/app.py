@@ -43,8 +43,8 @@ from ..errors import (
     UploadTooLarge,
 )
 from .security import Auth, Principal
-from .service import Limits, Service
-from .slots import Busy
+from .service import Service
+from .slots import Busy, Limits
 
 _STATIC = {"app.js": "text/javascript; charset=utf-8", "style.css": "text/css; charset=utf-8"}
 _STATUS: list[tuple[type[DocQAError], int]] = [

@@ -22,7 +22,6 @@ import re
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Generator, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -39,7 +38,7 @@ from ..inputs.sources import describe_content, sniff
 from ..memory import release_free_memory
 from ..models.retriever import Retriever
 from .jobs import Job, JobStore
-from .slots import Budget, Ticket
+from .slots import Budget, Limits, Ticket
 
 if TYPE_CHECKING:
     from ..models.generator import Generator as AnswerModel
@@ -48,30 +47,6 @@ AnswerEvents = Generator[tuple[str, dict], None, None]
 
 UPLOADS = "uploads"  # inside the index folder
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._ -]+")
-
-
-@dataclass(frozen=True)
-class Limits:
-    """Bounds on what one request, and all requests together, may ask for."""
-
-    max_upload_bytes: int = 100 * 1024 * 1024
-    max_request_bytes: int = 1024 * 1024  # any request other than an upload
-    max_k: int = 50
-    max_pages: int = 5  # pages shown to the answer model per question
-    max_query_chars: int = 1000
-    max_image_edge: int = 2048
-    max_jobs_kept: int = 100
-    max_upload_pages: int = 500  # pages per uploaded file; a longer one fails before any is encoded
-    upload_quota_bytes: int = 2 * 1024**3  # all stored uploads together
-    asks_waiting: int = 3  # questions waiting behind the one being answered; more get 429
-    ask_wait_s: float = 120.0
-    render_bytes: int = 768 * 1024**2  # decoded pixels of page renders running at once
-    renders_in_flight: int = 8
-    heatmaps_in_flight: int = 4
-    searches_in_flight: int = 16
-    wait_s: float = 30.0  # longest wait for a render, heatmap or search turn (then 503)
-    event_streams: int = 32  # open job event streams
-    image_cache_bytes: int = 64 * 1024**2
 
 
 class _Stop(DocQAError):

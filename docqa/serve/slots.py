@@ -1,5 +1,6 @@
-"""Bounded concurrency for the server's expensive work: a request either gets its turn soon or is
-told to come back (``Busy``: 429 when too many wait, 503 when its wait ran out, with Retry-After).
+"""What a server lets its clients ask for (``Limits``) and bounded concurrency for the expensive
+work: a request either gets its turn soon or is told to come back (``Busy``: 429 when too many
+wait, 503 when its wait ran out, with Retry-After).
 
 A ``Budget`` has a capacity in units of cost (one answer model; bytes of decoded pixels) and a
 bound on how many requests may hold or wait for a share of it. Nothing waits without a timeout.
@@ -11,8 +12,33 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 from ..errors import DocQAError
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds on what one request, and all requests together, may ask for."""
+
+    max_upload_bytes: int = 100 * 1024 * 1024
+    max_request_bytes: int = 1024 * 1024  # any request other than an upload
+    max_k: int = 50
+    max_pages: int = 5  # pages shown to the answer model per question
+    max_query_chars: int = 1000
+    max_image_edge: int = 2048
+    max_jobs_kept: int = 100
+    max_upload_pages: int = 500  # pages per uploaded file; a longer one fails before any is encoded
+    upload_quota_bytes: int = 2 * 1024**3  # all stored uploads together
+    asks_waiting: int = 3  # questions waiting behind the one being answered; more get 429
+    ask_wait_s: float = 120.0
+    render_bytes: int = 768 * 1024**2  # decoded pixels of page renders running at once
+    renders_in_flight: int = 8
+    heatmaps_in_flight: int = 4
+    searches_in_flight: int = 16
+    wait_s: float = 30.0  # longest wait for a render, heatmap or search turn (then 503)
+    event_streams: int = 32  # open job event streams
+    image_cache_bytes: int = 64 * 1024**2
 
 
 class Busy(DocQAError):

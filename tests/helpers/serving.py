@@ -11,7 +11,8 @@ from pathlib import Path
 
 from docqa.api import DocIndex
 from docqa.serve.security import Auth
-from docqa.serve.service import Limits, Service
+from docqa.serve.service import Service
+from docqa.serve.slots import Limits
 from helpers.documents import make_image, make_pdf
 
 

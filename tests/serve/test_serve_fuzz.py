@@ -14,7 +14,7 @@ from helpers.serving import authenticated, build_corpus_index, make_auth, servic
 from hypothesis import HealthCheck, settings  # noqa: E402
 
 from docqa.serve import create_app  # noqa: E402
-from docqa.serve.service import Limits  # noqa: E402
+from docqa.serve.slots import Limits  # noqa: E402
 
 
 @pytest.fixture(scope="module")

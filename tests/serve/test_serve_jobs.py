@@ -24,7 +24,8 @@ from reportlab.pdfgen import canvas  # noqa: E402
 
 from docqa.serve import create_app  # noqa: E402
 from docqa.serve.jobs import JobStore  # noqa: E402
-from docqa.serve.service import Limits, Service  # noqa: E402
+from docqa.serve.service import Service  # noqa: E402
+from docqa.serve.slots import Limits  # noqa: E402
 
 
 @pytest.fixture(scope="module")

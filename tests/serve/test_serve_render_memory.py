@@ -20,7 +20,8 @@ from PIL import Image, ImageDraw  # noqa: E402
 
 from docqa.api import DocIndex  # noqa: E402
 from docqa.serve import create_app  # noqa: E402
-from docqa.serve.service import Limits, Service  # noqa: E402
+from docqa.serve.service import Service  # noqa: E402
+from docqa.serve.slots import Limits  # noqa: E402
 
 EDGE = 9400
 GB = 1024**3

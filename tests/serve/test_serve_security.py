@@ -16,7 +16,7 @@ from helpers.serving import BASE, TOKEN, api_client, build_corpus_index, make_au
 
 from docqa.serve import create_app, resolve_token  # noqa: E402
 from docqa.serve.security import Auth, TokenError  # noqa: E402
-from docqa.serve.service import Limits  # noqa: E402
+from docqa.serve.slots import Limits  # noqa: E402
 
 SAME = {"Sec-Fetch-Site": "same-origin", "Origin": BASE}
 

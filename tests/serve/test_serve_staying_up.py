@@ -28,7 +28,7 @@ from helpers.serving import (  # noqa: E402
 )
 
 from docqa.serve import create_app  # noqa: E402
-from docqa.serve.service import Limits  # noqa: E402
+from docqa.serve.slots import Limits  # noqa: E402
 from docqa.serve.transport import SocketLimits  # noqa: E402
 
 
