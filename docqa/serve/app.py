@@ -483,7 +483,7 @@ def _jobs_router() -> APIRouter:
     )
     async def job_events(service: ServiceDep, job_id: JOB_ID) -> Response:
         job = service.job(job_id)
-        ticket = service.streams.reserve()
+        ticket = service.slots.streams.reserve()
         ticket.wait(1, 0)
 
         async def stream() -> AsyncIterator[bytes]:

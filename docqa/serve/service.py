@@ -6,7 +6,7 @@ candidate index is not shared-safe); uploads are ingested, and deletes done, on 
 one worker, so they never race. Both handles share the one retriever (its forward passes take
 turns); the answer model is loaded once, on first use, and answers one question at a time.
 
-Expensive work is bounded (``slots.Budget``): one answer at a time with a short line behind it,
+Expensive work is bounded (``slots.Slots``): one answer at a time with a short line behind it,
 page renders by the bytes of pixels they decode, heatmaps one at a time. Answers are generated on
 a thread of their own (``AnswerRun``), never inside a generator the HTTP layer might abandon, so a
 client that leaves always hands the answer model back. Paths in what the service returns are
@@ -28,17 +28,15 @@ from typing import TYPE_CHECKING, Any
 from PIL import Image
 
 from ..answer.ask import Asker
-from ..answer.grounding import Grounding, ground, ground_answer, render_indexed_page
+from ..answer.grounding import Grounding, ground, ground_answer
 from ..api import DocIndex, Hit
 from ..config import IngestSettings
 from ..errors import DocQAError, IndexLockedError, NotFound, QuotaExceeded, UploadRejected, UploadTooLarge
 from ..files import atomic_writer
-from ..inputs.render import IMAGE_FORMATS
 from ..inputs.sources import describe_content, sniff
-from ..memory import release_free_memory
 from ..models.retriever import Retriever
 from .jobs import Job, JobStore
-from .slots import Budget, Limits, Ticket
+from .slots import Limits, Slots, Ticket
 
 if TYPE_CHECKING:
     from ..models.generator import Generator as AnswerModel
@@ -128,15 +126,7 @@ class Service:
         self._generator_lock = threading.Lock()  # loads the answer model once
         self._generator: AnswerModel | None = None
         self._retriever_lock = threading.Lock()
-        self.asks = Budget(
-            "questions", 1, max_in_flight=1 + limits.asks_waiting, wait_s=limits.ask_wait_s, retry_after=10
-        )
-        self.renders = Budget(
-            "page renders", limits.render_bytes, max_in_flight=limits.renders_in_flight, wait_s=limits.wait_s
-        )
-        self.heatmaps = Budget("heatmaps", 1, max_in_flight=limits.heatmaps_in_flight, wait_s=limits.wait_s)
-        self.searches = Budget("searches", 1, max_in_flight=limits.searches_in_flight, wait_s=limits.wait_s)
-        self.streams = Budget("event streams", limits.event_streams, max_in_flight=limits.event_streams, wait_s=0)
+        self.slots = Slots(limits)
         self._store = JobStore(self.reader.path, keep=limits.max_jobs_kept)
         self._queue: list[Job] = self._store.recover()
         self._queue_ready = threading.Condition()
@@ -210,7 +200,7 @@ class Service:
         """The index's search, with its filters (tags ``where``, path glob ``path``) and ``exact``."""
         if self.retriever() is None:
             return []
-        with self.searches.take(), self._read:
+        with self.slots.searches.take(), self._read:
             return self.reader.search(query, k=k, device=self.device, exact=exact, where=where, path=path)
 
     def page(self, page_id: int) -> Hit:
@@ -230,23 +220,15 @@ class Service:
         cached = self._cached(key)
         if cached is not None:
             return cached
-        return self._cache(key, _png(self._render(hit, edge)))
-
-    def _render(self, hit: Hit, edge: int) -> Image.Image:
-        """One page image, within the render budget (the bytes its decoding will take)."""
-        with self.renders.take(_render_cost(hit, edge)):
-            try:
-                return render_indexed_page(hit.file, hit.page, hit.sha256, hit.kind, edge, hit.path)
-            finally:
-                release_free_memory()
+        return self._cache(key, _png(self.slots.render(hit, edge)))
 
     def grounding(self, page_id: int, query: str) -> Grounding:
         hit = self.page(page_id)
         retriever = self.retriever()
         if retriever is None:
             raise NotFound("the index is empty")
-        with self.heatmaps.take():
-            image = self._render(hit, retriever.stamp.image_edge)
+        with self.slots.heatmaps.take():
+            image = self.slots.render(hit, retriever.stamp.image_edge)
             return ground(retriever, query, image)
 
     def heatmap_png(self, page_id: int, query: str) -> bytes:
@@ -310,7 +292,7 @@ class Service:
         retriever = self.retriever()
         if retriever is None or self.reader.info().pages == 0:
             raise NotFound("the index is empty: upload a document first")
-        ticket = self.asks.reserve()
+        ticket = self.slots.asks.reserve()
         return AnswerRun(
             lambda: self._answer(retriever, question, k, max_pages, max_new_tokens, where, path),
             ticket,
@@ -626,19 +608,6 @@ def safe_name(name: str, kind: str | None = None) -> str:
     if kind == "pdf" and not base.lower().endswith(".pdf"):
         base += ".pdf"
     return base
-
-
-def _render_cost(hit: Hit, edge: int) -> int:
-    """Bytes a render of ``hit`` at ``edge`` decodes: the whole image for a picture (its header
-    says how big), the requested size for a PDF page (pdftoppm renders at that size)."""
-    if hit.kind == "image":
-        try:
-            with Image.open(hit.file, formats=IMAGE_FORMATS) as image:
-                width, height = image.size
-            return width * height * 4 * 2  # decoded, then converted
-        except Exception:  # noqa: BLE001  the render itself reports what is wrong
-            return edge * edge * 4
-    return edge * edge * 3 * 3
 
 
 def _folder_bytes(folder: Path) -> int:

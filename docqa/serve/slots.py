@@ -13,8 +13,14 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ..errors import DocQAError
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from ..api import Hit
 
 
 @dataclass(frozen=True)
@@ -128,3 +134,48 @@ class Budget:
             ticket._held = 0
             self._in_flight -= 1
             self._changed.notify_all()
+
+
+class Slots:
+    """The budgets one server's ``Limits`` make: answers (one at a time, a short line behind it),
+    page renders (by the bytes of pixels they decode), heatmaps, searches and event streams."""
+
+    def __init__(self, limits: Limits) -> None:
+        self.asks = Budget(
+            "questions", 1, max_in_flight=1 + limits.asks_waiting, wait_s=limits.ask_wait_s, retry_after=10
+        )
+        self.renders = Budget(
+            "page renders", limits.render_bytes, max_in_flight=limits.renders_in_flight, wait_s=limits.wait_s
+        )
+        self.heatmaps = Budget("heatmaps", 1, max_in_flight=limits.heatmaps_in_flight, wait_s=limits.wait_s)
+        self.searches = Budget("searches", 1, max_in_flight=limits.searches_in_flight, wait_s=limits.wait_s)
+        self.streams = Budget("event streams", limits.event_streams, max_in_flight=limits.event_streams, wait_s=0)
+
+    def render(self, hit: Hit, edge: int) -> Image.Image:
+        """The page re-rendered from its source (refused when the file changed since indexing),
+        fitted into ``edge`` px, within the render budget (the bytes its decoding will take)."""
+        from ..answer.grounding import render_indexed_page
+        from ..memory import release_free_memory
+
+        with self.renders.take(render_cost(hit, edge)):
+            try:
+                return render_indexed_page(hit.file, hit.page, hit.sha256, hit.kind, edge, hit.path)
+            finally:
+                release_free_memory()
+
+
+def render_cost(hit: Hit, edge: int) -> int:
+    """Bytes a render of ``hit`` at ``edge`` decodes: the whole image for a picture (its header
+    says how big), the requested size for a PDF page (pdftoppm renders at that size)."""
+    from PIL import Image
+
+    from ..inputs.render import IMAGE_FORMATS
+
+    if hit.kind == "image":
+        try:
+            with Image.open(hit.file, formats=IMAGE_FORMATS) as image:
+                width, height = image.size
+            return width * height * 4 * 2  # decoded, then converted
+        except Exception:  # noqa: BLE001  the render itself reports what is wrong
+            return edge * edge * 4
+    return edge * edge * 3 * 3

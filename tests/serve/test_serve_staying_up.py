@@ -106,9 +106,9 @@ def test_cut_off_asks_never_keep_the_answer_model(service):
                 status, names = _ask(http)
                 assert status == 200 and names[-1] == "done", names
             deadline = time.monotonic() + 10
-            while service.asks.stats()["in_flight"] and time.monotonic() < deadline:
+            while service.slots.asks.stats()["in_flight"] and time.monotonic() < deadline:
                 time.sleep(0.05)
-            assert service.asks.stats() == {"used": 0, "capacity": 1, "in_flight": 0}
+            assert service.slots.asks.stats() == {"used": 0, "capacity": 1, "in_flight": 0}
 
 
 def test_too_many_asks_are_told_to_come_back(service, monkeypatch):
@@ -131,7 +131,7 @@ def test_too_many_asks_are_told_to_come_back(service, monkeypatch):
         for thread in threads:
             thread.start()
         deadline = time.monotonic() + 10
-        while service.asks.stats()["in_flight"] < 3 and time.monotonic() < deadline:
+        while service.slots.asks.stats()["in_flight"] < 3 and time.monotonic() < deadline:
             time.sleep(0.02)
         with httpx.Client(base_url=base, headers=bearer(), timeout=10) as http:
             refused = http.post("/api/ask", json={"question": "report", "k": 1, "max_new_tokens": 2})
@@ -163,9 +163,9 @@ def test_event_streams_are_bounded_and_released(service, tmp_path):
             for sock in socks:
                 sock.close()
             deadline = time.monotonic() + 10
-            while service.streams.stats()["in_flight"] and time.monotonic() < deadline:
+            while service.slots.streams.stats()["in_flight"] and time.monotonic() < deadline:
                 time.sleep(0.05)
-            assert service.streams.stats()["in_flight"] == 0  # every cut-off stream gave its place back
+            assert service.slots.streams.stats()["in_flight"] == 0  # every cut-off stream gave its place back
         finally:
             service._write.release()
         with http.stream("GET", f"/api/jobs/{job['id']}/events", timeout=60) as stream:
