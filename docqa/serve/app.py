@@ -42,7 +42,7 @@ from ..errors import (
     UploadRejected,
     UploadTooLarge,
 )
-from .security import Auth, Principal
+from .security import Auth, Principal, send_error
 from .service import Service
 from .slots import Busy, Limits
 
@@ -302,8 +302,12 @@ def _ask_router(limits: Limits) -> APIRouter:
     )
     async def ask(body: AskRequest, request: Request, service: ServiceDep) -> Response:
         max_pages = body.max_pages or min(3, limits.max_pages)
-        if body.k > limits.max_k or max_pages > limits.max_pages:
-            return _error(422, f"k is at most {limits.max_k} and max_pages at most {limits.max_pages}")
+        if body.k > limits.max_k or max_pages > limits.max_pages or body.max_new_tokens > limits.max_new_tokens:
+            return _error(
+                422,
+                f"k is at most {limits.max_k}, max_pages at most {limits.max_pages} "
+                f"and max_new_tokens at most {limits.max_new_tokens}",
+            )
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
 
@@ -562,16 +566,4 @@ class _TooLarge(StarletteHTTPException):
 
 
 async def _send_json(send: Any, status: int, message: str) -> None:
-    body = json.dumps({"error": message}).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                *SECURITY_HEADERS,
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
+    await send_error(send, status, message, SECURITY_HEADERS)

@@ -5,14 +5,17 @@ query's heatmap drawn over it), ``ask`` (an answer with its citations and their 
 ``get_page`` (one page as an image) and ``list_documents``; every indexed page is also the resource
 ``docqa://page/{page_id}`` (a PNG). Bad arguments and docqa's own errors come back as tool errors.
 
-Transports: stdio (the agent starts ``docqa mcp``) and streamable HTTP, which binds loopback only,
-requires ``Authorization: Bearer TOKEN`` on every request and refuses any Host header that is not
-this server's loopback address (DNS rebinding). Everything goes through the library (DocIndex,
-Asker, grounding); one search and one answer run at a time.
+Transports: stdio (the agent starts ``docqa mcp``) and streamable HTTP, which binds loopback only
+and lets in only what `docqa serve` would let in from an API client (``security.Auth``: the Bearer
+token on every request, a Host that names this server; here no browser session, and no other
+site's Origin), on the same socket limits (``transport.server_config``).
+
+Everything goes through the library (DocIndex, Asker, grounding). What one call may ask for, and
+how many searches, renders, heatmaps and answers run or wait at once, are `docqa serve`'s
+``slots.Limits`` and ``slots.Slots``: a call past them is a tool error saying to try again later.
 """
 
 import base64
-import hmac
 import io
 import json
 import sys
@@ -21,20 +24,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 from ..errors import DocQAError, MissingDependencyError, QueryError
+from .slots import Limits, Slots
 
 if TYPE_CHECKING:
     from PIL import Image
 
     from ..api import Hit
     from ..models.generator import Generator
+    from .security import ApiGate, Auth
 
 INSTALL_HINT = 'the MCP server needs the mcp extra: pip install "docqa[mcp]"'
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
-MAX_K = 50
-MAX_QUERY_CHARS = 1000
-MAX_PAGES = 5  # pages shown to the answer model per question
-MAX_NEW_TOKENS = 1024
-MAX_EDGE = 2048
 DEFAULT_EDGE = 768  # page images in results: readable, and small enough for an agent's context
 PAGE_URI = "docqa://page/{page_id}"
 
@@ -49,7 +49,8 @@ def require_mcp() -> None:
 
 
 class PageLibrary:
-    """What the tools read: one index handle, its retriever and an answer model loaded on first use."""
+    """What the tools read: one index handle, its retriever and an answer model loaded on first use,
+    within ``limits`` (searches, renders, heatmaps and answers take turns in ``slots``)."""
 
     def __init__(
         self,
@@ -58,6 +59,7 @@ class PageLibrary:
         device: str | None = None,
         answer_model: str | None = None,
         engine: str | None = None,
+        limits: Limits | None = None,
     ) -> None:
         from ..api import DocIndex
 
@@ -65,8 +67,9 @@ class PageLibrary:
         self.device = device
         self.answer_model = answer_model
         self.engine = engine  # the answer model's; the retriever runs on the index's engine
+        self.limits = limits or Limits()
+        self.slots = Slots(self.limits)  # answers one at a time: the answer model is loaded once
         self._read = threading.Lock()  # the index handle and the retriever: one caller at a time
-        self._answer = threading.Lock()  # the answer model: loaded once, one question at a time
         self._generator: Generator | None = None
 
     # --- models ------------------------------------------------------------------------------
@@ -90,23 +93,22 @@ class PageLibrary:
 
     # --- reading -----------------------------------------------------------------------------
     def search(self, query: str, k: int, where: dict[str, str] | None, path: str | None) -> "list[Hit]":
-        with self._read:
+        with self.slots.searches.take(), self._read:
             return self.index.search(query, k=k, device=self.device, where=where, path=path)
 
     def page_image(self, hit: "Hit", edge: int) -> "Image.Image":
         """The page re-rendered from its source (refused when the file changed since indexing)."""
-        from ..answer.grounding import render_indexed_page
-
-        return render_indexed_page(hit.file, hit.page, hit.sha256, hit.kind, edge, hit.path)
+        return self.slots.render(hit, edge)
 
     def heatmap(self, query: str, hit: "Hit") -> "tuple[Image.Image, dict]":
         """The page with where ``query`` matches drawn over it, and the strongest region's box."""
         from ..answer.grounding import ground
 
-        with self._read:
-            retriever = self._retriever()
+        with self.slots.heatmaps.take():
+            retriever = self.retriever()
             image = self.page_image(hit, retriever.stamp.image_edge)
-            grounding = ground(retriever, query, image)
+            with self._read:
+                grounding = ground(retriever, query, image)
         return grounding.overlay(), grounding.to_json()
 
     def page_by_id(self, page_id: int) -> "Hit":
@@ -150,7 +152,7 @@ class PageLibrary:
         from ..answer.ask import Asker
         from ..answer.grounding import ground_answer
 
-        with self._answer:
+        with self.slots.asks.take():
             generator = self.generator()
             with self._read:
                 asker = Asker(
@@ -200,7 +202,8 @@ def png_bytes(image: "Image.Image") -> bytes:
 
 
 def build_server(library: PageLibrary):
-    """The MCP server over ``library``: four tools and the page resource template."""
+    """The MCP server over ``library``: four tools and the page resource template, their arguments
+    bounded by ``library.limits``."""
     require_mcp()
     from mcp.server.mcpserver import MCPServer
     from mcp.server.mcpserver.exceptions import ToolError
@@ -227,8 +230,9 @@ def build_server(library: PageLibrary):
         except DocQAError as error:
             raise ToolError(str(error)) from error
 
-    Query = Annotated[str, Field(min_length=1, max_length=MAX_QUERY_CHARS, description="what to look for")]
-    K = Annotated[int, Field(ge=1, le=MAX_K, description=f"how many pages (1 to {MAX_K})")]
+    limits = library.limits
+    Query = Annotated[str, Field(min_length=1, max_length=limits.max_query_chars, description="what to look for")]
+    K = Annotated[int, Field(ge=1, le=limits.max_k, description=f"how many pages (1 to {limits.max_k})")]
     Where = Annotated[dict[str, str] | None, Field(description="only documents with all these tags (ingest --tag)")]
     Glob = Annotated[
         str | None,
@@ -237,7 +241,7 @@ def build_server(library: PageLibrary):
             description="only documents whose path matches this glob (* matches across folders, e.g. '*/2024/*.pdf')",
         ),
     ]
-    Edge = Annotated[int, Field(ge=64, le=MAX_EDGE, description="longest edge of the page images, px")]
+    Edge = Annotated[int, Field(ge=64, le=limits.max_image_edge, description="longest edge of the page images, px")]
 
     def hit_json(hit: "Hit") -> dict:
         return {
@@ -294,8 +298,8 @@ def build_server(library: PageLibrary):
     def ask(
         question: Query,
         k: K = 3,
-        max_pages: Annotated[int, Field(ge=1, le=MAX_PAGES)] = 3,
-        max_new_tokens: Annotated[int, Field(ge=1, le=MAX_NEW_TOKENS)] = 256,
+        max_pages: Annotated[int, Field(ge=1, le=limits.max_pages)] = min(3, limits.max_pages),
+        max_new_tokens: Annotated[int, Field(ge=1, le=limits.max_new_tokens)] = 256,
         where: Where = None,
         path: Glob = None,
         images: bool = False,
@@ -361,70 +365,21 @@ def build_server(library: PageLibrary):
     return server
 
 
-# --- HTTP: loopback, token, Host check ---------------------------------------------------------
-def allowed_hosts(port: int) -> list[str]:
-    return [f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}"]
-
-
-class Guard:
-    """ASGI wrapper: refuses a Host that is not this loopback server (421) and a missing or wrong
-    Bearer token (401) before the MCP app sees the request. (docqa/serve has its own checks for
-    the web server; these are kept small so the two can be unified.)"""
-
-    def __init__(self, app, token: str, port: int) -> None:
-        if not token:
-            raise DocQAError("the MCP HTTP transport needs a token (--token or $DOCQA_TOKEN)")
-        self.app = app
-        self.token = token.encode()
-        self.hosts = {host.encode() for host in allowed_hosts(port)}
-
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] == "http":
-            headers = dict(scope.get("headers") or [])
-            if headers.get(b"host") not in self.hosts:
-                return await _refuse(send, 421, "this server answers only on its loopback address")
-            scheme, _, given = headers.get(b"authorization", b"").partition(b" ")
-            if scheme.lower() != b"bearer" or not hmac.compare_digest(given.strip(), self.token):
-                return await _refuse(
-                    send,
-                    401,
-                    "missing or wrong token: send Authorization: Bearer TOKEN",
-                    [(b"www-authenticate", b'Bearer realm="docqa"')],
-                )
-        elif scope["type"] == "websocket":
-            return await _refuse(send, 403, "no websockets here")
-        await self.app(scope, receive, send)
-
-
-async def _refuse(send, status: int, message: str, extra: list | None = None) -> None:
-    body = json.dumps({"error": message}).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                *(extra or []),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
-
-
-def http_app(server, token: str, port: int, *, max_body_bytes: int = 1024 * 1024):
-    """The streamable HTTP app behind the Guard (the SDK's own Host/Origin check is on too)."""
+# --- HTTP: loopback, and `docqa serve`'s token and Host checks ---------------------------------
+def http_app(server, auth: "Auth", limits: Limits | None = None) -> "ApiGate":
+    """The streamable HTTP app behind ``security.ApiGate`` (Host, Bearer token, no foreign Origin),
+    its request bodies capped at ``limits.max_request_bytes``."""
     from mcp.server.transport_security import TransportSecuritySettings
 
-    security = TransportSecuritySettings(
-        enable_dns_rebinding_protection=True,
-        allowed_hosts=allowed_hosts(port),
-        allowed_origins=[f"http://{host}" for host in allowed_hosts(port)],
-    )
+    from .security import ApiGate
+
+    limits = limits or Limits()
+    # the SDK's own Host/Origin check would be a second allowlist to keep in step: ApiGate does it
+    security = TransportSecuritySettings(enable_dns_rebinding_protection=False)
     app = server.streamable_http_app(
-        transport_security=security, host="127.0.0.1", max_request_body_size=max_body_bytes
+        transport_security=security, host="127.0.0.1", max_request_body_size=limits.max_request_bytes
     )
-    return Guard(app, token, port)
+    return ApiGate(app, auth)
 
 
 def run(
@@ -440,34 +395,32 @@ def run(
 ) -> None:
     """Serve until the client hangs up (stdio) or until interrupted (http)."""
     require_mcp()
-    http_token = _http_token(host, token) if transport == "http" else ""
+    auth = _http_auth(host, token) if transport == "http" else None
     library = PageLibrary(index, device=device, answer_model=answer_model, engine=engine)
     # load the retriever in the background, so the client's handshake is answered at once
     threading.Thread(target=_warm, args=(library,), name="docqa-mcp-warm", daemon=True).start()
     server = build_server(library)
     try:
-        if transport == "stdio":
+        if auth is None:
             server.run("stdio")
         else:
             import uvicorn
 
+            from .transport import server_config
+
             print(
                 f"docqa: MCP over streamable HTTP at http://{host}:{port}/mcp (Bearer token required)", file=sys.stderr
             )
-            uvicorn.run(
-                http_app(server, http_token, port),
-                host=host,
-                port=port,
-                log_level="warning",
-                limit_concurrency=32,
-                timeout_keep_alive=5,
-            )
+            app = http_app(server, auth, library.limits)
+            uvicorn.Server(server_config(app, host=host, port=port, lifespan="on")).run()
     finally:
         library.close()
 
 
-def _http_token(host: str, token: str | None) -> str:
-    """The token the HTTP transport requires, once the bind address is known to be loopback."""
+def _http_auth(host: str, token: str | None) -> "Auth":
+    """The HTTP transport's Auth: a loopback bind, and a token given (checked as `docqa serve` checks it)."""
+    from .security import Auth
+
     if host not in LOOPBACK:
         raise DocQAError(
             f"docqa mcp binds loopback only, not {host}: use 127.0.0.1 and a tunnel or a "
@@ -475,7 +428,7 @@ def _http_token(host: str, token: str | None) -> str:
         )
     if not token:
         raise DocQAError("the MCP HTTP transport needs a token: pass --token TOKEN or set $DOCQA_TOKEN")
-    return token
+    return Auth(token=token)
 
 
 def _warm(library: PageLibrary) -> None:

@@ -1,4 +1,5 @@
-"""Who may talk to `docqa serve`, from where: the token, sessions, the Host allowlist and CSRF rules.
+"""Who may talk to `docqa serve` (and to `docqa mcp` over HTTP), from where: the token, sessions,
+the Host allowlist and CSRF rules.
 
 - Every request needs the token (random by default, even on loopback): as ``Authorization:
   Bearer TOKEN`` (API clients), or as a session cookie a browser got by opening the login URL
@@ -9,6 +10,8 @@
   token in ``X-XSRF-Token`` and an Origin (or Sec-Fetch-Site) of this very origin; any other one
   must not be a cross-site or same-site fetch (Sec-Fetch-Site), so no other page, not even one on
   another port of this host, can make it do work.
+- An app only programs call (``ApiGate``: the MCP transport) takes the Bearer token alone, never a
+  session, and refuses a request whose Origin is another site's.
 """
 
 from __future__ import annotations
@@ -16,13 +19,16 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import json
 import secrets
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
-from fastapi import HTTPException, Request
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
 
 from ..errors import DocQAError
 
@@ -145,25 +151,35 @@ class Auth:
         port = request.scope.get("server", (None, None))[1]
         return f"{SESSION_COOKIE}_{port}" if port else SESSION_COOKIE
 
-    def principal(self, request: Request) -> Principal | None:
+    def principal(self, request: Request, *, sessions: bool = True) -> Principal | None:
         authorization = request.headers.get("authorization", "")
         if authorization[:7].lower() == "bearer ":
             return Principal("bearer") if self.token_matches(authorization[7:].strip()) else None
+        if not sessions:
+            return None
         nonce = self.session_nonce(request.cookies.get(self.cookie_name(request)))
         return Principal("session", nonce) if nonce else None
 
-    def authorize(self, request: Request) -> Principal:
-        """Host, then the token or session, then (for a session) the CSRF rules; HTTPException if not."""
+    def authorize(self, request: Request, *, browsers: bool = True) -> Principal:
+        """Host, then the token or session, then (for a session) the CSRF rules; HTTPException if not.
+
+        ``browsers=False`` is for an app only programs call: the Bearer token alone counts (no
+        session), and a request from another origin (a web page's fetch) is refused."""
         origin = self.check_host(request)
-        principal = self.principal(request)
+        principal = self.principal(request, sessions=browsers)
         if principal is None:
+            login = ", or open the login URL docqa serve printed" if browsers else ""
             raise HTTPException(
                 401,
-                "a valid token is required: Authorization: Bearer TOKEN, or open the login URL docqa serve printed",
+                f"a valid token is required: Authorization: Bearer TOKEN{login}",
                 headers={"WWW-Authenticate": "Bearer"},
             )
         if principal.via == "session":
             self._check_browser_request(request, origin, principal)
+        elif not browsers:
+            given_origin = request.headers.get("origin")
+            if given_origin is not None and given_origin.lower() != origin:
+                raise HTTPException(403, "a request from another origin is refused")
         return principal
 
     def _check_browser_request(self, request: Request, origin: str, principal: Principal) -> None:
@@ -200,3 +216,42 @@ def _split_host(host: str) -> tuple[str, int | None]:
     if port and not (port.isdigit() and len(port) <= 5):
         return name, -1
     return name, int(port) if port else None
+
+
+class ApiGate:
+    """ASGI wrapper for an app only programs call (the MCP transport): ``Auth.authorize`` without
+    browser sessions, before the app sees a byte of the body; websockets are refused."""
+
+    def __init__(self, app: Any, auth: Auth) -> None:
+        self.app = app
+        self.auth = auth
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        if scope["type"] == "http":
+            try:
+                self.auth.authorize(Request(scope), browsers=False)
+            except HTTPException as refused:
+                headers = [(k.lower().encode(), v.encode()) for k, v in (refused.headers or {}).items()]
+                await send_error(send, refused.status_code, str(refused.detail), headers)
+                return
+        await self.app(scope, receive, send)
+
+
+async def send_error(send: Any, status: int, message: str, headers: Iterable[tuple[bytes, bytes]] = ()) -> None:
+    """A JSON ``{"error": message}`` response straight over ASGI (for layers in front of routing)."""
+    body = json.dumps({"error": message}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                *headers,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})

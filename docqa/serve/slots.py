@@ -31,6 +31,7 @@ class Limits:
     max_request_bytes: int = 1024 * 1024  # any request other than an upload
     max_k: int = 50
     max_pages: int = 5  # pages shown to the answer model per question
+    max_new_tokens: int = 1024  # tokens one answer may generate
     max_query_chars: int = 1000
     max_image_edge: int = 2048
     max_jobs_kept: int = 100

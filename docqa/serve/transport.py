@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
@@ -126,8 +126,10 @@ def server_config(
     certfile: str | None = None,
     keyfile: str | None = None,
     log_level: str = "warning",
+    lifespan: Literal["auto", "on", "off"] = "off",
 ):
-    """The uvicorn Config `docqa serve` runs (the tests run the same one)."""
+    """The uvicorn Config `docqa serve` and `docqa mcp --transport http` run (the tests run the same
+    one); ``lifespan="on"`` for an app that starts work of its own (the MCP session manager)."""
     import uvicorn
 
     limits = limits or SocketLimits()
@@ -136,7 +138,7 @@ def server_config(
         host=host,
         port=port,
         log_level=log_level,
-        lifespan="off",
+        lifespan=lifespan,
         http=guarded_protocol(limits),
         ws="none",
         limit_concurrency=limits.max_connections,

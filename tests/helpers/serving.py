@@ -76,9 +76,10 @@ def api_client(app, **kwargs):
 
 
 @contextmanager
-def running_server(app, limits=None):
+def running_server(app, limits=None, lifespan="off"):
     """uvicorn in a thread on an ephemeral 127.0.0.1 port, configured as `docqa serve` runs it
-    (read timeouts, per-client connection limit); yields the base URL."""
+    (read timeouts, per-client connection limit; ``lifespan="on"`` as `docqa mcp` runs it); yields
+    the base URL."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
@@ -86,7 +87,7 @@ def running_server(app, limits=None):
 
     from docqa.serve.transport import server_config
 
-    server = uvicorn.Server(server_config(app, port=0, limits=limits))
+    server = uvicorn.Server(server_config(app, port=0, limits=limits, lifespan=lifespan))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30

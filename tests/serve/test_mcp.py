@@ -1,5 +1,6 @@
 """`docqa mcp` through the SDK's own client: over stdio (a real `docqa mcp` process) and over
-streamable HTTP (the app behind its token and Host guard, in uvicorn on a loopback port)."""
+streamable HTTP (the app behind `docqa serve`'s token and Host checks, in uvicorn configured as
+`docqa mcp` runs it, on a loopback port)."""
 
 from __future__ import annotations
 
@@ -7,11 +8,7 @@ import base64
 import io
 import json
 import os
-import socket
 import sys
-import threading
-import time
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import anyio
@@ -22,12 +19,14 @@ from PIL import Image
 pytest.importorskip("mcp.server.mcpserver")
 
 from helpers.paths import REPO
-from helpers.serving import build_corpus_index  # noqa: E402
+from helpers.serving import TOKEN, build_corpus_index, running_server  # noqa: E402
 from mcp import Client, StdioServerParameters  # noqa: E402
 from mcp.client.streamable_http import streamable_http_client  # noqa: E402
 
 from docqa.answer.ask import load_page  # noqa: E402
 from docqa.serve.mcp import DEFAULT_EDGE, PageLibrary, build_server, http_app  # noqa: E402
+from docqa.serve.security import Auth  # noqa: E402
+from docqa.serve.slots import Limits  # noqa: E402
 
 TOOLS = {"search", "ask", "get_page", "list_documents"}
 
@@ -166,75 +165,73 @@ def test_stdio_client_lists_and_calls_every_tool(corpus, generator_checkpoints):
     anyio.run(main)
 
 
-@asynccontextmanager
-async def _uvicorn(app, sock: socket.socket):
-    import uvicorn
-
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started and time.monotonic() < deadline:
-        await anyio.sleep(0.05)
-    assert server.started
-    try:
-        yield
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-        sock.close()
-
-
-def _loopback_socket() -> tuple[socket.socket, int]:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    return sock, sock.getsockname()[1]
-
-
 def test_streamable_http_client_with_token_and_host_check(corpus, generator_checkpoints):
     import httpx2
 
     library = PageLibrary(corpus, device="cpu", answer_model=str(generator_checkpoints["idefics3"]))
-    sock, port = _loopback_socket()
-    token = "s3cret-token"
-    app = http_app(build_server(library), token, port)
-    url = f"http://127.0.0.1:{port}/mcp"
+    auth = Auth(token=TOKEN)
+    app = http_app(build_server(library), auth)
 
-    async def main() -> None:
-        async with _uvicorn(app, sock):
-            async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=240) as http:
-                async with Client(streamable_http_client(url, http_client=http), read_timeout_seconds=240) as client:
-                    await _exercise(client, corpus)
-            # hostile requests, straight over HTTP: no token, a wrong one, a foreign Host (DNS rebinding)
-            body = {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}}
-            headers = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
-            async with httpx.AsyncClient(timeout=30) as plain:
-                assert (await plain.post(url, json=body, headers=headers)).status_code == 401
-                wrong = {**headers, "Authorization": "Bearer nope"}
-                assert (await plain.post(url, json=body, headers=wrong)).status_code == 401
-                prefix = {**headers, "Authorization": f"Bearer {token[:-1]}"}
-                assert (await plain.post(url, json=body, headers=prefix)).status_code == 401
-                rebound = {**headers, "Authorization": f"Bearer {token}", "Host": f"evil.example:{port}"}
-                assert (await plain.post(url, json=body, headers=rebound)).status_code == 421
-                other_port = {**headers, "Authorization": f"Bearer {token}", "Host": f"127.0.0.1:{port + 1}"}
-                assert (await plain.post(url, json=body, headers=other_port)).status_code == 421
-                origin = {**headers, "Authorization": f"Bearer {token}", "Origin": "http://evil.example"}
-                assert (await plain.post(url, json=body, headers=origin)).status_code in (400, 403)
-                huge = {**headers, "Authorization": f"Bearer {token}"}
-                big = await plain.post(url, content=b"{" + b" " * (2 * 1024 * 1024) + b"}", headers=huge)
-                assert big.status_code == 413
+    async def main(url: str, port: int) -> None:
+        async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {TOKEN}"}, timeout=240) as http:
+            async with Client(streamable_http_client(url, http_client=http), read_timeout_seconds=240) as client:
+                await _exercise(client, corpus)
+        # hostile requests, straight over HTTP: no token, a wrong one, a foreign Host (DNS rebinding)
+        body = {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}}
+        headers = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+        async with httpx.AsyncClient(timeout=30) as plain:
+            assert (await plain.post(url, json=body, headers=headers)).status_code == 401
+            wrong = {**headers, "Authorization": "Bearer nope"}
+            assert (await plain.post(url, json=body, headers=wrong)).status_code == 401
+            prefix = {**headers, "Authorization": f"Bearer {TOKEN[:-1]}"}
+            assert (await plain.post(url, json=body, headers=prefix)).status_code == 401
+            # a signed session cookie, valid for `docqa serve`'s page, is no key here: programs only
+            session = {**headers, "Cookie": f"docqa_session_{port}={auth.new_session()}"}
+            assert (await plain.post(url, json=body, headers=session)).status_code == 401
+            rebound = {**headers, "Authorization": f"Bearer {TOKEN}", "Host": f"evil.example:{port}"}
+            assert (await plain.post(url, json=body, headers=rebound)).status_code == 421
+            other_port = {**headers, "Authorization": f"Bearer {TOKEN}", "Host": f"127.0.0.1:{port + 1}"}
+            assert (await plain.post(url, json=body, headers=other_port)).status_code == 421
+            origin = {**headers, "Authorization": f"Bearer {TOKEN}", "Origin": "http://evil.example"}
+            assert (await plain.post(url, json=body, headers=origin)).status_code == 403
+            huge = {**headers, "Authorization": f"Bearer {TOKEN}"}
+            big = await plain.post(url, content=b"{" + b" " * (2 * 1024 * 1024) + b"}", headers=huge)
+            assert big.status_code == 413
 
     try:
-        anyio.run(main)
+        with running_server(app, lifespan="on") as base:
+            anyio.run(main, f"{base}/mcp", int(base.rsplit(":", 1)[1]))
     finally:
         library.close()
 
 
-def test_http_transport_refuses_other_hosts_and_no_token(corpus):
+def test_a_call_past_the_servers_limits_is_a_tool_error_not_a_wait(corpus):
+    library = PageLibrary(corpus, device="cpu", limits=Limits(searches_in_flight=1))
+    held = library.slots.searches.reserve()  # another caller's search holds the only place
+    held.wait()
+
+    async def main() -> None:
+        async with Client(build_server(library)) as client:
+            busy = await client.call_tool("search", {"query": "report", "images": False})
+            assert busy.is_error and "too many searches" in _texts(busy)[0], _texts(busy)
+            held.release()
+            found = await client.call_tool("search", {"query": "report", "images": False})
+            assert not found.is_error and json.loads(_texts(found)[0])["hits"], _texts(found)
+
+    try:
+        anyio.run(main)
+    finally:
+        held.release()
+        library.close()
+
+
+def test_http_transport_refuses_other_hosts_and_no_token(corpus, capsys):
     from docqa.cli import main
 
-    assert main(["mcp", "--index", str(corpus), "--transport", "http", "--host", "0.0.0.0", "--token", "t"]) == 2
+    assert main(["mcp", "--index", str(corpus), "--transport", "http", "--host", "0.0.0.0", "--token", TOKEN]) == 2
+    assert "loopback only" in capsys.readouterr().err
+    assert main(["mcp", "--index", str(corpus), "--transport", "http", "--token", "short"]) == 2
+    assert "at least 16" in capsys.readouterr().err  # refused as `docqa serve` refuses it
     env_token = os.environ.pop("DOCQA_TOKEN", None)
     try:
         assert main(["mcp", "--index", str(corpus), "--transport", "http"]) == 2
