@@ -1,4 +1,5 @@
-"""Shared set-up for the server tests: a Service over a tiny indexed corpus, and job waiting."""
+"""Shared set-up for the server tests (docqa serve, mcp, daemon): a tiny indexed corpus and a Service
+over a copy of it (as fixtures), a server on a loopback port, the token, and waiting for things."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
+
+import pytest
 
 from docqa.api import DocIndex
 from docqa.serve.security import Auth
@@ -27,6 +30,32 @@ def build_corpus_index(root: Path, retriever_checkpoint: Path) -> Path:
     return root / "idx"
 
 
+def corpus_index_fixture(name: str = "corpus_index"):
+    """A module fixture named ``name`` (``corpus_index = corpus_index_fixture()`` in a test module):
+    the corpus of build_corpus_index, built once for the module."""
+
+    @pytest.fixture(scope="module", name=name)
+    def corpus_index(tmp_path_factory, retriever_checkpoints) -> Path:
+        return build_corpus_index(tmp_path_factory.mktemp(name), retriever_checkpoints["colmodernvbert"])
+
+    return corpus_index
+
+
+def service_fixture(limits: Limits | None = None, *, answer_model: bool = True):
+    """A fixture ``service`` (``service = service_fixture(Limits(...))``): for each test, a Service
+    over a fresh copy of the module's ``corpus_index``, with the tiny answer model unless
+    ``answer_model=False``; closed after the test."""
+
+    @pytest.fixture(name="service")
+    def service(request, tmp_path, corpus_index):
+        model = request.getfixturevalue("generator_checkpoints")["idefics3"] if answer_model else None
+        made = service_on_copy(corpus_index, tmp_path / "idx", answer_model=model, limits=limits)
+        yield made
+        made.close()
+
+    return service
+
+
 def service_on_copy(
     template: Path, target: Path, *, answer_model: Path | None = None, limits: Limits | None = None
 ) -> Service:
@@ -35,14 +64,23 @@ def service_on_copy(
     return Service(target, device="cpu", answer_model=str(answer_model) if answer_model else None, limits=limits)
 
 
-def wait_for_job(client, job_id: str, timeout_s: float = 60.0) -> dict:
+def wait_until(predicate, timeout_s: float, what: str):
+    """``predicate()``'s first true value, asked every 0.1 s; AssertionError naming ``what`` after ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        job = client.get(f"/api/jobs/{job_id}").json()
-        if job["state"] in ("done", "failed", "cancelled"):
-            return job
+        value = predicate()
+        if value:
+            return value
         time.sleep(0.1)
-    raise AssertionError(f"job {job_id} did not finish in {timeout_s} s")
+    raise AssertionError(f"{what} did not happen within {timeout_s} s")
+
+
+def wait_for_job(client, job_id: str, timeout_s: float = 60.0) -> dict:
+    def finished() -> dict | None:
+        job = client.get(f"/api/jobs/{job_id}").json()
+        return job if job["state"] in ("done", "failed", "cancelled") else None
+
+    return wait_until(finished, timeout_s, f"job {job_id} finishing")
 
 
 def sse_events(text: str) -> list[tuple[str, str]]:
@@ -76,10 +114,10 @@ def api_client(app, **kwargs):
 
 
 @contextmanager
-def running_server(app, limits=None, lifespan="off"):
+def running_server(app, limits=None, lifespan="off", certfile: str | None = None, keyfile: str | None = None):
     """uvicorn in a thread on an ephemeral 127.0.0.1 port, configured as `docqa serve` runs it
-    (read timeouts, per-client connection limit; ``lifespan="on"`` as `docqa mcp` runs it); yields
-    the base URL."""
+    (read timeouts, per-client connection limit; TLS with ``certfile``/``keyfile``; ``lifespan="on"``
+    as `docqa mcp` runs it); yields the base URL."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
@@ -87,7 +125,8 @@ def running_server(app, limits=None, lifespan="off"):
 
     from docqa.serve.transport import server_config
 
-    server = uvicorn.Server(server_config(app, port=0, limits=limits, lifespan=lifespan))
+    config = server_config(app, port=0, limits=limits, lifespan=lifespan, certfile=certfile, keyfile=keyfile)
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
@@ -95,7 +134,7 @@ def running_server(app, limits=None, lifespan="off"):
         time.sleep(0.05)
     assert server.started, "uvicorn did not start within 30 s"
     try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+        yield f"{'https' if certfile else 'http'}://127.0.0.1:{sock.getsockname()[1]}"
     finally:
         server.should_exit = True
         thread.join(timeout=30)

@@ -15,15 +15,12 @@ from pathlib import Path
 
 import pytest
 from helpers.paths import REPO
-from helpers.serving import build_corpus_index
+from helpers.serving import corpus_index_fixture, wait_until
 
 from docqa.api import DocIndex
 from docqa.serve.daemon import Connection, socket_path
 
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory, retriever_checkpoints) -> Path:
-    return build_corpus_index(tmp_path_factory.mktemp("daemon"), retriever_checkpoints["colmodernvbert"])
+corpus = corpus_index_fixture("corpus")
 
 
 @pytest.fixture()
@@ -79,13 +76,7 @@ def _status(sock: Path) -> dict:
 
 
 def _wait_for(sock: Path, timeout_s: float = 120) -> dict:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        status = _status(sock) if sock.exists() else {}
-        if status:
-            return status
-        time.sleep(0.1)
-    raise AssertionError(f"no daemon at {sock}")
+    return wait_until(lambda: _status(sock) if sock.exists() else {}, timeout_s, f"a daemon answering at {sock}")
 
 
 def _in_process_search(index: Path, query: str) -> list[dict]:

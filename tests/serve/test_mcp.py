@@ -19,7 +19,7 @@ from PIL import Image
 pytest.importorskip("mcp.server.mcpserver")
 
 from helpers.paths import REPO
-from helpers.serving import TOKEN, build_corpus_index, running_server  # noqa: E402
+from helpers.serving import TOKEN, corpus_index_fixture, running_server  # noqa: E402
 from mcp import Client, StdioServerParameters  # noqa: E402
 from mcp.client.streamable_http import streamable_http_client  # noqa: E402
 
@@ -31,9 +31,7 @@ from docqa.serve.slots import Limits  # noqa: E402
 TOOLS = {"search", "ask", "get_page", "list_documents"}
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory, retriever_checkpoints) -> Path:
-    return build_corpus_index(tmp_path_factory.mktemp("mcp"), retriever_checkpoints["colmodernvbert"])
+corpus = corpus_index_fixture("corpus")
 
 
 def _texts(result) -> list[str]:

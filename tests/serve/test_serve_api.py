@@ -19,9 +19,9 @@ from helpers.documents import make_pdf  # noqa: E402
 from helpers.serving import (  # noqa: E402
     TOKEN,
     api_client,
-    build_corpus_index,
+    corpus_index_fixture,
     make_auth,
-    service_on_copy,
+    service_fixture,
     sse_events,
     wait_for_job,
 )
@@ -34,22 +34,8 @@ from docqa.serve.security import Auth, TokenError  # noqa: E402
 from docqa.serve.service import Service, safe_name  # noqa: E402
 from docqa.serve.slots import Limits  # noqa: E402
 
-
-@pytest.fixture(scope="module")
-def corpus_index(tmp_path_factory, retriever_checkpoints):
-    return build_corpus_index(tmp_path_factory.mktemp("corpus"), retriever_checkpoints["colmodernvbert"])
-
-
-@pytest.fixture()
-def service(tmp_path, corpus_index, generator_checkpoints):
-    service = service_on_copy(
-        corpus_index,
-        tmp_path / "idx",
-        answer_model=generator_checkpoints["idefics3"],
-        limits=Limits(max_upload_bytes=200_000, max_request_bytes=4096, max_k=20),
-    )
-    yield service
-    service.close()
+corpus_index = corpus_index_fixture()
+service = service_fixture(Limits(max_upload_bytes=200_000, max_request_bytes=4096, max_k=20))
 
 
 @pytest.fixture()

@@ -19,7 +19,15 @@ httpx = pytest.importorskip("httpx")
 
 from helpers.documents import make_pdf  # noqa: E402
 from helpers.paths import REPO  # noqa: E402
-from helpers.serving import TOKEN, api_client, build_corpus_index, make_auth, service_on_copy, wait_for_job  # noqa: E402
+from helpers.serving import (  # noqa: E402
+    TOKEN,
+    api_client,
+    corpus_index_fixture,
+    make_auth,
+    service_on_copy,
+    wait_for_job,
+    wait_until,
+)
 from reportlab.pdfgen import canvas  # noqa: E402
 
 from docqa.serve import create_app  # noqa: E402
@@ -27,10 +35,7 @@ from docqa.serve.jobs import JobStore  # noqa: E402
 from docqa.serve.service import Service  # noqa: E402
 from docqa.serve.slots import Limits  # noqa: E402
 
-
-@pytest.fixture(scope="module")
-def corpus_index(tmp_path_factory, retriever_checkpoints):
-    return build_corpus_index(tmp_path_factory.mktemp("corpus"), retriever_checkpoints["colmodernvbert"])
+corpus_index = corpus_index_fixture()
 
 
 def _thin_pdf(path: Path, pages: int) -> Path:
@@ -42,16 +47,6 @@ def _thin_pdf(path: Path, pages: int) -> Path:
         pdf.showPage()
     pdf.save()
     return path
-
-
-def _wait(predicate, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"{what} did not happen within {timeout_s} s")
 
 
 def test_a_10000_page_upload_is_capped_at_once_and_can_be_deleted(tmp_path, corpus_index):
@@ -87,7 +82,7 @@ def test_a_running_upload_can_be_cancelled(tmp_path, corpus_index):
         with api_client(create_app(service, make_auth())) as client:
             pdf = make_pdf(tmp_path / "in" / "long.pdf", 40, title="long")
             job = client.post("/api/uploads", files={"file": ("long.pdf", pdf.read_bytes(), "application/pdf")}).json()
-            _wait(lambda: client.get(f"/api/jobs/{job['id']}").json()["pages_done"] >= 1, 60, "the first page")
+            wait_until(lambda: client.get(f"/api/jobs/{job['id']}").json()["pages_done"] >= 1, 60, "the first page")
             cancel = client.delete(f"/api/jobs/{job['id']}")
             assert cancel.status_code == 200 and cancel.json()["cancelling"]
             finished = wait_for_job(client, job["id"], timeout_s=30)
@@ -240,7 +235,7 @@ def test_kill_9_during_an_upload_then_a_restart_resumes_the_job(tmp_path, corpus
             _up(http, process, log)
             assert "/login?code=" in log.read_text() and TOKEN not in log.read_text()
             job = http.post("/api/uploads", files={"file": ("long.pdf", pdf, "application/pdf")}).json()
-            _wait(lambda: http.get(f"/api/jobs/{job['id']}").json()["pages_done"] >= 1, 90, "the first page")
+            wait_until(lambda: http.get(f"/api/jobs/{job['id']}").json()["pages_done"] >= 1, 90, "the first page")
             process.send_signal(signal.SIGKILL)
             process.wait(timeout=30)
             persisted = json.loads((index / "jobs.json").read_text())
@@ -249,7 +244,7 @@ def test_kill_9_during_an_upload_then_a_restart_resumes_the_job(tmp_path, corpus
             _up(http, process, log)
             listed = http.get("/api/jobs").json()["jobs"]
             assert [j["id"] for j in listed] == [job["id"]] and listed[0]["resumes"] == 1
-            finished = _wait(
+            finished = wait_until(
                 lambda: (j := http.get(f"/api/jobs/{job['id']}").json())["state"] in ("done", "failed") and j,
                 180,
                 "the resumed job",

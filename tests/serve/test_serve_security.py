@@ -12,7 +12,14 @@ pytest.importorskip("fastapi", reason='the server tests need the serve extra: pi
 
 from fastapi.testclient import TestClient  # noqa: E402
 from helpers.documents import make_pdf  # noqa: E402
-from helpers.serving import BASE, TOKEN, api_client, build_corpus_index, make_auth, service_on_copy  # noqa: E402
+from helpers.serving import (  # noqa: E402
+    BASE,
+    TOKEN,
+    api_client,
+    corpus_index_fixture,
+    make_auth,
+    service_fixture,
+)
 
 from docqa.serve import create_app, resolve_token  # noqa: E402
 from docqa.serve.security import Auth, TokenError  # noqa: E402
@@ -21,16 +28,8 @@ from docqa.serve.slots import Limits  # noqa: E402
 SAME = {"Sec-Fetch-Site": "same-origin", "Origin": BASE}
 
 
-@pytest.fixture(scope="module")
-def corpus_index(tmp_path_factory, retriever_checkpoints):
-    return build_corpus_index(tmp_path_factory.mktemp("corpus"), retriever_checkpoints["colmodernvbert"])
-
-
-@pytest.fixture()
-def service(tmp_path, corpus_index):
-    service = service_on_copy(corpus_index, tmp_path / "idx", limits=Limits(max_upload_bytes=200_000))
-    yield service
-    service.close()
+corpus_index = corpus_index_fixture()
+service = service_fixture(Limits(max_upload_bytes=200_000), answer_model=False)
 
 
 @pytest.fixture()

@@ -20,10 +20,10 @@ from helpers.documents import make_pdf  # noqa: E402
 from helpers.serving import (  # noqa: E402
     TOKEN,
     bearer,
-    build_corpus_index,
+    corpus_index_fixture,
     make_auth,
     running_server,
-    service_on_copy,
+    service_fixture,
     sse_events,
 )
 
@@ -31,22 +31,8 @@ from docqa.serve import create_app  # noqa: E402
 from docqa.serve.slots import Limits  # noqa: E402
 from docqa.serve.transport import SocketLimits  # noqa: E402
 
-
-@pytest.fixture(scope="module")
-def corpus_index(tmp_path_factory, retriever_checkpoints):
-    return build_corpus_index(tmp_path_factory.mktemp("corpus"), retriever_checkpoints["colmodernvbert"])
-
-
-@pytest.fixture()
-def service(tmp_path, corpus_index, generator_checkpoints):
-    service = service_on_copy(
-        corpus_index,
-        tmp_path / "idx",
-        answer_model=generator_checkpoints["idefics3"],
-        limits=Limits(event_streams=8, asks_waiting=2, ask_wait_s=60),
-    )
-    yield service
-    service.close()
+corpus_index = corpus_index_fixture()
+service = service_fixture(Limits(event_streams=8, asks_waiting=2, ask_wait_s=60))
 
 
 def _raw(base: str, request: bytes, timeout_s: float = 5.0) -> socket.socket:

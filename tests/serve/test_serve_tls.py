@@ -4,21 +4,17 @@ openssl; the session cookie is Secure under TLS, and plain http to the TLS port 
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
-import threading
-import time
 
 import pytest
 
 pytest.importorskip("fastapi", reason='the server tests need the serve extra: pip install "docqa[serve]"')
 httpx = pytest.importorskip("httpx")
 
-from helpers.serving import bearer, make_auth  # noqa: E402
+from helpers.serving import bearer, make_auth, running_server  # noqa: E402
 
 from docqa.serve import create_app  # noqa: E402
 from docqa.serve.service import Service  # noqa: E402
-from docqa.serve.transport import server_config  # noqa: E402
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
 
@@ -50,28 +46,14 @@ def test_https_with_a_secure_session_cookie(tmp_path, retriever_checkpoint):
     )
     service = Service(tmp_path / "idx", model=str(retriever_checkpoint), device="cpu")
     auth = make_auth()
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    import uvicorn
-
-    server = uvicorn.Server(server_config(create_app(service, auth), port=port, certfile=str(cert), keyfile=str(key)))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
     try:
-        deadline = time.monotonic() + 30
-        while not server.started and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert server.started
-        base = f"https://127.0.0.1:{port}"
-        with httpx.Client(base_url=base, verify=str(cert), timeout=30) as http:
-            assert http.get("/api/info", headers=bearer()).status_code == 200
-            login = http.get(f"/login?code={auth.login_code()}", follow_redirects=False)
-            assert login.status_code == 303 and "Secure" in login.headers["set-cookie"]
-        with pytest.raises(httpx.HTTPError):
-            httpx.get(f"http://127.0.0.1:{port}/api/info", headers=bearer(), timeout=5)
+        with running_server(create_app(service, auth), certfile=str(cert), keyfile=str(key)) as base:
+            assert base.startswith("https://127.0.0.1:")
+            with httpx.Client(base_url=base, verify=str(cert), timeout=30) as http:
+                assert http.get("/api/info", headers=bearer()).status_code == 200
+                login = http.get(f"/login?code={auth.login_code()}", follow_redirects=False)
+                assert login.status_code == 303 and "Secure" in login.headers["set-cookie"]
+            with pytest.raises(httpx.HTTPError):
+                httpx.get(base.replace("https://", "http://") + "/api/info", headers=bearer(), timeout=5)
     finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-        sock.close()
         service.close()
