@@ -4,6 +4,7 @@ wait, 503 when its wait ran out, with Retry-After).
 
 A ``Budget`` has a capacity in units of cost (one answer model; bytes of decoded pixels) and a
 bound on how many requests may hold or wait for a share of it. Nothing waits without a timeout.
+``Slots`` are the budgets one ``Limits`` makes; `docqa serve` and `docqa mcp` each hold one.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""The socket side of `docqa serve`: uvicorn's h11 protocol with read timeouts and a per-client
-connection limit, and the uvicorn configuration the CLI runs.
+"""The socket side of `docqa serve` and `docqa mcp --transport http`: uvicorn's h11 protocol with
+read timeouts and a per-client connection limit, and the uvicorn configuration the CLI runs.
 
 uvicorn has no header or body read timeout: a client that sends one byte every few seconds keeps
 its connection (and, with a concurrency limit, everyone else's turn) for as long as it likes. Here
