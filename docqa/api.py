@@ -378,7 +378,7 @@ class DocIndex:
 
     def _discard_if_new_and_empty(self) -> None:
         """Remove the folder open(create=True) made when no document was committed to it."""
-        if self._created is not None and self.store.counts()[0] == 0:
+        if self._created is not None and self.store.counts()[0] == 0 and not self.store.checkpoint_rows():
             self.close()
             shutil.rmtree(self._created, ignore_errors=True)
             self._created = None
@@ -499,16 +499,25 @@ class DocIndex:
         if self.build is None:
             return RemoveReport(index=str(self.path), removed=[], not_found=[str(given) for given in paths])
         with self.storage.writing():
+            searched: list[Path] = []
             for given in paths:
                 path = Path(os.path.abspath(os.path.expanduser(os.fspath(given))))
+                searched += [path, path.resolve()]
                 matches = self.store.documents_under([path, path.resolve()])
                 if not matches:
                     not_found.append(str(given))
                 matched.update((record.id, record.path) for record in matches)
             if matched:
                 self.storage.delete(list(matched))
+            # and the pages an unfinished ingest kept of files there
+            if self.storage.forget_checkpoints(searched, under=True) or matched:
                 self.storage.compact_if_wasteful()
         return RemoveReport(index=str(self.path), removed=list(matched.values()), not_found=not_found)
+
+    def checkpointed_pages(self, path: str | os.PathLike[str]) -> int:
+        """How many encoded pages of the file at `path` an unfinished ingest left for the next one to
+        resume from (0 when none; they are not searchable until the document is complete)."""
+        return len(self.store.checkpoint_of(Path(path)))
 
     def page(self, page_id: int) -> Hit | None:
         """One indexed page by its id (a Hit with rank 0 and score 0), or None when there is none."""

@@ -103,6 +103,10 @@ class IngestSettings:
     render_timeout_s: float = field(  # poppler time allowed per file
         default_factory=lambda: float(os.environ.get("DOCQA_RENDER_TIMEOUT", DEFAULT_TIMEOUT_S))
     )
+    # A long document's encoded pages are checkpointed (kept for a resume if the ingest stops) at
+    # least this often, in seconds of ingest; 0: after every batch. A stop that is not a kill (a
+    # failure, a cancel, Ctrl-C) checkpoints them anyway.
+    checkpoint_s: float = 30.0
     progress: bool = False
     ray: str | None = None  # render and encode on Ray: "local" starts one, else a cluster address
     ray_encoders: int | None = None  # encoder actors (default: one per GPU, else CPUs - 1)

@@ -20,7 +20,10 @@ if TYPE_CHECKING:
 EXIT_OK, EXIT_PARTIAL, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
-KEPT_ON_INTERRUPT = "interrupted; every document committed before this point is kept (run ingest again to go on)"
+KEPT_ON_INTERRUPT = (
+    "interrupted; every document committed before this point is kept, and so are the encoded pages of"
+    " the one under way (run ingest again to go on)"
+)
 
 
 INDEX_HELP = (

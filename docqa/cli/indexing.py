@@ -53,6 +53,8 @@ def ingest_command(args: argparse.Namespace) -> int:
             f"  time: encode {times.encode_s:.1f} s, store {times.store_s:.1f} s; in background threads: "
             f"render {times.render_s:.1f} s, preprocess {times.preprocess_s:.1f} s"
         )
+        for path, pages in report.resumed:
+            print(f"  resumed {pages:,} pages of {path} (encoded by an earlier ingest that stopped)")
         for failure in report.failures:
             print(f"  failed: {failure.path}: {failure.error}", file=sys.stderr)
         for line in skipped_summary(report.skipped_files):

@@ -88,6 +88,9 @@ def shard_of(file: Path, shards: int) -> int:
     return int.from_bytes(hashlib.sha256(os.fsencode(file)).digest()[:8], "big") % shards
 
 
+_SUMMED = ("added", "updated", "unchanged", "removed", "failed", "skipped", "pages_added", "pages_resumed")
+
+
 def ingest_sharded(
     locations: Sequence[str | os.PathLike[str]], paths: Sequence[str | os.PathLike[str]], settings: IngestSettings
 ) -> IngestReport:
@@ -110,9 +113,10 @@ def ingest_sharded(
         index = DocIndex.open(shard, create=True)  # every shard exists afterwards, even one left empty
         if files:
             part = index.ingest(files, settings)
-            for name in ("added", "updated", "unchanged", "removed", "failed", "skipped", "pages_added"):
+            for name in _SUMMED:
                 setattr(report, name, getattr(report, name) + getattr(part, name))
             report.failures.extend(part.failures)
+            report.resumed.extend(part.resumed)
     report.seconds = time.monotonic() - started
     return report
 

@@ -10,12 +10,18 @@ before the commit that points at them; rows past the last commit are dropped on 
 candidate index is derived data, kept by the candidate stage (candidate_stage.py): saved now and
 then, caught up from the vector file for pages committed after its save, rebuilt from the vector
 file if it is lost.
+
+Checkpoints (`checkpoint`, `checkpointed`) keep the encoded pages of a document not yet committed,
+so that an ingest that stopped mid-document resumes from them: their vectors are synced before the
+transaction that records them, recovery keeps their rows, compaction moves them, and they are never
+searched; `commit_document` drops the document's checkpoint in its own transaction.
 """
 
 from __future__ import annotations
 
 import errno
 import hashlib
+import os
 import sqlite3
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -30,7 +36,7 @@ from .candidate_stage import CandidateStage
 from .locking import WriteLock
 from .pooling import pool_tokens
 from .search import ScoredPage, brute_force_top_k
-from .store import DocumentRecord, NewPage, PageFilter, Store
+from .store import DocumentRecord, NewPage, PageFilter, Store, path_key
 from .threads import one_thread
 from .vectors import VECTOR_TYPES, VectorFile, file_name
 
@@ -195,12 +201,13 @@ class IndexStorage:
         ]:
             if stale != current.path:
                 stale.unlink(missing_ok=True)
-        end = self.store.vector_end()
+        end = max(self.store.vector_end(), self.store.checkpoint_end())  # checkpointed rows are kept
         if current.rows > end:
             current.truncate(end)
         elif current.rows < end:  # a power loss kept commits of a bulk session but not all their vectors
             with self.store.transaction():
                 self.store.delete_documents(self.store.documents_past_row(current.rows))
+                self.store.delete_checkpoints_past_row(current.rows)
         table = self.store.page_table()
         self._pages = len(table)
         self._live_rows = int(table.counts.sum())
@@ -239,6 +246,7 @@ class IndexStorage:
             document_id, replaced = self.store.put_document(
                 path, sha256=sha256, size=size, mtime=mtime, kind=kind, pages=pages, metadata=metadata
             )
+            self.store.delete_checkpoints([path_key(path)])  # its pages are committed now
             added = self.store.pages_of(document_id)
         self._pages += len(added) - len(replaced)
         if self._live_rows is not None:
@@ -250,6 +258,7 @@ class IndexStorage:
         """Delete documents and their pages in one transaction (their vector rows become garbage,
         reclaimed by compaction; the candidate index masks them until its next rebuild)."""
         with self.store.transaction():
+            self.store.delete_checkpoints(self.store.path_keys_of(document_ids))
             ranges = self.store.delete_documents(document_ids)
         self._pages -= len(ranges)
         if self._live_rows is not None:
@@ -260,6 +269,61 @@ class IndexStorage:
     def document(self, path: Path) -> DocumentRecord | None:
         """The document indexed at exactly `path`, or None."""
         return self.store.document(path)
+
+    # --- checkpoints: encoded pages of a document not yet committed ---------------------------
+    def checkpoint(self, path: Path, sha256: str, pages: list[NewPage]) -> None:
+        """Keep encoded pages (already appended) of the unfinished document at `path` whose content
+        is `sha256`: their vectors are synced first, then recorded in one transaction. They stay
+        invisible to search and page counts until commit_document takes them with the rest."""
+        if not pages:
+            return
+        self.vectors.sync(durable=self._durable)
+        with self.store.transaction():
+            self.store.put_checkpoint(path, sha256, pages)
+
+    def checkpointed(self, path: Path, sha256: str) -> list[NewPage]:
+        """The pages 1..k of `path` checkpointed for content `sha256`, to resume from. The checkpoint
+        of other content (the file changed), and pages past a gap or outside the vector file, are
+        dropped: their rows become garbage for compaction."""
+        saved = self.store.checkpoint_of(path)
+        if not saved:
+            return []
+        rows = self.vectors.rows if self.dim is not None else 0
+        prefix: list[NewPage] = []
+        for sha, page in saved:
+            if sha != sha256 or page.number != len(prefix) + 1 or page.vec_count < 1:
+                break
+            if page.vec_offset < 0 or page.vec_offset + page.vec_count > rows:
+                break
+            prefix.append(page)
+        if len(prefix) < len(saved):
+            with self.store.transaction():
+                self.store.delete_checkpoints([path_key(path)], numbers_over=len(prefix))
+        return prefix
+
+    def forget_checkpoints(self, paths: Iterable[Path], *, under: bool = False) -> int:
+        """Drop the checkpoints of `paths` (with `under`, also of files below them); returns the pages
+        dropped (their rows become garbage for compaction)."""
+        keys = [path_key(path) for path in paths]
+        if under:
+            prefixes = tuple(key.rstrip(b"/") + b"/" for key in keys)
+            keys += [key for key, _ in self.store.checkpoint_files() if key.startswith(prefixes)]
+        with self.store.transaction():
+            return self.store.delete_checkpoints(dict.fromkeys(keys))
+
+    def sweep_checkpoints(self) -> int:
+        """Drop checkpoints whose file is gone or whose content is committed already (a writer stopped
+        between the two); returns the pages dropped."""
+        stale = []
+        for key, sha256 in self.store.checkpoint_files():
+            path = Path(os.fsdecode(key))
+            committed = self.store.document(path)
+            if not path.exists() or (committed is not None and committed.sha256 == sha256):
+                stale.append(key)
+        if not stale:
+            return 0
+        with self.store.transaction():
+            return self.store.delete_checkpoints(stale)
 
     def documents_under(self, paths: Iterable[Path]) -> list[DocumentRecord]:
         """Documents whose file is one of `paths` or lies below one of them, in path order."""
@@ -276,14 +340,16 @@ class IndexStorage:
 
     # --- compaction -------------------------------------------------------------------------
     def compact(self) -> int:
-        """Copy every committed page's rows, in order, into a new vector file; then switch to it in
-        one commit; returns the rows freed. A crash before the commit leaves the old file in charge
-        (the new one is deleted on recovery); after it, the old file is the leftover."""
+        """Copy every committed page's rows, in order, then every checkpointed page's (`checkpoint`),
+        into a new vector file; then switch to it in one commit; returns the rows freed. A crash
+        before the commit leaves the old file in charge (the new one is deleted on recovery); after
+        it, the old file is the leftover."""
         # pages waiting for cells are named by offsets in the old file
         self.candidate_stage.finish_assigning(self.vectors)
         old = self.vectors
         table = self.store.page_table()
-        freed = old.rows - int(table.counts.sum())
+        saved = self.store.checkpoint_table()  # checkpointed pages move along, after the committed ones
+        freed = old.rows - int(table.counts.sum()) - int(saved.counts.sum())
         if freed <= 0:
             return 0
         epoch = self.store.vector_epoch() + 1
@@ -291,10 +357,13 @@ class IndexStorage:
         new.path.unlink(missing_ok=True)
         stored = old.stored_rows(table.offsets, table.counts)
         moves = [(page_id, new.append(rows)) for page_id, rows in zip(table.page_ids.tolist(), stored)]
+        kept = old.stored_rows(saved.offsets, saved.counts)
+        saved_moves = [(row_id, new.append(rows)) for row_id, rows in zip(saved.page_ids.tolist(), kept)]
         new.sync()
         new.close()
         with self.store.transaction():
             self.store.set_offsets(moves)
+            self.store.set_checkpoint_offsets(saved_moves)
             self.store.set_meta("vector_epoch", str(epoch))
             self.store.set_meta("vector_file", new.path.name)
         self._writing_file = new.path.name
@@ -308,6 +377,7 @@ class IndexStorage:
         """Compact (inside a write) when more than `ratio` of the vector rows are garbage."""
         rows = self.vectors.rows
         live = self.store.vector_rows() if self._live_rows is None else self._live_rows  # a SUM over every page
+        live += self.store.checkpoint_rows()  # kept for a resume: not garbage
         return self.compact() if rows and (rows - live) > ratio * rows else 0
 
     # --- reading ----------------------------------------------------------------------------

@@ -46,7 +46,7 @@ def _import_sqlite_utils() -> ModuleType:
 sqlite_utils = _import_sqlite_utils()
 
 DB_NAME = "docqa.db"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 BUSY_TIMEOUT_MS = 30_000
 
 
@@ -224,7 +224,18 @@ def _migration_2(db: Database) -> None:
     db.execute("CREATE INDEX idx_pages_vec_offset ON pages (vec_offset)")
 
 
-MIGRATIONS: list[Callable[[Database], None]] = [_migration_1, _migration_2]
+def _migration_3(db: Database) -> None:
+    """Checkpoints: encoded pages of a document not yet committed (a long ingest that stopped), kept
+    so that the next ingest of the same content resumes from them. Never seen by search."""
+    db.execute(
+        "CREATE TABLE checkpoint_pages (id INTEGER PRIMARY KEY, path_key BLOB NOT NULL, sha256 TEXT NOT NULL,"
+        " number INTEGER NOT NULL, width INTEGER, height INTEGER, vec_offset INTEGER NOT NULL,"
+        " vec_count INTEGER NOT NULL)"
+    )
+    db.execute("CREATE UNIQUE INDEX idx_checkpoint_pages_path_number ON checkpoint_pages (path_key, number)")
+
+
+MIGRATIONS: list[Callable[[Database], None]] = [_migration_1, _migration_2, _migration_3]
 
 
 class Store:
@@ -494,6 +505,76 @@ class Store:
         documents = self.db.execute("SELECT COUNT(*) FROM documents").fetchone()[0]
         pages = self.db.execute("SELECT COUNT(*) FROM pages").fetchone()[0]
         return int(documents), int(pages)
+
+    # --- checkpoints (pages of documents not yet committed) -----------------------------------
+    def put_checkpoint(self, path: Path, sha256: str, pages: list[NewPage]) -> None:
+        """Add encoded pages of `path`'s content `sha256` to its checkpoint (inside a transaction);
+        rows of other content at that path are dropped first."""
+        key = path_key(path)
+        self.db.execute("DELETE FROM checkpoint_pages WHERE path_key = ? AND sha256 != ?", [key, sha256])
+        self.db.conn.executemany(
+            "INSERT OR REPLACE INTO checkpoint_pages (path_key, sha256, number, width, height, vec_offset, vec_count)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [(key, sha256, p.number, p.width, p.height, p.vec_offset, p.vec_count) for p in pages],
+        )
+
+    def checkpoint_of(self, path: Path) -> list[tuple[str, NewPage]]:
+        """(sha256, page) of every checkpointed page of `path`, in page order."""
+        rows = self.db.execute(
+            "SELECT sha256, number, width, height, vec_offset, vec_count FROM checkpoint_pages"
+            " WHERE path_key = ? ORDER BY number",
+            [path_key(path)],
+        ).fetchall()
+        return [(sha256, NewPage(*page)) for sha256, *page in rows]
+
+    def checkpoint_files(self) -> list[tuple[bytes, str]]:
+        """(path key, sha256) of every checkpoint."""
+        return [tuple(row) for row in self.db.execute("SELECT DISTINCT path_key, sha256 FROM checkpoint_pages")]
+
+    def delete_checkpoints(self, keys: Iterable[bytes], *, numbers_over: int | None = None) -> int:
+        """Drop the checkpoints of these path keys (inside a transaction), or only their pages numbered
+        over `numbers_over`; returns the pages dropped."""
+        dropped = 0
+        for key in keys:
+            if numbers_over is None:
+                cursor = self.db.execute("DELETE FROM checkpoint_pages WHERE path_key = ?", [key])
+            else:
+                cursor = self.db.execute(
+                    "DELETE FROM checkpoint_pages WHERE path_key = ? AND number > ?", [key, numbers_over]
+                )
+            dropped += cursor.rowcount
+        return dropped
+
+    def path_keys_of(self, document_ids: list[int]) -> list[bytes]:
+        """The path keys of these documents."""
+        if not document_ids:
+            return []
+        marks = ",".join("?" * len(document_ids))
+        sql = f"SELECT path_key FROM documents WHERE id IN ({marks})"
+        return [row[0] for row in self.db.execute(sql, document_ids).fetchall()]
+
+    def delete_checkpoints_past_row(self, rows: int) -> None:
+        """Drop checkpointed pages whose vectors reach past the first `rows` rows (inside a transaction)."""
+        self.db.execute("DELETE FROM checkpoint_pages WHERE vec_offset + vec_count > ?", [rows])
+
+    def checkpoint_table(self) -> PageTable:
+        """Checkpointed pages in vector-file order (page_ids are their checkpoint row ids)."""
+        rows = self.db.execute("SELECT id, vec_offset, vec_count FROM checkpoint_pages ORDER BY vec_offset").fetchall()
+        array = np.array(rows, dtype=np.int64).reshape(-1, 3)
+        return PageTable(page_ids=array[:, 0], offsets=array[:, 1], counts=array[:, 2])
+
+    def set_checkpoint_offsets(self, moves: list[tuple[int, int]]) -> None:
+        """Point checkpointed pages (row id, new offset) at a new vector file (in a transaction)."""
+        self.db.conn.executemany("UPDATE checkpoint_pages SET vec_offset = ? WHERE id = ?", [(o, i) for i, o in moves])
+
+    def checkpoint_rows(self) -> int:
+        """How many vector rows checkpointed pages use."""
+        return int(self.db.execute("SELECT COALESCE(SUM(vec_count), 0) FROM checkpoint_pages").fetchone()[0])
+
+    def checkpoint_end(self) -> int:
+        """One past the last vector row any checkpointed page uses."""
+        row = self.db.execute("SELECT MAX(vec_offset + vec_count) FROM checkpoint_pages").fetchone()
+        return int(row[0] or 0)
 
     def close(self) -> None:
         self.db.conn.close()

@@ -1,12 +1,15 @@
 """Ingest: walk → sniff → hash → render → encode (batched across files) → store → commit.
 
 Each document commits in one SQLite transaction after all of its pages are encoded and their
-vectors are durable, so a crash or a bad file never leaves a partial document visible.
+vectors are durable, so a crash or a bad file never leaves a partial document visible. Until then a
+long document's encoded pages are checkpointed now and then (IngestSettings.checkpoint_s), and when
+the ingest stops (a failure, a cancel, Ctrl-C): the next ingest of the same content resumes from them.
 """
 
 from __future__ import annotations
 
 import queue
+import sqlite3
 import threading
 import time
 from collections import deque
@@ -21,7 +24,7 @@ from ..config import IngestSettings
 from ..errors import InputFileError
 from ..inputs.render import RenderedPage, render_pages
 from ..memory import release_free_memory
-from .plan import PlannedFile, converted_jobs, plan_jobs, remove_vanished
+from .plan import PlannedFile, converted_jobs, plan_jobs, remove_vanished, resume_jobs
 from .report import IngestReport, Timings
 
 if TYPE_CHECKING:
@@ -53,15 +56,18 @@ def run_ingest(
     report = IngestReport(index=str(storage.path))
     given = [Path(p).expanduser().absolute() for p in paths]
     seen: set[Path] = set()
+    storage.sweep_checkpoints()  # of files gone since, or committed by a writer that stopped right after
     with tqdm(desc="scan", unit="file", disable=not settings.progress, leave=False) as scanned:
         jobs = plan_jobs(storage, given, report, seen, settings, scanned)
-    if pipeline is not None:  # other pipelines need every page count up front
+    if pipeline is None:
+        resume_jobs(storage, jobs, report)
+    else:  # other pipelines need every page count up front, and start every document at its first page
         jobs = converted_jobs(jobs, settings, report)
     if settings.sync:
         remove_vanished(storage, given, seen, report)
     total_pages = sum(job.page_count for job in jobs)
     if settings.on_progress is not None:
-        settings.on_progress(0, total_pages)
+        settings.on_progress(sum(job.resumed for job in jobs), total_pages)
     with tqdm(total=total_pages, unit="page", desc="ingest", disable=not settings.progress, leave=False) as bar:
         if pipeline is None:
             assert retriever is not None, "a local ingest needs a retriever"
@@ -88,11 +94,14 @@ def _page_stream(
                 continue
             if bar is not None and bar.total is not None:
                 bar.total += job.page_count
+            if len(job.pages) > job.page_count:  # a checkpoint longer than the document: start afresh
+                job.pages, job.resumed, job.saved = [], 0, 0
         try:
             for page in render_pages(
                 job.path,
                 job.kind,
                 image_edge,
+                first_page=len(job.pages) + 1,  # after the pages resumed from a checkpoint
                 chunk_pages=settings.chunk_pages,
                 timeout_s=settings.render_timeout_s,
             ):
@@ -200,8 +209,9 @@ def _encode_and_commit(
     """Render (thread) -> preprocess (thread) -> encode and store (this thread), bounded queues between."""
     rendered: deque[PlannedFile] = deque()  # jobs fully rendered, in order, awaiting commit
     timings = report.timings
-    encoded = [0]  # pages encoded so far
+    encoded = [sum(job.resumed for job in jobs)]  # pages encoded so far (resumed ones included)
     total_pages = sum(job.page_count for job in jobs)
+    bar.update(encoded[0])
 
     def encode(batch: _Batch) -> None:
         started = time.monotonic()
@@ -211,6 +221,8 @@ def _encode_and_commit(
         for (job, page), vectors in zip(batch.pages, embeddings):
             if job.error is None:
                 job.store_page(storage, page.number, *page.image.size, vectors)
+        if any(job.error is None and job.checkpoint_due(settings.checkpoint_s) for job, _ in batch.pages):
+            _checkpoint_open(storage, jobs)  # before the progress report: the pages it counts are kept
         timings.store_s += time.monotonic() - stored
         release_free_memory()
         bar.update(len(batch.pages))
@@ -230,19 +242,44 @@ def _encode_and_commit(
         _timed(_page_stream(jobs, settings, retriever.stamp.image_edge, bar), timings), depth=2 * settings.batch_size
     )
     batches = _batches(pages, retriever, settings.batch_size, timings)
-    for event in _prefetch(batches, depth=1, name="docqa-preprocess"):
-        if isinstance(event, _Batch):
-            encode(event)
-            commit_rendered()
-            continue
-        job, item = event
-        if isinstance(item, InputFileError):
-            job.error = item.reason
-            report.fail(job.path, item.reason)
-        else:
-            rendered.append(job)
-            commit_rendered()
-    commit_rendered()
+    try:
+        for event in _prefetch(batches, depth=1, name="docqa-preprocess"):
+            if isinstance(event, _Batch):
+                encode(event)
+                commit_rendered()
+                continue
+            job, item = event
+            if isinstance(item, InputFileError):  # its pages rendered before the error are encoded: keep them
+                job.error = item.reason
+                report.fail(job.path, _kept(item.reason, job.checkpoint(storage)))
+            else:
+                rendered.append(job)
+                commit_rendered()
+        commit_rendered()
+    except (OSError, sqlite3.Error):  # the store failed (a full disk): the rows appended last may be torn
+        raise
+    except BaseException:  # a cancel, Ctrl-C, a model failure: keep what was encoded
+        try:
+            _checkpoint_open(storage, jobs)
+        except Exception:  # noqa: BLE001  the error that stopped the ingest is the one to raise
+            pass
+        raise
+
+
+def _kept(reason: str, pages: int) -> str:
+    """A failure's reason, saying what its checkpoint keeps for the next ingest."""
+    if not pages:
+        return reason
+    return f"{reason} ({pages:,} encoded pages are kept: the next ingest of the file resumes after them)"
+
+
+def _checkpoint_open(storage: IndexStorage, jobs: list[PlannedFile]) -> None:
+    """Checkpoint the encoded pages of every uncommitted document, in the order their rows were
+    appended: a kill at any point then leaves every vector row committed, checkpointed, or past
+    them all (dropped on recovery), never a hole of rows no one owns."""
+    for job in jobs:
+        if job.error is None and not job.committed and job.pages:
+            job.checkpoint(storage)
 
 
 def commit_job(storage: IndexStorage, job: PlannedFile, report: IngestReport) -> None:
@@ -250,10 +287,14 @@ def commit_job(storage: IndexStorage, job: PlannedFile, report: IngestReport) ->
     try:
         after = job.path.stat()
     except OSError as error:
-        report.fail(job.path, f"the file vanished while being ingested ({error.strerror})")
+        job.error = f"the file vanished while being ingested ({error.strerror})"
+        storage.forget_checkpoints([job.path])
+        report.fail(job.path, job.error)
         return
     if (after.st_size, after.st_mtime) != (job.size, job.mtime):
-        report.fail(job.path, "the file changed while being ingested; run ingest again")
+        job.error = "the file changed while being ingested; run ingest again"
+        storage.forget_checkpoints([job.path])  # its pages may mix two versions
+        report.fail(job.path, job.error)
         return
     if len(job.pages) != job.page_count:
         report.fail(job.path, f"only {len(job.pages)} of {job.page_count} pages could be read")
@@ -267,7 +308,9 @@ def commit_job(storage: IndexStorage, job: PlannedFile, report: IngestReport) ->
         pages=job.pages,
         metadata=job.metadata,
     )
+    job.committed = True
     report.pages_added += len(job.pages)
+    report.pages_resumed += job.resumed
     if job.replaces:
         report.updated += 1
     else:

@@ -3,6 +3,7 @@ files left to (re-)index become jobs. Also --sync's removal of documents whose f
 
 from __future__ import annotations
 
+import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +39,10 @@ class PlannedFile:
     pages: list[NewPage] = field(default_factory=list)
     error: str | None = None
     converting: Future | None = None  # office/web/text files: the PDF being made (page_count 0 till then)
+    resumed: int = 0  # pages taken from the checkpoint an earlier, stopped ingest left
+    saved: int = 0  # pages (the first of `pages`) that are in the index's checkpoint
+    saved_at: float = field(default_factory=time.monotonic)  # when they were last checkpointed
+    committed: bool = False
 
     def converted(self, timeout_s: float) -> InputFileError | None:
         """Wait for the conversion to PDF and count its pages; the error if it failed."""
@@ -56,6 +61,28 @@ class PlannedFile:
     def store_page(self, storage: IndexStorage, number: int, width: int, height: int, vectors: np.ndarray) -> None:
         """Append one encoded page's vectors (invisible until commit_job) and remember where they are."""
         self.pages.append(storage.append_page(number, width, height, vectors))
+
+    def unchanged_on_disk(self) -> bool:
+        """Whether the file still has the size and mtime it had when it was hashed."""
+        try:
+            after = self.path.stat()
+        except OSError:
+            return False
+        return (after.st_size, after.st_mtime) == (self.size, self.mtime)
+
+    def checkpoint_due(self, every_s: float) -> bool:
+        """Whether pages encoded since the last checkpoint should be checkpointed now: the document is
+        unfinished (a finished one commits instead) and `every_s` seconds have passed."""
+        unsaved = self.saved < len(self.pages) < self.page_count
+        return unsaved and time.monotonic() - self.saved_at >= every_s
+
+    def checkpoint(self, storage: IndexStorage) -> int:
+        """Checkpoint the pages encoded since the last checkpoint (not when the file changed since it
+        was hashed: its pages may then mix two versions); returns the pages the checkpoint keeps."""
+        if self.saved < len(self.pages) and self.unchanged_on_disk():
+            storage.checkpoint(self.path, self.sha256, self.pages[self.saved :])
+            self.saved, self.saved_at = len(self.pages), time.monotonic()
+        return self.saved
 
 
 def plan_jobs(
@@ -118,6 +145,19 @@ def plan_jobs(
             )
         )
     return jobs
+
+
+def resume_jobs(storage: IndexStorage, jobs: list[PlannedFile], report: IngestReport) -> None:
+    """Start each job from the pages its checkpoint keeps (an earlier ingest of the same content that
+    stopped mid-document); a checkpoint of other content at the path is dropped. Rendering then
+    starts at the first missing page."""
+    for job in jobs:
+        pages = storage.checkpointed(job.path, job.sha256)
+        if job.page_count:  # a conversion still running counts its pages later (see _page_stream)
+            pages = pages[: job.page_count]
+        if pages:
+            job.pages, job.resumed, job.saved = list(pages), len(pages), len(pages)
+            report.resume(job.path, len(pages))
 
 
 def converted_jobs(jobs: list[PlannedFile], settings: IngestSettings, report: IngestReport) -> list[PlannedFile]:

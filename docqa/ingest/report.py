@@ -26,7 +26,9 @@ class IngestReport:
     failed: int = 0
     skipped: int = 0
     pages_added: int = 0
+    pages_resumed: int = 0  # of pages_added, taken from checkpoints of earlier, stopped ingests
     failures: list[Failure] = field(default_factory=list)
+    resumed: list[tuple[str, int]] = field(default_factory=list)  # (path, pages) resumed from a checkpoint
     skipped_files: list[skips.SkippedFile] = field(default_factory=list)
     seconds: float = 0.0
     timings: Timings = field(default_factory=lambda: Timings())
@@ -35,6 +37,10 @@ class IngestReport:
         """Record a file that could not be indexed (its name made printable, whatever its bytes)."""
         self.failed += 1
         self.failures.append(Failure(sources.printable(path), error))
+
+    def resume(self, path: Path | str, pages: int) -> None:
+        """Record a document that goes on from `pages` pages checkpointed by an earlier ingest."""
+        self.resumed.append((sources.printable(path), pages))
 
     def skip(self, path: Path | str, reason: str, group: str) -> None:
         """Record a file left out on purpose (hidden, excluded, unsupported, too large, no LibreOffice)."""
@@ -53,6 +59,8 @@ class IngestReport:
                 "skipped": self.skipped,
             },
             "pages_added": self.pages_added,
+            "pages_resumed": self.pages_resumed,
+            "resumed": [{"path": path, "pages": pages} for path, pages in self.resumed],
             "failures": [{"path": f.path, "error": f.error} for f in self.failures],
             "skipped": [
                 item.to_json()

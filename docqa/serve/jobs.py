@@ -2,7 +2,8 @@
 
 Ids come from a counter stored with the jobs and are never reused. On start, a job the last server
 left queued is queued again; one it left ingesting is resumed once (its file is ingested again;
-ingest skips what is already committed) and failed, with the reason, if it was interrupted before.
+ingest skips what is already committed and goes on from the pages its checkpoint kept) and failed,
+with the reason, if it was interrupted before.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ class Job:
     state: str = "queued"
     pages_done: int = 0
     pages_total: int = 0
+    pages_kept: int = 0  # encoded pages of an unfinished job the index keeps for a re-run (a checkpoint)
     report: dict | None = None
     error: str | None = None
     created: float = field(default_factory=time.time)
@@ -53,6 +55,7 @@ class Job:
             "state": self.state,
             "pages_done": self.pages_done,
             "pages_total": self.pages_total,
+            "pages_kept": self.pages_kept,
             "report": self.report,
             "error": self.error,
             "created": self.created,
@@ -101,6 +104,7 @@ class JobStore:
                     state=record["state"] if record["state"] in STATES else "failed",
                     pages_done=int(record.get("pages_done", 0)),
                     pages_total=int(record.get("pages_total", 0)),
+                    pages_kept=int(record.get("pages_kept", 0)),
                     report=record.get("report"),
                     error=record.get("error"),
                     created=float(record.get("created", 0)),

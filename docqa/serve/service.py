@@ -536,6 +536,7 @@ class Service:
             model=self.model if self.reader.build is None else None,
             device=self.device,
             batch_size=1,  # release the shared model between pages: searches go on
+            checkpoint_s=0,  # every page is kept as it is encoded: a cancel or a crash loses none
             on_progress=progress,
         )
         try:
@@ -556,8 +557,17 @@ class Service:
             state = "failed" if report.failed else "done"
             reasons = "; ".join(f.error for f in report.failures) or None
             job.update(state=state, report=report.to_json(), error=reasons)
+        self._keep_pages(job)
         self._paths_changed()
         self._store.save()
+
+    def _keep_pages(self, job: Job) -> None:
+        """Say on an unfinished job how many of its encoded pages the index keeps for a re-run."""
+        with self._read:
+            kept = self.reader.checkpointed_pages(job.path)
+        if kept and job.error and "pages are kept" not in job.error:
+            job.update(error=f"{job.error}; its {kept:,} encoded pages are kept: upload it again to resume")
+        job.update(pages_kept=kept)
 
     def close(self) -> None:
         with self._queue_ready:

@@ -1,7 +1,8 @@
-"""kill -9 during ingest at 24 points across walking, hashing, rendering, encoding, storing, and
-training, logging and saving the candidate stage. After each kill: the index opens; every page has its vectors and every vector row
-belongs to a committed page; no partial document is visible; re-running the same ingest
-completes; and the result equals an uninterrupted run's."""
+"""kill -9 during ingest at 28 points across walking, hashing, rendering, encoding, storing,
+checkpointing, and training, logging and saving the candidate stage. After each kill: the index
+opens; every page has its vectors and every vector row belongs to a committed or a checkpointed
+page; no partial document is visible; re-running the same ingest completes (resuming from the
+checkpoints); and the result equals an uninterrupted run's."""
 
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ import pytest
 from helpers.crash_harness import KillPoint, in_child, single_threaded
 from helpers.documents import make_image, make_pdf, make_tiff
 
-SETTINGS = {"batch_size": 2, "chunk_pages": 2, "image_edge": 512}
+# checkpoint_s=0: every unfinished document is checkpointed after every batch, so kills land between
+# checkpoints, inside them and after them.
+SETTINGS = {"batch_size": 2, "chunk_pages": 2, "image_edge": 512, "checkpoint_s": 0}
 
 KILL_POINTS = [
     KillPoint("docqa.inputs.sources", "classify", 1, "before", "walk"),
@@ -33,6 +36,10 @@ KILL_POINTS = [
     KillPoint("docqa.index.vectors", "VectorFile.sync", 1, "after", "store"),
     KillPoint("docqa.index.vectors", "VectorFile.sync", 3, "before", "store"),
     KillPoint("docqa.index.store", "Store.put_document", 1, "after", "store"),  # inside the transaction
+    KillPoint("docqa.index.store", "Store.put_checkpoint", 1, "before", "checkpoint"),  # vectors synced
+    KillPoint("docqa.index.store", "Store.put_checkpoint", 2, "after", "checkpoint"),  # inside the transaction
+    KillPoint("docqa.index.storage", "IndexStorage.checkpoint", 2, "after", "checkpoint"),  # all of a, b not yet
+    KillPoint("docqa.index.storage", "IndexStorage.checkpoint", 4, "after", "checkpoint"),  # b's second
     KillPoint("docqa.index.store", "Store.put_document", 3, "before", "store"),
     KillPoint("docqa.index.candidate_stage", "CandidateStage.add_committed", 1, "before", "store"),  # just committed
     KillPoint("docqa.index.candidate_stage", "CandidateStage.add_committed", 4, "before", "store"),  # after training
@@ -74,12 +81,17 @@ def _raw_invariants(index_dir: Path) -> dict:
     rows = vector_file.stat().st_size // (2 * dim) if vector_file.exists() else 0
     pages = db.execute("SELECT document_id, number, vec_offset, vec_count FROM pages").fetchall()
     documents = db.execute("SELECT id, pages FROM documents").fetchall()
+    saved = db.execute("SELECT path_key, number, vec_offset, vec_count FROM checkpoint_pages").fetchall()
     numbers: dict[int, list[int]] = {}
     for document_id, number, _, _ in pages:
         numbers.setdefault(document_id, []).append(number)
+    saved_numbers: dict[bytes, list[int]] = {}
+    for key, number, _, _ in saved:
+        saved_numbers.setdefault(key, []).append(number)
     return {
-        "pages_have_vectors": all(offset + count <= rows and count > 0 for _, _, offset, count in pages),
+        "pages_have_vectors": all(offset + count <= rows and count > 0 for _, _, offset, count in [*pages, *saved]),
         "whole_documents": all(sorted(numbers.get(doc, [])) == list(range(1, n + 1)) for doc, n in documents),
+        "checkpoints_from_page_1": all(sorted(n) == list(range(1, len(n) + 1)) for n in saved_numbers.values()),
     }
 
 
@@ -97,10 +109,12 @@ def _state(index_dir: Path) -> dict:
     table, _, _, _ = index.store.snapshot()  # the page table readers search: what the candidate stage must hold
     vectors = index.vectors
     candidates = index.storage.candidate_stage.caught_up(table, vectors)
-    ends = table.offsets + table.counts
+    saved = index.store.checkpoint_table()  # rows kept for a resume are owned too
+    order = np.argsort(np.concatenate([table.offsets, saved.offsets]), kind="stable")
+    offsets = np.concatenate([table.offsets, saved.offsets])[order]
+    ends = offsets + np.concatenate([table.counts, saved.counts])[order]
     covered = bool(
-        len(table) == 0
-        or (table.offsets[0] == 0 and np.all(table.offsets[1:] == ends[:-1]) and ends[-1] == vectors.rows)
+        len(offsets) == 0 or (offsets[0] == 0 and np.all(offsets[1:] == ends[:-1]) and ends[-1] == vectors.rows)
     )
     rng = np.random.default_rng(0)
     scores = []
@@ -113,7 +127,13 @@ def _state(index_dir: Path) -> dict:
             assert np.isfinite(candidates.approximate_scores(query, table.page_ids)).all()
         pages = {h.page_id: index.page(h.page_id) for h in exact}
         scores.append({(pages[h.page_id].path, pages[h.page_id].page): h.score for h in exact})
-    return {"documents": documents, "covered": covered, "scores": scores, "trained": candidates is not None}
+    return {
+        "documents": documents,
+        "covered": covered,
+        "scores": scores,
+        "trained": candidates is not None,
+        "checkpointed": index.store.checkpoint_rows() > 0,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -146,7 +166,7 @@ def test_kill_9_never_corrupts_the_index(point, corpus, reference, tmp_path, ret
     assert crashed.killed, f"{point} was never reached"
 
     raw = in_child(partial(_raw_invariants, index_dir)).value
-    assert raw == {"pages_have_vectors": True, "whole_documents": True}
+    assert raw == {"pages_have_vectors": True, "whole_documents": True, "checkpoints_from_page_1": True}
     after_crash = in_child(partial(_state, index_dir), before=_child_setup).value
     assert after_crash["covered"], "vector rows that no committed page owns survived reopening"
     committed = {path for path, _, _ in after_crash["documents"]}
@@ -157,7 +177,50 @@ def test_kill_9_never_corrupts_the_index(point, corpus, reference, tmp_path, ret
     assert rerun.exit_code == 0 and rerun.value["documents"]["failed"] == 0
     final = in_child(partial(_state, index_dir), before=_child_setup).value
     assert final["documents"] == reference["documents"]
-    assert final["covered"]
+    assert final["covered"] and not final["checkpointed"]  # every checkpoint was taken up by its document
+    for got, expected in zip(final["scores"], reference["scores"]):
+        assert got.keys() == expected.keys()
+        np.testing.assert_allclose([got[key] for key in expected], list(expected.values()), atol=1e-3)
+
+
+def _ingest_counting(index_dir: Path, corpus: Path, model: str) -> dict:
+    """_ingest, also counting the pages the retriever encodes."""
+    from docqa.models.retriever import Retriever
+
+    encoded = [0]
+    real = Retriever.encode_batch
+
+    def counting(self, batch):
+        encoded[0] += len(batch["input_ids"])
+        return real(self, batch)
+
+    Retriever.encode_batch = counting  # in the child only
+    return {**_ingest(index_dir, corpus, model), "encoded": encoded[0]}
+
+
+def test_kill_9_mid_document_then_a_rerun_resumes_from_the_checkpoints(
+    corpus, reference, tmp_path, retriever_checkpoints
+):
+    """Killed right after b.pdf's first page was checkpointed, with all of a.pdf checkpointed but not
+    yet committed: search sees none of their pages, and the re-run encodes only the pages no
+    checkpoint kept (a.pdf: none), with the same result as an uninterrupted run."""
+    index_dir = tmp_path / "index"
+    model = str(retriever_checkpoints["colmodernvbert"])
+    point = KillPoint("docqa.index.storage", "IndexStorage.checkpoint", 3, "after", "checkpoint")
+    assert in_child(partial(_ingest, index_dir, corpus, model), kill=point, before=_child_setup).killed
+
+    after_crash = in_child(partial(_state, index_dir), before=_child_setup).value
+    assert after_crash["documents"] == [] and after_crash["scores"] == [{}, {}, {}]
+    assert after_crash["checkpointed"] and after_crash["covered"]
+
+    rerun = in_child(partial(_ingest_counting, index_dir, corpus, model), before=_child_setup).value
+    assert rerun["resumed"] == [
+        {"path": str(corpus / "a.pdf"), "pages": 3},
+        {"path": str(corpus / "b.pdf"), "pages": 1},
+    ]
+    assert rerun["pages_resumed"] == 4 and rerun["pages_added"] == 11 and rerun["encoded"] == 11 - 4
+    final = in_child(partial(_state, index_dir), before=_child_setup).value
+    assert final["documents"] == reference["documents"] and final["covered"] and not final["checkpointed"]
     for got, expected in zip(final["scores"], reference["scores"]):
         assert got.keys() == expected.keys()
         np.testing.assert_allclose([got[key] for key in expected], list(expected.values()), atol=1e-3)
@@ -207,7 +270,11 @@ def test_kill_9_during_compaction(point, revised_reference, tmp_path, retriever_
 
     crashed = in_child(partial(_ingest, index_dir, corpus, model), kill=point, before=_child_setup)
     assert crashed.killed, f"{point} was never reached"
-    assert in_child(partial(_raw_invariants, index_dir)).value == {"pages_have_vectors": True, "whole_documents": True}
+    assert in_child(partial(_raw_invariants, index_dir)).value == {
+        "pages_have_vectors": True,
+        "whole_documents": True,
+        "checkpoints_from_page_1": True,
+    }
     after_crash = in_child(partial(_state, index_dir), before=_child_setup).value
     assert {Path(path).name for path, _, _ in after_crash["documents"]} == {"a.pdf", "b.pdf", "c.png"}
     assert after_crash["covered"]

@@ -17,6 +17,7 @@ import time
 import tracemalloc
 from pathlib import Path
 
+import numpy as np
 import pytest
 from helpers.documents import (
     make_encrypted_pdf,
@@ -27,6 +28,7 @@ from helpers.documents import (
     make_png_bomb,
 )
 from helpers.paths import REPO
+from helpers.stored import stored_pages
 
 import docqa.inputs.render as render
 from docqa import DocIndex
@@ -231,6 +233,43 @@ def test_file_rewritten_or_deleted_mid_ingest_keeps_the_old_version(tmp_path, re
         now = index.document(path)
         assert (now.sha256, now.pages) == (old.sha256, old.pages)
         assert len(_page_sizes(index, path)) == old.pages
+
+
+def test_a_checkpoint_of_other_content_or_with_a_gap_is_not_taken(tmp_path, retriever_checkpoint, monkeypatch):
+    """Pages checkpointed for one version of a file are never taken for another: rewritten, the file
+    is encoded whole and the stale checkpoint dropped. A checkpoint whose page numbers have a gap (a
+    damaged table) is taken only up to the gap."""
+    from pdf2image.exceptions import PDFPopplerTimeoutError
+
+    root = tmp_path / "docs"
+    pdf = make_pdf(root / "long.pdf", 8, title="v1")
+    real, stalling = render.convert_from_path, [True]
+
+    def stalls(pdf_path, **kwargs):
+        if stalling[0] and kwargs["first_page"] >= 5:
+            raise PDFPopplerTimeoutError("stalled")
+        return real(pdf_path, **kwargs)
+
+    monkeypatch.setattr(render, "convert_from_path", stalls)
+    index = DocIndex.open("main", create=True)
+    first = index.ingest([root], model=str(retriever_checkpoint), batch_size=2, chunk_pages=2)
+    assert first.failed == 1 and index.checkpointed_pages(pdf) == 4
+
+    index.store.db.execute("DELETE FROM checkpoint_pages WHERE number = 3")
+    gapped = index.ingest([root], batch_size=2, chunk_pages=2)
+    assert gapped.resumed == [(str(pdf), 2)] and index.checkpointed_pages(pdf) == 4  # 3 and 4 again
+
+    make_pdf(pdf, 6, title="v2")
+    stalling[0] = False
+    rewritten = index.ingest([root], batch_size=2, chunk_pages=2)
+    assert rewritten.resumed == [] and (rewritten.added, rewritten.pages_added, rewritten.pages_resumed) == (1, 6, 0)
+    assert index.store.checkpoint_rows() == 0
+    fresh = DocIndex.open("fresh", create=True)
+    fresh.ingest([root], model=str(retriever_checkpoint), batch_size=2, chunk_pages=2)
+    got, expected = stored_pages(index), stored_pages(fresh)
+    assert got.keys() == expected.keys() and len(got) == 6
+    for key, vectors in expected.items():
+        np.testing.assert_allclose(got[key], vectors, atol=1e-4)
 
 
 def _fake_pdftoppm(folder: Path, marker: str, action: str) -> str:

@@ -245,3 +245,56 @@ def test_rendering_stays_a_bounded_number_of_pages_ahead_of_encoding(tmp_path, r
     assert report.pages_added == 60
     # render queue (2 x batch) + a chunk + a batch being built + one queued + one blocked + one encoding
     assert max(ahead) <= 2 * 2 + 2 + 2 + 2 + 2 + 2 + 1, ahead
+
+
+def _stall_from_page(monkeypatch, first_stalled: int) -> list[bool]:
+    """Make poppler time out on every chunk from page `first_stalled` on, while the returned flag is
+    set (clear it to let the file render again)."""
+    from pdf2image.exceptions import PDFPopplerTimeoutError
+
+    from docqa.inputs import render
+
+    stalling = [True]
+    real = render.convert_from_path
+
+    def stalls(pdf_path, **kwargs):
+        if stalling[0] and kwargs["first_page"] >= first_stalled:
+            raise PDFPopplerTimeoutError("stalled")
+        return real(pdf_path, **kwargs)
+
+    monkeypatch.setattr(render, "convert_from_path", stalls)
+    return stalling
+
+
+def test_a_long_pdf_that_fails_partway_resumes_from_its_checkpoint(tmp_path, retriever_checkpoint, monkeypatch):
+    """A render timeout at page 7 of 12 keeps pages 1-6, unsearchable, as a checkpoint (moved along
+    by a compaction); the re-run encodes only pages 7-12, and the index equals a fresh ingest's."""
+    docs = tmp_path / "docs"
+    pdf = make_pdf(docs / "long.pdf", 12, title="long")
+    short = make_image(docs / "a-short.png", text="short")  # first: its rows come before the checkpoint's
+    settings = {"batch_size": 2, "chunk_pages": 2}
+    stalling = _stall_from_page(monkeypatch, 7)
+    index = DocIndex.open("main", create=True)
+    report = index.ingest([docs], model=str(retriever_checkpoint), **settings)
+    ((failure),) = report.failures
+    assert "took longer than" in failure.error and "6 encoded pages are kept" in failure.error
+    assert index.checkpointed_pages(pdf) == 6 and index.store.counts() == (1, 1)
+    assert {hit.path for hit in index.search("long", k=20)} == {str(short)}
+
+    index.remove([short])
+    index.compact()
+    assert index.store.vector_epoch() == 1  # compacted: a-short.png's rows went, the checkpoint's moved
+    stalling[0] = False
+    calls = _spy_encodes(index)
+    again = index.ingest([docs], **settings)
+    assert again.resumed == [(str(pdf), 6)] and (again.pages_resumed, again.pages_added) == (6, 13)
+    assert sum(calls) == 6 + 1 and again.failed == 0
+    assert index.checkpointed_pages(pdf) == 0 and index.store.checkpoint_rows() == 0
+
+    fresh = DocIndex.open("fresh", create=True)
+    fresh.ingest([docs], model=str(retriever_checkpoint), **settings)
+    resumed, expected = stored_pages(index), stored_pages(fresh)
+    assert resumed.keys() == expected.keys() and len(resumed) == 13
+    for key, vectors in expected.items():
+        np.testing.assert_allclose(resumed[key], vectors, atol=1e-4)
+    assert index.vectors.rows == index.store.vector_rows()  # nothing left over

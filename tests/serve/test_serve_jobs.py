@@ -88,8 +88,19 @@ def test_a_running_upload_can_be_cancelled(tmp_path, corpus_index):
             finished = wait_for_job(client, job["id"], timeout_s=30)
             assert finished["state"] == "cancelled" and "cancelled after" in finished["error"]
             assert finished["pages_done"] < 40
+            # every page it encoded is kept (a checkpoint, unsearchable until the document is whole)
+            assert 1 <= finished["pages_kept"] == finished["pages_done"]
+            assert "encoded pages are kept" in finished["error"]
             assert [d["name"] for d in client.get("/api/documents").json()["documents"]] == ["report.pdf", "scan.png"]
             assert client.delete(f"/api/jobs/{job['id']}").json()["file_deleted"]
+            # uploaded again, it goes on from the kept pages
+            again = client.post("/api/uploads", files={"file": ("long.pdf", pdf.read_bytes(), "application/pdf")})
+            resumed = wait_for_job(client, again.json()["id"], timeout_s=120)
+            assert resumed["state"] == "done" and (resumed["pages_done"], resumed["pages_kept"]) == (40, 0)
+            assert resumed["report"]["pages_resumed"] == finished["pages_kept"]
+            assert resumed["report"]["pages_added"] == 40
+            names = [d["name"] for d in client.get("/api/documents").json()["documents"]]
+            assert sorted(names) == ["long.pdf", "report.pdf", "scan.png"]
             # a queued job is cancelled before it starts
             assert service._write.acquire(timeout=10)
             try:
@@ -250,6 +261,10 @@ def test_kill_9_during_an_upload_then_a_restart_resumes_the_job(tmp_path, corpus
                 "the resumed job",
             )
             assert finished["state"] == "done" and finished["pages_done"] == 6, finished
+            # it went on from the pages encoded before the kill (each is kept as it is encoded), unless
+            # the kill came after its commit
+            report = finished["report"]
+            assert report["pages_resumed"] >= 1 or report["documents"]["unchanged"] == 1, report
             names = [d["name"] for d in http.get("/api/documents").json()["documents"]]
             assert names.count("long.pdf") == 1
             newer = http.post("/api/uploads", files={"file": ("n.pdf", pdf + b"\n", "application/pdf")}).json()
