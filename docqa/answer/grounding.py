@@ -34,6 +34,7 @@ from PIL import Image, ImageDraw, ImageFilter
 from ..errors import DocQAError, SourceChangedError, UnsupportedModelError
 from ..inputs.render import fit_within
 from ..inputs.sources import sha256_of
+from .prompt import Answer, Citation
 
 _ROW_COL = re.compile(r"<row_(\d+)_col_(\d+)>")
 REGION_FRACTION = 0.5  # canvas cells at least this fraction of the maximum belong to the strongest region
@@ -294,6 +295,16 @@ def ground_answer(retriever, question: str, answer: str, pages: list) -> list[Gr
     """Ground question and answer together (grounding_query) on each page shown (``PageImage``s)."""
     query = grounding_query(question, answer)
     return [ground(retriever, query, page.image) for page in pages]
+
+
+def boxed_citations(retriever, question: str, answer: Answer, pages: list) -> list[tuple[Any, Citation, Any]]:
+    """(page shown, its citation, the box as fractions of the page or None) for each page shown:
+    what the server's and MCP's answers list, grounded by ground_answer."""
+    groundings = ground_answer(retriever, question, answer.text, pages)
+    return [
+        (page, citation, grounding.to_json()["box_fraction"])
+        for page, citation, grounding in zip(pages, answer.citations, groundings)
+    ]
 
 
 def save_heatmap(folder: Path, rank: int, path: str, page: int, grounding: Grounding) -> Path:

@@ -6,6 +6,7 @@ Office, web and text files (sources.CONVERTED kinds) are rendered from their cac
 
 from __future__ import annotations
 
+import io
 import struct
 import time
 from collections.abc import Iterator
@@ -310,3 +311,10 @@ def fit_within(image: Image.Image, image_edge: int) -> Image.Image:
         return image.copy()
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
     return image.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    """A page image as PNG bytes (RGB), as the server and MCP send page images."""
+    buffer = io.BytesIO()
+    image.convert("RGB").save(buffer, format="PNG")
+    return buffer.getvalue()

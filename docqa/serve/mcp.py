@@ -16,7 +16,6 @@ how many searches, renders, heatmaps and answers run or wait at once, are `docqa
 """
 
 import base64
-import io
 import json
 import sys
 import threading
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 from ..errors import DocQAError, MissingDependencyError, QueryError
+from ..inputs.render import png_bytes
 from .slots import Limits, Slots
 
 if TYPE_CHECKING:
@@ -150,7 +150,7 @@ class PageLibrary:
     ) -> "tuple[dict, list[Image.Image]]":
         """The answer, its citations with boxes (fractions of the page), and the pages shown."""
         from ..answer.ask import Asker
-        from ..answer.grounding import ground_answer
+        from ..answer.grounding import boxed_citations
 
         with self.slots.asks.take():
             generator = self.generator()
@@ -168,9 +168,7 @@ class PageLibrary:
             result = stream.run()
         citations = []
         with self._read:
-            groundings = ground_answer(self._retriever(), question, result.answer.text, stream.pages)
-            for page, citation, grounding in zip(stream.pages, result.answer.citations, groundings):
-                box = grounding.to_json()["box_fraction"]
+            for page, citation, box in boxed_citations(self._retriever(), question, result.answer, stream.pages):
                 citations.append(
                     {
                         "path": citation.path,
@@ -193,12 +191,6 @@ class PageLibrary:
 
     def close(self) -> None:
         self.index.close()
-
-
-def png_bytes(image: "Image.Image") -> bytes:
-    buffer = io.BytesIO()
-    image.convert("RGB").save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def build_server(library: PageLibrary):

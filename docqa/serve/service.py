@@ -25,14 +25,13 @@ from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from PIL import Image
-
 from ..answer.ask import Asker
-from ..answer.grounding import Grounding, ground, ground_answer
+from ..answer.grounding import Grounding, boxed_citations, ground
 from ..api import DocIndex, Hit
 from ..config import IngestSettings
 from ..errors import DocQAError, IndexLockedError, NotFound, QuotaExceeded, UploadRejected, UploadTooLarge
 from ..files import atomic_writer
+from ..inputs.render import png_bytes
 from ..inputs.sources import describe_content, sniff
 from ..models.retriever import Retriever
 from .jobs import Job, JobStore
@@ -220,7 +219,7 @@ class Service:
         cached = self._cached(key)
         if cached is not None:
             return cached
-        return self._cache(key, _png(self.slots.render(hit, edge)))
+        return self._cache(key, png_bytes(self.slots.render(hit, edge)))
 
     def grounding(self, page_id: int, query: str) -> Grounding:
         hit = self.page(page_id)
@@ -237,7 +236,7 @@ class Service:
         cached = self._cached(key)
         if cached is not None:
             return cached
-        return self._cache(key, _png(self.grounding(page_id, query).overlay()))
+        return self._cache(key, png_bytes(self.grounding(page_id, query).overlay()))
 
     def documents(self) -> list[dict]:
         with self._read:
@@ -342,9 +341,7 @@ class Service:
         result = stream.result
         assert result is not None  # set once the stream is iterated to its end
         citations = []
-        groundings = ground_answer(retriever, question, result.answer.text, stream.pages)
-        for page, citation, grounding in zip(stream.pages, result.answer.citations, groundings):
-            box = grounding.to_json()
+        for page, citation, box in boxed_citations(retriever, question, result.answer, stream.pages):
             citations.append(
                 {
                     "page_id": page.page_id,
@@ -353,7 +350,7 @@ class Service:
                     "page": citation.page,
                     "score": citation.score,
                     "cited": citation.cited,
-                    "box": box["box_fraction"],
+                    "box": box,
                 }
             )
         yield "citations", {"citations": citations, "notes": [self.scrub(n) for n in result.notes]}
@@ -643,11 +640,3 @@ def _is_under(path: Path, folder: Path) -> bool:
         return Path(os.path.abspath(path)).is_relative_to(os.path.abspath(folder))
     except (OSError, ValueError):
         return False
-
-
-def _png(image: Image.Image) -> bytes:
-    import io
-
-    buffer = io.BytesIO()
-    image.convert("RGB").save(buffer, format="PNG", optimize=False)
-    return buffer.getvalue()
