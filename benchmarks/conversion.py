@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from helpers.office_files import (  # noqa: E402
+    libreoffice_convert,
     make_docx,
     make_html,
     make_long_text,
@@ -94,43 +95,14 @@ def main() -> None:
     # 2. one soffice per file (profile made first, untimed)
     profile = work / "profile"
     warm = make_long_text(work / "warm.txt", lines=3)
-    subprocess.run(
-        [
-            "soffice",
-            "--headless",
-            "--norestore",
-            f"-env:UserInstallation={profile.as_uri()}",
-            "--convert-to",
-            "pdf",
-            "--outdir",
-            str(work / "warm"),
-            str(warm),
-        ],
-        check=True,
-        capture_output=True,
-    )
+    libreoffice_convert([warm], "pdf", work / "warm", profile)
     profiles = [profile] + [work / f"profile{n}" for n in range(1, args.workers)]
     for extra in profiles[1:]:
         shutil.copytree(profile, extra)
 
     def one(index_path: tuple[int, Path]) -> None:
         index, path = index_path
-        subprocess.run(
-            [
-                "soffice",
-                "--headless",
-                "--norestore",
-                f"-env:UserInstallation={profiles[index % args.workers].as_uri()}",
-                "--convert-to",
-                "pdf",
-                "--outdir",
-                str(work / "per-file" / str(index)),
-                str(path),
-            ],
-            check=True,
-            capture_output=True,
-            timeout=300,
-        )
+        libreoffice_convert([path], "pdf", work / "per-file" / str(index), profiles[index % args.workers])
 
     started = time.monotonic()
     with ThreadPoolExecutor(args.workers) as threads:
