@@ -111,3 +111,29 @@ class JobConflict(DocQAError):
 
 class RemoteCodeError(ModelLoadError):
     """The checkpoint ships code of its own to run, and --trust-remote-code was not given."""
+
+
+class LibreOfficeMissingError(DocQAError):
+    """LibreOffice (or its Python bridge) is not installed, so office files cannot be converted
+    (the message says how to install it)."""
+
+
+class ConversionError(InputFileError):
+    """One document could not be converted to PDF (the message names the file and the reason)."""
+
+
+class Busy(DocQAError):
+    """Too much of this kind of work is running or waiting; try again after ``retry_after`` s."""
+
+    def __init__(self, message: str, *, status: int = 429, retry_after: int = 5) -> None:
+        super().__init__(message)
+        self.status = status
+        self.retry_after = retry_after
+
+
+class JobsFileError(DocQAError):
+    """jobs.json exists but cannot be read as the server's job list."""
+
+
+class TokenError(DocQAError):
+    """A token that is too short, or a token file that cannot be read."""

@@ -35,7 +35,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from functools import cache, lru_cache
 from pathlib import Path
 
-from ..errors import DocQAError, InputFileError
+from ..errors import ConversionError, LibreOfficeMissingError
 from . import sources, webpages
 
 LIBREOFFICE_PACKAGES = (
@@ -73,15 +73,8 @@ _STAGED_SUFFIX = {
 }
 
 
-class LibreOfficeMissingError(DocQAError):
-    """LibreOffice (or its Python bridge) is not installed, so office files cannot be converted."""
-
-    def __init__(self, what: str = "LibreOffice is not installed") -> None:
-        super().__init__(f"{what}: install it with `{INSTALL_HINT}`")
-
-
-class ConversionError(InputFileError):
-    """One document could not be converted to PDF (the message names the file and the reason)."""
+def _libreoffice_missing(what: str = "LibreOffice is not installed") -> LibreOfficeMissingError:
+    return LibreOfficeMissingError(f"{what}: install it with `{INSTALL_HINT}`")
 
 
 def cache_dir() -> Path:
@@ -182,7 +175,7 @@ class _Worker:
             return [*converter.worker_command, str(self.stage)]
         python, soffice = uno_python(), find_soffice()
         if python is None or soffice is None:
-            raise LibreOfficeMissingError()
+            raise _libreoffice_missing()
         script = self.stage / "uno_worker.py"
         shutil.copyfile(_WORKER_SCRIPT, script)
         inner = [python, str(script), soffice, str(self.stage / "profile"), f"docqa{os.getpid()}w{self.number}"]
@@ -223,7 +216,7 @@ class _Worker:
         answer = self.read(STARTUP_TIMEOUT_S)
         if answer is None or not answer.get("ready"):
             self.kill()
-            raise LibreOfficeMissingError("LibreOffice did not start (its worker exited or hung)")
+            raise _libreoffice_missing("LibreOffice did not start (its worker exited or hung)")
 
     def read(self, timeout_s: float) -> dict | None:
         """One answer line, or None on timeout or when the worker died."""
@@ -352,7 +345,7 @@ class Converter:
             if running is not None:
                 return running
             if not self.available():
-                return _failed(LibreOfficeMissingError())
+                return _failed(_libreoffice_missing())
             future = self._executor.submit(self._convert, path, kind, digest, shown)
             self._inflight[digest] = future
         future.add_done_callback(lambda _: self._forget(digest))

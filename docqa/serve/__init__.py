@@ -14,8 +14,8 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-from ..errors import DocQAError
-from .security import Auth, TokenError, check_token, new_token
+from ..errors import DocQAError, TokenError
+from .security import Auth, check_token, new_token
 
 LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 INSTALL_HINT = 'the web server needs the serve extra: pip install "docqa[serve]"'

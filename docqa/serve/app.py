@@ -27,6 +27,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from .. import __version__
 from ..config import split_key_value
 from ..errors import (
+    Busy,
     DocQAError,
     IndexLockedError,
     IndexMismatchError,
@@ -44,7 +45,7 @@ from ..errors import (
 )
 from .security import Auth, Principal, send_error
 from .service import Service
-from .slots import Busy, Limits
+from .slots import Limits
 
 _STATIC = {"app.js": "text/javascript; charset=utf-8", "style.css": "text/css; charset=utf-8"}
 _STATUS: list[tuple[type[DocQAError], int]] = [

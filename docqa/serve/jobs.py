@@ -16,17 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import DocQAError
+from ..errors import JobsFileError
 from ..files import atomic_write
 
 JOBS_FILE = "jobs.json"
 STATES = ("queued", "ingesting", "done", "failed", "cancelled")
 FINISHED = ("done", "failed", "cancelled")
 MAX_RESUMES = 1
-
-
-class JobsFileError(DocQAError):
-    """jobs.json exists but cannot be read as the server's job list."""
 
 
 @dataclass

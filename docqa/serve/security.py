@@ -30,7 +30,7 @@ from typing import Any, Literal
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 
-from ..errors import DocQAError
+from ..errors import TokenError
 
 MIN_TOKEN_CHARS = 16
 SESSION_COOKIE = "docqa_session"
@@ -38,10 +38,6 @@ XSRF_HEADER = "x-xsrf-token"
 LOCAL_NAMES = frozenset({"localhost", "127.0.0.1", "[::1]"})
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _LOGIN_CODES_KEPT = 16
-
-
-class TokenError(DocQAError):
-    """A token that is too short, or a token file that cannot be read."""
 
 
 def check_token(token: str) -> str:

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ..errors import DocQAError
+from ..errors import Busy
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -47,15 +47,6 @@ class Limits:
     wait_s: float = 30.0  # longest wait for a render, heatmap or search turn (then 503)
     event_streams: int = 32  # open job event streams
     image_cache_bytes: int = 64 * 1024**2
-
-
-class Busy(DocQAError):
-    """Too much of this kind of work is running or waiting; try again after ``retry_after`` s."""
-
-    def __init__(self, message: str, *, status: int = 429, retry_after: int = 5) -> None:
-        super().__init__(message)
-        self.status = status
-        self.retry_after = retry_after
 
 
 class Ticket:

@@ -27,10 +27,13 @@ from helpers.serving import (  # noqa: E402
 )
 
 from docqa.cli.main import main  # noqa: E402
-from docqa.errors import DocQAError  # noqa: E402
+from docqa.errors import (
+    DocQAError,  # noqa: E402
+    TokenError,  # noqa: E402
+)
 from docqa.models.generator import Generator  # noqa: E402
 from docqa.serve import check_bind, create_app, require_serve_extra  # noqa: E402
-from docqa.serve.security import Auth, TokenError  # noqa: E402
+from docqa.serve.security import Auth  # noqa: E402
 from docqa.serve.service import Service, safe_name  # noqa: E402
 from docqa.serve.slots import Limits  # noqa: E402
 

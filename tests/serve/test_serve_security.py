@@ -21,8 +21,9 @@ from helpers.serving import (  # noqa: E402
     service_fixture,
 )
 
+from docqa.errors import TokenError  # noqa: E402
 from docqa.serve import create_app, resolve_token  # noqa: E402
-from docqa.serve.security import Auth, TokenError  # noqa: E402
+from docqa.serve.security import Auth  # noqa: E402
 from docqa.serve.slots import Limits  # noqa: E402
 
 SAME = {"Sec-Fetch-Site": "same-origin", "Origin": BASE}
