@@ -36,6 +36,7 @@ from functools import cache, lru_cache
 from pathlib import Path
 
 from ..errors import ConversionError, LibreOfficeMissingError
+from ..files import atomic_file
 from . import sources, webpages
 
 LIBREOFFICE_PACKAGES = (
@@ -392,9 +393,8 @@ class Converter:
                 out.parent.mkdir(exist_ok=True)
                 worker.convert(staged, _IMPORT.get(kind, (None, None)), out, self.timeout_s, shown)
                 target.parent.mkdir(parents=True, exist_ok=True)
-                temporary = target.with_name(f".{target.name}.{os.getpid()}.{number}.tmp")
-                shutil.move(out, temporary)
-                os.replace(temporary, target)
+                with out.open("rb") as produced, atomic_file(target) as cached:
+                    shutil.copyfileobj(produced, cached)
                 self.conversions += 1
                 return target
             finally:
