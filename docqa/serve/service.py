@@ -255,7 +255,8 @@ class Service:
         ]
 
     def info(self) -> dict:
-        info = self.reader.info()
+        with self._read:  # info reads the candidate stage's stats: a snapshot on the reader handle
+            info = self.reader.info()
         shown = info.to_json()
         if not self.absolute_paths:
             shown["index"] = self.reader.path.name
@@ -289,7 +290,9 @@ class Service:
     ) -> AnswerRun:
         """Answer on a thread of its own (see ``AnswerRun``); Busy at once when too many wait."""
         retriever = self.retriever()
-        if retriever is None or self.reader.info().pages == 0:
+        with self._read:
+            empty = self.reader.info().pages == 0
+        if retriever is None or empty:
             raise NotFound("the index is empty: upload a document first")
         ticket = self.slots.asks.reserve()
         return AnswerRun(
