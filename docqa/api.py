@@ -561,8 +561,13 @@ class DocIndex:
             not_found=[str(i) for i in wanted if i not in known],
         )
 
+    def counts(self) -> tuple[int, int]:
+        """(documents, pages) committed: cheap, unlike `info`, which also sizes the folder and reads
+        the candidate stage's recall estimate."""
+        return self.store.counts()
+
     def info(self) -> IndexInfo:
-        documents, pages = self.store.counts()
+        documents, pages = self.counts()
         build = self.build
         size = sum(entry.stat().st_size for entry in self.path.iterdir() if entry.is_file())
         return IndexInfo(

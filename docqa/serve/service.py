@@ -291,7 +291,7 @@ class Service:
         """Answer on a thread of its own (see ``AnswerRun``); Busy at once when too many wait."""
         retriever = self.retriever()
         with self._read:
-            empty = self.reader.info().pages == 0
+            empty = self.reader.counts()[1] == 0
         if retriever is None or empty:
             raise NotFound("the index is empty: upload a document first")
         ticket = self.slots.asks.reserve()
