@@ -102,6 +102,12 @@ class Searchable(Protocol):
         ...
 
 
+def check_query(query: str) -> None:
+    """Refuse an empty text query (one message for every Searchable)."""
+    if not query.strip():
+        raise QueryError("the query is empty; give the words to search for")
+
+
 @runtime_checkable
 class VectorSearchable(Searchable, Protocol):
     """A Searchable that also encodes queries with its own retriever and searches by query
@@ -443,8 +449,7 @@ class DocIndex:
         engine: str | None = None,
     ) -> list[Hit]:
         """The k pages that best match `query` (MaxSim), best first; see `search_embeddings`."""
-        if not query.strip():
-            raise QueryError("the query is empty; give the words to search for")
+        check_query(query)
         if self.build is None:
             return []
         query_vectors = self.retriever(device=device, engine=engine).encode_queries([query])[0]

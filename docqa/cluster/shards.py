@@ -26,10 +26,10 @@ from types import ModuleType
 
 import numpy as np
 
-from ..api import DocIndex, Hit
+from ..api import DocIndex, Hit, check_query
 from ..build import BuildStamp, common_stamp
 from ..config import IngestSettings, index_path
-from ..errors import ClusterError, IndexMismatchError, IndexNotFoundError, QueryError
+from ..errors import ClusterError, IndexMismatchError, IndexNotFoundError
 from ..files import atomic_write
 from ..ingest.report import IngestReport
 from ..inputs import sources
@@ -215,8 +215,7 @@ class ShardSet:
         engine: str | None = None,
     ) -> list[ShardHit]:
         """The k best pages over all shards for `query`, encoded once."""
-        if not query.strip():
-            raise QueryError("the query is empty; give the words to search for")
+        check_query(query)
         if self.build is None:
             return []
         vectors = self.retriever(device, engine).encode_queries([query])[0]
