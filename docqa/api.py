@@ -233,9 +233,12 @@ class DocIndex:
     def build(self) -> BuildStamp | None:
         """The build stamp (read once it exists: it never changes after the first ingest or add)."""
         if self._build is None:
-            recorded = self.store.get_json(BUILD_KEY)
-            self._build = None if recorded is None else BuildStamp.from_json(recorded)
+            self._build = self._stored_build()
         return self._build
+
+    def _stored_build(self) -> BuildStamp | None:
+        recorded = self.store.get_json(BUILD_KEY)
+        return None if recorded is None else BuildStamp.from_json(recorded)
 
     def identity(self) -> tuple[int | None, float | None, str | None, str | None]:
         """What names this index and its encoder now, read afresh from disk (`build` is read once):
@@ -245,8 +248,7 @@ class DocIndex:
             inode: int | None = (self.path / DB_NAME).stat().st_ino
         except OSError:
             inode = None
-        recorded = self.store.get_json(BUILD_KEY)
-        build = None if recorded is None else BuildStamp.from_json(recorded)
+        build = self._stored_build()
         encoder = None if build is None else build.encoder
         return (
             inode,
