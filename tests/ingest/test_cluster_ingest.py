@@ -159,6 +159,59 @@ def test_a_rerun_after_the_driver_died_encodes_only_the_uncommitted_documents(
     assert index.vectors.rows == sum(len(vectors) for vectors in pages.values())
 
 
+DRIVER_DIES_MID_DOCUMENT = textwrap.dedent("""
+    import os, sys
+    from docqa import DocIndex
+    from docqa.ingest.plan import PlannedFile
+
+    real, stored = PlannedFile.store_page, []
+
+    def store_then_die(self, *args):
+        if len(stored) == int(sys.argv[5]):
+            os._exit(17)  # the checkpoint written after the page before this one is all that stays
+        stored.append(real(self, *args))
+
+    PlannedFile.store_page = store_then_die
+    index, corpus, model, address = sys.argv[1:5]
+    DocIndex.open(index, create=True).ingest([corpus], model=model, batch_size=2, ray=address, checkpoint_s=0)
+""")
+
+
+def test_a_rerun_after_the_driver_died_mid_document_resumes_from_its_checkpoint(
+    retriever_checkpoint, monkeypatch, ray_cluster, tmp_path
+):
+    """The driver is killed while a 12-page PDF's pages arrive: the re-run on Ray encodes only the
+    pages after the checkpoint, and the index equals a fresh local ingest's."""
+    from helpers.documents import make_pdf
+
+    docs = tmp_path / "docs"
+    pdf = make_pdf(docs / "long.pdf", 12, title="long")
+    index_dir = tmp_path / "index"
+    address = ray_cluster.get_runtime_context().gcs_address
+    argv = [str(index_dir), str(docs), str(retriever_checkpoint), address, "7"]
+    died = subprocess.run(
+        [sys.executable, "-c", DRIVER_DIES_MID_DOCUMENT, *argv], capture_output=True, text=True, timeout=300
+    )
+    assert died.returncode == 17, died.stderr[-2000:]
+
+    index = DocIndex.open(index_dir)
+    kept = index.checkpointed_pages(pdf)
+    assert 1 <= kept <= 7 and index.store.counts()[0] == 0  # pages kept, no document visible
+    received = _count_stored_pages(monkeypatch)
+    report = index.ingest([docs], batch_size=2, ray="local")
+    assert report.resumed == [(str(pdf), kept)] and (report.added, report.failed) == (1, 0)
+    assert sorted(received) == list(range(kept + 1, 13)) and report.pages_added == 12
+    assert index.checkpointed_pages(pdf) == 0
+
+    fresh = DocIndex.open(tmp_path / "fresh", create=True)
+    fresh.ingest([docs], model=str(retriever_checkpoint), batch_size=2)
+    resumed, expected = stored_pages(index), stored_pages(fresh)
+    assert resumed.keys() == expected.keys() and len(resumed) == 12
+    for key, vectors in expected.items():
+        np.testing.assert_allclose(resumed[key].astype(np.float32), vectors.astype(np.float32), atol=2e-3)
+    assert index.vectors.rows == sum(len(vectors) for vectors in resumed.values())
+
+
 def test_ray_ingest_runs_a_remote_code_retriever_when_trusted(corpus, retriever_checkpoints, tmp_path, ray_cluster):
     """The encoder actors load what the first load did: its loader and --trust-remote-code too."""
     remote = build_remote_code_checkpoint(retriever_checkpoints["colpali"], tmp_path / "remote")
