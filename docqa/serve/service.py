@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..answer.ask import Asker
 from ..answer.grounding import Grounding, boxed_citations, ground
-from ..api import DocIndex, Hit
+from ..api import EMBEDDINGS_KIND, DocIndex, Hit
 from ..config import IngestSettings
 from ..errors import DocQAError, IndexLockedError, NotFound, QuotaExceeded, UploadRejected, UploadTooLarge
 from ..files import atomic_writer
@@ -185,7 +185,11 @@ class Service:
     def _documents_root(self) -> str | None:
         if self._root is None:
             with self._read:
-                files = [os.fspath(r.file) for r in self.reader.documents() if not _is_under(r.file, self.reader.path)]
+                files = [
+                    os.fspath(r.file)
+                    for r in self.reader.documents()
+                    if r.kind != EMBEDDINGS_KIND and not _is_under(r.file, self.reader.path)  # labels are no files
+                ]
             self._root = os.path.commonpath([os.path.dirname(f) for f in files]) if files else ""
         return self._root or None
 
