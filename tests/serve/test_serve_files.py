@@ -277,3 +277,24 @@ def test_the_documents_list_has_failed_and_running_uploads_with_their_state(clie
     assert wait_for_job(client, accepted.json()["id"])["state"] == "done"
     listed = client.get("/api/documents").json()
     assert listed["pending"] == [] and _documents(client)["fresh.pdf"]["status"] == "indexed"
+
+
+def test_original_files_are_checked_two_at_a_time_and_a_long_wait_is_a_503(files_corpus, tmp_path):
+    from docqa.serve.slots import Limits
+
+    service = service_on_copy(files_corpus, tmp_path / "idx", limits=Limits(wait_s=0.2, files_in_flight=3))
+    try:
+        with api_client(create_app(service, make_auth())) as client:
+            path = f"/api/documents/{_documents(client)['report.pdf']['id']}/file"
+            held = [service.slots.files.reserve() for _ in range(2)]
+            for ticket in held:
+                ticket.wait(1)
+            busy = client.get(path)
+            assert busy.status_code == 503 and busy.headers["retry-after"]
+            held.append(service.slots.files.reserve())  # now three in flight: the next is turned away at once
+            assert client.get(path).status_code == 429
+            for ticket in held:
+                ticket.release()
+            assert client.get(path).status_code == 200
+    finally:
+        service.close()
