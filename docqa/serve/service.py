@@ -465,10 +465,11 @@ class Service:
 
     def _source(self, page_id: int | None) -> dict:
         """The document a shown page is from and its kind (what the page's "open" and "download" need)."""
-        if page_id is None:
-            return {"document_id": None, "kind": None}
-        hit = self.page(page_id)
-        return {"document_id": hit.document_id, "kind": hit.kind}
+        try:
+            hit = self.page(page_id) if page_id is not None else None
+        except NotFound:  # deleted while the question was answered: the answer stands, without links
+            hit = None
+        return {"document_id": hit.document_id, "kind": hit.kind} if hit else {"document_id": None, "kind": None}
 
     # --- writing ---------------------------------------------------------------------------
     @property
