@@ -205,6 +205,10 @@ def test_filters_settings_open_download_status_and_new_documents_in_a_browser(
                 viewer.wait_for_timeout(100)
             assert any(frame.url.startswith("chrome-extension://") for frame in viewer.frames), viewer.frames
             viewer.close()
+            card.locator(".thumb").click()  # the page seen large links to the file too
+            page.wait_for_selector("#viewer[open]")
+            assert page.locator("#viewer-links a.open").get_attribute("href") == opener.get_attribute("href")
+            page.keyboard.press("Escape")
             with page.expect_download() as downloading:
                 card.locator("a.download").click()
             download = downloading.value

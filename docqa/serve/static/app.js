@@ -151,7 +151,7 @@ function pageCard({ page_id, document_id, kind, name, page, score, cited, box },
   const image = el("img", { src: `/api/pages/${page_id}/image?edge=400`, alt: `${name}, page ${page}`, loading: "lazy" });
   const thumb = el("button", { class: "thumb", type: "button", "aria-label": `Open ${name}, page ${page}` }, [image]);
   if (box) thumb.append(boxNode(box));
-  thumb.addEventListener("click", () => openViewer({ page_id, name, page, box }, image.src));
+  thumb.addEventListener("click", () => openViewer({ page_id, document_id, kind, name, page, box }, image.src));
   const meta = el("div", { class: "meta" }, [
     el("div", { text: name }),
     el("div", { class: "score", text: `page ${page}${score == null ? "" : ` · score ${score.toFixed(2)}`}${cited ? " · cited" : ""}` }),
@@ -178,8 +178,9 @@ function boxNode([x0, y0, x1, y1]) {
   return node;
 }
 
-function openViewer({ page_id, name, page, box }, src) {
+function openViewer({ document_id, kind, name, page, box }, src) {
   $("viewer-title").textContent = `${name}, page ${page}`;
+  $("viewer-links").replaceChildren(...sourceLinks({ document_id, kind, name, page }).childNodes);
   $("viewer-image").src = src.replace("edge=400", "edge=1024");
   $("viewer-image").alt = `${name}, page ${page}`;
   const frameBox = $("viewer-box");
