@@ -252,7 +252,7 @@ class IndexStorage:
         in the same transaction."""
         aliases = list(aliases)
         keys = [path_key(path), *(path_key(alias.path) for alias in aliases)]
-        handover = self._handover(self._documents_at(keys), set(keys), fallback=False)
+        handover = self._successors(self._documents_at(keys), set(keys), fallback=False)
         self.vectors.sync(durable=self._durable)
         with self.store.transaction():
             replaced = self._hand_over(handover)
@@ -299,7 +299,9 @@ class IndexStorage:
         `document_id`, in one transaction. A document that was at `path` (other content) moves to one
         of its aliases that still holds that content, or is deleted; the path's checkpoint goes."""
         key = path_key(path)
-        handover = self._handover([d for d in self._documents_at([key]) if d.id != document_id], {key}, fallback=False)
+        handover = self._successors(
+            [d for d in self._documents_at([key]) if d.id != document_id], {key}, fallback=False
+        )
         with self.store.transaction():
             replaced = self._hand_over(handover)
             self.store.put_alias(path, document_id, size=size, mtime=mtime)
@@ -315,7 +317,7 @@ class IndexStorage:
         `fallback`, to its first other alias even when none can be checked. The others are deleted,
         with their checkpoints. Returns (document, the alias it moved to) for those that moved."""
         leaving = {document.key for document in documents} | {alias.key for alias in aliases}
-        handover = self._handover(documents, leaving, fallback=fallback)
+        handover = self._successors(documents, leaving, fallback=fallback)
         with self.store.transaction():
             self.store.delete_aliases(alias.key for alias in aliases)
             self.store.delete_checkpoints(document.key for document, successor in handover if successor is None)
@@ -326,7 +328,7 @@ class IndexStorage:
     def _documents_at(self, keys: Iterable[bytes]) -> list[DocumentRecord]:
         return [record for key in keys if (record := self.store.document(Path(os.fsdecode(key)))) is not None]
 
-    def _handover(
+    def _successors(
         self, documents: list[DocumentRecord], leaving: set[bytes], *, fallback: bool
     ) -> list[tuple[DocumentRecord, AliasRecord | None]]:
         """For documents whose own path goes: the alias (not one of `leaving`) each moves to, the first
@@ -341,7 +343,7 @@ class IndexStorage:
         return plan
 
     def _hand_over(self, plan: list[tuple[DocumentRecord, AliasRecord | None]]) -> list[tuple[int, int]]:
-        """Apply a `_handover` plan (inside a transaction); returns the vector ranges deleted."""
+        """Apply a `_successors` plan (inside a transaction); returns the vector ranges deleted."""
         for _, successor in plan:
             if successor is not None:
                 self.store.promote(successor)
