@@ -39,6 +39,7 @@ class Batch:
     added: int = 0
     updated: int = 0
     removed: int = 0
+    moved: int = 0  # gone paths whose document stays indexed at another path with its content
     failed: int = 0
     failures: list[tuple[str, str]] = field(default_factory=list)
     waiting: int = 0  # files seen changing, not yet settled
@@ -50,6 +51,7 @@ class Batch:
             "added": self.added,
             "updated": self.updated,
             "removed": self.removed,
+            "moved": self.moved,
             "failed": self.failed,
             "failures": [{"path": p, "error": e} for p, e in self.failures],
             "waiting": self.waiting,
@@ -81,6 +83,9 @@ class WatchLock:
         if not self._handle.closed:
             fcntl.flock(self._handle, fcntl.LOCK_UN)
             self._handle.close()
+
+
+_GONE = "gone"  # a pending path seen gone once
 
 
 def _signature(path: str) -> tuple | str | None:
@@ -140,6 +145,7 @@ class FolderWatcher:
             added=report.added,
             updated=report.updated,
             removed=report.removed,
+            moved=report.moved,
             failed=report.failed,
             failures=[(str(f.path), f.error) for f in report.failures],
             seconds=time.monotonic() - started,
@@ -154,7 +160,9 @@ class FolderWatcher:
                 self._pending.setdefault(path, None)
 
     def settle(self, now: float | None = None) -> Batch | None:
-        """Apply the pending paths that have settled; None when nothing was ready."""
+        """Apply the pending paths that have settled; None when nothing was ready. A path that is gone
+        is taken at its second look, so that a file moved from it, settling at its new path meanwhile,
+        comes in the same batch: kept as another path of the document, which then moves there."""
         now = time.time() if now is None else now
         ready: list[str] = []
         for path, previous in list(self._pending.items()):
@@ -162,6 +170,9 @@ class FolderWatcher:
             if current == "dir":  # a folder moved or copied in: each file in it settles on its own
                 del self._pending[path]
                 self.note(os.path.join(root, name) for root, _, names in os.walk(path) for name in names)
+                continue
+            if current is None and previous != _GONE:  # removed a look later: with the path it may have moved to
+                self._pending[path] = _GONE
                 continue
             if isinstance(current, tuple):
                 quiet = now - current[1] / 1e9 >= self.settle_s
@@ -177,16 +188,21 @@ class FolderWatcher:
         batch = Batch("synced")
 
         def apply() -> None:
-            if gone:
-                batch.removed += len(self.index.remove(gone).removed)
+            # the present files first: a file moved within the folders is then kept as another path
+            # of its old path's document (same content), and removing the old path moves the
+            # document there, nothing encoded again
             if present:
                 try:
                     report = self.index.ingest(present, self.settings)
                 except InputFileError as error:  # every path vanished since the look: next round removes them
                     self.note([error.path])
-                    return
-                batch.added, batch.updated, batch.failed = report.added, report.updated, report.failed
-                batch.failures = [(str(f.path), f.error) for f in report.failures]
+                else:
+                    batch.added, batch.updated, batch.failed = report.added, report.updated, report.failed
+                    batch.failures = [(str(f.path), f.error) for f in report.failures]
+            if gone:
+                removed = self.index.remove(gone)
+                batch.removed += len(removed.removed) - len(removed.moved)
+                batch.moved += len(removed.moved)
 
         self._with_lock(apply)
         for path in ready:
@@ -262,7 +278,7 @@ def format_batch(batch: Batch) -> str:
     what = "caught up" if batch.event == "ready" else "rescanned" if batch.event == "rescan" else "synced"
     line = (
         f"{what}: {batch.added} added, {batch.updated} updated, {batch.removed} removed, {batch.failed} failed"
-        f" in {batch.seconds:.1f} s"
+        f"{f', {batch.moved} moved' if batch.moved else ''} in {batch.seconds:.1f} s"
     )
     return line + (f" ({batch.waiting} still being written)" if batch.waiting else "")
 

@@ -164,7 +164,7 @@ class Asker:
                 )
                 continue
             image = load_page(hit.file, hit.page, self.generator.max_image_edge, kind=hit.kind)
-            pages.append(PageImage(hit.path, hit.page, hit.score, image, page_id=hit.page_id))
+            pages.append(PageImage(hit.path, hit.page, hit.score, image, page_id=hit.page_id, also_at=hit.also_at))
         if not pages:
             raise SourceChangedError(" ".join(notes))
         return pages, notes

@@ -306,6 +306,7 @@ def commit_job(storage: IndexStorage, job: PlannedFile, report: IngestReport) ->
         kind=job.kind,
         pages=job.pages,
         metadata=job.metadata,
+        aliases=job.aliases,
     )
     job.committed = True
     report.pages_added += len(job.pages)

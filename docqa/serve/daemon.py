@@ -86,6 +86,7 @@ class RemoteHit:
     page: int
     document_id: int
     page_id: int
+    also_at: tuple[str, ...] = ()
 
     def to_json(self) -> dict:
         return {
@@ -95,6 +96,7 @@ class RemoteHit:
             "page": self.page,
             "document_id": self.document_id,
             "page_id": self.page_id,
+            "also_at": list(self.also_at),
         }
 
 

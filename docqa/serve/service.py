@@ -231,11 +231,9 @@ class Service:
     def _documents_root(self) -> str | None:
         if self._root is None:
             with self._read:
-                files = [
-                    os.fspath(r.file)
-                    for r in self.reader.documents()
-                    if r.kind != EMBEDDINGS_KIND and not _is_under(r.file, self.reader.path)  # labels are no files
-                ]
+                found = [r.file for r in self.reader.documents() if r.kind != EMBEDDINGS_KIND]  # labels are no files
+                found += [a.file for a in self.reader.aliases()]
+                files = [os.fspath(f) for f in found if not _is_under(f, self.reader.path)]
             self._root = os.path.commonpath([os.path.dirname(f) for f in files]) if files else ""
         return self._root or None
 
@@ -260,7 +258,14 @@ class Service:
         return hit
 
     def hit_json(self, hit: Hit) -> dict:
-        return {**hit.to_json(), "path": self.shown(hit.file), "name": Path(hit.path).name, "kind": hit.kind}
+        also_at = [self.shown(path) for path in hit.also_at]
+        return {
+            **hit.to_json(),
+            "path": self.shown(hit.file),
+            "name": Path(hit.path).name,
+            "kind": hit.kind,
+            "also_at": also_at,
+        }
 
     def page_png(self, page_id: int, edge: int) -> bytes:
         """The page rendered from its source (sha256-checked), fitted into ``edge`` px, as PNG."""
@@ -290,7 +295,8 @@ class Service:
 
     def documents(self) -> list[dict]:
         with self._read:
-            records = self.reader.documents()
+            records, aliases = self.reader.documents(), self.reader.aliases_by_document()
+        also_at = {document_id: [self.shown(alias.file) for alias in found] for document_id, found in aliases.items()}
         return [
             {
                 "id": r.id,
@@ -301,6 +307,7 @@ class Service:
                 "size": r.size,
                 "uploaded": _is_under(r.file, self.uploads),
                 "status": "indexed",
+                "also_at": also_at.get(r.id, []),
             }
             for r in records
         ]
@@ -443,6 +450,7 @@ class Service:
                     "cited": citation.cited,
                     "box": box,
                     **self._source(page.page_id),
+                    "also_at": [self._shown_page(other) for other in page.also_at],
                 }
             )
         yield "citations", {"citations": citations, "notes": [self.scrub(n) for n in result.notes]}
@@ -569,14 +577,17 @@ class Service:
             )
         try:
             record = self._document(document_id)
+            with self._read:
+                aliases = self.reader.aliases(document_id)  # its other paths go with it
             writer = self._writer()
             try:
                 report = writer.remove_documents([document_id])
             finally:
                 writer.close()
-            if _is_under(record.file, self.uploads):
-                record.file.unlink(missing_ok=True)
-                _remove_empty(record.file.parent)
+            for file in [record.file, *(alias.file for alias in aliases)]:
+                if _is_under(file, self.uploads):
+                    file.unlink(missing_ok=True)
+                    _remove_empty(file.parent)
             self._paths_changed()
             shown = report.to_json()
             if not self.absolute_paths:

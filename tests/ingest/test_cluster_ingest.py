@@ -5,6 +5,7 @@ encoder actors that load what the first load did (a trusted remote-code retrieve
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -51,6 +52,7 @@ def test_ray_ingest_builds_the_same_index_as_a_local_ingest(corpus, retriever_ch
     # float16 vectors: the tiny random model scores pages nearly alike, and bfloat16 rounding of the
     # two encoders' last-digit differences could swap near-tied pages.
     full_precision = {"vector_type": "float16"}
+    shutil.copy(corpus / "reports" / "q1.pdf", corpus / "q1 copy.pdf")  # the same content twice: one document
     local = DocIndex.open("local", create=True, options=full_precision)
     local_report = local.ingest([corpus], model=str(retriever_checkpoint), batch_size=3)
     on_ray = DocIndex.open("ray", create=True, options=full_precision)
@@ -62,7 +64,10 @@ def test_ray_ingest_builds_the_same_index_as_a_local_ingest(corpus, retriever_ch
         "timings": None,
     }
     assert (ray_report.added, ray_report.failed, ray_report.skipped, ray_report.pages_added) == (4, 1, 1, 8)
+    assert ray_report.duplicates == 1
     assert _documents(on_ray) == _documents(local)
+    assert [d["also_at"] for d in on_ray.list_documents()] == [d["also_at"] for d in local.list_documents()]
+    assert [alias.path for alias in on_ray.aliases()] == [str(corpus / "reports" / "q1.pdf")]
     assert on_ray.build.encoder == local.build.encoder
     local_pages, ray_pages = stored_pages(local), stored_pages(on_ray)
     assert local_pages.keys() == ray_pages.keys()
@@ -74,7 +79,7 @@ def test_ray_ingest_builds_the_same_index_as_a_local_ingest(corpus, retriever_ch
 
     received = _count_stored_pages(monkeypatch)
     again = on_ray.ingest([corpus], batch_size=3, ray="local")
-    assert (again.unchanged, again.added, again.pages_added, received) == (4, 0, 0, [])
+    assert (again.unchanged, again.added, again.pages_added, received) == (5, 0, 0, [])
 
 
 def test_a_dying_encoder_actor_is_retried_and_every_page_lands_once(
