@@ -147,7 +147,9 @@ def test_filters_settings_open_download_status_and_new_documents_in_a_browser(
     from docqa.api import DocIndex
 
     report = make_pdf(tmp_path / "docs" / "red" / "report.pdf", 3, title="report")
-    make_pdf(tmp_path / "docs" / "blue" / "memo.pdf", 1, title="memo")
+    memo = make_pdf(tmp_path / "docs" / "blue" / "memo.pdf", 1, title="memo")
+    (tmp_path / "docs" / "blue" / "old").mkdir()
+    shutil.copyfile(memo, tmp_path / "docs" / "blue" / "old" / "memo-copy.pdf")  # the same content: an alias
     index = DocIndex.open(tmp_path / "idx", create=True)
     for team in ("red", "blue"):
         index.ingest([tmp_path / "docs" / team], model=str(retriever_checkpoint), device="cpu", tags={"team": team})
@@ -180,6 +182,7 @@ def test_filters_settings_open_download_status_and_new_documents_in_a_browser(
             page.click("#search-form summary")
             assert set(search()) == {"report.pdf", "memo.pdf"}
             assert set(search(tags="team=blue")) == {"memo.pdf"}
+            assert page.locator("#results .card .also-at").all_inner_texts() == ["also at blue/old/memo-copy.pdf"]
             assert set(search(path="*/red/*")) == {"report.pdf"}
             assert search(tags="team=blue", path="*/red/*") == []
             page.fill("#search-tags", "novalue")

@@ -147,7 +147,7 @@ async function watchIndex() {
 }
 
 // --- page cards (search results and citations) --------------------------------------------
-function pageCard({ page_id, document_id, kind, name, page, score, cited, box }, query, { heatmap = false } = {}) {
+function pageCard({ page_id, document_id, kind, name, page, score, cited, box, also_at = [] }, query, { heatmap = false } = {}) {
   const image = el("img", { src: `/api/pages/${page_id}/image?edge=400`, alt: `${name}, page ${page}`, loading: "lazy" });
   const thumb = el("button", { class: "thumb", type: "button", "aria-label": `Open ${name}, page ${page}` }, [image]);
   if (box) thumb.append(boxNode(box));
@@ -156,6 +156,7 @@ function pageCard({ page_id, document_id, kind, name, page, score, cited, box },
     el("div", { text: name }),
     el("div", { class: "score", text: `page ${page}${score == null ? "" : ` · score ${score.toFixed(2)}`}${cited ? " · cited" : ""}` }),
   ]);
+  if (also_at.length) meta.append(el("div", { class: "also-at", text: `also at ${also_at.join(", ")}` }));
   const card = el("li", { class: `card${cited ? " cited" : ""}`, "data-page-id": page_id },
                   [thumb, meta, sourceLinks({ document_id, kind, name, page })]);
   if (heatmap) {
