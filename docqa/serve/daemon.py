@@ -474,9 +474,9 @@ def run_daemon(
     from ..config import index_path
 
     # A resident process shares the cores with whatever the user runs: OpenMP threads that spin at
-    # every barrier (the default ACTIVE policy) then wait for the scheduler, and a query encode on
-    # 2 threads measured 3-15x slower than with sleeping ones on a loaded machine
-    # (benchmarks/results/cli.md). Read when torch loads, so set before it is imported.
+    # every barrier (the default ACTIVE policy) then wait for the scheduler, which made a 2-thread
+    # query encode several times slower on a loaded machine (benchmarks/results/cli.md). Read
+    # when torch loads, so set before it is imported.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     folder = index_path(index)
     path = Path(socket_file) if socket_file else socket_path(folder, device)
