@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 
 from .common import EXIT_OK, INDEX_HELP, positive_int
 
 
-def add_serve_parser(commands) -> None:
-    """The `serve` subcommand and its flags."""
+def add_serve_parser(commands, add_watch_options: Callable[..., None]) -> None:
+    """The `serve` subcommand and its flags (``add_watch_options``: `docqa watch`'s --tag, --settle, --rescan)."""
     serve = commands.add_parser(
         "serve",
         help="serve the HTTP API and the web page over an index",
@@ -59,6 +60,15 @@ def add_serve_parser(commands) -> None:
     serve.add_argument(
         "--max-upload-mb", type=positive_int, default=100, help="largest upload accepted, in MB (default 100)"
     )
+    serve.add_argument(
+        "--watch",
+        action="append",
+        default=[],
+        metavar="FOLDER",
+        help="keep the index in step with this folder while serving, as docqa watch does (repeatable; "
+        'needs the watch extra: pip install "docqa[watch]")',
+    )
+    add_watch_options(serve, "with --watch: ")
     serve.set_defaults(handler=serve_command)
 
 
@@ -87,5 +97,9 @@ def serve_command(args: argparse.Namespace) -> int:
         max_upload_pages=args.max_upload_pages,
         upload_quota_mb=args.upload_quota_mb,
         absolute_paths=args.absolute_paths,
+        watch=args.watch,
+        settle_s=args.settle,
+        rescan_s=args.rescan,
+        watch_tags=dict(args.tag),
     )
     return EXIT_OK

@@ -84,8 +84,13 @@ def serve(
     max_upload_pages: int | None = None,
     upload_quota_mb: int | None = None,
     absolute_paths: bool = False,
+    watch: list[str] | None = None,
+    settle_s: float = 1.0,
+    rescan_s: float | None = None,
+    watch_tags: dict[str, str] | None = None,
 ) -> None:
-    """Load the index's retriever once, print the login URL, then serve until interrupted."""
+    """Load the index's retriever once, start keeping the ``watch`` folders in step (docqa.watch,
+    inside the server), print the login URL, then serve until interrupted."""
     if bool(certfile) != bool(keyfile):
         raise DocQAError("TLS needs both --certfile and --keyfile")
     check_bind(host, tls=bool(certfile), insecure=insecure)
@@ -113,6 +118,9 @@ def serve(
     auth = Auth(token=value, allow_hosts=frozenset(allow_hosts or ()))
     try:
         service.load_models()
+        if watch:
+            watching = service.watch(watch, settle_s=settle_s, rescan_s=rescan_s, tags=watch_tags)
+            print(f"docqa: keeping {', '.join(watching.shown_folders)} in step", file=sys.stderr)
         scheme = "https" if certfile else "http"
         shown = "127.0.0.1" if host in ("0.0.0.0", "::") else (f"[{host}]" if ":" in host else host)
         print(

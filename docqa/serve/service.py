@@ -2,9 +2,11 @@
 
 Everything goes through the library (``DocIndex``, ``Asker``, ``grounding``): no SQL or vector
 access here. Threads: searches run on a reader handle of the index (one at a time: the handle's
-candidate index is not shared-safe); uploads are ingested, and deletes done, on a writer handle by
-one worker, so they never race. Both handles share the one retriever (its forward passes take
-turns); the answer model is loaded once, on first use, and answers one question at a time.
+candidate index is not shared-safe); every write (an upload's ingest, a delete, a watched folder's
+batch: ``watching``) runs through ``write``, the one writer, on a writer handle, so they never race,
+and changes ``generation`` once it is done (readers see the commit at their next read). Both handles
+share the one retriever (its forward passes take turns); the answer model is loaded once, on first
+use, and answers one question at a time.
 
 Expensive work is bounded (``slots.Slots``): one answer at a time with a short line behind it,
 page renders by the bytes of pixels they decode, heatmaps one at a time. Answers are generated on
@@ -20,10 +22,11 @@ import hashlib
 import os
 import re
 import threading
+import time
 from collections import OrderedDict
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..answer.ask import Asker
 from ..answer.grounding import Grounding, boxed_citations, ground
@@ -39,11 +42,13 @@ from .slots import Limits, Slots, Ticket
 
 if TYPE_CHECKING:
     from ..models.generator import Generator as AnswerModel
+    from .watching import ServedWatch
 
 AnswerEvents = Generator[tuple[str, dict], None, None]
 
 UPLOADS = "uploads"  # inside the index folder
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._ -]+")
+T = TypeVar("T")
 
 
 class _Stop(DocQAError):
@@ -121,7 +126,10 @@ class Service:
         self.device = device
         self.absolute_paths = absolute_paths
         self._read = threading.Lock()  # one search at a time on the reader handle
-        self._write = threading.Lock()  # one writer (ingest or delete) at a time
+        self._write = threading.Lock()  # one writer (ingest, delete or watched batch) at a time: see write()
+        # changes after every write; starts at the start time (ms), so a restarted server never repeats one
+        self.generation = int(time.time() * 1000)
+        self.watching: ServedWatch | None = None
         self._generator_lock = threading.Lock()  # loads the answer model once
         self._generator: AnswerModel | None = None
         self._retriever_lock = threading.Lock()
@@ -189,8 +197,9 @@ class Service:
             self._root = os.path.commonpath([os.path.dirname(f) for f in files]) if files else ""
         return self._root or None
 
-    def _paths_changed(self) -> None:
+    def _content_changed(self) -> None:
         self._root = None
+        self.generation += 1  # under the writer lock: one writer, so no lost increment
 
     # --- reading ---------------------------------------------------------------------------
     def search(
@@ -274,6 +283,8 @@ class Service:
             ),
             "limits": self.limits.__dict__,
             "jobs_running": sum(not job.finished for job in self.jobs()),
+            "generation": self.generation,
+            "watch": None if self.watching is None else self.watching.to_json(),
         }
 
     # --- asking ----------------------------------------------------------------------------
@@ -467,34 +478,54 @@ class Service:
 
     def delete_document(self, document_id: int) -> dict:
         """Remove a document (and its uploaded file, when it was uploaded here)."""
-        if not self._write.acquire(timeout=5):
+        with self._read:
+            record = next((r for r in self.reader.documents() if r.id == document_id), None)
+        if record is None:
+            raise NotFound(f"no document with id {document_id}")
+        report = self.write(lambda writer: writer.remove_documents([document_id]), wait_s=5)
+        if report.removed and _is_under(record.file, self.uploads):
+            record.file.unlink(missing_ok=True)
+            _remove_empty(record.file.parent)
+        shown = report.to_json()
+        if not report.removed:  # removed by another writer (a watched folder's batch) in between
+            raise NotFound(f"no document with id {document_id}")
+        if not self.absolute_paths:
+            shown = {"index": self.reader.path.name, "removed": [self.shown(record.file)], "not_found": []}
+        return shown
+
+    def write(self, work: Callable[[DocIndex], T], *, wait_s: float | None = None) -> T:
+        """Run one write on a writer handle as the server's one writer: uploads, deletes and watched
+        folders take turns here, and ``generation`` changes once it is done (IndexLockedError when
+        another write still runs after ``wait_s``; without it, wait for it)."""
+        if not self._write.acquire(timeout=-1 if wait_s is None else wait_s):
             raise IndexLockedError(
-                "an upload is being ingested; try the delete again when it is done, or cancel it (DELETE /api/jobs/ID)"
+                "the index is being written (an upload being ingested, or a watched folder's changes); "
+                "try again when it is done, or cancel the upload (DELETE /api/jobs/ID)"
             )
         try:
-            with self._read:
-                record = next((r for r in self.reader.documents() if r.id == document_id), None)
-            if record is None:
-                raise NotFound(f"no document with id {document_id}")
             writer = self._writer()
             try:
-                report = writer.remove_documents([document_id])
+                return work(writer)
             finally:
                 writer.close()
-            if _is_under(record.file, self.uploads):
-                record.file.unlink(missing_ok=True)
-                _remove_empty(record.file.parent)
-            self._paths_changed()
-            shown = report.to_json()
-            if not self.absolute_paths:
-                shown = {
-                    "index": self.reader.path.name,
-                    "removed": [self.shown(record.file)] if shown["removed"] else [],
-                    "not_found": [],
-                }
-            return shown
+                self._content_changed()
         finally:
             self._write.release()
+
+    def watch(
+        self,
+        folders: Iterable[str | os.PathLike[str]],
+        *,
+        settle_s: float = 1.0,
+        rescan_s: float | None = None,
+        tags: dict[str, str] | None = None,
+    ) -> ServedWatch:
+        """Keep the index in step with ``folders`` from now until ``close`` (see ``watching``);
+        refused at once for a missing folder or when another watcher keeps this index."""
+        from .watching import ServedWatch
+
+        self.watching = ServedWatch(self, folders, settle_s=settle_s, rescan_s=rescan_s, tags=tags or {})
+        return self.watching
 
     def _writer(self) -> DocIndex:
         writer = DocIndex.open(self.reader.path, create=True)
@@ -540,12 +571,7 @@ class Service:
             on_progress=progress,
         )
         try:
-            with self._write:
-                writer = self._writer()
-                try:
-                    report = writer.ingest([job.path], settings)
-                finally:
-                    writer.close()
+            report = self.write(lambda writer: writer.ingest([job.path], settings))
         except _Stop as stop:
             cancelled = job.cancel.is_set()
             job.update(state="cancelled" if cancelled else "failed", error=str(stop))
@@ -558,7 +584,6 @@ class Service:
             reasons = "; ".join(f.error for f in report.failures) or None
             job.update(state=state, report=report.to_json(), error=reasons)
         self._keep_pages(job)
-        self._paths_changed()
         self._store.save()
 
     def _keep_pages(self, job: Job) -> None:
@@ -573,10 +598,14 @@ class Service:
         with self._queue_ready:
             self._stopping = True
             self._queue_ready.notify_all()
+        if self.watching is not None:
+            self.watching.stop()  # a batch being ingested stops at its next page
         for job in self.jobs():
             if job.state == "ingesting":
                 job.cancel.set()  # stops at its next page; jobs.json then says so
         self._worker.join(timeout=10)
+        if self.watching is not None:
+            self.watching.join(timeout=10)
         self.reader.close()
 
     # --- cache -----------------------------------------------------------------------------
