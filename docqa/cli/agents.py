@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 from ..config import MAX_BATCH_SIZE, IngestSettings
 from .common import EXIT_OK, INDEX_HELP, key_value, positive_int, positive_int_up_to, print_json
+from .serving import add_access_options, check_access
 
 
 def add_agent_parsers(commands, add_engine_option) -> None:
@@ -24,7 +24,7 @@ def add_agent_parsers(commands, add_engine_option) -> None:
     mcp.add_argument("--transport", choices=("stdio", "http"), default="stdio", help="stdio (default) or http")
     mcp.add_argument("--host", default="127.0.0.1", help="http: loopback address to bind (default 127.0.0.1)")
     mcp.add_argument("--port", type=positive_int, default=8765, help="http: port (default 8765)")
-    mcp.add_argument("--token", help="http: the Bearer token every request must carry; defaults to $DOCQA_TOKEN")
+    add_access_options(mcp, "http: ", random=False)
     mcp.add_argument("--answer-model", help="image-text-to-text model for the ask tool (loaded on first use)")
     mcp.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
     add_engine_option(mcp, "the answer model (the retriever always uses the index's engine)")
@@ -103,12 +103,16 @@ def _settle_seconds(text: str) -> float:
 def mcp_command(args: argparse.Namespace) -> int:
     from ..serve.mcp import run
 
+    if args.transport == "http":
+        check_access(args, random=False)
     run(
         args.index,
         transport=args.transport,
         host=args.host,
         port=args.port,
-        token=args.token or os.environ.get("DOCQA_TOKEN") or None,
+        token=args.token,
+        token_file=args.token_file,
+        allow_hosts=args.allow_host,
         device=args.device,
         answer_model=args.answer_model,
         engine=args.engine,
