@@ -24,9 +24,9 @@ import re
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Generator, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from ..answer.ask import Asker
 from ..answer.grounding import Grounding, boxed_citations, ground
@@ -42,7 +42,6 @@ from .slots import Limits, Slots, Ticket
 
 if TYPE_CHECKING:
     from ..models.generator import Generator as AnswerModel
-    from .watching import ServedWatch
 
 AnswerEvents = Generator[tuple[str, dict], None, None]
 
@@ -53,6 +52,16 @@ T = TypeVar("T")
 
 class _Stop(DocQAError):
     """Raised from the ingest's progress callback: the job was cancelled or has too many pages."""
+
+
+class Watching(Protocol):
+    """Folders kept in step through ``Service.write`` (``watching.ServedWatch``), stopped by ``close``."""
+
+    def to_json(self) -> dict: ...
+
+    def stop(self) -> None: ...
+
+    def join(self, timeout: float | None = None) -> None: ...
 
 
 class AnswerRun:
@@ -129,7 +138,7 @@ class Service:
         self._write = threading.Lock()  # one writer (ingest, delete or watched batch) at a time: see write()
         # changes after every write; starts at the start time (ms), so a restarted server never repeats one
         self.generation = int(time.time() * 1000)
-        self.watching: ServedWatch | None = None
+        self.watching: Watching | None = None  # set by watching.watch
         self._generator_lock = threading.Lock()  # loads the answer model once
         self._generator: AnswerModel | None = None
         self._retriever_lock = threading.Lock()
@@ -511,21 +520,6 @@ class Service:
                 self._content_changed()
         finally:
             self._write.release()
-
-    def watch(
-        self,
-        folders: Iterable[str | os.PathLike[str]],
-        *,
-        settle_s: float = 1.0,
-        rescan_s: float | None = None,
-        tags: dict[str, str] | None = None,
-    ) -> ServedWatch:
-        """Keep the index in step with ``folders`` from now until ``close`` (see ``watching``);
-        refused at once for a missing folder or when another watcher keeps this index."""
-        from .watching import ServedWatch
-
-        self.watching = ServedWatch(self, folders, settle_s=settle_s, rescan_s=rescan_s, tags=tags or {})
-        return self.watching
 
     def _writer(self) -> DocIndex:
         writer = DocIndex.open(self.reader.path, create=True)

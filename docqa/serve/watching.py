@@ -179,3 +179,19 @@ class ServedWatch:
 
     def join(self, timeout: float | None = None) -> None:
         self._thread.join(timeout)
+
+
+def watch(
+    service: Service,
+    folders: Iterable[str | os.PathLike[str]],
+    *,
+    settle_s: float = 1.0,
+    rescan_s: float | None = None,
+    tags: dict[str, str] | None = None,
+) -> ServedWatch:
+    """Keep ``service``'s index in step with ``folders`` until ``service.close()``; refused at once
+    (InputFileError, IndexLockedError) for a folder that is missing or inside the index folder, or
+    when another watcher keeps this index."""
+    watching = ServedWatch(service, folders, settle_s=settle_s, rescan_s=rescan_s, tags=tags)
+    service.watching = watching
+    return watching
