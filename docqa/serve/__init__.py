@@ -131,9 +131,9 @@ def serve(
     try:
         service.load_models()
         if watch:
-            from .watching import watch as keep_in_step
+            from .watching import ServedWatch
 
-            watching = keep_in_step(service, watch, settle_s=settle_s, rescan_s=rescan_s, tags=watch_tags)
+            watching = ServedWatch(service, watch, settle_s=settle_s, rescan_s=rescan_s, tags=watch_tags)
             print(f"docqa: keeping {', '.join(watching.shown_folders)} in step", file=sys.stderr)
         scheme = "https" if certfile else "http"
         shown = "127.0.0.1" if host in ("0.0.0.0", "::") else (f"[{host}]" if ":" in host else host)

@@ -138,7 +138,7 @@ class Service:
         self._write = threading.Lock()  # one writer (ingest, delete or watched batch) at a time: see write()
         # changes after every write; starts at the start time (ms), so a restarted server never repeats one
         self.generation = int(time.time() * 1000)
-        self.watching: Watching | None = None  # set by watching.watch
+        self.watching: Watching | None = None  # a watching.ServedWatch sets itself here
         self._generator_lock = threading.Lock()  # loads the answer model once
         self._generator: AnswerModel | None = None
         self._retriever_lock = threading.Lock()

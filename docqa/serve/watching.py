@@ -35,7 +35,10 @@ class _Stopped(DocQAError):
 
 
 class ServedWatch:
-    """One FolderWatcher at a time over the service's index, restarted whenever it fails."""
+    """One FolderWatcher at a time over the service's index, restarted whenever it fails, from now
+    until ``service.close()`` (it is ``service.watching`` at once). Refused at once (InputFileError,
+    IndexLockedError) for a folder that is missing or inside the index folder, or when another
+    watcher keeps this index."""
 
     def __init__(
         self,
@@ -65,6 +68,7 @@ class ServedWatch:
         self._resolved = [str(folder) for folder in self._watcher.folders]
         self.shown_folders = [service.shown(folder) for folder in self._resolved]
         self._thread = threading.Thread(target=self._run, name="docqa-watch", daemon=True)
+        service.watching = self
         self._thread.start()
 
     def _new_watcher(self) -> FolderWatcher:
@@ -179,19 +183,3 @@ class ServedWatch:
 
     def join(self, timeout: float | None = None) -> None:
         self._thread.join(timeout)
-
-
-def watch(
-    service: Service,
-    folders: Iterable[str | os.PathLike[str]],
-    *,
-    settle_s: float = 1.0,
-    rescan_s: float | None = None,
-    tags: dict[str, str] | None = None,
-) -> ServedWatch:
-    """Keep ``service``'s index in step with ``folders`` until ``service.close()``; refused at once
-    (InputFileError, IndexLockedError) for a folder that is missing or inside the index folder, or
-    when another watcher keeps this index."""
-    watching = ServedWatch(service, folders, settle_s=settle_s, rescan_s=rescan_s, tags=tags)
-    service.watching = watching
-    return watching

@@ -19,7 +19,7 @@ from helpers.serving import api_client, corpus_index_fixture, make_auth, service
 from docqa.cli.main import main  # noqa: E402
 from docqa.errors import InputFileError  # noqa: E402
 from docqa.serve import create_app  # noqa: E402
-from docqa.serve.watching import watch  # noqa: E402
+from docqa.serve.watching import ServedWatch  # noqa: E402
 
 SETTLE = 0.3
 
@@ -36,7 +36,7 @@ def watched(tmp_path):
 
 @pytest.fixture()
 def client(service, watched):
-    watch(service, [watched], settle_s=SETTLE, tags={"source": "watched"})
+    ServedWatch(service, [watched], settle_s=SETTLE, tags={"source": "watched"})
     with api_client(create_app(service, make_auth())) as client:
         wait_until(lambda: client.get("/api/info").json()["watch"]["state"] == "watching", 60, "the catch-up sync")
         yield client
@@ -115,7 +115,7 @@ def test_the_upload_folder_cannot_be_watched(service, tmp_path, capsys):
     """Uploads are ingested by their jobs: the uploads folder (inside the index folder) is refused."""
     service.uploads.mkdir(exist_ok=True)
     with pytest.raises(InputFileError, match="inside the index folder"):
-        watch(service, [service.uploads])
+        ServedWatch(service, [service.uploads])
     assert service.watching is None
     uploads = tmp_path / "other" / "uploads"
     uploads.mkdir(parents=True)
@@ -126,7 +126,7 @@ def test_the_upload_folder_cannot_be_watched(service, tmp_path, capsys):
 
 def test_a_watched_folder_holding_the_index_leaves_uploads_to_their_jobs(service, tmp_path):
     make_image(tmp_path / "loose.png", text="loose")  # tmp_path holds the index folder, idx/
-    watch(service, [tmp_path], settle_s=SETTLE)
+    ServedWatch(service, [tmp_path], settle_s=SETTLE)
     with api_client(create_app(service, make_auth())) as client:
         wait_until(lambda: client.get("/api/info").json()["watch"]["state"] == "watching", 60, "the catch-up sync")
         batches = client.get("/api/info").json()["watch"]["batches"]
