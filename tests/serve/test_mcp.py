@@ -19,7 +19,7 @@ from PIL import Image
 pytest.importorskip("mcp.server.mcpserver")
 
 from helpers.paths import REPO
-from helpers.serving import TOKEN, corpus_index_fixture, running_server  # noqa: E402
+from helpers.serving import TOKEN, corpus_index_fixture, free_port, running_server  # noqa: E402
 from mcp import Client, StdioServerParameters  # noqa: E402
 from mcp.client.streamable_http import streamable_http_client  # noqa: E402
 
@@ -255,14 +255,6 @@ def test_http_token_file_refusals_are_one_line(corpus, tmp_path, capsys):
         assert len(error.splitlines()) == 1 and str(bad) in error and reason in error, error
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_http_transport_takes_a_token_file_and_allow_host_as_serve_does(corpus, tmp_path):
     """A real `docqa mcp --transport http` process: the token read from --token-file, a Host named
     with --allow-host answered, any other refused (as `docqa serve` does with the same flags)."""
@@ -271,7 +263,7 @@ def test_http_transport_takes_a_token_file_and_allow_host_as_serve_does(corpus, 
 
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN + "\n")
-    port = _free_port()
+    port = free_port()
     env = {key: value for key, value in _env().items() if key != "DOCQA_TOKEN"}
     process = subprocess.Popen(
         [sys.executable, "-m", "docqa", "mcp", "--index", str(corpus), "--transport", "http", "--device", "cpu"]

@@ -14,7 +14,18 @@ pytest.importorskip("fastapi", reason='the server tests need the serve extra: pi
 pytest.importorskip("watchfiles", reason='serve --watch needs the watch extra: pip install "docqa[watch]"')
 
 from helpers.documents import make_image, make_pdf  # noqa: E402
-from helpers.serving import api_client, corpus_index_fixture, make_auth, service_fixture, wait_for_job, wait_until  # noqa: E402
+from helpers.serving import (  # noqa: E402
+    TOKEN,
+    api_client,
+    corpus_index_fixture,
+    free_port,
+    make_auth,
+    service_fixture,
+    start_serve,
+    wait_for_job,
+    wait_until,
+    wait_up,
+)
 
 from docqa.cli.main import main  # noqa: E402
 from docqa.errors import InputFileError  # noqa: E402
@@ -176,3 +187,38 @@ def test_watch_flags_are_checked_before_serving(capsys, tmp_path):
         main(["serve", "--watch", str(tmp_path), "--settle", "5000"])
     assert exited.value.code == 2
     assert "--settle" in capsys.readouterr().err
+
+
+def test_docqa_serve_watch_keeps_a_served_index_live(tmp_path, corpus_index):
+    """The command itself: --watch, --settle and --tag reach the watcher, the page's poll (generation)
+    sees the new document, and stopping the server stops the watcher with it."""
+    import signal
+
+    import httpx
+
+    index = tmp_path / "idx"
+    shutil.copytree(corpus_index, index)
+    watched = tmp_path / "watched"
+    watched.mkdir()
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN)
+    port, log = free_port(), tmp_path / "server.log"
+    flags = ["--watch", str(watched), "--settle", str(SETTLE), "--tag", "via=serve"]
+    process = start_serve(index, port, token_file, log, *flags)
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {TOKEN}"}) as http:
+            wait_up(http, process, log)
+            wait_until(lambda: http.get("/api/info").json()["watch"]["state"] == "watching", 60, "the catch-up sync")
+            before = http.get("/api/info").json()["generation"]
+            _drop(make_image(tmp_path / "live.png", text="live"), watched / "live.png")
+            wait_until(lambda: http.get("/api/info").json()["generation"] != before, 60, "the generation changing")
+            found = http.get("/api/search", params={"q": "live", "where": "via=serve"}).json()["results"]
+            assert [hit["name"] for hit in found] == ["live.png"]
+        assert "in step" in log.read_text()
+        process.send_signal(signal.SIGTERM)
+        # uvicorn stops, then raises the signal again: the status of a graceful stop is -SIGTERM
+        assert process.wait(timeout=60) in (0, -signal.SIGTERM), log.read_text()[-2000:]
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=30)
