@@ -16,7 +16,7 @@ import shutil
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
@@ -33,6 +33,7 @@ from .errors import (
 )
 from .index import (
     DB_NAME,
+    AliasRecord,
     DocumentRecord,
     IndexOptions,
     IndexStorage,
@@ -64,10 +65,11 @@ class Hit:
     sha256: str
     kind: str
     file: Path  # the file itself; `path` is for display (undecodable bytes escaped)
+    also_at: tuple[str, ...]  # other paths with the same content (the document's aliases)
 
     @classmethod
-    def from_row(cls, row: dict, *, rank: int, score: float) -> Hit:
-        """A hit from a row of Store.pages_with_documents."""
+    def from_row(cls, row: dict, *, rank: int, score: float, also_at: Iterable[AliasRecord] = ()) -> Hit:
+        """A hit from a row of Store.pages_with_documents, and its document's aliases."""
         return cls(
             rank=rank,
             score=score,
@@ -78,11 +80,12 @@ class Hit:
             sha256=row["sha256"],
             kind=row["kind"],
             file=Path(os.fsdecode(row["path_key"])),
+            also_at=tuple(alias.path for alias in also_at),
         )
 
     def to_json(self) -> dict:
         fields = ("rank", "score", "path", "page", "document_id", "page_id")
-        return {name: getattr(self, name) for name in fields}
+        return {**{name: getattr(self, name) for name in fields}, "also_at": list(self.also_at)}
 
 
 @runtime_checkable
@@ -169,10 +172,19 @@ class IndexInfo:
 
 
 @dataclass(frozen=True)
+class Moved:
+    """A removed path whose document stays indexed at another path with its content (an alias)."""
+
+    path: str
+    to: str
+
+
+@dataclass(frozen=True)
 class RemoveReport:
     index: str
-    removed: list[str]
+    removed: list[str]  # the paths taken out of the index
     not_found: list[str]
+    moved: list[Moved] = field(default_factory=list)  # of `removed`, documents kept at another path
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -490,18 +502,24 @@ class DocIndex:
         return self._hits(self.storage.search(query, k, exact=exact, rerank=rerank, page_filter=page_filter or None))
 
     def _hits(self, scored: list[ScoredPage]) -> list[Hit]:
-        """Ranked hits with their documents' fields, fetched in one query."""
+        """Ranked hits with their documents' fields and aliases, fetched in two queries."""
         details = self.store.pages_with_documents([hit.page_id for hit in scored])
+        aliases = self.store.aliases_of(row["document_id"] for row in details.values())
         hits: list[Hit] = []
         for hit in scored:
             row = details.get(hit.page_id)
             if row is not None:  # removed by a writer since the page table was read
-                hits.append(Hit.from_row(row, rank=len(hits) + 1, score=hit.score))
+                also_at = aliases.get(row["document_id"], [])
+                hits.append(Hit.from_row(row, rank=len(hits) + 1, score=hit.score, also_at=also_at))
         return hits
 
     def remove(self, paths: Iterable[str | os.PathLike[str]]) -> RemoveReport:
-        """Delete the documents at `paths` (a folder removes everything under it)."""
-        matched: dict[int, str] = {}  # document id -> path, in the order found
+        """Take `paths` out of the index (a folder takes everything under it). An alias's path goes
+        alone; a document's own path goes with its pages, unless the document has an alias left:
+        then it moves there (the first alias whose file still has its content, else the first one),
+        nothing encoded again."""
+        documents: dict[bytes, DocumentRecord] = {}  # in the order found
+        aliases: dict[bytes, AliasRecord] = {}
         not_found: list[str] = []
         if self.build is None:
             return RemoveReport(index=str(self.path), removed=[], not_found=[str(given) for given in paths])
@@ -510,16 +528,22 @@ class DocIndex:
             for given in paths:
                 path = Path(os.path.abspath(os.path.expanduser(os.fspath(given))))
                 searched += [path, path.resolve()]
-                matches = self.store.documents_under([path, path.resolve()])
-                if not matches:
+                found = self.store.documents_under([path, path.resolve()])
+                found_aliases = self.store.aliases_under([path, path.resolve()])
+                if not found and not found_aliases:
                     not_found.append(str(given))
-                matched.update((record.id, record.path) for record in matches)
-            if matched:
-                self.storage.delete(list(matched))
+                documents.update((record.key, record) for record in found)
+                aliases.update((record.key, record) for record in found_aliases)
+            moved = self.storage.remove_paths(list(documents.values()), list(aliases.values()), fallback=True)
             # and the pages an unfinished ingest kept of files there
-            if self.storage.forget_checkpoints(searched, under=True) or matched:
+            if self.storage.forget_checkpoints(searched, under=True) or documents:
                 self.storage.compact_if_wasteful()
-        return RemoveReport(index=str(self.path), removed=list(matched.values()), not_found=not_found)
+        return RemoveReport(
+            index=str(self.path),
+            removed=[*(record.path for record in documents.values()), *(record.path for record in aliases.values())],
+            not_found=not_found,
+            moved=[Moved(document.path, alias.path) for document, alias in moved],
+        )
 
     def checkpointed_pages(self, path: str | os.PathLike[str]) -> int:
         """How many encoded pages of the file at `path` an unfinished ingest left for the next one to
@@ -531,7 +555,8 @@ class DocIndex:
         row = self.store.pages_with_documents([page_id]).get(page_id)
         if row is None:
             return None
-        return Hit.from_row(row, rank=0, score=0.0)
+        also_at = self.store.aliases_of([row["document_id"]]).get(row["document_id"], [])
+        return Hit.from_row(row, rank=0, score=0.0, also_at=also_at)
 
     def documents(self) -> list[DocumentRecord]:
         """Every indexed document, in path order."""
@@ -541,18 +566,28 @@ class DocIndex:
         """The document indexed at exactly `path` (as ingest recorded it), or None."""
         return self.store.document(Path(path))
 
+    def aliases(self, document_id: int | None = None) -> list[AliasRecord]:
+        """The other paths of one document (or of every document), files found with its content, in
+        path order (an alias shares its document's pages and tags)."""
+        found = self.store.aliases_of(None if document_id is None else [document_id])
+        return sorted((alias for listed in found.values() for alias in listed), key=lambda alias: alias.key)
+
+    def aliases_by_document(self) -> dict[int, list[AliasRecord]]:
+        """Every document's aliases, in path order, by document id (documents without any left out)."""
+        return self.store.aliases_of()
+
     def page_records(self, document_id: int | None = None) -> list[PageRecord]:
         """The committed pages of one document (or of every one), by document id and page number:
         page ids, sizes as rendered and where their vectors are in the vector file."""
         return self.store.page_records(document_id)
 
     def list_documents(self, *, where: dict[str, object] | None = None, path: str | None = None) -> list[dict]:
-        """Every document matching `where` tags and the `path` glob, ordered by path, as JSON objects
-        (path, pages, size, kind, sha256, tags, added)."""
+        """Every document matching `where` tags and the `path` glob (its own path or an alias's), ordered
+        by path, as JSON objects (path, pages, size, kind, sha256, tags, added, also_at: its aliases)."""
         return [listed.to_json() for listed in self.store.listed_documents(PageFilter(where=where or {}, path=path))]
 
     def remove_documents(self, document_ids: Iterable[int]) -> RemoveReport:
-        """Delete documents by id (ids not in the index are reported as not found)."""
+        """Delete documents by id, with their aliases (ids not in the index are reported as not found)."""
         wanted = list(dict.fromkeys(int(i) for i in document_ids))
         if self.build is None:
             return RemoveReport(index=str(self.path), removed=[], not_found=[str(i) for i in wanted])

@@ -52,6 +52,7 @@ class Batch:
     added: int = 0
     updated: int = 0
     removed: int = 0
+    moved: int = 0  # gone paths whose document stays indexed at another path with its content
     failed: int = 0
     failures: list[tuple[str, str]] = field(default_factory=list)
     waiting: int = 0  # files seen changing, not yet settled
@@ -64,6 +65,7 @@ class Batch:
             "added": self.added,
             "updated": self.updated,
             "removed": self.removed,
+            "moved": self.moved,
             "failed": self.failed,
             "failures": [{"path": p, "error": e} for p, e in self.failures],
             "waiting": self.waiting,
@@ -95,6 +97,9 @@ class WatchLock:
         if not self._handle.closed:
             fcntl.flock(self._handle, fcntl.LOCK_UN)
             self._handle.close()
+
+
+_GONE = "gone"  # a pending path seen gone once
 
 
 def _signature(path: str) -> tuple | str | None:
@@ -156,6 +161,7 @@ class FolderWatcher:
         self.stop_event = threading.Event()
         self._pending: dict[str, tuple | str | None] = {}  # path -> its signature at the last look
         self._last_sync = 0.0
+        self._leaving: set[str] = set()  # watched folders found gone, whose documents are being removed
 
     # --- one round ---------------------------------------------------------------------------
     def catch_up(self, event: str = "ready") -> Batch:
@@ -170,6 +176,7 @@ class FolderWatcher:
             added=report.added,
             updated=report.updated,
             removed=report.removed,
+            moved=report.moved,
             failed=report.failed,
             failures=[(str(f.path), f.error) for f in report.failures],
             seconds=time.monotonic() - started,
@@ -184,7 +191,9 @@ class FolderWatcher:
                 self._pending.setdefault(path, None)
 
     def settle(self, now: float | None = None) -> Batch | None:
-        """Apply the pending paths that have settled; None when nothing was ready."""
+        """Apply the pending paths that have settled; None when nothing was ready. A path that is gone
+        is taken at its second look, so that a file moved from it, settling at its new path meanwhile,
+        comes in the same batch: kept as another path of the document, which then moves there."""
         now = time.time() if now is None else now
         ready: list[str] = []
         for path, previous in list(self._pending.items()):
@@ -192,6 +201,9 @@ class FolderWatcher:
             if current == "dir":  # a folder moved or copied in: each file in it settles on its own
                 del self._pending[path]
                 self.note(os.path.join(root, name) for root, _, names in os.walk(path) for name in names)
+                continue
+            if current is None and previous != _GONE:  # removed a look later: with the path it may have moved to
+                self._pending[path] = _GONE
                 continue
             if isinstance(current, tuple):
                 quiet = now - current[1] / 1e9 >= self.settle_s
@@ -207,16 +219,21 @@ class FolderWatcher:
         batch = Batch("synced", paths=ready)
 
         def apply(index: DocIndex) -> None:
-            if gone:
-                batch.removed += len(index.remove(gone).removed)
+            # the present files first: a file moved within the folders is then kept as another path
+            # of its old path's document (same content), and removing the old path moves the
+            # document there, nothing encoded again
             if present:
                 try:
                     report = index.ingest(present, self.settings)
                 except InputFileError as error:  # every path vanished since the look: next round removes them
                     self.note([error.path])
-                    return
-                batch.added, batch.updated, batch.failed = report.added, report.updated, report.failed
-                batch.failures = [(str(f.path), f.error) for f in report.failures]
+                else:
+                    batch.added, batch.updated, batch.failed = report.added, report.updated, report.failed
+                    batch.failures = [(str(f.path), f.error) for f in report.failures]
+            if gone:
+                removed = index.remove(gone)
+                batch.removed += len(removed.removed) - len(removed.moved)
+                batch.moved += len(removed.moved)
 
         self._with_lock(apply)
         for path in ready:
@@ -270,9 +287,12 @@ class FolderWatcher:
                 self.note(path for _, path in changes)
                 if self._pending:
                     self.settle()
-                gone = next((folder for folder in self.folders if not folder.is_dir()), None)
+                gone = next((str(folder) for folder in self.folders if not folder.is_dir()), None)
                 if gone is not None:  # watchfiles would go on, deaf to it even once it is back
-                    raise InputFileError(str(gone), "the watched folder is gone (moved or deleted)")
+                    if gone in self._leaving and gone not in self._pending:  # its documents went in a batch
+                        raise InputFileError(gone, "the watched folder is gone (moved or deleted)")
+                    self._leaving.add(gone)
+                    self.note([gone])  # settled like any gone path (unless its deletion was seen already)
                 if self.rescan_s and time.monotonic() - self._last_sync >= self.rescan_s:
                     self.catch_up("rescan")
         finally:
@@ -296,7 +316,7 @@ def format_batch(batch: Batch) -> str:
     what = "caught up" if batch.event == "ready" else "rescanned" if batch.event == "rescan" else "synced"
     line = (
         f"{what}: {batch.added} added, {batch.updated} updated, {batch.removed} removed, {batch.failed} failed"
-        f" in {batch.seconds:.1f} s"
+        f"{f', {batch.moved} moved' if batch.moved else ''} in {batch.seconds:.1f} s"
     )
     return line + (f" ({batch.waiting} still being written)" if batch.waiting else "")
 

@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from PIL import Image
 
@@ -18,9 +19,11 @@ from ..config import MAX_PAGE_IMAGES, MAX_RESULTS, MAX_RESULTS_WHY, lowered
 from ..errors import InputFileError, NoResultsError, QueryError, SourceChangedError
 from ..inputs.render import render_pages
 from ..inputs.sources import classify, sha256_of
-from ..models.generator import Generator
 from .citations import find_citations
 from .prompt import Answer, Conversation, PageImage
+
+if TYPE_CHECKING:  # the model stack is imported only where a model is loaded
+    from ..models.generator import Generator
 
 DESCRIBE_PROMPT = (
     "Describe this page: what kind of document it is, what it is about, and the key facts it"
@@ -161,7 +164,7 @@ class Asker:
                 )
                 continue
             image = load_page(hit.file, hit.page, self.generator.max_image_edge, kind=hit.kind)
-            pages.append(PageImage(hit.path, hit.page, hit.score, image, page_id=hit.page_id))
+            pages.append(PageImage(hit.path, hit.page, hit.score, image, page_id=hit.page_id, also_at=hit.also_at))
         if not pages:
             raise SourceChangedError(" ".join(notes))
         return pages, notes

@@ -32,6 +32,7 @@ class PageImage:
     score: float | None
     image: Image.Image
     page_id: int | None = None  # the indexed page it came from, if any
+    also_at: tuple[str, ...] = ()  # other paths with the same content (the indexed document's aliases)
 
     @property
     def label(self) -> str:

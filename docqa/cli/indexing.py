@@ -53,6 +53,8 @@ def ingest_command(args: argparse.Namespace) -> int:
             f"  time: encode {times.encode_s:.1f} s, store {times.store_s:.1f} s; in background threads: "
             f"render {times.render_s:.1f} s, preprocess {times.preprocess_s:.1f} s"
         )
+        for duplicate in report.duplicate_files:
+            print(f"  same content as {duplicate.same_as}, kept as another path of it: {duplicate.path}")
         for path, pages in report.resumed:
             print(f"  resumed {pages:,} pages of {path} (encoded by an earlier ingest that stopped)")
         for failure in report.failures:
@@ -96,7 +98,9 @@ def remove_command(args: argparse.Namespace) -> int:
     if args.json:
         print_json(report.to_json())
     else:
-        print(f"{report.index}: removed {len(report.removed)} document(s)")
+        print(f"{report.index}: removed {len(report.removed)} path(s)")
+        for moved in report.moved:
+            print(f"  {moved.path}: its pages stay indexed at {moved.to} (the same content)")
         for path in report.not_found:
             print(f"  not in the index: {path}", file=sys.stderr)
     return EXIT_PARTIAL if report.not_found else EXIT_OK

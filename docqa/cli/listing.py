@@ -1,4 +1,5 @@
-"""`docqa list`: the documents of an index, with path, pages, size, kind, tags and when each was added."""
+"""`docqa list`: the documents of an index, with path, pages, size, kind, tags, when each was added
+and its other paths (files with the same content)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ def add_list_parser(commands: argparse._SubParsersAction, add_filters) -> None:
     parser = commands.add_parser(
         "list",
         help="list the documents of an index",
-        description="Print each document with its path, pages, size, kind, tags and when it was added (or updated).",
+        description="Print each document with its path, pages, size, kind, tags and when it was added (or"
+        " updated), and under it the other paths that have the same content (also at PATH).",
     )
     parser.add_argument("--index", default=None, help=INDEX_HELP)
     add_filters(parser)
@@ -30,6 +32,8 @@ def list_command(args: argparse.Namespace) -> int:
             f"{document['path']}\t{document['pages']} pages\t{document['size']:,} bytes\t{document['kind']}"
             f"\t{document['added'] or ''}{chr(9) + tags if tags else ''}"
         )
+        for other in document["also_at"]:
+            print(f"  also at {other}")
     if not documents:
         print("(no documents match)" if args.where or args.path else "(the index has no documents)")
     return 0

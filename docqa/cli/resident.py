@@ -50,7 +50,7 @@ def resident_search(args: argparse.Namespace):
                 "engine": args.engine,
             }
         )
-        return [RemoteHit(**hit) for hit in reply["hits"]]
+        return [RemoteHit(**{**hit, "also_at": tuple(hit.get("also_at", ()))}) for hit in reply["hits"]]
     except DaemonGone:
         return None
     finally:

@@ -60,6 +60,8 @@ def search_command(args: argparse.Namespace) -> int:
         for hit, result in zip(hits, results):
             heatmap = f"  heatmap {result['heatmap']}" if result.get("heatmap") else ""
             print(f"{hit.rank:3d}. {hit.score:8.3f}  {hit.path}  page {hit.page}{heatmap}")
+            for other in hit.also_at:  # the same content at other paths
+                print(f"{'':15}also at {other}")
     return EXIT_PARTIAL if failed else EXIT_OK
 
 

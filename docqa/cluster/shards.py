@@ -88,7 +88,17 @@ def shard_of(file: Path, shards: int) -> int:
     return int.from_bytes(hashlib.sha256(os.fsencode(file)).digest()[:8], "big") % shards
 
 
-_SUMMED = ("added", "updated", "unchanged", "removed", "failed", "skipped", "pages_added", "pages_resumed")
+_SUMMED = (
+    "added",
+    "updated",
+    "unchanged",
+    "removed",
+    "failed",
+    "skipped",
+    "duplicates",
+    "pages_added",
+    "pages_resumed",
+)
 
 
 def ingest_sharded(
@@ -117,6 +127,7 @@ def ingest_sharded(
                 setattr(report, name, getattr(report, name) + getattr(part, name))
             report.failures.extend(part.failures)
             report.resumed.extend(part.resumed)
+            report.duplicate_files.extend(part.duplicate_files)
     report.seconds = time.monotonic() - started
     return report
 

@@ -9,14 +9,26 @@ reads or writes the folder's files (tests that check the on-disk format itself s
 
 from .search import ScoredPage
 from .storage import IndexOptions, IndexStorage
-from .store import DB_NAME, DocumentRecord, NewPage, PageFilter, PageRecord, Store, check_metadata_key
+from .store import (
+    DB_NAME,
+    AliasRecord,
+    DocumentRecord,
+    NewAlias,
+    NewPage,
+    PageFilter,
+    PageRecord,
+    Store,
+    check_metadata_key,
+)
 from .vectors import VectorFile, as_float32
 
 __all__ = [
     "DB_NAME",
+    "AliasRecord",
     "DocumentRecord",
     "IndexOptions",
     "IndexStorage",
+    "NewAlias",
     "NewPage",
     "PageFilter",
     "PageRecord",

@@ -11,6 +11,11 @@ candidate index is derived data, kept by the candidate stage (candidate_stage.py
 then, caught up from the vector file for pages committed after its save, rebuilt from the vector
 file if it is lost.
 
+Aliases (`add_alias`, `commit_document(aliases=...)`, `remove_paths`) are other paths of a document,
+files with its content: each change to them commits in the same transaction as the document
+changes it implies. A document whose own path goes (removed, vanished, or now other content) moves
+to one of its aliases, pages and vectors kept, or is deleted when none is left.
+
 Checkpoints (`checkpoint`, `checkpointed`) keep the encoded pages of a document not yet committed,
 so that an ingest that stopped mid-document resumes from them: their vectors are synced before the
 transaction that records them, recovery keeps their rows, compaction moves them, and they are never
@@ -25,18 +30,19 @@ import os
 import sqlite3
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import IndexLockedError, IndexMismatchError, IndexNotFoundError, StorageFullError
+from ..inputs.sources import sha256_of
 from . import search as scoring
 from .candidate_stage import CandidateStage
 from .locking import WriteLock
 from .pooling import pool_tokens
 from .search import ScoredPage, brute_force_top_k
-from .store import DocumentRecord, NewPage, PageFilter, Store, path_key
+from .store import AliasRecord, DocumentRecord, NewAlias, NewPage, PageFilter, Store, path_key
 from .threads import one_thread
 from .vectors import VECTOR_TYPES, VectorFile, file_name
 
@@ -238,32 +244,110 @@ class IndexStorage:
         kind: str,
         pages: list[NewPage],
         metadata: dict | None = None,
+        aliases: Iterable[NewAlias] = (),
     ) -> int:
-        """Make a document and its pages visible atomically (their vectors are already appended);
-        a document already at `path` is replaced in the same transaction."""
+        """Make a document, its pages and its `aliases` (other files with its content) visible
+        atomically (their vectors are already appended). A document already at `path` or at an
+        alias's path moves to one of its own aliases that still holds its content, or is deleted,
+        in the same transaction."""
+        aliases = list(aliases)
+        keys = [path_key(path), *(path_key(alias.path) for alias in aliases)]
+        handover = self._successors(self._documents_at(keys), set(keys), fallback=False)
         self.vectors.sync(durable=self._durable)
         with self.store.transaction():
-            document_id, replaced = self.store.put_document(
+            replaced = self._hand_over(handover)
+            document_id, _ = self.store.put_document(
                 path, sha256=sha256, size=size, mtime=mtime, kind=kind, pages=pages, metadata=metadata
             )
-            self.store.delete_checkpoints([path_key(path)])  # its pages are committed now
+            for alias in aliases:
+                self.store.put_alias(alias.path, document_id, size=alias.size, mtime=alias.mtime)
+            self.store.delete_checkpoints(keys)  # its pages are committed now; its aliases need none
             added = self.store.pages_of(document_id)
-        self._pages += len(added) - len(replaced)
+        self._pages += len(added)
         if self._live_rows is not None:
-            self._live_rows += sum(count for _, _, count in added) - sum(count for _, count in replaced)
+            self._live_rows += sum(count for _, _, count in added)
+        self._dropped(replaced)
         self.candidate_stage.add_committed(added, self._pages, self.vectors)
         return document_id
 
     def delete(self, document_ids: list[int]) -> int:
-        """Delete documents and their pages in one transaction (their vector rows become garbage,
-        reclaimed by compaction; the candidate index masks them until its next rebuild)."""
+        """Delete documents with their pages and aliases in one transaction (their vector rows become
+        garbage, reclaimed by compaction; the candidate index masks them until its next rebuild)."""
         with self.store.transaction():
             self.store.delete_checkpoints(self.store.path_keys_of(document_ids))
             ranges = self.store.delete_documents(document_ids)
+        self._dropped(ranges)
+        return len(document_ids)
+
+    def _dropped(self, ranges: list[tuple[int, int]]) -> None:
+        """Count out the committed pages (their vector ranges) a transaction deleted."""
         self._pages -= len(ranges)
         if self._live_rows is not None:
             self._live_rows -= sum(count for _, count in ranges)
-        return len(document_ids)
+
+    # --- aliases: other paths of a document ---------------------------------------------------
+    def alias(self, path: Path) -> AliasRecord | None:
+        """The alias at exactly `path`, or None."""
+        return self.store.alias(path)
+
+    def document_with_content(self, sha256: str) -> DocumentRecord | None:
+        """A committed document whose content is `sha256`, or None."""
+        return self.store.document_with_content(sha256)
+
+    def add_alias(self, path: Path, document_id: int, *, size: int, mtime: float) -> None:
+        """Record the file at `path` (of `size` and `mtime`) as another path of document
+        `document_id`, in one transaction. A document that was at `path` (other content) moves to one
+        of its aliases that still holds that content, or is deleted; the path's checkpoint goes."""
+        key = path_key(path)
+        handover = self._successors(
+            [d for d in self._documents_at([key]) if d.id != document_id], {key}, fallback=False
+        )
+        with self.store.transaction():
+            replaced = self._hand_over(handover)
+            self.store.put_alias(path, document_id, size=size, mtime=mtime)
+            self.store.delete_checkpoints([key])
+        self._dropped(replaced)
+
+    def remove_paths(
+        self, documents: list[DocumentRecord], aliases: list[AliasRecord], *, fallback: bool
+    ) -> list[tuple[DocumentRecord, AliasRecord]]:
+        """Take these documents' own paths and these aliases out of the index, in one transaction. A
+        document keeps its pages when one of its other aliases still holds its content (the file has
+        the size and mtime it had when found, or hashes to the content): it moves there; with
+        `fallback`, to its first other alias even when none can be checked. The others are deleted,
+        with their checkpoints. Returns (document, the alias it moved to) for those that moved."""
+        leaving = {document.key for document in documents} | {alias.key for alias in aliases}
+        handover = self._successors(documents, leaving, fallback=fallback)
+        with self.store.transaction():
+            self.store.delete_aliases(alias.key for alias in aliases)
+            self.store.delete_checkpoints(document.key for document, successor in handover if successor is None)
+            replaced = self._hand_over(handover)
+        self._dropped(replaced)
+        return [(document, successor) for document, successor in handover if successor is not None]
+
+    def _documents_at(self, keys: Iterable[bytes]) -> list[DocumentRecord]:
+        return [record for key in keys if (record := self.store.document(Path(os.fsdecode(key)))) is not None]
+
+    def _successors(
+        self, documents: list[DocumentRecord], leaving: set[bytes], *, fallback: bool
+    ) -> list[tuple[DocumentRecord, AliasRecord | None]]:
+        """For documents whose own path goes: the alias (not one of `leaving`) each moves to, the first
+        whose file still holds its content, or (with `fallback`) the first; None: it is deleted.
+        Checked before the transaction that applies it (a hash may be read)."""
+        aliases = self.store.aliases_of(document.id for document in documents)
+        plan: list[tuple[DocumentRecord, AliasRecord | None]] = []
+        for document in documents:
+            staying = [alias for alias in aliases.get(document.id, []) if alias.key not in leaving]
+            holding = next((found for alias in staying if (found := _still_holding(alias)) is not None), None)
+            plan.append((document, holding or (staying[0] if fallback and staying else None)))
+        return plan
+
+    def _hand_over(self, plan: list[tuple[DocumentRecord, AliasRecord | None]]) -> list[tuple[int, int]]:
+        """Apply a `_successors` plan (inside a transaction); returns the vector ranges deleted."""
+        for _, successor in plan:
+            if successor is not None:
+                self.store.promote(successor)
+        return self.store.delete_documents([document.id for document, successor in plan if successor is None])
 
     # --- the catalogue: what ingest plans from ------------------------------------------------
     def document(self, path: Path) -> DocumentRecord | None:
@@ -317,7 +401,7 @@ class IndexStorage:
         stale = []
         for key, sha256 in self.store.checkpoint_files():
             path = Path(os.fsdecode(key))
-            committed = self.store.document(path)
+            committed = self.store.document(path) or self.store.alias(path)
             if not path.exists() or (committed is not None and committed.sha256 == sha256):
                 stale.append(key)
         if not stale:
@@ -328,6 +412,10 @@ class IndexStorage:
     def documents_under(self, paths: Iterable[Path]) -> list[DocumentRecord]:
         """Documents whose file is one of `paths` or lies below one of them, in path order."""
         return self.store.documents_under(paths)
+
+    def aliases_under(self, paths: Iterable[Path]) -> list[AliasRecord]:
+        """Aliases whose file is one of `paths` or lies below one of them, in path order."""
+        return self.store.aliases_under(paths)
 
     def metadata(self, document_id: int) -> dict:
         """A document's tags ({} for a document that is not there)."""
@@ -441,6 +529,20 @@ class IndexStorage:
     def close(self) -> None:
         if self._vectors is not None:
             self._vectors.close()
+
+
+def _still_holding(alias: AliasRecord) -> AliasRecord | None:
+    """The alias with its file's size and mtime now, when the file still has its document's content
+    (same size, and the same mtime or the same sha256); else None."""
+    try:
+        now = alias.file.stat()
+        if now.st_size != alias.size:
+            return None
+        if now.st_mtime != alias.mtime and sha256_of(alias.file) != alias.sha256:
+            return None
+    except OSError:
+        return None
+    return replace(alias, size=now.st_size, mtime=now.st_mtime)
 
 
 def _is_storage_full(error: OSError | sqlite3.OperationalError) -> bool:

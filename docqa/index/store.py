@@ -1,7 +1,8 @@
-"""The index's SQLite database (via sqlite-utils): documents, pages, meta, schema migrations.
+"""The index's SQLite database (via sqlite-utils): documents, pages, aliases, meta, schema migrations.
 
 The SQLite transaction is the index's one commit point: a document and all its pages become
-visible together, or not at all.
+visible together, or not at all. An alias is another path whose file has a document's content
+(sha256): it is kept beside the document, which is encoded once.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ def _import_sqlite_utils() -> ModuleType:
 sqlite_utils = _import_sqlite_utils()
 
 DB_NAME = "docqa.db"
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 BUSY_TIMEOUT_MS = 30_000
 
 
@@ -69,6 +70,23 @@ class DocumentRecord:
     @property
     def file(self) -> Path:
         """The file itself (`path` is for display: undecodable bytes in it are escaped)."""
+        return Path(os.fsdecode(self.key))
+
+
+@dataclass(frozen=True)
+class AliasRecord:
+    """Another path of a document: a file found with the document's content (sha256), its size and
+    mtime as they were then."""
+
+    path: str
+    key: bytes
+    document_id: int
+    sha256: str  # the document's content
+    size: int
+    mtime: float
+
+    @property
+    def file(self) -> Path:
         return Path(os.fsdecode(self.key))
 
 
@@ -97,12 +115,22 @@ class ListedDocument:
     sha256: str
     tags: dict
     indexed_at: float | None
+    also_at: list[str] = field(default_factory=list)  # its aliases' paths
 
     def to_json(self) -> dict:
         """Its fields, `indexed_at` as "added" (UTC, ISO 8601; None in indexes from before it was kept)."""
         added = None if self.indexed_at is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.indexed_at))
         fields = {"path": self.path, "pages": self.pages, "size": self.size, "kind": self.kind, "sha256": self.sha256}
-        return {**fields, "tags": self.tags, "added": added}
+        return {**fields, "tags": self.tags, "added": added, "also_at": self.also_at}
+
+
+@dataclass(frozen=True)
+class NewAlias:
+    """A file found with the content of the document it is committed with: its path, size and mtime."""
+
+    path: Path
+    size: int
+    mtime: float
 
 
 @dataclass(frozen=True)
@@ -136,7 +164,7 @@ class PageFilter:
     (a glob, as SQLite's GLOB: `*`, `?`, `[...]`, case-sensitive). Empty means everything."""
 
     where: dict[str, object] = field(default_factory=dict)
-    path: str | None = None
+    path: str | None = None  # matched against a document's own path and its aliases'
 
     def __post_init__(self) -> None:
         for key in self.where:
@@ -152,9 +180,19 @@ class PageFilter:
             clauses.append("CAST(json_extract(documents.metadata, ?) AS TEXT) = CAST(? AS TEXT)")
             params += [_json_path(key), value]
         if self.path is not None:
-            clauses.append("documents.path GLOB ?")
-            params.append(self.path)
+            clauses.append(
+                "(documents.path GLOB ? OR EXISTS (SELECT 1 FROM aliases"
+                " WHERE aliases.document_id = documents.id AND aliases.path GLOB ?))"
+            )
+            params += [self.path, self.path]
         return " AND ".join(clauses) or "1", params
+
+
+def _under(path: Path, column: str) -> tuple[str, list]:
+    """A WHERE clause for rows whose `column` (a path key) is `path` or lies below it."""
+    key = path_key(path)
+    prefix = key.rstrip(b"/") + b"/"
+    return f"WHERE {column} = ? OR substr({column}, 1, ?) = ?", [key, len(prefix), prefix]
 
 
 def _json_path(key: str) -> str:
@@ -235,7 +273,17 @@ def _migration_3(db: Database) -> None:
     db.execute("CREATE UNIQUE INDEX idx_checkpoint_pages_path_number ON checkpoint_pages (path_key, number)")
 
 
-MIGRATIONS: list[Callable[[Database], None]] = [_migration_1, _migration_2, _migration_3]
+def _migration_4(db: Database) -> None:
+    """Aliases: other paths of a document, files found with its content (sha256), which are not
+    encoded again. An index of an older schema gets the empty table when it is opened."""
+    db.execute(
+        "CREATE TABLE aliases (path_key BLOB PRIMARY KEY, path TEXT NOT NULL,"
+        " document_id INTEGER NOT NULL REFERENCES documents(id), size INTEGER, mtime REAL, indexed_at REAL)"
+    )
+    db.execute("CREATE INDEX idx_aliases_document_id ON aliases (document_id)")
+
+
+MIGRATIONS: list[Callable[[Database], None]] = [_migration_1, _migration_2, _migration_3, _migration_4]
 
 
 class Store:
@@ -306,30 +354,94 @@ class Store:
 
     def documents_under(self, paths: Iterable[Path]) -> list[DocumentRecord]:
         """Documents whose file is one of `paths` or lies below one of them."""
-        found: dict[int, DocumentRecord] = {}
+        found: dict[bytes, DocumentRecord] = {}
         for path in paths:
-            key = path_key(path)
-            prefix = key.rstrip(b"/") + b"/"
-            for record in self._documents(
-                "WHERE path_key = ? OR substr(path_key, 1, ?) = ?", [key, len(prefix), prefix]
-            ):
-                found[record.id] = record
+            found.update((record.key, record) for record in self._documents(*_under(path, "path_key")))
         return sorted(found.values(), key=lambda record: record.key)
+
+    def document_with_content(self, sha256: str) -> DocumentRecord | None:
+        """A document whose content is `sha256` (the first by path), or None."""
+        rows = self._documents("WHERE sha256 = ?", [sha256])
+        return rows[0] if rows else None
+
+    # --- aliases: other paths of a document -----------------------------------------------------
+    def alias(self, path: Path) -> AliasRecord | None:
+        rows = self._aliases("WHERE aliases.path_key = ?", [path_key(path)])
+        return rows[0] if rows else None
+
+    def aliases_under(self, paths: Iterable[Path]) -> list[AliasRecord]:
+        """Aliases whose file is one of `paths` or lies below one of them."""
+        found: dict[bytes, AliasRecord] = {}
+        for path in paths:
+            found.update((record.key, record) for record in self._aliases(*_under(path, "aliases.path_key")))
+        return sorted(found.values(), key=lambda record: record.key)
+
+    def aliases_of(self, document_ids: Iterable[int] | None = None) -> dict[int, list[AliasRecord]]:
+        """The aliases of these documents (None: of every document), in path order, by document id."""
+        if document_ids is None:
+            rows = self._aliases("", [])
+        else:
+            ids = list(dict.fromkeys(document_ids))
+            rows = self._aliases(f"WHERE aliases.document_id IN ({','.join('?' * len(ids))})", ids) if ids else []
+        found: dict[int, list[AliasRecord]] = {}
+        for record in rows:
+            found.setdefault(record.document_id, []).append(record)
+        return found
+
+    def _aliases(self, where: str, params: list) -> list[AliasRecord]:
+        sql = (
+            "SELECT aliases.path, aliases.path_key, aliases.document_id, documents.sha256, aliases.size, aliases.mtime"
+            f" FROM aliases JOIN documents ON documents.id = aliases.document_id {where} ORDER BY aliases.path_key"
+        )
+        return [AliasRecord(*row) for row in self.db.execute(sql, params).fetchall()]
+
+    def put_alias(self, path: Path, document_id: int, *, size: int, mtime: float) -> None:
+        """Record `path` as another path of a document (inside a transaction; no document may be at
+        `path`: the caller moves or deletes it first)."""
+        key = path_key(path)
+        self.db.execute(
+            "INSERT OR REPLACE INTO aliases (path_key, path, document_id, size, mtime, indexed_at)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            [key, printable(key), document_id, size, mtime, time.time()],
+        )
+
+    def delete_aliases(self, keys: Iterable[bytes]) -> None:
+        """Drop these paths' aliases (inside a transaction)."""
+        self.db.conn.executemany("DELETE FROM aliases WHERE path_key = ?", [(key,) for key in keys])
+
+    def promote(self, alias: AliasRecord) -> None:
+        """Make an alias its document's own path, in place of the one it had (inside a transaction):
+        pages and vectors stay as they are."""
+        self.db.execute("DELETE FROM aliases WHERE path_key = ?", [alias.key])
+        self.db.execute(
+            "UPDATE documents SET path_key = ?, path = ?, size = ?, mtime = ? WHERE id = ?",
+            [alias.key, alias.path, alias.size, alias.mtime, alias.document_id],
+        )
 
     def all_documents(self) -> list[DocumentRecord]:
         return self._documents("", [])
 
     def listed_documents(self, page_filter: PageFilter) -> list[ListedDocument]:
-        """The documents `page_filter` lets through, with their tags, in path order."""
+        """The documents `page_filter` lets through, with their tags and aliases, in path order."""
         clause, params = page_filter.sql()
         rows = self.db.execute(
-            "SELECT path, pages, size, kind, sha256, metadata, indexed_at FROM documents"
+            "SELECT id, path, pages, size, kind, sha256, metadata, indexed_at FROM documents"
             f" WHERE {clause} ORDER BY path_key",
             params,
         ).fetchall()
+        aliases = self.aliases_of()
         return [
-            ListedDocument(path, pages, size, kind, sha256, tags=json.loads(metadata or "{}"), indexed_at=indexed_at)
-            for path, pages, size, kind, sha256, metadata, indexed_at in rows
+            ListedDocument(
+                path,
+                pages,
+                size,
+                kind,
+                sha256,
+                tags=json.loads(metadata or "{}"),
+                indexed_at=indexed_at,
+                also_at=[alias.path for alias in aliases.get(document_id, [])],
+            )
+            for document_id, path, pages, size, kind, sha256, metadata, indexed_at in rows
         ]
 
     def _documents(self, where: str, params: list) -> list[DocumentRecord]:
@@ -355,6 +467,7 @@ class Store:
         key = path_key(path)
         old = self.db.execute("SELECT id FROM documents WHERE path_key = ?", [key]).fetchone()
         replaced = self.delete_documents([old[0]]) if old else []
+        self.delete_aliases([key])  # the path is a document's own now
         cursor = self.db.execute(
             "INSERT INTO documents (path_key, path, sha256, size, mtime, kind, pages, metadata, indexed_at)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -378,7 +491,7 @@ class Store:
         return document_id, replaced
 
     def delete_documents(self, document_ids: list[int]) -> list[tuple[int, int]]:
-        """Delete documents and their pages (inside a transaction); returns their vector ranges."""
+        """Delete documents with their pages and aliases (inside a transaction); returns their vector ranges."""
         if not document_ids:
             return []
         marks = ",".join("?" * len(document_ids))
@@ -386,6 +499,7 @@ class Store:
             f"SELECT vec_offset, vec_count FROM pages WHERE document_id IN ({marks})", document_ids
         ).fetchall()
         self.db.execute(f"DELETE FROM pages WHERE document_id IN ({marks})", document_ids)
+        self.db.execute(f"DELETE FROM aliases WHERE document_id IN ({marks})", document_ids)
         self.db.execute(f"DELETE FROM documents WHERE id IN ({marks})", document_ids)
         return [(int(offset), int(count)) for offset, count in ranges]
 

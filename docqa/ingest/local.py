@@ -59,10 +59,9 @@ def run_ingest(
     storage.sweep_checkpoints()  # of files gone since, or committed by a writer that stopped right after
     with tqdm(desc="scan", unit="file", disable=not settings.progress, leave=False) as scanned:
         jobs = plan_jobs(storage, given, report, seen, settings, scanned)
-    if pipeline is None:
-        resume_jobs(storage, jobs, report)
-    else:  # other pipelines need every page count up front, and start every document at its first page
+    if pipeline is not None:  # other pipelines need every page count up front
         jobs = converted_jobs(jobs, settings, report)
+    resume_jobs(storage, jobs, report)
     if settings.sync:
         remove_vanished(storage, given, seen, report)
     total_pages = sum(job.page_count for job in jobs)
@@ -222,7 +221,7 @@ def _encode_and_commit(
             if job.error is None:
                 job.store_page(storage, page.number, *page.image.size, vectors)
         if any(job.error is None and job.checkpoint_due(settings.checkpoint_s) for job, _ in batch.pages):
-            _checkpoint_open(storage, jobs)  # before the progress report: the pages it counts are kept
+            checkpoint_open(storage, jobs)  # before the progress report: the pages it counts are kept
         timings.store_s += time.monotonic() - stored
         release_free_memory()
         bar.update(len(batch.pages))
@@ -251,7 +250,7 @@ def _encode_and_commit(
             job, item = event
             if isinstance(item, InputFileError):  # its pages rendered before the error are encoded: keep them
                 job.error = item.reason
-                report.fail(job.path, _kept(item.reason, job.checkpoint(storage)))
+                report.fail(job.path, kept_reason(item.reason, job.checkpoint(storage)))
             else:
                 rendered.append(job)
                 commit_rendered()
@@ -260,20 +259,20 @@ def _encode_and_commit(
         raise
     except BaseException:  # a cancel, Ctrl-C, a model failure: keep what was encoded
         try:
-            _checkpoint_open(storage, jobs)
+            checkpoint_open(storage, jobs)
         except Exception:  # noqa: BLE001  the error that stopped the ingest is the one to raise
             pass
         raise
 
 
-def _kept(reason: str, pages: int) -> str:
+def kept_reason(reason: str, pages: int) -> str:
     """A failure's reason, saying what its checkpoint keeps for the next ingest."""
     if not pages:
         return reason
     return f"{reason} ({pages:,} encoded pages are kept: the next ingest of the file resumes after them)"
 
 
-def _checkpoint_open(storage: IndexStorage, jobs: list[PlannedFile]) -> None:
+def checkpoint_open(storage: IndexStorage, jobs: list[PlannedFile]) -> None:
     """Checkpoint the encoded pages of every uncommitted document, in the order their rows were
     appended: a kill at any point then leaves every vector row committed, checkpointed, or past
     them all (dropped on recovery), never a hole of rows no one owns."""
@@ -307,6 +306,7 @@ def commit_job(storage: IndexStorage, job: PlannedFile, report: IngestReport) ->
         kind=job.kind,
         pages=job.pages,
         metadata=job.metadata,
+        aliases=job.aliases,
     )
     job.committed = True
     report.pages_added += len(job.pages)

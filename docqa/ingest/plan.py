@@ -1,5 +1,7 @@
-"""Ingest planning: walk the given paths, sniff and hash each file, and skip what is unchanged; the
-files left to (re-)index become jobs. Also --sync's removal of documents whose files are gone."""
+"""Ingest planning: walk the given paths, sniff and hash each file, and skip what is unchanged; a
+file whose content (sha256) is indexed already, or is an earlier job's, becomes another path (an
+alias) of that document, not encoded again; the files left to (re-)index become jobs. Also --sync's
+removal of documents and aliases whose files are gone."""
 
 from __future__ import annotations
 
@@ -14,14 +16,14 @@ from tqdm import tqdm
 
 from ..config import IngestSettings
 from ..errors import DocQAError, InputFileError
-from ..index import NewPage
+from ..index import AliasRecord, NewAlias, NewPage
 from ..inputs import sources
 from ..inputs.render import count_pages
 from .planning import plan_source
 from .report import IngestReport
 
 if TYPE_CHECKING:
-    from ..index import IndexStorage
+    from ..index import DocumentRecord, IndexStorage
 
 
 @dataclass
@@ -43,6 +45,7 @@ class PlannedFile:
     saved: int = 0  # pages (the first of `pages`) that are in the index's checkpoint
     saved_at: float = field(default_factory=time.monotonic)  # when they were last checkpointed
     committed: bool = False
+    aliases: list[NewAlias] = field(default_factory=list)  # later files of this run with the same content
 
     def converted(self, timeout_s: float) -> InputFileError | None:
         """Wait for the conversion to PDF and count its pages; the error if it failed."""
@@ -94,9 +97,12 @@ def plan_jobs(
     scanned: tqdm,
 ) -> list[PlannedFile]:
     """Walk, sniff and hash; return the files whose content is new or changed (unchanged files
-    only get `tags` added to their metadata). Conversions to PDF start here, in the background."""
+    only get `tags` added to their metadata). A file with the content of an indexed document is
+    recorded as its alias here; one with the content of an earlier job is committed with it as its
+    alias (an alias shares its document's tags). Conversions to PDF start here, in the background."""
     timeout_s, tags = settings.render_timeout_s, settings.tags
     jobs: list[PlannedFile] = []
+    planned: dict[str, PlannedFile] = {}  # the jobs by content
     for found in sources.walk(given, settings.walk):
         if isinstance(found, sources.Skipped):
             report.skip(found.path, found.reason, found.group)
@@ -115,11 +121,23 @@ def plan_jobs(
         except OSError as error:
             report.fail(found, f"cannot read the file: {error.strerror or error}")
             continue
-        existing = storage.document(found)  # the catalogue is read here, written only for tags of unchanged files
+        # the catalogue is read here, written only for tags of unchanged files and for aliases
+        existing = storage.document(found) or storage.alias(found)
         if existing is not None and existing.sha256 == digest:
             report.unchanged += 1
             if tags:
-                storage.add_tags(existing.id, dict(tags))
+                storage.add_tags(_document_id(existing), dict(tags))
+            continue
+        same = storage.document_with_content(digest)
+        if same is not None:  # this content is indexed at another path
+            storage.add_alias(found, same.id, size=before.st_size, mtime=before.st_mtime)
+            report.duplicate(found, same.path)
+            if tags:
+                storage.add_tags(same.id, dict(tags))
+            continue
+        if digest in planned:  # an earlier file of this run: committed with it
+            planned[digest].aliases.append(NewAlias(found, before.st_size, before.st_mtime))
+            report.duplicate(found, sources.printable(planned[digest].path))
             continue
         converting = None
         try:
@@ -130,21 +148,26 @@ def plan_jobs(
         except InputFileError as error:
             report.fail(error.path, error.reason)
             continue
-        metadata = {**(storage.metadata(existing.id) if existing else {}), **tags}  # an update keeps its tags
-        jobs.append(
-            PlannedFile(
-                found,
-                source.kind,
-                digest,
-                before.st_size,
-                before.st_mtime,
-                pages,
-                existing is not None,
-                metadata,
-                converting=converting,
-            )
+        # an update keeps its tags (an alias's are its document's)
+        metadata = {**(storage.metadata(_document_id(existing)) if existing else {}), **tags}
+        planned[digest] = PlannedFile(
+            found,
+            source.kind,
+            digest,
+            before.st_size,
+            before.st_mtime,
+            pages,
+            existing is not None,
+            metadata,
+            converting=converting,
         )
+        jobs.append(planned[digest])
     return jobs
+
+
+def _document_id(record: DocumentRecord | AliasRecord) -> int:
+    """The id of the document at a path: its own, or the one an alias is of."""
+    return record.document_id if isinstance(record, AliasRecord) else record.id
 
 
 def resume_jobs(storage: IndexStorage, jobs: list[PlannedFile], report: IngestReport) -> None:
@@ -179,8 +202,12 @@ def _converter():
 
 
 def remove_vanished(storage: IndexStorage, given: list[Path], seen: set[Path], report: IngestReport) -> None:
-    """--sync: drop documents under the given folders whose files are gone."""
+    """--sync: take out the documents and aliases under the given folders whose files are gone. A
+    document with an alias that still holds its content moves there (counted as moved, not removed)."""
     resolved = list(dict.fromkeys([*given, *(path.resolve() for path in given)]))  # documents keep the given path
     gone = [doc for doc in storage.documents_under(resolved) if doc.file not in seen and not doc.file.exists()]
-    if gone:
-        report.removed += storage.delete([doc.id for doc in gone])
+    aliases = [alias for alias in storage.aliases_under(resolved) if alias.file not in seen and not alias.file.exists()]
+    if gone or aliases:
+        moved = storage.remove_paths(gone, aliases, fallback=False)
+        report.removed += len(gone) - len(moved)
+        report.moved += len(moved)

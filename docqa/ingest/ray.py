@@ -4,12 +4,15 @@
       └▶ one row per document ──flat_map: render (CPU tasks)──▶ page rows (raw RGB) + an end row
            ──map_batches: PageEncoder actors (one model each; a GPU each when the cluster has them)──▶
       ◀── page vectors streamed back; each document committed (docqa.ingest.local.commit_job) once all
-          of its pages arrived, in one transaction, exactly as a local ingest does.
+          of its pages arrived, in one transaction, exactly as a local ingest does. Unfinished
+          documents' pages are checkpointed as a local ingest's are (every checkpoint_s, after a render
+          error, when the ingest stops short), and the next ingest renders only the pages after them.
 
 Exactly once: Ray retries a render task or an encoder batch whose worker died, and only the output
 of a finished task reaches the driver; the driver also drops any page it already holds. A document
 whose pages did not all arrive is never committed. If the driver dies, the index keeps what was
-committed (recovery drops the rest) and a re-run skips those documents by content hash.
+committed or checkpointed (recovery drops the rest), and a re-run skips the committed documents by
+content hash and resumes the checkpointed ones.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from ..index import IndexStorage
 from ..inputs.render import render_pages
 from ..models.checkpoints import is_gpu
 from ..models.retriever import Retriever, default_retriever
-from .local import commit_job
+from .local import checkpoint_open, commit_job, kept_reason
 from .plan import PlannedFile
 from .report import IngestReport
 
@@ -44,12 +47,21 @@ RETRIES = 3  # retries of the model-loading task whose worker died
 
 
 def render_document(row: dict, *, image_edge: int, chunk_pages: int, timeout_s: float) -> Iterator[dict]:
-    """Ray Data flat_map: every page of one document as raw RGB, then an END row with the page
-    count (an ERROR row instead when the file cannot be rendered)."""
+    """Ray Data flat_map: the pages of one document from ``row["first_page"]`` on (those before it
+    were resumed from a checkpoint) as raw RGB, then an END row with the number of its last page.
+    When the file cannot be rendered (further), an ERROR row instead carries the reason and the
+    number of the last page rendered before it."""
     path = os.fsdecode(row["path"])
-    pages = 0
+    pages = row["first_page"] - 1
     try:
-        for page in render_pages(Path(path), row["kind"], image_edge, chunk_pages=chunk_pages, timeout_s=timeout_s):
+        for page in render_pages(
+            Path(path),
+            row["kind"],
+            image_edge,
+            first_page=row["first_page"],
+            chunk_pages=chunk_pages,
+            timeout_s=timeout_s,
+        ):
             width, height = page.image.size
             pages += 1
             yield _row(
@@ -61,7 +73,7 @@ def render_document(row: dict, *, image_edge: int, chunk_pages: int, timeout_s: 
                 image=page.image.convert("RGB").tobytes(),
             )
     except InputFileError as error:
-        yield _row(row["job"], ERROR, error=error.reason)
+        yield _row(row["job"], ERROR, number=pages, error=error.reason)
         return
     yield _row(row["job"], END, number=pages)
 
@@ -148,11 +160,13 @@ def _load_stamp(*args: Any) -> EncoderStamp:
 
 @dataclass
 class _Arrivals:
-    """What the driver holds of one document until it commits."""
+    """What the driver holds of one document until it commits (or, after a render error, until the
+    pages rendered before the error are in, to checkpoint them)."""
 
     job: PlannedFile
     numbers: set[int] = field(default_factory=set)
-    rendered: int | None = None  # pages the render task produced, once its END row arrived
+    rendered: int | None = None  # the last page the render task produced, once its END or ERROR row arrived
+    error: str | None = None  # the render task's ERROR row
 
     @property
     def complete(self) -> bool:
@@ -194,24 +208,44 @@ class RayPipeline:
     ) -> None:
         if not jobs:
             return
-        waiting = {number: _Arrivals(job) for number, job in enumerate(jobs)}
-        for batch in self._batches(jobs, settings):
-            for row in range(len(batch["job"])):
-                arrivals = waiting.get(int(batch["job"][row]))
-                if arrivals is None:  # already committed or failed: a duplicate from a retry
-                    continue
-                bar.update(self._take(storage, arrivals, batch, row, report))
-                if arrivals.job.error is not None or arrivals.complete:
-                    del waiting[int(batch["job"][row])]
-                    if arrivals.job.error is None:
-                        arrivals.job.pages.sort(key=lambda page: page.number)
-                        commit_job(storage, arrivals.job, report)
+        waiting = {number: _Arrivals(job, {page.number for page in job.pages}) for number, job in enumerate(jobs)}
+        bar.update(sum(job.resumed for job in jobs))
+        try:
+            for batch in self._batches(jobs, settings):
+                for row in range(len(batch["job"])):
+                    arrivals = waiting.get(int(batch["job"][row]))
+                    if arrivals is None:  # already committed or failed: a duplicate from a retry
+                        continue
+                    stored = self._take(storage, arrivals, batch, row)
+                    bar.update(stored)
+                    if arrivals.complete:
+                        del waiting[int(batch["job"][row])]
+                        self._finish(storage, arrivals, report)
+                    elif stored and arrivals.job.checkpoint_due(settings.checkpoint_s):
+                        checkpoint_open(storage, jobs)
+        except BaseException:  # a cancel, Ctrl-C, a cluster failure: keep what was encoded
+            try:
+                checkpoint_open(storage, jobs)
+            except Exception:  # noqa: BLE001  the error that stopped the ingest is the one to raise
+                pass
+            raise
         for arrivals in waiting.values():
-            report.fail(
-                arrivals.job.path,
-                f"{len(arrivals.numbers)} of {arrivals.job.page_count} pages came "
-                "back from the cluster; run ingest again",
+            job = arrivals.job
+            job.error = arrivals.error or (
+                f"{len(arrivals.numbers)} of {job.page_count} pages came back from the cluster; run ingest again"
             )
+            report.fail(job.path, kept_reason(job.error, job.checkpoint(storage)))
+
+    def _finish(self, storage: IndexStorage, arrivals: _Arrivals, report: IngestReport) -> None:
+        """Commit a document whose pages are all in; after a render error, checkpoint the pages
+        rendered before it and report the failure instead."""
+        job = arrivals.job
+        job.pages.sort(key=lambda page: page.number)
+        if arrivals.error is None:
+            commit_job(storage, job, report)
+            return
+        job.error = arrivals.error
+        report.fail(job.path, kept_reason(job.error, job.checkpoint(storage)))
 
     def _batches(self, jobs: list[PlannedFile], settings: IngestSettings) -> Iterator[dict[str, np.ndarray]]:
         """The dataset's output batches; an encoder actor that could not start (its model did not
@@ -224,15 +258,13 @@ class RayPipeline:
             reason = str(getattr(error, "error_msg", "") or error).strip().splitlines()[-1]
             raise ClusterError(f"an encoder actor could not start: {reason}") from error
 
-    def _take(
-        self, storage: IndexStorage, arrivals: _Arrivals, batch: dict[str, np.ndarray], row: int, report: IngestReport
-    ) -> int:
+    def _take(self, storage: IndexStorage, arrivals: _Arrivals, batch: dict[str, np.ndarray], row: int) -> int:
         """Apply one row to its document; returns the number of new pages stored (0 or 1)."""
         kind = batch["kind"][row]
         job = arrivals.job
         if kind == ERROR:
-            job.error = str(batch["error"][row])
-            report.fail(job.path, job.error)
+            arrivals.error = str(batch["error"][row])
+            arrivals.rendered = int(batch["number"][row])
         elif kind == END:
             arrivals.rendered = int(batch["number"][row])
         elif int(batch["number"][row]) not in arrivals.numbers:
@@ -248,7 +280,8 @@ class RayPipeline:
     def _dataset(self, jobs: list[PlannedFile], settings: IngestSettings):
         """The lazy Ray Data pipeline over `jobs` (nothing runs until the driver iterates it)."""
         documents = [
-            {"job": number, "path": os.fsencode(job.path), "kind": job.kind} for number, job in enumerate(jobs)
+            {"job": number, "path": os.fsencode(job.path), "kind": job.kind, "first_page": len(job.pages) + 1}
+            for number, job in enumerate(jobs)
         ]
         dataset = self.ray.data.from_items(documents, override_num_blocks=len(documents))
         pages = dataset.flat_map(

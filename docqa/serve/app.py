@@ -64,6 +64,7 @@ _STATUS: list[tuple[type[DocQAError], int]] = [
     (ModelLoadError, 503),
 ]
 PAGE_ID = Annotated[int, Path(ge=1, le=2**62, description="a page id from search or ask results")]
+DOCUMENT_ID = Annotated[int, Path(ge=1, le=2**62, description="a document id from the documents list, search or ask")]
 JOB_ID = Annotated[str, Path(pattern=r"^[0-9]{1,12}$")]
 SECURITY_HEADERS = [
     (
@@ -463,12 +464,45 @@ _UPLOAD_BODY = {
 def _documents_router() -> APIRouter:
     router = APIRouter(prefix="/api")
 
-    @router.get("/documents", summary="Every indexed document")
+    @router.get(
+        "/documents",
+        summary="Every indexed document (status: indexed), and the uploads not indexed (yet) with their job's state",
+    )
     def documents(service: ServiceDep) -> dict:
-        return {"documents": service.documents()}
+        return {"documents": service.documents(), "pending": service.pending()}
+
+    @router.get(
+        "/documents/{document_id}/file",
+        summary="The document's original file, as indexed (refused when it changed since): "
+        "a PDF or image inline, anything else (or with download=true) as an attachment",
+        response_class=Response,
+        responses={200: {"content": {"application/pdf": {}, "image/png": {}, "application/octet-stream": {}}}},
+    )
+    async def document_file(
+        service: ServiceDep,
+        document_id: DOCUMENT_ID,
+        download: Annotated[bool, Query(description="send it as an attachment to save")] = False,
+    ) -> Response:
+        original = await run_in_threadpool(service.original, document_id)
+
+        async def body() -> AsyncIterator[bytes]:
+            while chunk := await run_in_threadpool(original.body.read, 1 << 20):
+                yield chunk
+
+        return _Streaming(
+            body(),
+            on_close=original.body.close,
+            media_type=original.media_type,
+            headers={
+                "Content-Disposition": original.disposition(download),
+                "Content-Length": str(original.size),
+                "Content-Security-Policy": "sandbox",  # with the page's own policy: no script runs in it
+                "Cache-Control": "private, no-store",
+            },
+        )
 
     @router.delete("/documents/{document_id}", summary="Remove a document from the index")
-    def delete_document(service: ServiceDep, document_id: Annotated[int, Path(ge=1, le=2**62)]) -> dict:
+    def delete_document(service: ServiceDep, document_id: DOCUMENT_ID) -> dict:
         return service.delete_document(document_id)
 
     @router.post(

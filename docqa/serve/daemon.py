@@ -86,6 +86,7 @@ class RemoteHit:
     page: int
     document_id: int
     page_id: int
+    also_at: tuple[str, ...] = ()
 
     def to_json(self) -> dict:
         return {
@@ -95,6 +96,7 @@ class RemoteHit:
             "page": self.page,
             "document_id": self.document_id,
             "page_id": self.page_id,
+            "also_at": list(self.also_at),
         }
 
 
@@ -471,6 +473,11 @@ def run_daemon(
 ) -> None:
     from ..config import index_path
 
+    # A resident process shares the cores with whatever the user runs: OpenMP threads that spin at
+    # every barrier (the default ACTIVE policy) then wait for the scheduler, and a query encode on
+    # 2 threads measured 3-15x slower than with sleeping ones on a loaded machine
+    # (benchmarks/results/cli.md). Read when torch loads, so set before it is imported.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     folder = index_path(index)
     path = Path(socket_file) if socket_file else socket_path(folder, device)
     idle = idle_s if idle_s is not None else float(os.environ.get("DOCQA_DAEMON_IDLE_S") or IDLE_S)

@@ -144,6 +144,12 @@ class PageLibrary:
         with self._read:
             return self.index.documents()
 
+    def also_at(self) -> dict[int, list[str]]:
+        """The other paths (aliases) of every document that has some, by document id."""
+        with self._read:
+            found = self.index.aliases_by_document()
+        return {document_id: [alias.path for alias in aliases] for document_id, aliases in found.items()}
+
     # --- asking ------------------------------------------------------------------------------
     def ask(
         self, question: str, k: int, max_pages: int, max_new_tokens: int, where: dict[str, str] | None, path: str | None
@@ -178,6 +184,7 @@ class PageLibrary:
                         "box": box,
                         "page_id": page.page_id,
                         "resource": PAGE_URI.format(page_id=page.page_id),
+                        "also_at": list(page.also_at),
                     }
                 )
         payload = {
@@ -244,6 +251,7 @@ def build_server(library: PageLibrary):
             "document_id": hit.document_id,
             "page_id": hit.page_id,
             "resource": PAGE_URI.format(page_id=hit.page_id),
+            "also_at": list(hit.also_at),
         }
 
     @server.tool(
@@ -325,16 +333,26 @@ def build_server(library: PageLibrary):
 
         return guarded(run)
 
-    @server.tool(structured_output=False, description="Every indexed document: id, path, kind and page count.")
+    @server.tool(
+        structured_output=False,
+        description="Every indexed document: id, path, kind, page count and also_at (other paths with the same content).",
+    )
     def list_documents() -> list[TextContent]:
         def run() -> list[TextContent]:
-            records = library.documents()
+            records, also_at = library.documents(), library.also_at()
             return [
                 text(
                     {
                         "index": str(library.index.path),
                         "documents": [
-                            {"id": r.id, "path": r.path, "name": Path(r.path).name, "kind": r.kind, "pages": r.pages}
+                            {
+                                "id": r.id,
+                                "path": r.path,
+                                "name": Path(r.path).name,
+                                "kind": r.kind,
+                                "pages": r.pages,
+                                "also_at": also_at.get(r.id, []),
+                            }
                             for r in records
                         ],
                     }

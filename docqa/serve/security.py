@@ -180,13 +180,15 @@ class Auth:
 
     def _check_browser_request(self, request: Request, origin: str, principal: Principal) -> None:
         fetch_site = request.headers.get("sec-fetch-site")
+        given_origin = request.headers.get("origin")
         if request.method in _SAFE_METHODS:
             if fetch_site not in (None, "same-origin", "none"):
                 raise HTTPException(
                     403, f"a {fetch_site} request is refused: only this server's own page may use its session"
                 )
+            if given_origin is not None and given_origin.lower() != origin:
+                raise HTTPException(403, "a request from another origin is refused")
             return
-        given_origin = request.headers.get("origin")
         if given_origin is not None:
             if given_origin.lower() != origin:
                 raise HTTPException(403, "a request from another origin is refused")

@@ -21,21 +21,34 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import stat
+import tempfile
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Generator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import IO, TYPE_CHECKING, Any, Protocol, TypeVar
+from urllib.parse import quote
 
 from ..answer.ask import Asker
 from ..answer.grounding import Grounding, boxed_citations, ground
-from ..api import DocIndex, Hit
+from ..api import EMBEDDINGS_KIND, DocIndex, Hit
 from ..config import IngestSettings
-from ..errors import DocQAError, IndexLockedError, NotFound, QuotaExceeded, UploadRejected, UploadTooLarge
+from ..errors import (
+    DocQAError,
+    IndexLockedError,
+    NotFound,
+    QuotaExceeded,
+    SourceChangedError,
+    UploadRejected,
+    UploadTooLarge,
+)
 from ..files import atomic_writer
+from ..index import DocumentRecord
 from ..inputs.render import png_bytes
-from ..inputs.sources import describe_content, sniff
+from ..inputs.sources import IMAGE, PDF, describe_content, sniff
 from ..models.retriever import Retriever
 from .jobs import Job, JobStore
 from .slots import Limits, Slots, Ticket
@@ -48,6 +61,16 @@ AnswerEvents = Generator[tuple[str, dict], None, None]
 UPLOADS = "uploads"  # inside the index folder
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._ -]+")
 T = TypeVar("T")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
+_IMAGE_TYPES = (  # the image kinds sniff() accepts, by their first bytes
+    (b"\x89PNG", "image/png"),
+    (b"\xff\xd8\xff", "image/jpeg"),
+    (b"II*\x00", "image/tiff"),
+    (b"MM\x00*", "image/tiff"),
+    (b"BM", "image/bmp"),
+    (b"RIFF", "image/webp"),
+)
+SPOOL_BYTES = 8 * 1024 * 1024  # an original up to this size is checked in memory, a bigger one in a temp file
 
 
 class _Stop(DocQAError):
@@ -113,6 +136,29 @@ class AnswerRun:
             self._emit(event)
         except Exception:  # the event loop is gone (server stopping): nobody is listening
             pass
+
+
+@dataclass
+class Original:
+    """A document's file as it was indexed: a private copy of its bytes (sha256-checked against the
+    index, so what is sent is what was indexed even if the file changes meanwhile), positioned at
+    the start; whoever sends it closes ``body``."""
+
+    name: str
+    media_type: str  # application/pdf, an image type, or application/octet-stream (never shown inline)
+    size: int
+    body: IO[bytes]
+
+    def disposition(self, download: bool) -> str:
+        """A Content-Disposition value: ``inline`` for a PDF or image unless ``download``, with a
+        safe ASCII ``filename`` and the real name (control characters dropped) as ``filename*``."""
+        kind = "inline" if not download and self.media_type != "application/octet-stream" else "attachment"
+        real = _CONTROL.sub("_", self.name)
+        fallback = safe_name(real)
+        value = f'{kind}; filename="{fallback}"'
+        if fallback != real:
+            value += f"; filename*=UTF-8''{quote(real, safe='')}"
+        return value
 
 
 class Service:
@@ -202,7 +248,9 @@ class Service:
     def _documents_root(self) -> str | None:
         if self._root is None:
             with self._read:
-                files = [os.fspath(r.file) for r in self.reader.documents() if not _is_under(r.file, self.reader.path)]
+                found = [r.file for r in self.reader.documents() if r.kind != EMBEDDINGS_KIND]  # labels are no files
+                found += [a.file for a in self.reader.aliases()]
+                files = [os.fspath(f) for f in found if not _is_under(f, self.reader.path)]
             self._root = os.path.commonpath([os.path.dirname(f) for f in files]) if files else ""
         return self._root or None
 
@@ -228,7 +276,14 @@ class Service:
         return hit
 
     def hit_json(self, hit: Hit) -> dict:
-        return {**hit.to_json(), "path": self.shown(hit.file), "name": Path(hit.path).name}
+        also_at = [self.shown(path) for path in hit.also_at]
+        return {
+            **hit.to_json(),
+            "path": self.shown(hit.file),
+            "name": Path(hit.path).name,
+            "kind": hit.kind,
+            "also_at": also_at,
+        }
 
     def page_png(self, page_id: int, edge: int) -> bytes:
         """The page rendered from its source (sha256-checked), fitted into ``edge`` px, as PNG."""
@@ -258,7 +313,8 @@ class Service:
 
     def documents(self) -> list[dict]:
         with self._read:
-            records = self.reader.documents()
+            records, aliases = self.reader.documents(), self.reader.aliases_by_document()
+        also_at = {document_id: [self.shown(alias.file) for alias in found] for document_id, found in aliases.items()}
         return [
             {
                 "id": r.id,
@@ -268,9 +324,47 @@ class Service:
                 "pages": r.pages,
                 "size": r.size,
                 "uploaded": _is_under(r.file, self.uploads),
+                "status": "indexed",
+                "also_at": also_at.get(r.id, []),
             }
             for r in records
         ]
+
+    def pending(self) -> list[dict]:
+        """Uploads that are not an indexed document (yet): queued, being converted or ingested, or
+        failed or cancelled (with the reason), as job states with ``status`` set to the state."""
+        indexed = self._indexed_files()
+        return [
+            {**self.job_json(job), "status": job.state}
+            for job in self.jobs()
+            if job.state != "done" and os.path.abspath(job.path) not in indexed
+        ]
+
+    def _indexed_files(self) -> set[str]:
+        with self._read:
+            return {os.path.abspath(r.file) for r in self.reader.documents()}
+
+    def _document(self, document_id: int) -> DocumentRecord:
+        with self._read:
+            record = next((r for r in self.reader.documents() if r.id == document_id), None)
+        if record is None:
+            raise NotFound(f"no document with id {document_id}")
+        return record
+
+    def original(self, document_id: int) -> Original:
+        """The indexed file of a document, read once into a private copy and refused
+        (SourceChangedError) when its bytes are not the ones indexed: changed, gone, or replaced
+        by something else (a symlink to another file, a folder, a pipe). Only the index says which
+        file; nothing from a request names one."""
+        record = self._document(document_id)
+        shown = self.shown(record.file)
+        if record.kind == EMBEDDINGS_KIND:
+            raise NotFound(f"{shown} was added as embeddings: there is no file to open")
+        with self.slots.files.take():
+            body = _checked_copy(record.file, record.size, record.sha256, shown)
+        head = body.read(16)
+        body.seek(0)
+        return Original(Path(record.path).name, _media_type(record.kind, head), record.size, body)
 
     def info(self) -> dict:
         with self._read:  # info reads the candidate stage's stats: a snapshot on the reader handle
@@ -354,6 +448,7 @@ class Service:
                         "name": Path(p.path).name,
                         "page": p.page,
                         "score": p.score,
+                        **self._source(p.page_id),
                     }
                     for p in stream.pages
                 ]
@@ -374,6 +469,8 @@ class Service:
                     "score": citation.score,
                     "cited": citation.cited,
                     "box": box,
+                    **self._source(page.page_id),
+                    "also_at": [self._shown_page(other) for other in page.also_at],
                 }
             )
         yield "citations", {"citations": citations, "notes": [self.scrub(n) for n in result.notes]}
@@ -393,6 +490,14 @@ class Service:
 
     def _shown_page(self, path: str) -> str:
         return self.shown(path)
+
+    def _source(self, page_id: int | None) -> dict:
+        """The document a shown page is from and its kind (what the page's "open" and "download" need)."""
+        try:
+            hit = self.page(page_id) if page_id is not None else None
+        except NotFound:  # deleted while the question was answered: the answer stands, without links
+            hit = None
+        return {"document_id": hit.document_id, "kind": hit.kind} if hit else {"document_id": None, "kind": None}
 
     # --- writing ---------------------------------------------------------------------------
     @property
@@ -475,8 +580,7 @@ class Service:
         if not job.finished:  # queued -> ingesting in between: the ingest sees the flag
             job.cancel.set()
             return {**self.job_json(job), "cancelling": True}
-        with self._read:
-            indexed = any(os.path.abspath(r.file) == os.path.abspath(job.path) for r in self.reader.documents())
+        indexed = os.path.abspath(job.path) in self._indexed_files()
         deleted = False
         if not indexed and _is_under(job.path, self.uploads):
             job.path.unlink(missing_ok=True)
@@ -486,15 +590,16 @@ class Service:
         return {**self.job_json(job), "deleted": True, "file_deleted": deleted}
 
     def delete_document(self, document_id: int) -> dict:
-        """Remove a document (and its uploaded file, when it was uploaded here)."""
+        """Remove a document (and its uploaded files, when it or its other paths were uploaded here)."""
+        record = self._document(document_id)
         with self._read:
-            record = next((r for r in self.reader.documents() if r.id == document_id), None)
-        if record is None:
-            raise NotFound(f"no document with id {document_id}")
+            aliases = self.reader.aliases(document_id)  # its other paths go with it
         report = self.write(lambda writer: writer.remove_documents([document_id]), wait_s=5)
-        if report.removed and _is_under(record.file, self.uploads):
-            record.file.unlink(missing_ok=True)
-            _remove_empty(record.file.parent)
+        if report.removed:
+            for file in [record.file, *(alias.file for alias in aliases)]:
+                if _is_under(file, self.uploads):
+                    file.unlink(missing_ok=True)
+                    _remove_empty(file.parent)
         shown = report.to_json()
         if not report.removed:  # removed by another writer (a watched folder's batch) in between
             raise NotFound(f"no document with id {document_id}")
@@ -641,6 +746,43 @@ def safe_name(name: str, kind: str | None = None) -> str:
     if kind == "pdf" and not base.lower().endswith(".pdf"):
         base += ".pdf"
     return base
+
+
+def _checked_copy(file: Path, size: int, sha256: str, shown: str) -> IO[bytes]:
+    """``file``'s bytes in a temporary copy, if they are ``size`` bytes with digest ``sha256``;
+    SourceChangedError otherwise (opened without blocking, so a pipe put in its place cannot hang)."""
+    try:
+        fd = os.open(file, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        raise SourceChangedError(f"{shown} is gone since it was indexed; run `docqa ingest` again") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise SourceChangedError(f"{shown} is no longer a regular file since it was indexed; run `docqa ingest` again")
+    copy: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES)
+    try:
+        with open(fd, "rb", closefd=True) as source:
+            digest = hashlib.sha256()
+            copied = 0
+            while copied <= size and (chunk := source.read(min(1 << 20, size + 1 - copied))):
+                digest.update(chunk)
+                copy.write(chunk)
+                copied += len(chunk)
+        if copied != size or digest.hexdigest() != sha256:
+            raise SourceChangedError(f"{shown} changed since it was indexed; run `docqa ingest` again")
+    except BaseException:
+        copy.close()
+        raise
+    copy.seek(0)
+    return copy
+
+
+def _media_type(kind: str, head: bytes) -> str:
+    """What an original is sent as: PDF and images by their (checked) content, all else as bytes."""
+    if kind == PDF:
+        return "application/pdf"
+    if kind == IMAGE:
+        return next((media for magic, media in _IMAGE_TYPES if head.startswith(magic)), "application/octet-stream")
+    return "application/octet-stream"
 
 
 def _folder_bytes(folder: Path) -> int:

@@ -44,6 +44,7 @@ class Limits:
     renders_in_flight: int = 8
     heatmaps_in_flight: int = 4
     searches_in_flight: int = 16
+    files_in_flight: int = 8  # original files being checked for a download (two at a time) or waiting
     wait_s: float = 30.0  # longest wait for a render, heatmap or search turn (then 503)
     event_streams: int = 32  # open job event streams
     image_cache_bytes: int = 64 * 1024**2
@@ -131,7 +132,8 @@ class Budget:
 
 class Slots:
     """The budgets one server's ``Limits`` make: answers (one at a time, a short line behind it),
-    page renders (by the bytes of pixels they decode), heatmaps, searches and event streams."""
+    page renders (by the bytes of pixels they decode), heatmaps, searches, original files being
+    checked for a download, and event streams."""
 
     def __init__(self, limits: Limits) -> None:
         self.asks = Budget(
@@ -142,6 +144,7 @@ class Slots:
         )
         self.heatmaps = Budget("heatmaps", 1, max_in_flight=limits.heatmaps_in_flight, wait_s=limits.wait_s)
         self.searches = Budget("searches", 1, max_in_flight=limits.searches_in_flight, wait_s=limits.wait_s)
+        self.files = Budget("original files", 2, max_in_flight=limits.files_in_flight, wait_s=limits.wait_s)
         self.streams = Budget("event streams", limits.event_streams, max_in_flight=limits.event_streams, wait_s=0)
 
     def render(self, hit: Hit, edge: int) -> Image.Image:

@@ -143,7 +143,7 @@ class ServedWatch:
                 self.failed.pop(next(iter(self.failed)))
             self.batches += 1
             self.last = {**batch.to_json(), "at": time.time()}
-        if batch.event != "synced" or batch.added or batch.updated or batch.removed or batch.failed:
+        if batch.event != "synced" or batch.added or batch.updated or batch.removed or batch.moved or batch.failed:
             print(f"docqa: watch: {format_batch(batch)}", file=sys.stderr, flush=True)
         for path, why in batch.failures:
             print(f"docqa: watch:   failed: {path}: {why}", file=sys.stderr, flush=True)

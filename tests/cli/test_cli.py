@@ -45,13 +45,14 @@ def test_ingest_search_info_remove_json(tmp_path, capsys, retriever_checkpoint):
         "--json",
     )
     assert code == 0
-    assert report["documents"] == {"added": 2, "updated": 0, "unchanged": 0, "removed": 0, "failed": 0, "skipped": 0}
+    counts = {"added": 2, "updated": 0, "unchanged": 0, "removed": 0, "moved": 0, "failed": 0, "skipped": 0}
+    assert report["documents"] == {**counts, "duplicates": 0}
     assert report["pages_added"] == 3 and report["failures"] == [] and report["index"] == index
 
     code, found, _ = run(capsys, "search", "page two", "--index", index, "-k", "2", "--json")
     assert code == 0 and found["query"] == "page two"
     assert [r["rank"] for r in found["results"]] == [1, 2]
-    assert set(found["results"][0]) == {"rank", "score", "path", "page", "document_id", "page_id"}
+    assert set(found["results"][0]) == {"rank", "score", "path", "page", "document_id", "page_id", "also_at"}
 
     code, info, _ = run(capsys, "info", "--index", index, "--json")
     assert code == 0

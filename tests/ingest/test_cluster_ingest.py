@@ -5,6 +5,7 @@ encoder actors that load what the first load did (a trusted remote-code retrieve
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -51,6 +52,7 @@ def test_ray_ingest_builds_the_same_index_as_a_local_ingest(corpus, retriever_ch
     # float16 vectors: the tiny random model scores pages nearly alike, and bfloat16 rounding of the
     # two encoders' last-digit differences could swap near-tied pages.
     full_precision = {"vector_type": "float16"}
+    shutil.copy(corpus / "reports" / "q1.pdf", corpus / "q1 copy.pdf")  # the same content twice: one document
     local = DocIndex.open("local", create=True, options=full_precision)
     local_report = local.ingest([corpus], model=str(retriever_checkpoint), batch_size=3)
     on_ray = DocIndex.open("ray", create=True, options=full_precision)
@@ -62,7 +64,10 @@ def test_ray_ingest_builds_the_same_index_as_a_local_ingest(corpus, retriever_ch
         "timings": None,
     }
     assert (ray_report.added, ray_report.failed, ray_report.skipped, ray_report.pages_added) == (4, 1, 1, 8)
+    assert ray_report.duplicates == 1
     assert _documents(on_ray) == _documents(local)
+    assert [d["also_at"] for d in on_ray.list_documents()] == [d["also_at"] for d in local.list_documents()]
+    assert [alias.path for alias in on_ray.aliases()] == [str(corpus / "reports" / "q1.pdf")]
     assert on_ray.build.encoder == local.build.encoder
     local_pages, ray_pages = stored_pages(local), stored_pages(on_ray)
     assert local_pages.keys() == ray_pages.keys()
@@ -74,7 +79,7 @@ def test_ray_ingest_builds_the_same_index_as_a_local_ingest(corpus, retriever_ch
 
     received = _count_stored_pages(monkeypatch)
     again = on_ray.ingest([corpus], batch_size=3, ray="local")
-    assert (again.unchanged, again.added, again.pages_added, received) == (4, 0, 0, [])
+    assert (again.unchanged, again.added, again.pages_added, received) == (5, 0, 0, [])
 
 
 def test_a_dying_encoder_actor_is_retried_and_every_page_lands_once(
@@ -157,6 +162,59 @@ def test_a_rerun_after_the_driver_died_encodes_only_the_uncommitted_documents(
     pages = stored_pages(index)
     assert len(pages) == 8
     assert index.vectors.rows == sum(len(vectors) for vectors in pages.values())
+
+
+DRIVER_DIES_MID_DOCUMENT = textwrap.dedent("""
+    import os, sys
+    from docqa import DocIndex
+    from docqa.ingest.plan import PlannedFile
+
+    real, stored = PlannedFile.store_page, []
+
+    def store_then_die(self, *args):
+        if len(stored) == int(sys.argv[5]):
+            os._exit(17)  # the checkpoint written after the page before this one is all that stays
+        stored.append(real(self, *args))
+
+    PlannedFile.store_page = store_then_die
+    index, corpus, model, address = sys.argv[1:5]
+    DocIndex.open(index, create=True).ingest([corpus], model=model, batch_size=2, ray=address, checkpoint_s=0)
+""")
+
+
+def test_a_rerun_after_the_driver_died_mid_document_resumes_from_its_checkpoint(
+    retriever_checkpoint, monkeypatch, ray_cluster, tmp_path
+):
+    """The driver is killed while a 12-page PDF's pages arrive: the re-run on Ray encodes only the
+    pages after the checkpoint, and the index equals a fresh local ingest's."""
+    from helpers.documents import make_pdf
+
+    docs = tmp_path / "docs"
+    pdf = make_pdf(docs / "long.pdf", 12, title="long")
+    index_dir = tmp_path / "index"
+    address = ray_cluster.get_runtime_context().gcs_address
+    argv = [str(index_dir), str(docs), str(retriever_checkpoint), address, "7"]
+    died = subprocess.run(
+        [sys.executable, "-c", DRIVER_DIES_MID_DOCUMENT, *argv], capture_output=True, text=True, timeout=300
+    )
+    assert died.returncode == 17, died.stderr[-2000:]
+
+    index = DocIndex.open(index_dir)
+    kept = index.checkpointed_pages(pdf)
+    assert 1 <= kept <= 7 and index.store.counts()[0] == 0  # pages kept, no document visible
+    received = _count_stored_pages(monkeypatch)
+    report = index.ingest([docs], batch_size=2, ray="local")
+    assert report.resumed == [(str(pdf), kept)] and (report.added, report.failed) == (1, 0)
+    assert sorted(received) == list(range(kept + 1, 13)) and report.pages_added == 12
+    assert index.checkpointed_pages(pdf) == 0
+
+    fresh = DocIndex.open(tmp_path / "fresh", create=True)
+    fresh.ingest([docs], model=str(retriever_checkpoint), batch_size=2)
+    resumed, expected = stored_pages(index), stored_pages(fresh)
+    assert resumed.keys() == expected.keys() and len(resumed) == 12
+    for key, vectors in expected.items():
+        np.testing.assert_allclose(resumed[key].astype(np.float32), vectors.astype(np.float32), atol=2e-3)
+    assert index.vectors.rows == sum(len(vectors) for vectors in resumed.values())
 
 
 def test_ray_ingest_runs_a_remote_code_retriever_when_trusted(corpus, retriever_checkpoints, tmp_path, ray_cluster):

@@ -83,6 +83,20 @@ def _in_process_search(index: Path, query: str) -> list[dict]:
     return _run("search", query, "--index", str(index), "-k", "3", "--json", DOCQA_DAEMON="off")["results"]
 
 
+def _heavy_imports_of(*argv: str) -> list[str]:
+    """The model-stack modules a CLI process imported while running ``argv`` (it must exit 0)."""
+    script = (
+        "import contextlib, io, json, sys\n"
+        "from docqa.cli.main import main\n"
+        f"with contextlib.redirect_stdout(io.StringIO()):\n    code = main({list(argv)!r})\n"
+        "print(json.dumps([code, [m for m in ('torch', 'transformers') if m in sys.modules]]))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=_env(), timeout=300)
+    code, heavy = json.loads(done.stdout.splitlines()[-1])
+    assert code == 0, done.stderr
+    return heavy
+
+
 def test_concurrent_clients_share_one_daemon(corpus, runtime, generator_checkpoints):
     expected = _in_process_search(corpus, "report page 2")
     clients = [_docqa("search", "report page 2", "--index", str(corpus), "-k", "3", "--json") for _ in range(4)]
@@ -122,6 +136,10 @@ def test_concurrent_clients_share_one_daemon(corpus, runtime, generator_checkpoi
     for answer in (resident, local):
         answer.pop("timings")
     assert resident == local
+
+    # a warm daemon's client never loads the model stack: that is what keeps it under a second
+    assert _heavy_imports_of("search", "report page 2", "--index", str(corpus), "-k", "3", "--json") == []
+    assert _heavy_imports_of(*ask) == []
 
     chat = _docqa("chat", "--index", str(corpus), "-k", "1", "--max-new-tokens", "4", "--answer-model", model, "--json")
     out, err = chat.communicate("first question\n/pages\n/reset\n/pages\n", timeout=300)

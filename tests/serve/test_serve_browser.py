@@ -139,6 +139,136 @@ def test_upload_search_heatmap_and_ask_in_a_browser(tmp_path, retriever_checkpoi
         service.close()
 
 
+def test_filters_settings_open_download_status_and_new_documents_in_a_browser(
+    tmp_path, retriever_checkpoint, generator_checkpoints
+):
+    import httpx
+
+    from docqa.api import DocIndex
+
+    report = make_pdf(tmp_path / "docs" / "red" / "report.pdf", 3, title="report")
+    make_pdf(tmp_path / "docs" / "blue" / "memo.pdf", 1, title="memo")
+    index = DocIndex.open(tmp_path / "idx", create=True)
+    for team in ("red", "blue"):
+        index.ingest([tmp_path / "docs" / team], model=str(retriever_checkpoint), device="cpu", tags={"team": team})
+    index.close()
+    service = Service(tmp_path / "idx", device="cpu", answer_model=str(generator_checkpoints["idefics3"]))
+    shots = Path(os.environ["DOCQA_SCREENSHOTS"]) if os.environ.get("DOCQA_SCREENSHOTS") else None
+    try:
+        auth = make_auth()
+        with running_server(create_app(service, auth)) as base, sync_api.sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+            context = browser.new_context(accept_downloads=True)
+            page = context.new_page()
+            page.set_default_timeout(60_000)
+            page.goto(f"{base}/login?code={auth.login_code()}")
+            page.wait_for_selector("#documents li[data-status='indexed']:has-text('memo.pdf')")
+            page.evaluate("window.loadedOnce = 'yes'")  # a reload would drop this
+
+            def search(tags: str = "", path: str = "") -> list[str]:
+                page.fill("#search-tags", tags)
+                page.fill("#search-path", path)
+                with page.expect_response(lambda r: "/api/search?" in r.url):
+                    page.click("#search-form button[type=submit]")
+                page.wait_for_selector("#search-status:has-text('pages in'), #search-status:has-text('No pages')")
+                return [n.split("\n")[0] for n in page.locator("#results .card .meta").all_inner_texts()]
+
+            # filters narrow the results (the options are folded away until opened)
+            page.fill("#search-input", "report")
+            page.select_option("#search-k", "10")
+            assert page.locator("#search-tags").is_hidden()
+            page.click("#search-form summary")
+            assert set(search()) == {"report.pdf", "memo.pdf"}
+            assert set(search(tags="team=blue")) == {"memo.pdf"}
+            assert set(search(path="*/red/*")) == {"report.pdf"}
+            assert search(tags="team=blue", path="*/red/*") == []
+            page.fill("#search-tags", "novalue")
+            page.click("#search-form button[type=submit]")
+            page.wait_for_selector("#search-status.error:has-text('KEY=VALUE')")
+
+            # a card's links: open the file at its page (Chromium's PDF viewer), download the original
+            search(path="*/red/*")
+            card = page.locator("#results .card").first
+            document_id = service.documents()[[d["name"] for d in service.documents()].index("report.pdf")]["id"]
+            number = int(card.locator(".meta .score").inner_text().split()[1])
+            opener = card.locator("a.open")
+            assert opener.get_attribute("href") == f"/api/documents/{document_id}/file#page={number}"
+            assert opener.get_attribute("target") == "_blank" and "noopener" in opener.get_attribute("rel")
+            with context.expect_page() as opened:
+                opener.click()
+            viewer = opened.value
+            viewer.wait_for_load_state()
+            assert viewer.url == f"{base}/api/documents/{document_id}/file#page={number}"
+            for _ in range(100):  # the PDF viewer is a frame of its own once the PDF has loaded
+                if any(frame.url.startswith("chrome-extension://") for frame in viewer.frames):
+                    break
+                viewer.wait_for_timeout(100)
+            assert any(frame.url.startswith("chrome-extension://") for frame in viewer.frames), viewer.frames
+            viewer.close()
+            card.locator(".thumb").click()  # the page seen large links to the file too
+            page.wait_for_selector("#viewer[open]")
+            assert page.locator("#viewer-links a.open").get_attribute("href") == opener.get_attribute("href")
+            page.keyboard.press("Escape")
+            with page.expect_download() as downloading:
+                card.locator("a.download").click()
+            download = downloading.value
+            assert download.suggested_filename == "report.pdf"
+            assert Path(download.path()).read_bytes() == report.read_bytes()
+
+            # ask: the filters, k and pages per answer reach the request (and the answer reads that many)
+            page.click("#ask-form summary")
+            page.fill("#ask-input", "What does the report say?")
+            page.fill("#ask-tags", "team=red")
+            page.fill("#ask-k", "2")
+            page.fill("#ask-pages", "1")
+            with page.expect_request(lambda r: r.url.endswith("/api/ask")) as asked:
+                page.click("#ask-button")
+            assert asked.value.post_data_json == {
+                "question": "What does the report say?",
+                "k": 2,
+                "max_pages": 1,
+                "where": {"team": "red"},
+            }
+            page.wait_for_selector("#ask-status:has-text('Answered')", timeout=120_000)
+            citations = page.locator("#citations .card")
+            assert citations.count() == 1 and "report.pdf" in citations.first.inner_text()
+            assert citations.first.locator("a.open").get_attribute("href").startswith(f"/api/documents/{document_id}/")
+
+            # the documents list: each document's status and links; a failed upload with its reason
+            row = page.locator(f"#documents li[data-document-id='{document_id}']")
+            assert "indexed" in row.inner_text() and "3 pages" in row.inner_text()
+            assert row.locator("a.open").get_attribute("href") == f"/api/documents/{document_id}/file"
+            broken = tmp_path / "in" / "broken.pdf"
+            broken.parent.mkdir(parents=True, exist_ok=True)
+            broken.write_bytes(b"%PDF-1.4\n" + b"not really a pdf\n" * 40)
+            page.set_input_files("#upload-input", str(broken))
+            failed = page.locator("#documents li[data-status='failed']:has-text('broken.pdf')")
+            failed.wait_for()
+            assert "failed:" in failed.inner_text()
+            if shots:
+                shots.mkdir(parents=True, exist_ok=True)
+                page.screenshot(path=str(shots / "files-desktop.png"), full_page=True)
+            failed.locator("button:has-text('Dismiss')").click()
+            failed.wait_for(state="detached")
+
+            # a document added behind the page's back (a script, another tab, a folder watcher) appears
+            late = make_pdf(tmp_path / "in" / "late.pdf", 2, title="late")
+            with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60) as api:
+                accepted = api.post("/api/uploads", files={"file": ("late.pdf", late.read_bytes(), "application/pdf")})
+                assert accepted.status_code == 202
+            page.wait_for_selector("#documents li[data-status='indexed']:has-text('late.pdf')", timeout=60_000)
+            page.wait_for_selector("#index-info:has-text('3 documents, 6 pages')")
+            assert page.evaluate("window.loadedOnce") == "yes"
+            # phone width: the folded-out options still fit
+            page.set_viewport_size({"width": 390, "height": 844})
+            assert page.evaluate("document.documentElement.scrollWidth") <= 390
+            if shots:
+                page.screenshot(path=str(shots / "files-phone.png"), full_page=True)
+            browser.close()
+    finally:
+        service.close()
+
+
 ATTACKER_PAGE = """<!doctype html><meta charset="utf-8"><title>attacker</title><body><script>
 window.results = {};
 const target = "TARGET";
