@@ -11,7 +11,9 @@ moved file is a removal plus an addition; a removed folder takes its documents w
 
 One writer: the watcher holds ``watch.lock`` in the index folder for its whole life (a second
 watcher is refused), and each batch takes the index's write lock like any ingest; when a manual
-`docqa ingest` holds it, the batch waits and is retried.
+`docqa ingest` holds it, the batch waits and is retried. Inside `docqa serve --watch` the batches
+are handed to the server's own writer (``writer``), so they take turns with uploads and deletes.
+The index folder's own files (the server's uploads among them) are never the watcher's.
 """
 
 from __future__ import annotations
@@ -23,12 +25,23 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from .config import IngestSettings
 from .errors import IndexLockedError, InputFileError, MissingDependencyError
 
+if TYPE_CHECKING:
+    from .api import DocIndex
+
 WATCH_LOCK = "watch.lock"
 INSTALL_HINT = 'docqa watch needs watchfiles: pip install "docqa[watch]"'
+T = TypeVar("T")
+
+
+class Writer(Protocol):
+    """Runs one write on a handle of the index and returns what it returned (a server's one writer)."""
+
+    def __call__(self, work: Callable[[DocIndex], T]) -> T: ...
 
 
 @dataclass
@@ -44,6 +57,7 @@ class Batch:
     failures: list[tuple[str, str]] = field(default_factory=list)
     waiting: int = 0  # files seen changing, not yet settled
     seconds: float = 0.0
+    paths: list[str] = field(default_factory=list)  # what a "synced" batch looked at (not in to_json)
 
     def to_json(self) -> dict:
         return {
@@ -100,7 +114,8 @@ def _signature(path: str) -> tuple | str | None:
 
 
 class FolderWatcher:
-    """Keeps ``index`` equal to what ``ingest --sync`` of ``folders`` would make it."""
+    """Keeps ``index`` equal to what ``ingest --sync`` of ``folders`` would make it; its writes run
+    on its own handle, or through ``writer`` (a server's one writer) when given."""
 
     def __init__(
         self,
@@ -111,19 +126,34 @@ class FolderWatcher:
         settle_s: float = 1.0,
         rescan_s: float | None = None,
         on_batch: Callable[[Batch], None] | None = None,
+        writer: Writer | None = None,
     ) -> None:
         try:
             import watchfiles  # noqa: F401
         except ImportError as error:
             raise MissingDependencyError(INSTALL_HINT) from error
-        self.folders = [Path(folder).expanduser().resolve() for folder in folders]
-        for folder in self.folders:
-            if not folder.is_dir():
-                raise InputFileError(str(folder), "not a folder (docqa watch keeps folders in step)")
         from .api import DocIndex
 
+        self.folders = [Path(folder).expanduser().resolve() for folder in folders]
         self.index = DocIndex.open(index, create=True)
-        self.lock = WatchLock(self.index.path)
+        for folder in self.folders:
+            problem = (
+                "not a folder (docqa watch keeps folders in step)"
+                if not folder.is_dir()
+                else "inside the index folder, whose files are the index's own (uploads to docqa serve are "
+                "ingested by their upload jobs); watch another folder"
+                if folder.is_relative_to(self.index.path.resolve())
+                else None
+            )
+            if problem:
+                self.index.close()
+                raise InputFileError(str(folder), problem)
+        try:
+            self.lock = WatchLock(self.index.path)
+        except IndexLockedError:
+            self.index.close()
+            raise
+        self._write = writer or (lambda work: work(self.index))
         self.settings = settings or IngestSettings()
         self.settle_s = settle_s
         self.rescan_s = rescan_s
@@ -131,13 +161,14 @@ class FolderWatcher:
         self.stop_event = threading.Event()
         self._pending: dict[str, tuple | str | None] = {}  # path -> its signature at the last look
         self._last_sync = 0.0
+        self._leaving: set[str] = set()  # watched folders found gone, whose documents are being removed
 
     # --- one round ---------------------------------------------------------------------------
     def catch_up(self, event: str = "ready") -> Batch:
         """One ingest --sync of every folder (at start, and every ``rescan_s`` if set)."""
         started = time.monotonic()
         report = self._with_lock(
-            lambda: self.index.ingest([str(f) for f in self.folders], _replace(self.settings, sync=True))
+            lambda index: index.ingest([str(f) for f in self.folders], _replace(self.settings, sync=True))
         )
         self._last_sync = time.monotonic()
         batch = Batch(
@@ -185,22 +216,22 @@ class FolderWatcher:
         started = time.monotonic()
         present = [path for path in ready if os.path.exists(path)]
         gone = [path for path in ready if not os.path.exists(path)]
-        batch = Batch("synced")
+        batch = Batch("synced", paths=ready)
 
-        def apply() -> None:
+        def apply(index: DocIndex) -> None:
             # the present files first: a file moved within the folders is then kept as another path
             # of its old path's document (same content), and removing the old path moves the
             # document there, nothing encoded again
             if present:
                 try:
-                    report = self.index.ingest(present, self.settings)
+                    report = index.ingest(present, self.settings)
                 except InputFileError as error:  # every path vanished since the look: next round removes them
                     self.note([error.path])
                 else:
                     batch.added, batch.updated, batch.failed = report.added, report.updated, report.failed
                     batch.failures = [(str(f.path), f.error) for f in report.failures]
             if gone:
-                removed = self.index.remove(gone)
+                removed = index.remove(gone)
                 batch.removed += len(removed.removed) - len(removed.moved)
                 batch.moved += len(removed.moved)
 
@@ -217,18 +248,19 @@ class FolderWatcher:
         index = str(self.index.path.resolve())
         return path == index or path.startswith(index + os.sep)
 
-    def _with_lock(self, work: Callable):
+    def _with_lock(self, work: Callable[[DocIndex], T]) -> T:
         """Run a write; while another writer (a manual ingest) holds the index, wait and retry."""
         while True:
             try:
-                return work()
+                return self._write(work)
             except IndexLockedError:
                 if self.stop_event.wait(0.5):
                     raise
 
     # --- the loop ----------------------------------------------------------------------------
     def run(self) -> None:
-        """Catch up, then follow changes until ``stop_event`` is set (or Ctrl-C)."""
+        """Catch up, then follow changes until ``stop_event`` is set (or Ctrl-C); InputFileError
+        once a watched folder is gone (its documents removed first)."""
         import watchfiles
 
         step_ms = max(50, int(self.settle_s * 1000))
@@ -255,6 +287,12 @@ class FolderWatcher:
                 self.note(path for _, path in changes)
                 if self._pending:
                     self.settle()
+                gone = next((str(folder) for folder in self.folders if not folder.is_dir()), None)
+                if gone is not None:  # watchfiles would go on, deaf to it even once it is back
+                    if gone in self._leaving and gone not in self._pending:  # its documents went in a batch
+                        raise InputFileError(gone, "the watched folder is gone (moved or deleted)")
+                    self._leaving.add(gone)
+                    self.note([gone])  # settled like any gone path (unless its deletion was seen already)
                 if self.rescan_s and time.monotonic() - self._last_sync >= self.rescan_s:
                     self.catch_up("rescan")
         finally:

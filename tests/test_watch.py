@@ -24,7 +24,7 @@ from helpers.stored import stored_pages  # noqa: E402
 
 from docqa.api import DocIndex  # noqa: E402
 from docqa.config import IngestSettings  # noqa: E402
-from docqa.errors import IndexLockedError  # noqa: E402
+from docqa.errors import IndexLockedError, InputFileError  # noqa: E402
 from docqa.index.store import DB_NAME  # noqa: E402
 from docqa.inputs.sources import sha256_of  # noqa: E402
 from docqa.watch import FolderWatcher  # noqa: E402
@@ -209,6 +209,32 @@ def test_one_watcher_per_index(watching, retriever_checkpoint):
     docs, index_dir, _ = watching
     with pytest.raises(IndexLockedError, match="another docqa watch"):
         FolderWatcher([docs], index_dir, settings=IngestSettings(model=str(retriever_checkpoint), device="cpu"))
+
+
+def test_a_folder_inside_the_index_is_refused_and_one_that_goes_ends_the_watch(tmp_path, retriever_checkpoint):
+    settings = IngestSettings(model=str(retriever_checkpoint), device="cpu")
+    (tmp_path / "idx" / "uploads").mkdir(parents=True)
+    with pytest.raises(InputFileError, match="inside the index folder"):
+        FolderWatcher([tmp_path / "idx" / "uploads"], tmp_path / "idx", settings=settings)
+    docs = tmp_path / "docs"
+    make_image(docs / "a.png", text="a")
+    watcher = FolderWatcher([docs], tmp_path / "idx", settings=settings, settle_s=SETTLE)
+    ended: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            watcher.run()
+        except BaseException as error:  # noqa: BLE001  what the watch command would report
+            ended.append(error)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    _wait_in_step(tmp_path / "idx", docs)
+    shutil.rmtree(docs)  # watchfiles alone would go on watching nothing, even once the folder is back
+    thread.join(timeout=60)
+    watcher.stop()
+    assert not thread.is_alive() and isinstance(ended[0], InputFileError), ended
+    assert "is gone" in str(ended[0]) and _indexed(tmp_path / "idx") == {}  # its documents went first
 
 
 def _start_watch(docs: Path, index_dir: Path, checkpoint: Path) -> subprocess.Popen:

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 from ..config import MAX_BATCH_SIZE, IngestSettings
-from ..errors import DocQAError
 from .common import EXIT_OK, INDEX_HELP, key_value, positive_int, positive_int_up_to, print_json
+from .serving import add_access_options, check_access
 
 
 def add_agent_parsers(commands, add_engine_option) -> None:
@@ -25,7 +24,7 @@ def add_agent_parsers(commands, add_engine_option) -> None:
     mcp.add_argument("--transport", choices=("stdio", "http"), default="stdio", help="stdio (default) or http")
     mcp.add_argument("--host", default="127.0.0.1", help="http: loopback address to bind (default 127.0.0.1)")
     mcp.add_argument("--port", type=positive_int, default=8765, help="http: port (default 8765)")
-    mcp.add_argument("--token", help="http: the Bearer token every request must carry; defaults to $DOCQA_TOKEN")
+    add_access_options(mcp, "http: ", random=False)
     mcp.add_argument("--answer-model", help="image-text-to-text model for the ask tool (loaded on first use)")
     mcp.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
     add_engine_option(mcp, "the answer model (the retriever always uses the index's engine)")
@@ -45,27 +44,7 @@ def add_agent_parsers(commands, add_engine_option) -> None:
     watch.add_argument(
         "--batch-size", type=positive_int_up_to(MAX_BATCH_SIZE), default=4, help="pages per forward pass (default 4)"
     )
-    watch.add_argument(
-        "--tag",
-        action="append",
-        type=key_value,
-        default=[],
-        metavar="KEY=VALUE",
-        help="store this tag on every document added or updated (repeatable)",
-    )
-    watch.add_argument(
-        "--settle",
-        type=float,
-        default=1.0,
-        metavar="SECONDS",
-        help="a file is taken once unchanged for this long (default 1.0)",
-    )
-    watch.add_argument(
-        "--rescan",
-        type=float,
-        metavar="SECONDS",
-        help="also run a full ingest --sync this often (default: only at start)",
-    )
+    add_watch_options(watch)
     watch.add_argument("--json", action="store_true", help="print one JSON object per batch")
     watch.set_defaults(handler=watch_command, interrupted="stopped watching; everything synced so far is committed")
 
@@ -88,15 +67,52 @@ def add_agent_parsers(commands, add_engine_option) -> None:
     daemon.set_defaults(handler=daemon_command)
 
 
+def add_watch_options(parser: argparse.ArgumentParser, what: str = "") -> None:
+    """--tag, --settle and --rescan, as `docqa watch` and `docqa serve --watch` take them (``what``
+    starts each help text)."""
+    parser.add_argument(
+        "--tag",
+        action="append",
+        type=key_value,
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"{what}store this tag on every document added or updated (repeatable)",
+    )
+    parser.add_argument(
+        "--settle",
+        type=_settle_seconds,
+        default=1.0,
+        metavar="SECONDS",
+        help=f"{what}a file is taken once unchanged for this long (0 to 3600, default 1.0)",
+    )
+    parser.add_argument(
+        "--rescan",
+        type=float,
+        metavar="SECONDS",
+        help=f"{what}also run a full ingest --sync this often (default: only at start)",
+    )
+
+
+def _settle_seconds(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 3600:
+        raise argparse.ArgumentTypeError(f"takes 0 to 3600 seconds, not {text}")
+    return value
+
+
 def mcp_command(args: argparse.Namespace) -> int:
     from ..serve.mcp import run
 
+    if args.transport == "http":
+        check_access(args, random=False)
     run(
         args.index,
         transport=args.transport,
         host=args.host,
         port=args.port,
-        token=args.token or os.environ.get("DOCQA_TOKEN") or None,
+        token=args.token,
+        token_file=args.token_file,
+        allow_hosts=args.allow_host,
         device=args.device,
         answer_model=args.answer_model,
         engine=args.engine,
@@ -106,9 +122,6 @@ def mcp_command(args: argparse.Namespace) -> int:
 
 def watch_command(args: argparse.Namespace) -> int:
     from ..watch import FolderWatcher, format_batch
-
-    if not 0 <= args.settle <= 3600:
-        raise DocQAError(f"--settle takes 0 to 3600 seconds, not {args.settle}")
 
     def report(batch) -> None:
         if args.json:

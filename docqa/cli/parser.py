@@ -11,7 +11,7 @@ from ..config import (
     MAX_PAGE_IMAGES,
     MAX_RESULTS,
 )
-from .agents import add_agent_parsers
+from .agents import add_agent_parsers, add_watch_options
 from .asking import ask_command, chat_command, describe_command
 from .common import EXIT_ERROR, INDEX_HELP, KEPT_ON_INTERRUPT, key_value, positive_int, positive_int_up_to
 from .indexing import info_command, ingest_command, remove_command
@@ -281,7 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
     evaluate.set_defaults(handler=eval_command)
 
-    add_serve_parser(commands)
+    add_serve_parser(commands, add_watch_options)
     add_agent_parsers(commands, _add_engine_option)
     return parser
 

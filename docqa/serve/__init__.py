@@ -42,21 +42,38 @@ def check_bind(host: str, *, tls: bool, insecure: bool = False) -> None:
 
 
 def resolve_token(
-    token: str | None, token_file: str | None, environ: Mapping[str, str] | None = None
+    token: str | None, token_file: str | None, environ: Mapping[str, str] | None = None, *, random: bool = True
 ) -> tuple[str, str]:
-    """The token and where it came from: --token-file, --token, $DOCQA_TOKEN, else a random one."""
+    """The token and where it came from: --token-file, --token, $DOCQA_TOKEN, else a random one
+    (TokenError instead when ``random`` is false)."""
     environ = os.environ if environ is None else environ
     if token_file:
         try:
             text = Path(token_file).expanduser().read_text("utf-8").strip()
         except (OSError, UnicodeDecodeError) as error:
             raise TokenError(f"{token_file}: cannot read the token file ({error})") from error
-        return check_token(text), "file"
+        try:
+            return check_token(text), "file"
+        except TokenError as error:
+            raise TokenError(f"{token_file}: {error}") from None
     if token:
         return check_token(token), "argument"
     if environ.get("DOCQA_TOKEN"):
         return check_token(environ["DOCQA_TOKEN"]), "environment"
+    if not random:
+        raise TokenError("no token given: pass --token-file FILE (or --token TOKEN), or set $DOCQA_TOKEN")
     return new_token(), "random"
+
+
+def server_token(token: str | None, token_file: str | None, *, random: bool = True) -> tuple[str, str]:
+    """``resolve_token`` as a server starting up says it: a warning when the token came as an argument."""
+    value, source = resolve_token(token, token_file, random=random)
+    if source == "argument":
+        print(
+            "docqa: warning: --token shows in `ps` to every user of this machine; prefer --token-file or $DOCQA_TOKEN",
+            file=sys.stderr,
+        )
+    return value, source
 
 
 def create_app(service, auth: Auth | None = None):
@@ -84,18 +101,18 @@ def serve(
     max_upload_pages: int | None = None,
     upload_quota_mb: int | None = None,
     absolute_paths: bool = False,
+    watch: list[str] | None = None,
+    settle_s: float = 1.0,
+    rescan_s: float | None = None,
+    watch_tags: dict[str, str] | None = None,
 ) -> None:
-    """Load the index's retriever once, print the login URL, then serve until interrupted."""
+    """Load the index's retriever once, start keeping the ``watch`` folders in step (docqa.watch,
+    inside the server), print the login URL, then serve until interrupted."""
     if bool(certfile) != bool(keyfile):
         raise DocQAError("TLS needs both --certfile and --keyfile")
     check_bind(host, tls=bool(certfile), insecure=insecure)
     require_serve_extra()
-    value, source = resolve_token(token, token_file)
-    if source == "argument":
-        print(
-            "docqa: warning: --token shows in `ps` to every user of this machine; prefer --token-file or $DOCQA_TOKEN",
-            file=sys.stderr,
-        )
+    value, source = server_token(token, token_file)
     import uvicorn
 
     from .service import Service
@@ -113,6 +130,11 @@ def serve(
     auth = Auth(token=value, allow_hosts=frozenset(allow_hosts or ()))
     try:
         service.load_models()
+        if watch:
+            from .watching import ServedWatch
+
+            watching = ServedWatch(service, watch, settle_s=settle_s, rescan_s=rescan_s, tags=watch_tags)
+            print(f"docqa: keeping {', '.join(watching.shown_folders)} in step", file=sys.stderr)
         scheme = "https" if certfile else "http"
         shown = "127.0.0.1" if host in ("0.0.0.0", "::") else (f"[{host}]" if ":" in host else host)
         print(
@@ -130,4 +152,4 @@ def serve(
         service.close()
 
 
-__all__ = ["Auth", "check_bind", "create_app", "require_serve_extra", "resolve_token", "serve"]
+__all__ = ["Auth", "check_bind", "create_app", "require_serve_extra", "resolve_token", "serve", "server_token"]

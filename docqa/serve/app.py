@@ -14,7 +14,7 @@ import html
 import json
 from collections.abc import AsyncIterator, Callable, Iterator
 from importlib import resources
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
@@ -92,6 +92,43 @@ class AskRequest(BaseModel):
     max_new_tokens: int = Field(256, ge=1, le=1024)
     where: dict[str, str] | None = Field(None, description="only documents with every one of these tags")
     path: str | None = Field(None, max_length=1000, description="only documents whose path matches this glob")
+
+
+class WatchFailure(BaseModel):
+    path: str
+    error: str
+
+
+class WatchState(BaseModel):
+    """`docqa serve --watch`: the folders kept in step and how that goes."""
+
+    folders: list[str]
+    state: Literal["starting", "watching", "restarting", "stopped"] = Field(
+        description="starting: the catch-up sync runs; restarting: the watcher failed (see error) and starts again"
+    )
+    batches: int = Field(description="batches applied since the server started")
+    restarts: int = Field(description="how often the watcher failed and was started again")
+    error: str | None = Field(description="why the watcher last failed (cleared by its next catch-up)")
+    last: dict[str, Any] | None = Field(
+        description="the last batch, as docqa watch --json prints it (event, added, updated, removed, failed, "
+        "failures, waiting, seconds) and when (at, Unix time)"
+    )
+    failures: list[WatchFailure] = Field(description="files in the folders that did not ingest, and why")
+
+
+class InfoResponse(BaseModel):
+    """What the index holds, its model and the server's limits (more fields than listed here)."""
+
+    model_config = ConfigDict(extra="allow")
+    documents: int
+    pages: int
+    generation: int = Field(
+        description="changes whenever the index's committed content changes (an upload ingested, a "
+        "delete, a watched folder's batch), and never repeats across restarts: poll it, and reload "
+        "the documents when it changes"
+    )
+    jobs_running: int
+    watch: WatchState | None = Field(description="the watched folders (docqa serve --watch), else null")
 
 
 async def authorized(request: Request) -> Principal:
@@ -221,7 +258,7 @@ def _page_router() -> APIRouter:
 def _search_router(limits: Limits) -> APIRouter:
     router = APIRouter(prefix="/api")
 
-    @router.get("/info", summary="What the index holds, its model and the server's limits")
+    @router.get("/info", summary="What the index holds, its model and the server's limits", response_model=InfoResponse)
     def info(service: ServiceDep) -> dict:
         return service.info()
 

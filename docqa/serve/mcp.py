@@ -399,13 +399,17 @@ def run(
     host: str = "127.0.0.1",
     port: int = 8765,
     token: str | None = None,
+    token_file: str | None = None,
+    allow_hosts: list[str] | None = None,
     device: str | None = None,
     answer_model: str | None = None,
     engine: str | None = None,
 ) -> None:
-    """Serve until the client hangs up (stdio) or until interrupted (http)."""
+    """Serve until the client hangs up (stdio) or until interrupted (http: the token from
+    ``token_file``, ``token`` or $DOCQA_TOKEN, as `docqa serve` takes it, and the extra Host names
+    ``allow_hosts``)."""
     require_mcp()
-    auth = _http_auth(host, token) if transport == "http" else None
+    auth = _http_auth(host, token, token_file, allow_hosts) if transport == "http" else None
     library = PageLibrary(index, device=device, answer_model=answer_model, engine=engine)
     # load the retriever in the background, so the client's handshake is answered at once
     threading.Thread(target=_warm, args=(library,), name="docqa-mcp-warm", daemon=True).start()
@@ -427,8 +431,10 @@ def run(
         library.close()
 
 
-def _http_auth(host: str, token: str | None) -> "Auth":
-    """The HTTP transport's Auth: a loopback bind, and a token given (checked as `docqa serve` checks it)."""
+def _http_auth(host: str, token: str | None, token_file: str | None, allow_hosts: list[str] | None) -> "Auth":
+    """The HTTP transport's Auth: a loopback bind, and a token given (found and checked as `docqa
+    serve` finds and checks it, but never made up: an agent's configuration must name it)."""
+    from . import server_token
     from .security import Auth
 
     if host not in LOOPBACK:
@@ -436,9 +442,8 @@ def _http_auth(host: str, token: str | None) -> "Auth":
             f"docqa mcp binds loopback only, not {host}: use 127.0.0.1 and a tunnel or a "
             "reverse proxy with TLS to reach it from elsewhere"
         )
-    if not token:
-        raise DocQAError("the MCP HTTP transport needs a token: pass --token TOKEN or set $DOCQA_TOKEN")
-    return Auth(token=token)
+    value, _ = server_token(token, token_file, random=False)
+    return Auth(token=value, allow_hosts=frozenset(allow_hosts or ()))
 
 
 def _warm(library: PageLibrary) -> None:

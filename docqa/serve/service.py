@@ -2,9 +2,11 @@
 
 Everything goes through the library (``DocIndex``, ``Asker``, ``grounding``): no SQL or vector
 access here. Threads: searches run on a reader handle of the index (one at a time: the handle's
-candidate index is not shared-safe); uploads are ingested, and deletes done, on a writer handle by
-one worker, so they never race. Both handles share the one retriever (its forward passes take
-turns); the answer model is loaded once, on first use, and answers one question at a time.
+candidate index is not shared-safe); every write (an upload's ingest, a delete, a watched folder's
+batch: ``watching``) runs through ``write``, the one writer, on a writer handle, so they never race,
+and changes ``generation`` once it is done (readers see the commit at their next read). Both handles
+share the one retriever (its forward passes take turns); the answer model is loaded once, on first
+use, and answers one question at a time.
 
 Expensive work is bounded (``slots.Slots``): one answer at a time with a short line behind it,
 page renders by the bytes of pixels they decode, heatmaps one at a time. Answers are generated on
@@ -22,11 +24,12 @@ import re
 import stat
 import tempfile
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, Protocol, TypeVar
 from urllib.parse import quote
 
 from ..answer.ask import Asker
@@ -57,6 +60,7 @@ AnswerEvents = Generator[tuple[str, dict], None, None]
 
 UPLOADS = "uploads"  # inside the index folder
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._ -]+")
+T = TypeVar("T")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
 _IMAGE_TYPES = (  # the image kinds sniff() accepts, by their first bytes
     (b"\x89PNG", "image/png"),
@@ -71,6 +75,16 @@ SPOOL_BYTES = 8 * 1024 * 1024  # an original up to this size is checked in memor
 
 class _Stop(DocQAError):
     """Raised from the ingest's progress callback: the job was cancelled or has too many pages."""
+
+
+class Watching(Protocol):
+    """Folders kept in step through ``Service.write`` (``watching.ServedWatch``), stopped by ``close``."""
+
+    def to_json(self) -> dict: ...
+
+    def stop(self) -> None: ...
+
+    def join(self, timeout: float | None = None) -> None: ...
 
 
 class AnswerRun:
@@ -167,7 +181,10 @@ class Service:
         self.device = device
         self.absolute_paths = absolute_paths
         self._read = threading.Lock()  # one search at a time on the reader handle
-        self._write = threading.Lock()  # one writer (ingest or delete) at a time
+        self._write = threading.Lock()  # one writer (ingest, delete or watched batch) at a time: see write()
+        # changes after every write; starts at the start time (ms), so a restarted server never repeats one
+        self.generation = int(time.time() * 1000)
+        self.watching: Watching | None = None  # a watching.ServedWatch sets itself here
         self._generator_lock = threading.Lock()  # loads the answer model once
         self._generator: AnswerModel | None = None
         self._retriever_lock = threading.Lock()
@@ -237,8 +254,9 @@ class Service:
             self._root = os.path.commonpath([os.path.dirname(f) for f in files]) if files else ""
         return self._root or None
 
-    def _paths_changed(self) -> None:
+    def _content_changed(self) -> None:
         self._root = None
+        self.generation += 1  # under the writer lock: one writer, so no lost increment
 
     # --- reading ---------------------------------------------------------------------------
     def search(
@@ -368,6 +386,8 @@ class Service:
             ),
             "limits": self.limits.__dict__,
             "jobs_running": sum(not job.finished for job in self.jobs()),
+            "generation": self.generation,
+            "watch": None if self.watching is None else self.watching.to_json(),
         }
 
     # --- asking ----------------------------------------------------------------------------
@@ -570,33 +590,39 @@ class Service:
         return {**self.job_json(job), "deleted": True, "file_deleted": deleted}
 
     def delete_document(self, document_id: int) -> dict:
-        """Remove a document (and its uploaded file, when it was uploaded here)."""
-        if not self._write.acquire(timeout=5):
-            raise IndexLockedError(
-                "an upload is being ingested; try the delete again when it is done, or cancel it (DELETE /api/jobs/ID)"
-            )
-        try:
-            record = self._document(document_id)
-            with self._read:
-                aliases = self.reader.aliases(document_id)  # its other paths go with it
-            writer = self._writer()
-            try:
-                report = writer.remove_documents([document_id])
-            finally:
-                writer.close()
+        """Remove a document (and its uploaded files, when it or its other paths were uploaded here)."""
+        record = self._document(document_id)
+        with self._read:
+            aliases = self.reader.aliases(document_id)  # its other paths go with it
+        report = self.write(lambda writer: writer.remove_documents([document_id]), wait_s=5)
+        if report.removed:
             for file in [record.file, *(alias.file for alias in aliases)]:
                 if _is_under(file, self.uploads):
                     file.unlink(missing_ok=True)
                     _remove_empty(file.parent)
-            self._paths_changed()
-            shown = report.to_json()
-            if not self.absolute_paths:
-                shown = {
-                    "index": self.reader.path.name,
-                    "removed": [self.shown(record.file)] if shown["removed"] else [],
-                    "not_found": [],
-                }
-            return shown
+        shown = report.to_json()
+        if not report.removed:  # removed by another writer (a watched folder's batch) in between
+            raise NotFound(f"no document with id {document_id}")
+        if not self.absolute_paths:
+            shown = {"index": self.reader.path.name, "removed": [self.shown(record.file)], "not_found": []}
+        return shown
+
+    def write(self, work: Callable[[DocIndex], T], *, wait_s: float | None = None) -> T:
+        """Run one write on a writer handle as the server's one writer: uploads, deletes and watched
+        folders take turns here, and ``generation`` changes once it is done (IndexLockedError when
+        another write still runs after ``wait_s``; without it, wait for it)."""
+        if not self._write.acquire(timeout=-1 if wait_s is None else wait_s):
+            raise IndexLockedError(
+                "the index is being written (an upload being ingested, or a watched folder's changes); "
+                "try again when it is done, or cancel the upload (DELETE /api/jobs/ID)"
+            )
+        try:
+            writer = self._writer()
+            try:
+                return work(writer)
+            finally:
+                writer.close()
+                self._content_changed()
         finally:
             self._write.release()
 
@@ -644,12 +670,7 @@ class Service:
             on_progress=progress,
         )
         try:
-            with self._write:
-                writer = self._writer()
-                try:
-                    report = writer.ingest([job.path], settings)
-                finally:
-                    writer.close()
+            report = self.write(lambda writer: writer.ingest([job.path], settings))
         except _Stop as stop:
             cancelled = job.cancel.is_set()
             job.update(state="cancelled" if cancelled else "failed", error=str(stop))
@@ -662,7 +683,6 @@ class Service:
             reasons = "; ".join(f.error for f in report.failures) or None
             job.update(state=state, report=report.to_json(), error=reasons)
         self._keep_pages(job)
-        self._paths_changed()
         self._store.save()
 
     def _keep_pages(self, job: Job) -> None:
@@ -677,10 +697,14 @@ class Service:
         with self._queue_ready:
             self._stopping = True
             self._queue_ready.notify_all()
+        if self.watching is not None:
+            self.watching.stop()  # a batch being ingested stops at its next page
         for job in self.jobs():
             if job.state == "ingesting":
                 job.cancel.set()  # stops at its next page; jobs.json then says so
         self._worker.join(timeout=10)
+        if self.watching is not None:
+            self.watching.join(timeout=10)
         self.reader.close()
 
     # --- cache -----------------------------------------------------------------------------

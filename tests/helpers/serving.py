@@ -3,8 +3,11 @@ over a copy of it (as fixtures), a server on a loopback port, the token, and wai
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
+import subprocess
+import sys
 import threading
 import time
 from contextlib import contextmanager
@@ -17,6 +20,7 @@ from docqa.serve.security import Auth
 from docqa.serve.service import Service
 from docqa.serve.slots import Limits
 from helpers.documents import make_image, make_pdf
+from helpers.paths import REPO
 
 
 def build_corpus_index(root: Path, retriever_checkpoint: Path) -> Path:
@@ -157,3 +161,36 @@ def authenticated(app):
         await app(scope, receive, send)
 
     return wrapped
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on now (for a server process of a test)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_serve(index: Path, port: int, token_file: Path, log: Path, *flags: str) -> subprocess.Popen:
+    """A real `docqa serve` process over ``index`` on 127.0.0.1:``port`` (its output appended to ``log``)."""
+    code = "import sys; from docqa.cli import main; sys.exit(main(sys.argv[1:]))"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    command = ["serve", "--index", str(index), "--port", str(port), "--token-file", str(token_file), "--device", "cpu"]
+    return subprocess.Popen(
+        [sys.executable, "-c", code, *command, *flags], stdout=log.open("ab"), stderr=subprocess.STDOUT, env=env
+    )
+
+
+def wait_up(http, process: subprocess.Popen, log: Path) -> None:
+    """Until ``http`` (an httpx client with the token) gets /api/info from ``process``; AssertionError with the log's tail."""
+    import httpx
+
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        assert process.poll() is None, log.read_text()[-2000:]
+        try:
+            if http.get("/api/info").status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.25)
+    raise AssertionError(f"the server did not come up: {log.read_text()[-2000:]}")

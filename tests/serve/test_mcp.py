@@ -19,7 +19,7 @@ from PIL import Image
 pytest.importorskip("mcp.server.mcpserver")
 
 from helpers.paths import REPO
-from helpers.serving import TOKEN, corpus_index_fixture, running_server  # noqa: E402
+from helpers.serving import TOKEN, corpus_index_fixture, free_port, running_server  # noqa: E402
 from mcp import Client, StdioServerParameters  # noqa: E402
 from mcp.client.streamable_http import streamable_http_client  # noqa: E402
 
@@ -243,3 +243,64 @@ def test_missing_index_is_a_clean_error(tmp_path, capsys):
 
     assert main(["mcp", "--index", str(tmp_path / "none")]) == 2
     assert "no index at" in capsys.readouterr().err
+
+
+def test_http_token_file_refusals_are_one_line(corpus, tmp_path, capsys):
+    from docqa.cli import main
+
+    (tmp_path / "short").write_text("abc\n")
+    for bad, reason in ((tmp_path / "short", "at least 16"), (tmp_path / "missing", "cannot read")):
+        assert main(["mcp", "--index", str(corpus), "--transport", "http", "--token-file", str(bad)]) == 2
+        error = capsys.readouterr().err.strip()
+        assert len(error.splitlines()) == 1 and str(bad) in error and reason in error, error
+
+
+def test_http_transport_takes_a_token_file_and_allow_host_as_serve_does(corpus, tmp_path):
+    """A real `docqa mcp --transport http` process: the token read from --token-file, a Host named
+    with --allow-host answered, any other refused (as `docqa serve` does with the same flags)."""
+    import subprocess
+    import time
+
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")
+    port = free_port()
+    env = {key: value for key, value in _env().items() if key != "DOCQA_TOKEN"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "docqa", "mcp", "--index", str(corpus), "--transport", "http", "--device", "cpu"]
+        + ["--port", str(port), "--token-file", str(token_file), "--allow-host", "docs.example"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    url = f"http://127.0.0.1:{port}/mcp"
+    initialize = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
+    }
+    accept = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+    bearer = {**accept, "Authorization": f"Bearer {TOKEN}"}
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            assert process.poll() is None, process.stderr.read().decode()[-2000:]
+            try:
+                httpx.get(url, timeout=2)
+                break
+            except httpx.HTTPError:
+                assert time.monotonic() < deadline, "docqa mcp did not start listening"
+                time.sleep(0.25)
+        with httpx.Client(timeout=30) as http:
+            named = http.post(url, json=initialize, headers={**bearer, "Host": f"docs.example:{port}"})
+            assert named.status_code == 200, named.text
+            assert (
+                http.post(url, json=initialize, headers={**bearer, "Host": f"evil.example:{port}"}).status_code == 421
+            )
+            assert (
+                http.post(url, json=initialize, headers={**accept, "Host": f"docs.example:{port}"}).status_code == 401
+            )
+            assert http.post(url, json=initialize, headers=bearer).status_code == 200  # loopback names always
+    finally:
+        process.terminate()
+        process.wait(timeout=30)

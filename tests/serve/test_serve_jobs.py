@@ -4,11 +4,8 @@ reused, and jobs that survive a kill -9 of the server (a real `docqa serve` proc
 from __future__ import annotations
 
 import json
-import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -18,15 +15,17 @@ pytest.importorskip("fastapi", reason='the server tests need the serve extra: pi
 httpx = pytest.importorskip("httpx")
 
 from helpers.documents import make_pdf  # noqa: E402
-from helpers.paths import REPO  # noqa: E402
 from helpers.serving import (  # noqa: E402
     TOKEN,
     api_client,
     corpus_index_fixture,
+    free_port,
     make_auth,
     service_on_copy,
+    start_serve,
     wait_for_job,
     wait_until,
+    wait_up,
 )
 from reportlab.pdfgen import canvas  # noqa: E402
 
@@ -183,52 +182,6 @@ def test_a_job_interrupted_twice_fails_with_its_reason(tmp_path):
     assert store.add("y.pdf", upload).id == "8"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _start(index: Path, port: int, token_file: Path, log: Path) -> subprocess.Popen:
-    code = "import sys; from docqa.cli import main; sys.exit(main(sys.argv[1:]))"
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
-    }
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            code,
-            "serve",
-            "--index",
-            str(index),
-            "--port",
-            str(port),
-            "--token-file",
-            str(token_file),
-            "--device",
-            "cpu",
-        ],
-        stdout=log.open("ab"),
-        stderr=subprocess.STDOUT,
-        env=env,
-    )
-
-
-def _up(http: httpx.Client, process: subprocess.Popen, log: Path) -> None:
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        assert process.poll() is None, log.read_text()[-2000:]
-        try:
-            if http.get("/api/info").status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.25)
-    raise AssertionError(f"the server did not come up: {log.read_text()[-2000:]}")
-
-
 def test_kill_9_during_an_upload_then_a_restart_resumes_the_job(tmp_path, corpus_index):
     index = tmp_path / "idx"
     import shutil
@@ -236,14 +189,14 @@ def test_kill_9_during_an_upload_then_a_restart_resumes_the_job(tmp_path, corpus
     shutil.copytree(corpus_index, index)
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN)
-    port = _free_port()
+    port = free_port()
     log = tmp_path / "server.log"
     pdf = make_pdf(tmp_path / "in" / "long.pdf", 6, title="long").read_bytes()
     headers = {"Authorization": f"Bearer {TOKEN}"}
-    process = _start(index, port, token_file, log)
+    process = start_serve(index, port, token_file, log)
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=headers, timeout=30) as http:
-            _up(http, process, log)
+            wait_up(http, process, log)
             assert "/login?code=" in log.read_text() and TOKEN not in log.read_text()
             job = http.post("/api/uploads", files={"file": ("long.pdf", pdf, "application/pdf")}).json()
             wait_until(lambda: http.get(f"/api/jobs/{job['id']}").json()["pages_done"] >= 1, 90, "the first page")
@@ -251,8 +204,8 @@ def test_kill_9_during_an_upload_then_a_restart_resumes_the_job(tmp_path, corpus
             process.wait(timeout=30)
             persisted = json.loads((index / "jobs.json").read_text())
             assert [j["state"] for j in persisted["jobs"]] == ["ingesting"]
-            process = _start(index, port, token_file, log)
-            _up(http, process, log)
+            process = start_serve(index, port, token_file, log)
+            wait_up(http, process, log)
             listed = http.get("/api/jobs").json()["jobs"]
             assert [j["id"] for j in listed] == [job["id"]] and listed[0]["resumes"] == 1
             finished = wait_until(
