@@ -503,6 +503,11 @@ class Store:
         self.db.execute(f"DELETE FROM documents WHERE id IN ({marks})", document_ids)
         return [(int(offset), int(count)) for offset, count in ranges]
 
+    def others_commits(self) -> int:
+        """A number that changes whenever another connection (another process's writer, or this
+        process's other handle) has committed to the index since this one last asked."""
+        return int(self.db.execute("PRAGMA data_version").fetchone()[0])
+
     # --- pages ------------------------------------------------------------------------------
     def snapshot(self, page_filter: PageFilter | None = None) -> tuple[PageTable, int, str, np.ndarray | None]:
         """The page table with the vector epoch and file name it refers to, read consistently, and

@@ -124,8 +124,8 @@ class InfoResponse(BaseModel):
     pages: int
     generation: int = Field(
         description="changes whenever the index's committed content changes (an upload ingested, a "
-        "delete, a watched folder's batch), and never repeats across restarts: poll it, and reload "
-        "the documents when it changes"
+        "delete, a watched folder's batch, another process's ingest), and never repeats across "
+        "restarts: poll it, and reload the documents when it changes"
     )
     jobs_running: int
     watch: WatchState | None = Field(description="the watched folders (docqa serve --watch), else null")

@@ -184,6 +184,7 @@ class Service:
         self._write = threading.Lock()  # one writer (ingest, delete or watched batch) at a time: see write()
         # changes after every write; starts at the start time (ms), so a restarted server never repeats one
         self.generation = int(time.time() * 1000)
+        self._seen_commits: int | None = None  # the reader's PRAGMA data_version when info() last looked
         self.watching: Watching | None = None  # a watching.ServedWatch sets itself here
         self._generator_lock = threading.Lock()  # loads the answer model once
         self._generator: AnswerModel | None = None
@@ -369,6 +370,11 @@ class Service:
     def info(self) -> dict:
         with self._read:  # info reads the candidate stage's stats: a snapshot on the reader handle
             info = self.reader.info()
+            seen = self.reader.store.others_commits()  # also another process's `docqa ingest`
+            if seen != self._seen_commits:
+                if self._seen_commits is not None:
+                    self._content_changed()
+                self._seen_commits = seen
         shown = info.to_json()
         if not self.absolute_paths:
             shown["index"] = self.reader.path.name

@@ -100,6 +100,21 @@ def test_generation_changes_with_uploads_and_deletes_and_is_in_the_schema(client
     assert _generation(client) > uploaded
 
 
+def test_generation_changes_when_another_process_ingests(client, service, tmp_path):
+    from docqa.api import DocIndex
+
+    first = _generation(client)
+    outside = make_image(tmp_path / "elsewhere" / "outside.png", text="outside")
+    other = DocIndex.open(service.reader.path)  # another writer, as a `docqa ingest` in a shell is
+    try:
+        other.ingest([outside.parent])
+    finally:
+        other.close()
+    changed = _generation(client)
+    assert changed != first and "outside.png" in _names(client)
+    assert _generation(client) == changed  # and only once
+
+
 def test_an_upload_and_a_watched_batch_at_once_both_land(client, service, watched, tmp_path):
     """One writer: while another write holds it, both the upload's job and the watcher's batch wait,
     then each lands in turn (neither fails on the index's write lock)."""
