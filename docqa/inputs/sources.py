@@ -132,9 +132,10 @@ def read_head(path: Path) -> bytes:
         return handle.read(_SNIFF_BYTES)
 
 
-def classify(path: Path) -> SourceFile:
-    """Sniff one regular file. Raises OSError when it cannot be read."""
-    suffix = path.suffix.lower()
+def classify(path: Path, name: str | None = None) -> SourceFile:
+    """Sniff one regular file (known by ``name`` when its own name is a temporary one: the
+    extension tells text, Markdown and HTML apart). Raises OSError when it cannot be read."""
+    suffix = Path(name or path.name).suffix.lower()
     claimed = suffix in PDF_EXTENSIONS | IMAGE_EXTENSIONS | OFFICE_EXTENSIONS
     head = read_head(path)
     kind = sniff(head)

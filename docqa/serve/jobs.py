@@ -20,7 +20,7 @@ from ..errors import JobsFileError
 from ..files import atomic_write
 
 JOBS_FILE = "jobs.json"
-STATES = ("queued", "ingesting", "done", "failed", "cancelled")
+STATES = ("queued", "converting", "ingesting", "done", "failed", "cancelled")
 FINISHED = ("done", "failed", "cancelled")
 MAX_RESUMES = 1
 
@@ -128,7 +128,7 @@ class JobStore:
                         "times; delete it or upload it again",
                     )
                 else:
-                    if job.state == "ingesting":
+                    if job.state in ("converting", "ingesting"):
                         job.resumes += 1
                     job.update(state="queued", pages_done=0)
                     again.append(job)

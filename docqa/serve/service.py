@@ -45,10 +45,11 @@ from ..errors import (
     UploadRejected,
     UploadTooLarge,
 )
-from ..files import atomic_writer
+from ..files import PendingFile, atomic_writer
 from ..index import DocumentRecord
+from ..inputs.converters import INSTALL_HINT, default_converter
 from ..inputs.render import png_bytes
-from ..inputs.sources import IMAGE, PDF, describe_content, sniff
+from ..inputs.sources import CONVERTED, IMAGE, PDF, classify, describe_content, sniff
 from ..models.retriever import Retriever
 from .jobs import Job, JobStore
 from .slots import Limits, Slots, Ticket
@@ -514,8 +515,11 @@ class Service:
         """Store an uploaded file under the index's ``uploads/`` folder and queue its ingest.
 
         The stored name is derived from the content (its sha256) and a sanitised base name: the
-        client's name never becomes a path. Content that is not a PDF or supported image is refused,
-        and so is an upload that would take the stored uploads over the quota.
+        client's name never becomes a path. The content is sniffed as ingest sniffs a folder's files:
+        a PDF, a supported image, or a document LibreOffice converts (office, OpenDocument, RTF,
+        HTML, Markdown, text; refused when LibreOffice is missing or the document cannot be indexed:
+        damaged, encrypted, a zip bomb). Anything else is refused, and so is an upload that would
+        take the stored uploads over the quota.
         """
         self.uploads.mkdir(parents=True, exist_ok=True)
         room = self.limits.upload_quota_bytes - _folder_bytes(self.uploads)
@@ -536,9 +540,7 @@ class Service:
                     head += chunk[: 1024 - len(head)]
                 digest.update(chunk)
                 pending.file.write(chunk)
-            kind = sniff(head)
-            if kind is None:
-                raise UploadRejected(f"{safe_name(name)}: {describe_content(head)}")
+            kind = sniff(head) or self._converted_kind(pending, name, head)
             folder = self.uploads / digest.hexdigest()[:16]
             folder.mkdir(exist_ok=True)
             target = folder / safe_name(name, kind)
@@ -548,6 +550,22 @@ class Service:
             self._queue.append(job)
             self._queue_ready.notify()
         return job
+
+    @staticmethod
+    def _converted_kind(pending: PendingFile, name: str, head: bytes) -> str:
+        """The kind of an upload that is neither a PDF nor an image: one LibreOffice converts, or
+        UploadRejected with the reason."""
+        pending.file.flush()
+        source = classify(pending.temp, name=safe_name(name))
+        if source.kind not in CONVERTED:
+            raise UploadRejected(f"{safe_name(name)}: {source.problem or describe_content(head)}")
+        if source.problem is not None:
+            raise UploadRejected(f"{safe_name(name)}: {source.problem}")
+        if not default_converter().available():
+            raise UploadRejected(
+                f"{safe_name(name)}: a {source.kind} file: converting it needs LibreOffice on the server ({INSTALL_HINT})"
+            )
+        return source.kind
 
     def job(self, job_id: str) -> Job:
         job = self._store.jobs.get(job_id)
@@ -654,6 +672,9 @@ class Service:
             job.update(state="cancelled", error="cancelled before its ingest started")
             self._store.save()
             return
+        if not self._converted(job):
+            self._store.save()
+            return
         job.update(state="ingesting")
         self._store.save()
         cap = self.limits.max_upload_pages
@@ -690,6 +711,25 @@ class Service:
             job.update(state=state, report=report.to_json(), error=reasons)
         self._keep_pages(job)
         self._store.save()
+
+    def _converted(self, job: Job) -> bool:
+        """Convert an office, web or text upload to PDF first (state "converting"; the converted PDF
+        is cached, so the ingest that follows reuses it); False, with the job failed, when that fails."""
+        try:
+            kind = classify(job.path).kind
+        except OSError as error:
+            job.update(state="failed", error=f"cannot read the upload: {error.strerror or error}")
+            return False
+        if kind not in CONVERTED:
+            return True
+        job.update(state="converting")
+        self._store.save()
+        try:
+            default_converter().submit(job.path, kind, shown_as=job.name).result()
+        except DocQAError as error:
+            job.update(state="failed", error=str(error))
+            return False
+        return True
 
     def _keep_pages(self, job: Job) -> None:
         """Say on an unfinished job how many of its encoded pages the index keeps for a re-run."""
