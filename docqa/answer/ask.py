@@ -39,6 +39,7 @@ class AskResult:
     answer: Answer
     retrieve_s: float
     notes: list[str] = field(default_factory=list)
+    first_token_s: float | None = None  # from the start of answering (prompt, prefill) to the first text; None: no text
 
     def to_json(self) -> dict:
         return {
@@ -48,7 +49,11 @@ class AskResult:
                 {"path": c.path, "page": c.page, "score": c.score, "cited": c.cited} for c in self.answer.citations
             ],
             "answer_model": self.answer.model,
-            "timings": {"retrieve_s": round(self.retrieve_s, 3), "generate_s": round(self.answer.generate_s, 3)},
+            "timings": {
+                "retrieve_s": round(self.retrieve_s, 3),
+                "first_token_s": None if self.first_token_s is None else round(self.first_token_s, 3),
+                "generate_s": round(self.answer.generate_s, 3),
+            },
             "notes": self.notes,
         }
 
@@ -57,7 +62,10 @@ class AnswerStream:
     """Iterate to get the answer's text as it is generated; `result` is set once it is done."""
 
     def __init__(
-        self, pieces: Iterator[str], finish: Callable[[str, float], AskResult], pages: list[PageImage] | None = None
+        self,
+        pieces: Iterator[str],
+        finish: Callable[[str, float, float | None], AskResult],
+        pages: list[PageImage] | None = None,
     ) -> None:
         self._pieces = pieces
         self._finish = finish
@@ -66,11 +74,14 @@ class AnswerStream:
 
     def __iter__(self) -> Iterator[str]:
         started = time.perf_counter()
+        first: float | None = None
         text: list[str] = []
         for piece in self._pieces:
+            if first is None:
+                first = time.perf_counter() - started
             text.append(piece)
             yield piece
-        self.result = self._finish("".join(text), time.perf_counter() - started)
+        self.result = self._finish("".join(text), time.perf_counter() - started, first)
 
     def run(self) -> AskResult:
         """Generate without streaming."""
@@ -184,9 +195,10 @@ class Asker:
         dropped_before = len(self.conversation.notes)
         pieces = self.generator.stream(self.conversation, question, pages, max_new_tokens=self.max_new_tokens)
 
-        def finish(text: str, generate_s: float) -> AskResult:
+        def finish(text: str, generate_s: float, first_token_s: float | None) -> AskResult:
             answer = Answer(question, text, find_citations(text, pages), self.generator.model_id, generate_s)
-            return AskResult(answer, retrieve_s, [*(notes or []), *self.conversation.notes[dropped_before:]])
+            notes_now = [*(notes or []), *self.conversation.notes[dropped_before:]]
+            return AskResult(answer, retrieve_s, notes_now, first_token_s)
 
         return AnswerStream(pieces, finish, pages)
 

@@ -296,6 +296,7 @@ class Daemon:
         self._last = time.monotonic()
         self._count = threading.Lock()
         self.served = 0
+        self.last_timings: dict | None = None  # of the last answer given (status reports it)
         self.stale = False
         if self.index.build is not None:
             self.index.retriever(device=device)  # loaded before the socket appears
@@ -408,6 +409,7 @@ class Daemon:
                 "served": self.served,
                 "pid": os.getpid(),
                 "answer_model": (self._generator_key or [None])[0],
+                "last_ask_timings": self.last_timings,  # how the last answer's time was spent, in here
             }
             return
         if not session.get("hello"):
@@ -454,7 +456,9 @@ class Daemon:
                     stream = asker.ask(request["question"])
                 for piece in stream:
                     yield {"token": piece}
-            yield {"result": stream.result.to_json()}
+            result = stream.result.to_json()
+            self.last_timings = result["timings"]
+            yield {"result": result}
         elif op == "pages":
             pages = session["asker"].conversation.pages()
             yield {"pages": [{"path": p.path, "page": p.page} for p in pages]}

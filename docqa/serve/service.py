@@ -488,10 +488,7 @@ class Service:
                 "answer_model": result.answer.model
                 if self.absolute_paths or not os.path.isabs(result.answer.model)
                 else Path(result.answer.model).name,
-                "timings": {
-                    "retrieve_s": round(result.retrieve_s, 3),
-                    "generate_s": round(result.answer.generate_s, 3),
-                },
+                "timings": result.to_json()["timings"],
             },
         )
 
