@@ -14,6 +14,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -241,7 +242,7 @@ def _encode_and_commit(
         _timed(_page_stream(jobs, settings, retriever.stamp.image_edge, bar), timings), depth=2 * settings.batch_size
     )
     batches = _batches(pages, retriever, settings.batch_size, timings)
-    try:
+    with keeping_encoded_pages(storage, jobs):
         for event in _prefetch(batches, depth=1, name="docqa-preprocess"):
             if isinstance(event, _Batch):
                 encode(event)
@@ -255,9 +256,18 @@ def _encode_and_commit(
                 rendered.append(job)
                 commit_rendered()
         commit_rendered()
-    except (OSError, sqlite3.Error):  # the store failed (a full disk): the rows appended last may be torn
+
+
+@contextmanager
+def keeping_encoded_pages(storage: IndexStorage, jobs: list[PlannedFile]) -> Iterator[None]:
+    """An ingest's block: when it stops short (a cancel, Ctrl-C, a model or cluster failure), the
+    encoded pages of unfinished documents are checkpointed before the error goes on; not when the
+    store itself failed (a full disk): the rows appended last may then be torn."""
+    try:
+        yield
+    except (OSError, sqlite3.Error):
         raise
-    except BaseException:  # a cancel, Ctrl-C, a model failure: keep what was encoded
+    except BaseException:
         try:
             checkpoint_open(storage, jobs)
         except Exception:  # noqa: BLE001  the error that stopped the ingest is the one to raise

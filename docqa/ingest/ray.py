@@ -36,7 +36,7 @@ from ..index import IndexStorage
 from ..inputs.render import render_pages
 from ..models.checkpoints import is_gpu
 from ..models.retriever import Retriever, default_retriever
-from .local import checkpoint_open, commit_job, kept_reason
+from .local import checkpoint_open, commit_job, keeping_encoded_pages, kept_reason
 from .plan import PlannedFile
 from .report import IngestReport
 
@@ -210,7 +210,7 @@ class RayPipeline:
             return
         waiting = {number: _Arrivals(job, {page.number for page in job.pages}) for number, job in enumerate(jobs)}
         bar.update(sum(job.resumed for job in jobs))
-        try:
+        with keeping_encoded_pages(storage, jobs):
             for batch in self._batches(jobs, settings):
                 for row in range(len(batch["job"])):
                     arrivals = waiting.get(int(batch["job"][row]))
@@ -223,12 +223,6 @@ class RayPipeline:
                         self._finish(storage, arrivals, report)
                     elif stored and arrivals.job.checkpoint_due(settings.checkpoint_s):
                         checkpoint_open(storage, jobs)
-        except BaseException:  # a cancel, Ctrl-C, a cluster failure: keep what was encoded
-            try:
-                checkpoint_open(storage, jobs)
-            except Exception:  # noqa: BLE001  the error that stopped the ingest is the one to raise
-                pass
-            raise
         for arrivals in waiting.values():
             job = arrivals.job
             job.error = arrivals.error or (
