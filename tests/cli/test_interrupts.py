@@ -18,6 +18,7 @@ import pytest
 from helpers.documents import make_image, make_pdf
 from helpers.paths import HELPERS, REPO, TESTS
 
+from docqa.cli.common import KEPT_ON_INTERRUPT
 from docqa.models.engines import openvino_missing
 from docqa.models.generator import Generator
 
@@ -153,7 +154,6 @@ def test_second_ctrl_c_during_prefill_does_not_abort(harness, setup, tmp_path):
 
 def test_ingest_stops_within_2_s_and_keeps_committed_documents(harness, setup, tmp_path):
     from docqa import DocIndex
-    from docqa.cli.common import KEPT_ON_INTERRUPT
 
     make_image(tmp_path / "docs" / "a.png", text="first")
     make_image(tmp_path / "docs" / "b.png", text="second")
@@ -164,3 +164,21 @@ def test_ingest_stops_within_2_s_and_keeps_committed_documents(harness, setup, t
     reopened = DocIndex.open(index)
     assert reopened.info().documents == 1
     assert [hit.path for hit in reopened.search("first", k=5)] == [str(tmp_path / "docs" / "a.png")]
+
+
+def test_ctrl_c_mid_document_keeps_its_encoded_pages_for_the_next_ingest(harness, setup, tmp_path):
+    """Ctrl-C while a long PDF's second page is being encoded: its first page is kept (invisible to
+    search), and the next ingest takes it instead of encoding it again."""
+    from docqa import DocIndex
+
+    make_pdf(tmp_path / "docs" / "long.pdf", 3, title="long")
+    index = tmp_path / "fresh-index"
+    argv = ["ingest", str(tmp_path / "docs"), "--index", str(index), "--model", setup["retriever"], "--batch-size", "1"]
+    status, elapsed, _, err = harness.interrupt(tmp_path, "ingest", argv)
+    _assert_clean_stop(status, elapsed, err, f"docqa: {KEPT_ON_INTERRUPT}")
+    reopened = DocIndex.open(index)
+    assert reopened.info().documents == 0  # not searchable until the document is complete
+    report = reopened.ingest([tmp_path / "docs"], model=setup["retriever"])
+    assert report.resumed == [(str(tmp_path / "docs" / "long.pdf"), 1)]
+    assert report.pages_added == 3 and report.pages_resumed == 1
+    assert reopened.info().documents == 1
