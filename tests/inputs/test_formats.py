@@ -105,10 +105,19 @@ def office_folder(tmp_path_factory, converter) -> tuple[Path, dict[str, int]]:
     odt = libreoffice_convert([make_docx(made / "memo.docx", pages=3, title="Memo")], "odt", docs / "open", profile)[0]
     odp = libreoffice_convert([make_pptx(made / "slides.pptx", slides=2)], "odp", docs / "open", profile)[0]
     ods = libreoffice_convert([make_xlsx(made / "sheet.xlsx", sheets=1)], "ods", docs / "open", profile)[0]
+    # The binary Office formats and RTF, saved by LibreOffice itself (Word 97, PowerPoint 97, Excel 97)
+    doc = libreoffice_convert(
+        [make_docx(made / "old-memo.docx", pages=2, title="Old memo")], "doc", docs / "old", profile
+    )[0]
+    ppt = libreoffice_convert([make_pptx(made / "old-deck.pptx", slides=2)], "ppt", docs / "old", profile)[0]
+    xls = libreoffice_convert([make_xlsx(made / "old-book.xlsx", sheets=2)], "xls", docs / "old", profile)[0]
+    rtf = libreoffice_convert([make_docx(made / "letter.docx", pages=1, title="Letter")], "rtf", docs / "old", profile)[
+        0
+    ]
     page = make_html(docs / "web")
     notes = make_markdown(docs / "notes.md")
     log = make_long_text(docs / "log.txt", lines=400)
-    originals = [report, deck, book, odt, odp, ods, log]
+    originals = [report, deck, book, odt, odp, ods, doc, ppt, xls, rtf, log]
     exported = libreoffice_convert(originals, "pdf", root / "reference", profile)
     expected = {original.name: pdf_pages(pdf) for original, pdf in zip(originals, exported)}
     expected[page.name] = expected[notes.name] = None  # checked against the converted PDF (see the test)
@@ -237,12 +246,18 @@ def test_every_format_is_indexed_with_libreoffice_page_counts_under_its_own_name
             pages = pdf_pages(converters.cached_pdf_path(record.sha256))
         assert record.pages == pages, name
     assert stored["report.docx"].pages == 2 and stored["deck.pptx"].pages == 3 and stored["log.txt"].pages >= 5
-    assert {stored[name].kind for name in ("report.docx", "memo.odt", "notes.md", "page.html", "log.txt")} == {
-        "docx",
-        "odt",
-        "markdown",
-        "html",
-        "text",
+    kinds = {name: stored[name].kind for name in ("report.docx", "memo.odt", "notes.md", "page.html", "log.txt")}
+    kinds |= {name: stored[name].kind for name in ("old-memo.doc", "old-deck.ppt", "old-book.xls", "letter.rtf")}
+    assert kinds == {
+        "report.docx": "docx",
+        "memo.odt": "odt",
+        "notes.md": "markdown",
+        "page.html": "html",
+        "log.txt": "text",
+        "old-memo.doc": "doc",
+        "old-deck.ppt": "ppt",
+        "old-book.xls": "xls",
+        "letter.rtf": "rtf",
     }
 
     html_pdf = converters.cached_pdf_path(stored["page.html"].sha256)  # the CSS and the image came along
