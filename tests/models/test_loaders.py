@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -71,6 +72,46 @@ def test_both_loaders_give_the_same_vectors(family, retriever_checkpoints):
     ):
         assert ours.shape == theirs.shape
         np.testing.assert_allclose(ours, theirs, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_both_loaders_run_the_same_forward(family, retriever_checkpoints, monkeypatch):
+    """Either loader hands the *ForRetrieval model the same tensors, without the KV cache and asking
+    for no extra outputs (hidden states, attentions): the same forward, so the same cost per page
+    (the ColPali per-page gap once measured between them was not in docqa's code; models.md)."""
+    folder = str(retriever_checkpoints[family])
+    native = Retriever.load(folder, device="cpu", loader=TRANSFORMERS)
+    multi = Retriever.load(folder, device="cpu", loader=SENTENCE_TRANSFORMERS)
+    model_class = type(native._model)
+    assert type(multi._model[0].model) is model_class
+    calls: list[tuple[Any, dict[str, Any]]] = []
+    forward = model_class.forward
+
+    def recording(self: Any, *args: Any, **kwargs: Any) -> Any:
+        assert not args
+        calls.append((self, kwargs))
+        return forward(self, **kwargs)
+
+    monkeypatch.setattr(model_class, "forward", recording)
+    pages = pages_at_edge(native.stamp.image_edge)[:1]
+    seen = {}
+    for name, retriever in (("native", native), ("multi", multi)):
+        calls.clear()
+        retriever.encode_pages(pages)
+        retriever.encode_queries(QUERIES[:1])
+        assert len(calls) == 2
+        seen[name] = calls[:]
+    for (native_model, ours), (multi_model, theirs) in zip(seen["native"], seen["multi"]):
+        tensors = sorted(key for key, value in ours.items() if torch.is_tensor(value))
+        assert tensors == sorted(key for key, value in theirs.items() if torch.is_tensor(value))
+        for key in tensors:
+            assert ours[key].dtype == theirs[key].dtype and torch.equal(ours[key], theirs[key]), key
+        for model, kwargs in ((native_model, ours), (multi_model, theirs)):
+            options = {key: value for key, value in kwargs.items() if not torch.is_tensor(value)}
+            assert set(options) <= {"use_cache", "return_dict"}, options
+            text_config = model.config.get_text_config()
+            assert options.get("use_cache", getattr(text_config, "use_cache", False)) is False
+            assert not model.config.output_hidden_states and not model.config.output_attentions
 
 
 def test_vectors_and_scores_equal_the_encoders_own(multivector_checkpoints):
