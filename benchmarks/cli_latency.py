@@ -6,8 +6,8 @@ architectures with random weights (tests/helpers/tiny_*.py), ingests a few synth
 then times, each as the median of --repeats runs of a fresh `python -m docqa` process:
 
 - search, in-process (DOCQA_DAEMON=off) and with a warm daemon (started once, before timing), and
-  with a second daemon whose OpenMP threads spin (OMP_WAIT_POLICY=ACTIVE, OpenMP's default; the
-  daemon's own default is PASSIVE);
+  with a second daemon whose OpenMP threads spin (OMP_WAIT_POLICY=ACTIVE; the daemon's own default
+  is PASSIVE), started once the first has been stopped (an idle spinning daemon holds the cores);
 - ask, from process start to the first byte of the answer on stdout, in-process and through both
   daemons; for each daemon also its own time from starting the answer (prompt, prefill) to its
   first text, which it reports for that same ask (`status`' last_ask_timings), and what lies
@@ -26,6 +26,7 @@ import argparse
 import os
 import platform
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -84,6 +85,27 @@ def _last_ask_timings(runtime: Path) -> dict:
         return connection.request({"op": "status"})["last_ask_timings"]
     finally:
         connection.close()
+
+
+def _stop_daemons(runtime: Path) -> None:
+    """End the daemons under ``runtime`` (SIGTERM) and wait until they are gone."""
+    from docqa.serve.daemon import Connection, DaemonGone
+
+    for sock in (runtime / "docqa").glob("*.sock"):
+        try:
+            connection = Connection(sock, 10)
+            pid = connection.request({"op": "status"})["pid"]
+            connection.close()
+        except (OSError, DaemonGone):
+            continue
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.1)
 
 
 def main() -> None:
@@ -154,24 +176,23 @@ def main() -> None:
             "--answer-model",
             str(answerer),
         ]
-        cold, warm = _env(runtime, daemon=False), _env(runtime, daemon=True)
+        cold = _env(runtime, daemon=False)
         rows: list[tuple[str, list[float]]] = []  # in print order; the "of which" rows repeat
         rows.append(("search, in-process", [wall(search, cold) for _ in range(args.repeats)]))
-        start = time.perf_counter()
-        wall(search, warm)  # starts the daemon and waits for it: the first use
-        first_use_search = time.perf_counter() - start
-        rows.append(("search, resident (warm)", [wall(search, warm) for _ in range(args.repeats)]))
-        active = _env(spinning, daemon=True, OMP_WAIT_POLICY="ACTIVE")
-        wall(search, active)
-        rows.append(
-            ("search, resident (warm), its OMP_WAIT_POLICY=ACTIVE", [wall(search, active) for _ in range(args.repeats)])
-        )
         rows.append(("ask first token, in-process", [first_byte(ask, cold) for _ in range(args.repeats)]))
-        start = time.perf_counter()
-        first_byte(ask, warm)  # loads the answer model into the daemon
-        first_use_ask = time.perf_counter() - start
-        first_byte(ask, active)
-        for label, env, folder in (("", warm, runtime), (", its OMP_WAIT_POLICY=ACTIVE", active, spinning)):
+        first_use: dict[str, float] = {}
+        # One daemon at a time: an idle daemon whose OpenMP threads spin would take the cores from the other.
+        for label, folder, env in (
+            ("", runtime, _env(runtime, daemon=True)),
+            (", its OMP_WAIT_POLICY=ACTIVE", spinning, _env(spinning, daemon=True, OMP_WAIT_POLICY="ACTIVE")),
+        ):
+            start = time.perf_counter()
+            wall(search, env)  # starts the daemon and waits for it: the first use
+            first_use.setdefault("search", time.perf_counter() - start)
+            rows.append((f"search, resident (warm){label}", [wall(search, env) for _ in range(args.repeats)]))
+            start = time.perf_counter()
+            first_byte(ask, env)  # loads the answer model into the daemon
+            first_use.setdefault("ask", time.perf_counter() - start)
             resident, answering = [], []
             for _ in range(args.repeats):
                 resident.append(first_byte(ask, env))
@@ -179,20 +200,10 @@ def main() -> None:
             rows.append((f"ask first token, resident (warm){label}", resident))
             rows.append(("  of which the daemon's prompt + prefill + first text", answering))
             rows.append(("  of which beyond that (target <= 0.5)", [r - a for r, a in zip(resident, answering)]))
+            _stop_daemons(folder)
     finally:
-        for sock in [*(runtime / "docqa").glob("*.sock"), *(spinning / "docqa").glob("*.sock")]:
-            subprocess.run(
-                [
-                    sys.executable,
-                    "-c",
-                    (
-                        f"import sys, os, signal; sys.path.insert(0, {str(ROOT)!r})\n"
-                        "from docqa.serve.daemon import Connection\n"
-                        f"c = Connection({str(sock)!r}, 10); os.kill(c.request({{'op': 'status'}})['pid'], signal.SIGTERM)"
-                    ),
-                ],
-                check=False,
-            )
+        _stop_daemons(runtime)
+        _stop_daemons(spinning)
         shutil.rmtree(work, ignore_errors=True)
         shutil.rmtree(runtime, ignore_errors=True)
         shutil.rmtree(spinning, ignore_errors=True)
@@ -208,8 +219,8 @@ def main() -> None:
     print(f"\n| what | median s (of {args.repeats}) | runs |\n|---|---|---|")
     for name, runs in rows:
         print(f"| {name} | {statistics.median(runs):.2f} | {', '.join(f'{r:.2f}' for r in runs)} |")
-    print(f"| first use: search that starts the daemon | {first_use_search:.2f} | 1 |")
-    print(f"| first use: ask that loads the answer model into it | {first_use_ask:.2f} | 1 |")
+    print(f"| first use: search that starts the daemon | {first_use['search']:.2f} | 1 |")
+    print(f"| first use: ask that loads the answer model into it | {first_use['ask']:.2f} | 1 |")
     print(
         f"| SmolVLM-256M prefill, one page (in this process) | {prefill:.2f} | {', '.join(f'{f:.2f}' for f in fills)} |"
     )
