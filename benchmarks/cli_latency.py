@@ -75,27 +75,30 @@ def first_byte(command: list[str], env: dict[str, str]) -> float:
     return elapsed
 
 
-def _last_ask_timings(runtime: Path) -> dict:
-    """The timings of the last answer the (one) daemon under ``runtime`` gave, as it measured them."""
+def _status(sock: Path) -> dict:
+    """The status a daemon reports on its socket ``sock``."""
     from docqa.serve.daemon import Connection
 
-    (sock,) = (runtime / "docqa").glob("*.sock")
     connection = Connection(sock, 10)
     try:
-        return connection.request({"op": "status"})["last_ask_timings"]
+        return connection.request({"op": "status"})
     finally:
         connection.close()
 
 
+def _last_ask_timings(runtime: Path) -> dict:
+    """The timings of the last answer the (one) daemon under ``runtime`` gave, as it measured them."""
+    (sock,) = (runtime / "docqa").glob("*.sock")
+    return _status(sock)["last_ask_timings"]
+
+
 def _stop_daemons(runtime: Path) -> None:
     """End the daemons under ``runtime`` (SIGTERM) and wait until they are gone."""
-    from docqa.serve.daemon import Connection, DaemonGone
+    from docqa.serve.daemon import DaemonGone
 
     for sock in (runtime / "docqa").glob("*.sock"):
         try:
-            connection = Connection(sock, 10)
-            pid = connection.request({"op": "status"})["pid"]
-            connection.close()
+            pid = _status(sock)["pid"]
         except (OSError, DaemonGone):
             continue
         os.kill(pid, signal.SIGTERM)
