@@ -9,11 +9,14 @@ then times, each as the median of --repeats runs of a fresh `python -m docqa` pr
   with a second daemon whose OpenMP threads spin (OMP_WAIT_POLICY=ACTIVE; the daemon's own default
   is PASSIVE), started once the first has been stopped (an idle spinning daemon holds the cores);
 - ask, from process start to the first byte of the answer on stdout, in-process and through both
-  daemons; for each daemon also its own time from starting the answer (prompt, prefill) to its
-  first text, which it reports for that same ask (`status`' last_ask_timings), and what lies
-  beyond that (client start-up, retrieval, the socket);
-- the answer model's prefill over the same page (one forward pass in this process): the floor a
-  first token can reach, for the issue's "prefill + 0.5 s" target.
+  daemons; for each daemon also how that same ask's time was spent inside it, by its own clock
+  (`status`' last_ask_timings): retrieval, the prompt's inputs, the model's prefill (generate()
+  given the inputs to its first new token), and the first byte's time beyond that prefill, the
+  issue's "prefill + 0.5 s" target, paired ask by ask;
+- the answer model's prefill over the same page in this process (one forward pass), once before
+  the daemons and again beside each warm ask, alternately before and after it (the machine's
+  speed drifts within a minute), to show whether the daemon's prefill is the model's or slowed
+  by the daemon.
 
 Both sides run the torch engine (DOCQA_ENGINE=torch), so no OpenVINO conversion is timed.
 
@@ -114,6 +117,19 @@ def _stop_daemons(runtime: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument(
+        "--ask-repeats",
+        type=int,
+        help="warm asks per daemon, each paired with a bare prefill (default: --repeats); the pairs "
+        "alternate which runs first, so the machine's drift does not favour either",
+    )
+    parser.add_argument(
+        "--policies",
+        nargs="+",
+        choices=("passive", "active"),
+        default=["passive", "active"],
+        help="the daemons to time: its default OMP_WAIT_POLICY=PASSIVE, and one whose threads spin",
+    )
     parser.add_argument("--pages", type=int, default=4, help="synthetic pages in the index")
     parser.add_argument("--tokens", type=int, default=8, help="answer length in tokens")
     parser.add_argument(
@@ -129,6 +145,7 @@ def main() -> None:
     from helpers.tiny_generators import build_generator_checkpoint
     from helpers.tiny_retrievers import build_retriever_checkpoint
 
+    from docqa.answer.ask import load_page
     from docqa.api import DocIndex
     from docqa.models.generator import Conversation, Generator, PageImage
 
@@ -151,16 +168,17 @@ def main() -> None:
         index.close()
         print(f"built and ingested in {time.perf_counter() - started:.0f} s", flush=True)
 
-        page = PageImage("page-0.png", 1, None, synthetic_page(generator.max_image_edge, 0))
-        fills = []
-        for _ in range(args.repeats):
+        # one of the indexed pages as the daemon renders it for the model: the same tiles, the same tokens
+        page = PageImage("page-0.png", 1, None, load_page(docs / "page-0.png", 1, generator.max_image_edge))
+
+        def bare_prefill() -> float:
             inputs = generator.prepare(Conversation(), QUESTION, [page])
             start = time.perf_counter()
             with torch.inference_mode():
                 generator.model(**inputs, logits_to_keep=1, use_cache=True)
-            fills.append(time.perf_counter() - start)
-        prefill = statistics.median(fills)
-        del generator
+            return time.perf_counter() - start
+
+        fills = [bare_prefill() for _ in range(args.repeats)]
 
         docqa = [sys.executable, "-m", "docqa"]
         search = [*docqa, "search", "invoice total", "--index", str(work / "idx"), "-k", "3"]
@@ -185,10 +203,11 @@ def main() -> None:
         rows.append(("ask first token, in-process", [first_byte(ask, cold) for _ in range(args.repeats)]))
         first_use: dict[str, float] = {}
         # One daemon at a time: an idle daemon whose OpenMP threads spin would take the cores from the other.
-        for label, folder, env in (
-            ("", runtime, _env(runtime, daemon=True)),
-            (", its OMP_WAIT_POLICY=ACTIVE", spinning, _env(spinning, daemon=True, OMP_WAIT_POLICY="ACTIVE")),
-        ):
+        daemons = {
+            "passive": ("", runtime, _env(runtime, daemon=True)),
+            "active": (", its OMP_WAIT_POLICY=ACTIVE", spinning, _env(spinning, daemon=True, OMP_WAIT_POLICY="ACTIVE")),
+        }
+        for label, folder, env in (daemons[policy] for policy in args.policies):
             start = time.perf_counter()
             wall(search, env)  # starts the daemon and waits for it: the first use
             first_use.setdefault("search", time.perf_counter() - start)
@@ -196,13 +215,34 @@ def main() -> None:
             start = time.perf_counter()
             first_byte(ask, env)  # loads the answer model into the daemon
             first_use.setdefault("ask", time.perf_counter() - start)
-            resident, answering = [], []
-            for _ in range(args.repeats):
+            resident, inside, beside = [], [], []
+            for number in range(args.ask_repeats or args.repeats):
+                if number % 2 == 0:
+                    beside.append(bare_prefill())
                 resident.append(first_byte(ask, env))
-                answering.append(_last_ask_timings(folder)["first_token_s"])  # the daemon's own clock, this ask
+                inside.append(_last_ask_timings(folder))  # the daemon's own clock, this ask
+                if number % 2 == 1:
+                    beside.append(bare_prefill())
             rows.append((f"ask first token, resident (warm){label}", resident))
-            rows.append(("  of which the daemon's prompt + prefill + first text", answering))
-            rows.append(("  of which beyond that (target <= 0.5)", [r - a for r, a in zip(resident, answering)]))
+            for name, key in (
+                ("retrieval (query encode, search, page render)", "retrieve_s"),
+                ("prompt and page image made into model inputs", "prepare_s"),
+                ("the model's prefill", "prefill_s"),
+            ):
+                rows.append((f"  of which, in the daemon, {name}", [timings[key] for timings in inside]))
+            rows.append(
+                (
+                    "  of which beyond the daemon's prefill (target <= 0.5)",
+                    [r - timings["prefill_s"] for r, timings in zip(resident, inside)],
+                )
+            )
+            rows.append(("  the same prefill in this process, beside each ask (before, after, before, ...)", beside))
+            rows.append(
+                (
+                    "  the daemon's prefill minus the one beside it",
+                    [timings["prefill_s"] - bare for timings, bare in zip(inside, beside)],
+                )
+            )
             _stop_daemons(folder)
     finally:
         _stop_daemons(runtime)
@@ -219,13 +259,14 @@ def main() -> None:
         f"\n{time.strftime('%Y-%m-%d %H:%M')} UTC, commit {commit}, {platform.machine()} {os.cpu_count()} cores, "
         f"load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}, torch engine, {torch.get_num_threads()} threads, {args.size} models"
     )
-    print(f"\n| what | median s (of {args.repeats}) | runs |\n|---|---|---|")
+    print("\n| what | median s | runs |\n|---|---|---|")
     for name, runs in rows:
         print(f"| {name} | {statistics.median(runs):.2f} | {', '.join(f'{r:.2f}' for r in runs)} |")
     print(f"| first use: search that starts the daemon | {first_use['search']:.2f} | 1 |")
     print(f"| first use: ask that loads the answer model into it | {first_use['ask']:.2f} | 1 |")
     print(
-        f"| SmolVLM-256M prefill, one page (in this process) | {prefill:.2f} | {', '.join(f'{f:.2f}' for f in fills)} |"
+        f"| answer model's prefill, one page (in this process, before the daemons) | {statistics.median(fills):.2f} "
+        f"| {', '.join(f'{f:.2f}' for f in fills)} |"
     )
 
 

@@ -20,7 +20,7 @@ from ..errors import InputFileError, NoResultsError, QueryError, SourceChangedEr
 from ..inputs.render import render_pages
 from ..inputs.sources import classify, sha256_of
 from .citations import find_citations
-from .prompt import Answer, Conversation, PageImage
+from .prompt import Answer, Conversation, PageImage, StreamTimes, check_question
 
 if TYPE_CHECKING:  # the model stack is imported only where a model is loaded
     from ..models.generator import Generator
@@ -40,6 +40,7 @@ class AskResult:
     retrieve_s: float
     notes: list[str] = field(default_factory=list)
     first_token_s: float | None = None  # from the start of answering (prompt, prefill) to the first text; None: no text
+    times: StreamTimes = field(default_factory=StreamTimes)  # the prompt's preparation and the prefill, inside that
 
     def to_json(self) -> dict:
         return {
@@ -51,11 +52,17 @@ class AskResult:
             "answer_model": self.answer.model,
             "timings": {
                 "retrieve_s": round(self.retrieve_s, 3),
-                "first_token_s": None if self.first_token_s is None else round(self.first_token_s, 3),
+                "first_token_s": _rounded(self.first_token_s),
+                "prepare_s": _rounded(self.times.prepare_s),
+                "prefill_s": _rounded(self.times.prefill_s),
                 "generate_s": round(self.answer.generate_s, 3),
             },
             "notes": self.notes,
         }
+
+
+def _rounded(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds, 3)
 
 
 class AnswerStream:
@@ -193,20 +200,17 @@ class Asker:
         """Stream an answer from the given pages (no retrieval)."""
         check_question(question)
         dropped_before = len(self.conversation.notes)
-        pieces = self.generator.stream(self.conversation, question, pages, max_new_tokens=self.max_new_tokens)
+        times = StreamTimes()
+        pieces = self.generator.stream(
+            self.conversation, question, pages, max_new_tokens=self.max_new_tokens, times=times
+        )
 
         def finish(text: str, generate_s: float, first_token_s: float | None) -> AskResult:
             answer = Answer(question, text, find_citations(text, pages), self.generator.model_id, generate_s)
             notes_now = [*(notes or []), *self.conversation.notes[dropped_before:]]
-            return AskResult(answer, retrieve_s, notes_now, first_token_s)
+            return AskResult(answer, retrieve_s, notes_now, first_token_s, times)
 
         return AnswerStream(pieces, finish, pages)
-
-
-def check_question(question: str) -> None:
-    """Refuse an empty or blank question before any work is done."""
-    if not question.strip():
-        raise QueryError("the question is empty; ask something")
 
 
 def load_page(path: Path, page: int, edge: int, kind: str | None = None) -> Image.Image:

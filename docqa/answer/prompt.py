@@ -14,6 +14,8 @@ from typing import Any
 
 from PIL import Image
 
+from ..errors import QueryError
+
 DEFAULT_MAX_IMAGES = 4
 
 INSTRUCTIONS = (
@@ -21,6 +23,12 @@ INSTRUCTIONS = (
     "its label. Cite every page you use as [file, page N], for example [report.pdf, page 4]. If the "
     "pages do not contain the answer, say that it is not found in the pages."
 )
+
+
+def check_question(question: str) -> None:
+    """Refuse an empty or blank question before any work is done."""
+    if not question.strip():
+        raise QueryError("the question is empty; ask something")
 
 
 @dataclass
@@ -48,6 +56,14 @@ class Citation:
     page: int
     score: float | None
     cited: bool
+
+
+@dataclass
+class StreamTimes:
+    """Where a streamed answer's time before its first token went, filled in as it runs (seconds)."""
+
+    prepare_s: float | None = None  # the prompt and page images made into model inputs
+    prefill_s: float | None = None  # the model's prefill: generate() given the inputs to its first new token
 
 
 @dataclass

@@ -77,7 +77,7 @@ def _answer_heatmaps(stream, folder: str, retriever) -> list[dict]:
 
 
 def ask_command(args: argparse.Namespace) -> int:
-    from ..answer.ask import check_question
+    from ..answer.prompt import check_question  # not answer.ask: the resident path needs no index code
 
     check_question(args.question)  # before the answer model takes seconds to load
     if args.heatmaps and args.image:

@@ -32,7 +32,7 @@ from PIL import Image
 from transformers.utils import logging as hf_logging
 
 from ..answer.citations import find_citations
-from ..answer.prompt import Answer, Conversation, PageImage, build_messages
+from ..answer.prompt import Answer, Conversation, PageImage, StreamTimes, build_messages
 from ..errors import ModelLoadError, UnsupportedModelError
 from ..inputs.render import fit_within
 from .checkpoints import check_device, load_error, resolve, short_reason, torch_dtype
@@ -104,20 +104,31 @@ class _TokenStreamer:
     """A generate() streamer that hands out new text after every token (not only at word ends).
 
     The full generated sequence is re-decoded each step and only the new suffix is queued, held
-    back while it ends in an incomplete UTF-8 character; leading whitespace is dropped.
+    back while it ends in an incomplete UTF-8 character; leading whitespace is dropped. The time
+    from ``begin()`` (generate() called) to the first new token is the prefill, written to ``times``:
+    generate() runs the vision encoder before it pushes the prompt, so the prompt's arrival is not
+    where the prefill starts.
     """
 
-    def __init__(self, tokenizer: Any) -> None:
+    def __init__(self, tokenizer: Any, times: StreamTimes) -> None:
         self.tokenizer = tokenizer
         self.queue: queue.Queue[str | None] = queue.Queue()
         self.ids: list[int] = []
         self.sent = 0
         self.prompt_seen = False
+        self.started = time.perf_counter()
+        self.times = times
+
+    def begin(self) -> None:
+        """Called just before generate(): the prefill starts here."""
+        self.started = time.perf_counter()
 
     def put(self, value: Any) -> None:
         if not self.prompt_seen:  # generate() first pushes the prompt
             self.prompt_seen = True
             return
+        if not self.ids:
+            self.times.prefill_s = time.perf_counter() - self.started
         self.ids.extend(value.reshape(-1).tolist())
         self._flush(final=False)
 
@@ -279,11 +290,17 @@ class Generator:
         return config
 
     def stream(
-        self, conversation: Conversation, question: str, pages: list[PageImage], max_new_tokens: int = 256
+        self,
+        conversation: Conversation,
+        question: str,
+        pages: list[PageImage],
+        max_new_tokens: int = 256,
+        times: StreamTimes | None = None,
     ) -> Iterator[str]:
         """Yield the answer's text pieces as they are generated (greedy decoding).
 
         Older page images may be dropped from ``conversation`` first (see ``Conversation.notes``).
+        ``times``, when given, is filled in with the preparation and prefill times as they end.
         When generation finishes, the turn is appended to ``conversation``; if the caller stops
         iterating early (or is interrupted), generation is told to stop and no turn is recorded.
         A prefill under way then still runs to its end in the background thread.
@@ -296,14 +313,18 @@ class Generator:
 
                 return torch.full((input_ids.shape[0],), stop.is_set(), dtype=torch.bool, device=input_ids.device)
 
+        times = times if times is not None else StreamTimes()
+        started = time.perf_counter()
         conversation.make_room(pages)
         inputs = self.prepare(conversation, question, pages)
-        streamer = _TokenStreamer(self.processor.tokenizer)
+        times.prepare_s = time.perf_counter() - started
+        streamer = _TokenStreamer(self.processor.tokenizer, times)
         stop = threading.Event()
         errors: list[BaseException] = []
 
         def run() -> None:
             try:
+                streamer.begin()
                 self.model.generate(
                     **inputs,
                     generation_config=self._generation_config(max_new_tokens),

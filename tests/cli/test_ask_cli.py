@@ -54,7 +54,12 @@ def test_ask_cites_exactly_the_retrieved_pages(indexed, capsys, generator_checkp
     assert [c["score"] for c in result["citations"]] == pytest.approx([r["score"] for r in retrieved], abs=1e-4)
     assert result["answer_model"] == str(generator_checkpoints[family])
     assert result["timings"]["retrieve_s"] > 0 and result["timings"]["generate_s"] > 0
-    assert 0 < result["timings"]["first_token_s"] <= result["timings"]["generate_s"]
+    timings = result["timings"]
+    assert 0 < timings["first_token_s"] <= timings["generate_s"]
+    assert timings["prepare_s"] > 0 and timings["prefill_s"] > 0  # the stages before the first token,
+    assert (
+        timings["prepare_s"] + timings["prefill_s"] <= timings["first_token_s"] + 0.002
+    )  # inside it (each rounded to ms)
 
 
 def test_ask_streams_text_then_sources(indexed, capsys, generator_checkpoints):
