@@ -1,6 +1,8 @@
 """`docqa serve`: the HTTP API and web page over one index (FastAPI + uvicorn, the `serve` extra).
 
-    from docqa.serve import create_app, Service, Auth
+    from docqa.serve import create_app
+    from docqa.serve.security import Auth
+    from docqa.serve.service import Service
     app = create_app(Service("papers"), Auth(token))   # any ASGI server, or `docqa serve --index papers`
 
 Security (docs/server-security.md): a token even on loopback, a Host allowlist, CSRF checks,
@@ -13,9 +15,12 @@ import os
 import sys
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import DocQAError, TokenError
-from .security import Auth, check_token, new_token
+
+if TYPE_CHECKING:  # .security imports Starlette, and the resident process's client (docqa.serve.daemon)
+    from .security import Auth  # loads this package on every CLI search and ask: imported where used
 
 LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 INSTALL_HINT = 'the web server needs the serve extra: pip install "docqa[serve]"'
@@ -46,6 +51,8 @@ def resolve_token(
 ) -> tuple[str, str]:
     """The token and where it came from: --token-file, --token, $DOCQA_TOKEN, else a random one
     (TokenError instead when ``random`` is false)."""
+    from .security import check_token, new_token
+
     environ = os.environ if environ is None else environ
     if token_file:
         try:
@@ -115,6 +122,7 @@ def serve(
     value, source = server_token(token, token_file)
     import uvicorn
 
+    from .security import Auth
     from .service import Service
     from .slots import Limits
     from .transport import server_config
@@ -152,4 +160,4 @@ def serve(
         service.close()
 
 
-__all__ = ["Auth", "check_bind", "create_app", "require_serve_extra", "resolve_token", "serve", "server_token"]
+__all__ = ["check_bind", "create_app", "require_serve_extra", "resolve_token", "serve", "server_token"]

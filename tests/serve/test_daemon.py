@@ -83,13 +83,16 @@ def _in_process_search(index: Path, query: str) -> list[dict]:
     return _run("search", query, "--index", str(index), "-k", "3", "--json", DOCQA_DAEMON="off")["results"]
 
 
+HEAVY = ("torch", "transformers", "faiss", "sqlite_utils", "starlette")  # model, index and web stacks
+
+
 def _heavy_imports_of(*argv: str) -> list[str]:
-    """The model-stack modules a CLI process imported while running ``argv`` (it must exit 0)."""
+    """The modules of HEAVY a CLI process imported while running ``argv`` (it must exit 0)."""
     script = (
         "import contextlib, io, json, sys\n"
         "from docqa.cli.main import main\n"
         f"with contextlib.redirect_stdout(io.StringIO()):\n    code = main({list(argv)!r})\n"
-        "print(json.dumps([code, [m for m in ('torch', 'transformers') if m in sys.modules]]))\n"
+        f"print(json.dumps([code, [m for m in {HEAVY!r} if m in sys.modules]]))\n"
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=_env(), timeout=300)
     code, heavy = json.loads(done.stdout.splitlines()[-1])
