@@ -142,7 +142,7 @@ def test_concurrent_clients_share_one_daemon(corpus, runtime, generator_checkpoi
         answer.pop("timings")
     assert resident == local
 
-    # a warm daemon's client never loads the model stack: that is what keeps it under a second
+    # a warm daemon's client loads neither the model stack nor the index's or server's: that keeps it fast
     assert _heavy_imports_of("search", "report page 2", "--index", str(corpus), "-k", "3", "--json") == []
     assert _heavy_imports_of(*ask) == []
 
