@@ -56,10 +56,9 @@ def test_ask_cites_exactly_the_retrieved_pages(indexed, capsys, generator_checkp
     assert result["timings"]["retrieve_s"] > 0 and result["timings"]["generate_s"] > 0
     timings = result["timings"]
     assert 0 < timings["first_token_s"] <= timings["generate_s"]
-    assert timings["prepare_s"] > 0 and timings["prefill_s"] > 0  # the stages before the first token,
-    assert (
-        timings["prepare_s"] + timings["prefill_s"] <= timings["first_token_s"] + 0.002
-    )  # inside it (each rounded to ms)
+    # the stages before the first token lie inside it (each is rounded to the millisecond)
+    assert timings["prepare_s"] > 0 and timings["prefill_s"] > 0
+    assert timings["prepare_s"] + timings["prefill_s"] <= timings["first_token_s"] + 0.002
 
 
 def test_ask_streams_text_then_sources(indexed, capsys, generator_checkpoints):
