@@ -201,6 +201,11 @@ class CandidateIndex:
     # --- searching --------------------------------------------------------------------------
     def approximate_scores(self, query: np.ndarray, page_ids: np.ndarray) -> np.ndarray:
         """Approximate MaxSim of `query` for each of `page_ids` (live pages, in the caller's order)."""
+        return self.token_scores(query, page_ids).sum(axis=0)
+
+    def token_scores(self, query: np.ndarray, page_ids: np.ndarray) -> np.ndarray:
+        """Each query token's approximate best similarity with each of `page_ids`: (tokens, pages),
+        float32. Its column sums are `approximate_scores`."""
         scores = self.codebook.scores(np.asarray(query, dtype=np.float32))
         page_ids = np.asarray(page_ids, dtype=np.int64)
         if self._tail_postings is None:
@@ -209,8 +214,8 @@ class CandidateIndex:
         postings = [(self.pointers, self.ids), self._tail_postings]  # a page is in one of them
         size = int(max(page_ids.max(initial=0), self.ids.max(initial=0), self.high_water)) + 1
         best = np.empty(size, dtype=np.float32)
-        total = np.zeros(size, dtype=np.float32)  # by page id
-        for token_scores in scores:
+        per_token = np.empty((len(scores), len(page_ids)), dtype=np.float32)
+        for token, token_scores in enumerate(scores):
             ranked = np.argpartition(-token_scores, MAX_WALKED_CELLS)[: MAX_WALKED_CELLS + 1]
             ranked = ranked[np.argsort(-token_scores[ranked], kind="stable")]
             lengths = sum(pointers[ranked[:-1] + 1] - pointers[ranked[:-1]] for pointers, _ in postings)
@@ -221,8 +226,8 @@ class CandidateIndex:
                 np.maximum.at(
                     best, ids[entries], np.repeat(token_scores[walked], pointers[walked + 1] - pointers[walked])
                 )
-            total += best
-        return total[page_ids]
+            per_token[token] = best[page_ids]
+        return per_token
 
     # --- disk -------------------------------------------------------------------------------
     def save(self, directory: Path) -> None:
