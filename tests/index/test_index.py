@@ -133,6 +133,10 @@ def test_candidate_scores_follow_their_definition_in_postings_and_tail(tmp_path,
         live = np.arange(1, 81)
         expected = _approximate_by_definition(candidates, query, cells)
         np.testing.assert_allclose(candidates.approximate_scores(query, live), [expected[i] for i in live], atol=1e-5)
+        per_token = candidates.token_scores(query, live)  # each row: that token alone, by the definition
+        for row, token in zip(per_token, query):
+            alone = _approximate_by_definition(candidates, token[None], cells)
+            np.testing.assert_allclose(row, [alone[i] for i in live], atol=1e-5)
 
     candidates.rebuild(np.arange(1, 81))
     candidates.save(tmp_path)
