@@ -35,7 +35,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
-from index_search import docqa_build, nonzero_rows  # noqa: E402
+from index_search import docqa_build, nonzero_rows, top1_agreement  # noqa: E402
 from synthetic_corpus import (  # noqa: E402
     CorpusParams,
     QueryParams,
@@ -108,7 +108,7 @@ def run_corpus(name: str, params: CorpusParams, query_params: QueryParams, pages
     )
     lines.append(
         f"{PQ_FACTORY}: train {train_s:.1f} s, add {add_s:.1f} s ({corpus.offsets[pages] / add_s:,.0f} vectors/s, "
-        f"{pages / add_s:,.0f} pages/s), {pq.ntotal * (16 + 8) / pages / 1024:.1f} KB per page (codes and ids); "
+        f"{pages / add_s:,.0f} pages/s), {pq.ntotal * (pq.code_size + 8) / pages / 1024:.1f} KB per page (codes and ids); "
         f"nprobe {args.nprobe}, {args.per_token} hits per token"
     )
     found: dict[tuple[str, int], list[list[int]]] = {}
@@ -144,7 +144,7 @@ def run_corpus(name: str, params: CorpusParams, query_params: QueryParams, pages
     ]
     for estimate, depth in share:
         result = found[(estimate, depth)]
-        top1 = np.mean([row[pages_[0]] >= row.max() - 1e-4 for row, pages_ in zip(truth, result)])
+        top1 = top1_agreement(result, truth)
         hits_ms = statistics.median(times["hits"]) * 1000 if estimate != "walk" else 0.0
         lines.append(
             f"| {estimate} | {depth:,} | {np.mean(share[(estimate, depth)]):.3f} | {recall_at_k(result, truth):.3f} | "
