@@ -1,7 +1,7 @@
-"""Cell assignment of committed pages on a worker thread.
+"""Coding of committed pages (each vector's cell and residual code) on a worker thread.
 
-Assigning a page's vectors to cells (two FAISS nearest-centroid searches) is half of what adding a
-page costs on one core. A writer hands each batch of committed pages to one worker thread and goes on
+Coding a page's vectors (two FAISS nearest-centroid searches for the cells, then a product
+quantizer's codes of the residuals) is most of what adding a page costs on one core. A writer hands each batch of committed pages to one worker thread and goes on
 storing the next pages while FAISS works (it releases the GIL), so adding runs on two cores; when the
 worker falls behind (another process has the second core, or storing is quicker than assigning), the
 writer assigns the next batch itself instead of waiting. Results come back in the order the batches
@@ -21,17 +21,17 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import faiss
 import numpy as np
 
-from .candidates import Codebook
+from .candidates import CandidateIndex
 
 BUSY_WORKER_BATCHES = 2  # batches queued for the worker beyond which the writer assigns a batch itself
 MAX_UNAPPLIED = 8  # batches handed over and not yet taken back: bounds memory
 
-Assigned = tuple[list[int], list[np.ndarray]]  # page ids and each page's sorted distinct cells
+Assigned = tuple[list[int], list[np.ndarray]]  # page ids and each page's standalone codes (CandidateIndex.encode)
 
 
 class BackgroundAssigner:
-    """Turns (page ids, stored rows) into cells with a given codebook on one worker thread, or on the
-    calling thread while the worker is behind."""
+    """Turns (page ids, stored rows) into codes with a given candidate index's codebook and codes, on
+    one worker thread, or on the calling thread while the worker is behind."""
 
     def __init__(self) -> None:
         self._pool: ThreadPoolExecutor | None = None
@@ -39,7 +39,7 @@ class BackgroundAssigner:
 
     def submit(
         self,
-        codebook: Codebook,
+        candidates: CandidateIndex,
         page_ids: list[int],
         stored: list[np.ndarray],
         decode_into: Callable[[np.ndarray, np.ndarray], None],
@@ -53,10 +53,10 @@ class BackgroundAssigner:
             )
         queued = sum(not future.done() for future in self._in_flight)
         if queued < BUSY_WORKER_BATCHES:
-            self._in_flight.append(self._pool.submit(_assign, codebook, page_ids, stored, decode_into))
+            self._in_flight.append(self._pool.submit(_assign, candidates, page_ids, stored, decode_into))
         else:
             here: Future[Assigned] = Future()
-            here.set_result(_assign(codebook, page_ids, stored, decode_into))
+            here.set_result(_assign(candidates, page_ids, stored, decode_into))
             self._in_flight.append(here)
         ready = []
         while self._in_flight and (len(self._in_flight) > MAX_UNAPPLIED or self._in_flight[0].done()):
@@ -81,9 +81,9 @@ class BackgroundAssigner:
 
 
 def _assign(
-    codebook: Codebook,
+    candidates: CandidateIndex,
     page_ids: list[int],
     stored: list[np.ndarray],
     decode_into: Callable[[np.ndarray, np.ndarray], None],
 ) -> Assigned:
-    return page_ids, codebook.page_cells(stored, decode_into)
+    return page_ids, candidates.encode(stored, decode_into)

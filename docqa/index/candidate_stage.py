@@ -2,7 +2,7 @@
 
 A reader loads the saved candidate index once and catches it up with pages committed since its
 save (or rebuilds it from the vector file when it is lost). A writer hands committed pages to it
-(their cells assigned beside the writer, assigning.py, and logged), trains it once the index is big
+(their vectors coded beside the writer, assigning.py, and logged), trains it once the index is big
 enough and retrains it when the index has grown many times since, folds its tail and saves it, and
 has its recall measured (self_check.py). The candidate index itself (candidates.py) is derived
 data: nothing here is a commit point.
@@ -21,7 +21,7 @@ from .candidates import CandidateIndex
 from .store import PageTable, Store
 from .vectors import VectorFile
 
-ASSIGN_BATCH_PAGES = 64  # committed pages handed to the cell-assigning thread at once
+ASSIGN_BATCH_PAGES = 64  # committed pages handed to the coding thread at once
 
 
 class CandidateStage:
@@ -33,7 +33,7 @@ class CandidateStage:
         self.fast = fast
         self._index: CandidateIndex | None = None
         self._unsaved = False  # the candidate index in memory holds more than the one on disk
-        self._assigner = BackgroundAssigner()  # cells of committed pages, computed beside the writer
+        self._assigner = BackgroundAssigner()  # codes of committed pages, computed beside the writer
         self._unassigned: list[tuple[int, int, int]] = []  # committed (page id, offset, count) not yet handed over
 
     @property
@@ -48,6 +48,11 @@ class CandidateStage:
             raise RuntimeError(f"{self.path}: the candidate stage was asked to assign or save before it had an index")
         return self._index
 
+    def _searches_candidates(self, vectors: VectorFile) -> bool:
+        """Whether this index has a candidate stage: fast mode, and vectors that split into the
+        codebook's two halves (an odd dimension is searched exactly)."""
+        return self.fast and vectors.dim % 2 == 0
+
     def recover(self, table: PageTable, vectors: VectorFile) -> None:
         """A writer's recovery: catch up with every page of `table` and save, when that changed
         what is on disk (pages a dead writer did not log, or a lost candidate index rebuilt)."""
@@ -57,10 +62,10 @@ class CandidateStage:
 
     def add_committed(self, added: list[tuple[int, int, int]], pages: int, vectors: VectorFile) -> None:
         """Give the candidate index the pages just committed (page id, offset, count), `pages` being
-        how many the index holds now: their cells are computed on the assigning thread a batch at a
+        how many the index holds now: their codes are computed on the coding thread a batch at a
         time and logged in the index's tail when they come back; the index is trained once big
         enough and retrained when it has grown many times since."""
-        if not self.fast:
+        if not self._searches_candidates(vectors):
             return
         candidates = self._index
         if candidates is None or pages >= stage.RETRAIN_GROWTH * candidates.trained_pages:
@@ -74,31 +79,31 @@ class CandidateStage:
             self._add_assigned(self._submit_unassigned(vectors), vectors)
 
     def _submit_unassigned(self, vectors: VectorFile) -> list[Assigned]:
-        """Hand the buffered committed pages to the assigning thread (their cells come from the
+        """Hand the buffered committed pages to the assigning thread (their codes come from the
         stored values, what search sees); returns the batches ready to add."""
         page_ids, offsets, counts = zip(*self._unassigned)
         self._unassigned = []
         stored = vectors.stored_rows(offsets, counts)
-        return self._assigner.submit(self._existing().codebook, list(page_ids), stored, vectors.decode_into)
+        return self._assigner.submit(self._existing(), list(page_ids), stored, vectors.decode_into)
 
     def _add_assigned(self, batches: list[Assigned], vectors: VectorFile) -> None:
         """Put assigned pages into the candidate index's tail and log them (or fold and save)."""
-        for page_ids, cells in batches:
+        for page_ids, codes in batches:
             candidates = self._existing()
-            candidates.put_assigned([(page_ids, cells)])
+            candidates.put(page_ids, codes)
             if candidates.needs_rebuild():
                 self.save(vectors)
             else:
-                candidates.log(self.path, page_ids, cells)
+                candidates.log(self.path, page_ids, codes)
 
     def finish_assigning(self, vectors: VectorFile) -> None:
-        """Wait for every committed page's cells and add them (the end of a write session)."""
+        """Wait for every committed page's codes and add them (the end of a write session)."""
         if self._unassigned:
             self._add_assigned(self._submit_unassigned(vectors), vectors)
         self._add_assigned(self._assigner.finish(), vectors)
 
     def drop_unassigned(self) -> None:
-        """Forget pages waiting for their cells (after a failure, or before retraining): whoever
+        """Forget pages waiting for their codes (after a failure, or before retraining): whoever
         needs them next recomputes them from the vector file."""
         self._unassigned = []
         self._assigner.close()
@@ -106,7 +111,7 @@ class CandidateStage:
     def caught_up(self, table: PageTable, vectors: VectorFile) -> CandidateIndex | None:
         """The candidate index holding every page of `table` (None in exact mode or while the index
         is too small to need one): loaded once, then caught up with pages committed since."""
-        if not self.fast:
+        if not self._searches_candidates(vectors):
             return None
         if self._index is None:
             self._index = CandidateIndex.load(self.path, vectors.dim)
@@ -123,7 +128,7 @@ class CandidateStage:
         return self._index
 
     def _train_and_assign(self, table: PageTable, vectors: VectorFile, chunk_pages: int = 512) -> CandidateIndex:
-        """A candidate index trained on a sample of `table`'s pages, holding all of them (their cells
+        """A candidate index trained on a sample of `table`'s pages, holding all of them (their codes
         assigned a chunk at a time, every other chunk on a helper thread)."""
         rng = np.random.default_rng(len(table))
         share = min(1.0, 4 * stage.TRAIN_SAMPLE_VECTORS / max(int(table.counts.sum()), 1))
@@ -137,9 +142,9 @@ class CandidateStage:
                 page_ids = table.page_ids[part].tolist()
                 stored = vectors.stored_rows(table.offsets[part], table.counts[part])
                 if start // chunk_pages % 2:
-                    candidates.put_assigned(helper.submit(candidates.codebook, page_ids, stored, vectors.decode_into))
+                    candidates.put_assigned(helper.submit(candidates, page_ids, stored, vectors.decode_into))
                 else:
-                    candidates.put_assigned([(page_ids, candidates.codebook.page_cells(stored, vectors.decode_into))])
+                    candidates.put(page_ids, candidates.encode(stored, vectors.decode_into))
             candidates.put_assigned(helper.finish())
         finally:
             helper.close()

@@ -15,14 +15,17 @@ walked (its best cell can be no better). A page's approximate score is that summ
 tokens: PLAID's centroid interaction, computed by walking postings. The budget keeps generic query
 tokens cheap: their best cells are the background that most pages share, so the budget is spent
 after a few cells and the rest of the pages get a floor as high as the cells left; content tokens
-have rare cells and walk many. The pages with the best approximate scores are then reranked with
-exact MaxSim by the caller.
+have rare cells and walk many. Each token's score for a page is then raised by the second estimate,
+the coded vectors of the token's best cells (codes.py), which finds pages whose own vectors are far
+from every centroid. The pages with the best approximate scores are then reranked with exact
+MaxSim by the caller.
 
 Pages are keyed by their page id (stable across compaction, never reused). Pages added since the
 postings were last rebuilt sit in a tail (walked through postings of its own, built when a search
-first needs them) and are appended to a log file, so a commit writes a few hundred bytes, not the
-postings; the postings are rebuilt and saved when the tail passes a tenth of the pages. Deleted pages stay in the postings until then and are masked out by the
-caller's list of live pages.
+first needs them, as are their codes' fast-scan index) and their codes are appended to a
+log file, so a commit writes a few kilobytes per page, not the postings; the postings and codes are
+rebuilt and saved when the tail passes a tenth of the pages. Deleted pages stay in both until then
+and are masked out by the caller's list of live pages.
 """
 
 from __future__ import annotations
@@ -39,6 +42,8 @@ import faiss
 import numpy as np
 
 from ..files import atomic_file, atomic_write
+from . import codes as coding
+from .codes import PROBED_CELLS, CodeSearch, VectorCodes
 
 FILE_NAME = "candidates.npz"
 LOG_NAME = "candidates.log"
@@ -104,14 +109,12 @@ class Codebook:
         _, nearest_second = self._halves[1].search(second, 1)
         return (nearest_first[:, 0] * HALF_CENTROIDS + nearest_second[:, 0]).astype(np.int64)
 
-    def page_cells(
+    def vector_cells(
         self, pages: list[np.ndarray], decode_into: Callable[[np.ndarray, np.ndarray], None] = np.copyto
-    ) -> list[np.ndarray]:
-        """The sorted distinct cells of each page, assigned in one pass over all their vectors.
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Every vector of `pages` as float32 (n, dim), and its cell, assigned in one pass.
         `decode_into(out, rows)` writes rows as float32 into `out` (for pages in the vector file's
         stored format, its `decode_into`; float arrays are copied)."""
-        if not pages:
-            return []
         counts = [len(page) for page in pages]
         half = self.centroids.shape[2]
         halves = np.empty((2, sum(counts), half), dtype=np.float32)  # each half contiguous, as FAISS wants
@@ -120,9 +123,9 @@ class Codebook:
             decode_into(halves[0, row : row + count], page[:, :half])
             decode_into(halves[1, row : row + count], page[:, half:])
             row += count
-        cells = self._assign_halves(halves[0], halves[1])
-        bounds = np.cumsum([0, *counts])
-        return [np.unique(cells[low:high]).astype(np.uint16) for low, high in zip(bounds[:-1], bounds[1:])]
+        if not row:
+            return np.zeros((0, 2 * half), dtype=np.float32), np.zeros(0, dtype=np.int64)
+        return np.concatenate([halves[0], halves[1]], axis=1), self._assign_halves(halves[0], halves[1])
 
     def scores(self, query: np.ndarray) -> np.ndarray:
         """(query tokens, CELLS): each token's dot product with each cell's centroid."""
@@ -135,8 +138,14 @@ class Codebook:
 class CandidateIndex:
     """Postings from cells to page ids, plus a tail of recently added pages."""
 
-    def __init__(self, codebook: Codebook, trained_pages: int) -> None:
+    def __init__(self, codebook: Codebook, codes: VectorCodes, trained_pages: int) -> None:
         self.codebook = codebook
+        self.codes = codes  # the residual quantizer of the second estimate (codes.py)
+        self.base_codes = np.zeros((0, codes.code_size), dtype=np.uint8)  # the postings' pages' vectors, by cell
+        self.base_code_pages = np.zeros(0, dtype=np.int32)  # the page id of each of base_codes
+        self.tail_codes: dict[int, np.ndarray] = {}  # page id -> its vectors' codes, for the tail's pages
+        self._base_search: CodeSearch | None = None  # base_codes' fast-scan index, built on use
+        self._tail_search: CodeSearch | None = None  # tail_codes' fast-scan index, built on use
         self.trained_pages = trained_pages  # pages in the index when the codebook was trained
         self.pointers = np.zeros(CELLS + 1, dtype=np.int64)  # postings of cell c: ids[pointers[c]:pointers[c+1]]
         self.ids = np.zeros(0, dtype=np.int32)
@@ -150,29 +159,45 @@ class CandidateIndex:
     # --- building ---------------------------------------------------------------------------
     @classmethod
     def train(cls, pages: list[np.ndarray], seed: int = 1234) -> CandidateIndex:
-        """An empty index whose codebook is trained on at most TRAIN_SAMPLE_VECTORS of `pages`' vectors."""
+        """An empty index whose codebook and codes are trained on at most TRAIN_SAMPLE_VECTORS of
+        `pages`' vectors."""
         rng = np.random.default_rng(seed)
-        vectors = np.concatenate(pages)
+        vectors = np.concatenate(pages).astype(np.float32)
         if len(vectors) > TRAIN_SAMPLE_VECTORS:
             vectors = vectors[rng.choice(len(vectors), TRAIN_SAMPLE_VECTORS, replace=False)]
-        return cls(Codebook.train(vectors, seed), len(pages))
+        codebook = Codebook.train(vectors, seed)
+        sample, cells = codebook.vector_cells([vectors])
+        return cls(codebook, VectorCodes.train(codebook.centroids, sample, cells), len(pages))
+
+    def encode(
+        self, pages: list[np.ndarray], decode_into: Callable[[np.ndarray, np.ndarray], None] = np.copyto
+    ) -> list[np.ndarray]:
+        """Each page's vectors as standalone codes (their cells in them): what `put` takes. Reads
+        only the trained codebook and codes, so it runs on any thread (assigning.py)."""
+        vectors, cells = self.codebook.vector_cells(pages, decode_into)
+        bounds = np.cumsum([0, *(len(page) for page in pages)])
+        codes = self.codes.encode(vectors, cells)
+        return [codes[low:high] for low, high in zip(bounds[:-1], bounds[1:])]
 
     def add(self, page_ids: list[int], pages: list[np.ndarray]) -> None:
         """Add committed pages with their vectors."""
-        for page_id, cells in zip(page_ids, self.codebook.page_cells(pages)):
-            self.put(page_id, cells)
+        self.put(page_ids, self.encode(pages))
 
-    def put(self, page_id: int, cells: np.ndarray) -> None:
-        """Add one committed page by its cells (`Codebook.page_cells`)."""
-        self.tail[int(page_id)] = cells
-        self.high_water = max(self.high_water, int(page_id))
+    def put(self, page_ids: list[int], codes: list[np.ndarray]) -> None:
+        """Add committed pages by their vectors' standalone codes (`encode`)."""
+        if not page_ids:
+            return
+        for page_id, page_codes in zip(page_ids, codes):
+            self.tail[int(page_id)] = np.unique(coding.cells_of(page_codes)).astype(np.uint16)
+            self.tail_codes[int(page_id)] = page_codes
+        self.high_water = max(self.high_water, *(int(page_id) for page_id in page_ids))
         self._tail_postings = None
+        self._tail_search = None
 
     def put_assigned(self, batches: list[tuple[list[int], list[np.ndarray]]]) -> None:
-        """Add batches of committed pages by their cells: (page ids, each page's cells)."""
-        for page_ids, cells in batches:
-            for page_id, one in zip(page_ids, cells):
-                self.put(page_id, one)
+        """Add batches of committed pages by their codes: (page ids, each page's codes)."""
+        for page_ids, codes in batches:
+            self.put(page_ids, codes)
 
     def needs_rebuild(self) -> bool:
         return len(self.tail) > max(TAIL_MERGE_PAGES, self.base_pages // 10)
@@ -182,10 +207,21 @@ class CandidateIndex:
         pages the postings hold ~30M entries)."""
         live = np.asarray(live_ids, dtype=np.int64)
         tail_ids = np.fromiter(self.tail, dtype=np.int64, count=len(self.tail))
-        size = int(max(live.max(initial=0), self.ids.max(initial=0), tail_ids.max(initial=0))) + 1
+        size = (
+            int(
+                max(
+                    live.max(initial=0),
+                    self.ids.max(initial=0),
+                    tail_ids.max(initial=0),
+                    self.base_code_pages.max(initial=0),
+                )
+            )
+            + 1
+        )
         keep = np.zeros(size, dtype=bool)
         keep[live] = True
         kept = keep[self.ids]
+        self._rebuild_codes(keep)
         base_cells = np.repeat(np.arange(CELLS, dtype=np.uint16), np.diff(self.pointers))[kept]
         tail_lists = [cells for page_id, cells in self.tail.items() if keep[page_id]]
         tail_owners = tail_ids[keep[tail_ids]]
@@ -198,6 +234,23 @@ class CandidateIndex:
         self.tail = {}
         self._tail_postings = None
 
+    def _rebuild_codes(self, keep: np.ndarray) -> None:
+        """Fold the tail's codes into the base codes, dropping pages whose `keep` is false (sorted by
+        cell, as the fast-scan index lists them)."""
+        kept = keep[self.base_code_pages]
+        tail = [(page_id, codes) for page_id, codes in self.tail_codes.items() if keep[page_id]]
+        codes = np.concatenate([self.base_codes[kept], *(page_codes for _, page_codes in tail)])
+        owners = np.concatenate(
+            [
+                self.base_code_pages[kept],
+                *(np.full(len(page_codes), page_id, dtype=np.int32) for page_id, page_codes in tail),
+            ]
+        )
+        order = np.argsort(coding.cells_of(codes), kind="stable")
+        self.base_codes, self.base_code_pages = codes[order], owners[order]
+        self.tail_codes = {}
+        self._base_search = self._tail_search = None
+
     # --- searching --------------------------------------------------------------------------
     def approximate_scores(self, query: np.ndarray, page_ids: np.ndarray) -> np.ndarray:
         """Approximate MaxSim of `query` for each of `page_ids` (live pages, in the caller's order)."""
@@ -205,8 +258,10 @@ class CandidateIndex:
 
     def token_scores(self, query: np.ndarray, page_ids: np.ndarray) -> np.ndarray:
         """Each query token's approximate best similarity with each of `page_ids`: (tokens, pages),
-        float32. Its column sums are `approximate_scores`."""
-        scores = self.codebook.scores(np.asarray(query, dtype=np.float32))
+        float32, the walk's score raised by the token's best coded vectors (codes.py). Its column
+        sums are `approximate_scores`."""
+        query = np.asarray(query, dtype=np.float32)
+        scores = self.codebook.scores(query)
         page_ids = np.asarray(page_ids, dtype=np.int64)
         if self._tail_postings is None:
             tail_ids = np.fromiter(self.tail, dtype=np.int64, count=len(self.tail))
@@ -215,10 +270,14 @@ class CandidateIndex:
         size = int(max(page_ids.max(initial=0), self.ids.max(initial=0), self.high_water)) + 1
         best = np.empty(size, dtype=np.float32)
         per_token = np.empty((len(scores), len(page_ids)), dtype=np.float32)
+        probed = np.empty((len(scores), PROBED_CELLS), dtype=np.int64)  # the cells whose codes are looked up
+        ranking = max(MAX_WALKED_CELLS, PROBED_CELLS)  # cells ranked per token: walked, probed, the floor
         for token, token_scores in enumerate(scores):
-            ranked = np.argpartition(-token_scores, MAX_WALKED_CELLS)[: MAX_WALKED_CELLS + 1]
+            ranked = np.argpartition(-token_scores, ranking)[: ranking + 1]
             ranked = ranked[np.argsort(-token_scores[ranked], kind="stable")]
-            lengths = sum(pointers[ranked[:-1] + 1] - pointers[ranked[:-1]] for pointers, _ in postings)
+            probed[token] = ranked[:PROBED_CELLS]
+            walkable = ranked[:MAX_WALKED_CELLS]
+            lengths = sum(pointers[walkable + 1] - pointers[walkable] for pointers, _ in postings)
             walked = ranked[: max(1, int(np.searchsorted(np.cumsum(lengths), WALK_BUDGET, "right")))]
             best.fill(token_scores[ranked[len(walked)]])  # the best cell not walked
             for pointers, ids in postings:
@@ -227,14 +286,36 @@ class CandidateIndex:
                     best, ids[entries], np.repeat(token_scores[walked], pointers[walked + 1] - pointers[walked])
                 )
             per_token[token] = best[page_ids]
+        position = np.full(size, -1, dtype=np.int64)  # page id -> its column (-1: not asked for, or removed)
+        position[page_ids] = np.arange(len(page_ids))
+        probed_scores = np.take_along_axis(scores, probed, axis=1)
+        for search in self._code_searches():
+            hit_pages, similarities = search.hits(query, probed, probed_scores)
+            columns = np.where((hit_pages >= 0) & (hit_pages < size), position[np.clip(hit_pages, 0, size - 1)], -1)
+            tokens = np.broadcast_to(np.arange(len(query))[:, None], columns.shape)
+            found = columns >= 0
+            np.maximum.at(per_token, (tokens[found], columns[found]), similarities[found])
         return per_token
+
+    def _code_searches(self) -> list[CodeSearch]:
+        """The fast-scan indexes of the base's codes and of the tail's, built when first needed."""
+        if self._base_search is None:
+            self._base_search = self.codes.searchable(self.base_codes, self.base_code_pages)
+        if self._tail_search is None:
+            page_ids = np.fromiter(self.tail_codes, dtype=np.int64, count=len(self.tail_codes))
+            codes = list(self.tail_codes.values())
+            self._tail_search = self.codes.searchable(
+                np.concatenate([np.zeros((0, self.codes.code_size), np.uint8), *codes]),
+                np.repeat(page_ids, [len(page_codes) for page_codes in codes]),
+            )
+        return [self._base_search, self._tail_search]
 
     # --- disk -------------------------------------------------------------------------------
     def save(self, directory: Path) -> None:
-        """Write the postings atomically (docqa.files.atomic_file: temp file, fsync, os.replace),
-        after starting an empty log for the pages committed after this (a crash in between leaves
-        the old postings with a log that is not theirs: it is ignored, and the pages it would have
-        held are recomputed from the vector file)."""
+        """Write the postings and codes atomically (docqa.files.atomic_file: temp file, fsync,
+        os.replace), after starting an empty log for the pages committed after this (a crash in
+        between leaves the old postings with a log that is not theirs: it is ignored, and the pages
+        it would have held are recomputed from the vector file)."""
         if self.tail:
             raise ValueError("rebuild() before save(): the saved postings hold every page")
         self.log_id = secrets.randbits(62)
@@ -245,52 +326,97 @@ class CandidateIndex:
             "pointers": self.pointers,
             "ids": self.ids,
             "header": np.array(header, dtype=np.int64),
+            "residual_centroids": self.codes.residual_centroids,
         }
         if self.recall_estimate is not None:  # its fields in order, as load() reads them back
             arrays["estimate"] = np.array(astuple(self.recall_estimate), dtype=np.float64)
+        records = np.empty(len(self.base_codes), dtype=_code_records(self.codes.code_size))
+        records["page"], records["code"] = self.base_code_pages, self.base_codes
+        codes_path = directory / _codes_name(self.log_id)
+        with atomic_file(codes_path) as temp:
+            np.save(temp, records)
         with atomic_file(directory / FILE_NAME) as temp:
             np.savez(temp, **arrays)
             atomic_write(directory / LOG_NAME, _LOG_HEADER.pack(_LOG_MAGIC, self.log_id))
+        for stale in directory.glob(_codes_name("*")):  # the codes of postings these replace
+            if stale != codes_path:
+                stale.unlink(missing_ok=True)
+        self._map_codes(codes_path)
 
-    def log(self, directory: Path, page_ids: list[int], cells: list[np.ndarray]) -> None:
-        """Append committed pages' cells to the log (no fsync: a lost or torn record is recomputed
+    def _map_codes(self, path: Path) -> None:
+        """Take the base codes from their saved file, memory-mapped: read when the fast-scan index
+        is built or the base rebuilt, they stay page cache, not process memory."""
+        records = np.load(path, mmap_mode="r", allow_pickle=False)
+        if records.dtype != _code_records(self.codes.code_size) or records.ndim != 1:
+            raise ValueError(f"{path}: not this index's vector codes")
+        self.base_codes, self.base_code_pages = records["code"], records["page"]
+
+    def log(self, directory: Path, page_ids: list[int], codes: list[np.ndarray]) -> None:
+        """Append committed pages' codes to the log (no fsync: a lost or torn record is recomputed
         from the vector file by whoever loads the index next)."""
         records = b"".join(
-            _RECORD.pack(int(page_id), len(page_cells)) + page_cells.astype("<u2").tobytes()
-            for page_id, page_cells in zip(page_ids, cells)
+            _RECORD.pack(int(page_id), len(page_codes)) + np.ascontiguousarray(page_codes, dtype=np.uint8).tobytes()
+            for page_id, page_codes in zip(page_ids, codes)
         )
         with open(directory / LOG_NAME, "ab") as log:
             log.write(records)
 
     @classmethod
     def load(cls, directory: Path, dim: int) -> CandidateIndex | None:
-        """The saved postings plus the logged tail, or None when there are none or they cannot be
-        read (the caller rebuilds them from the vector file)."""
+        """The saved postings and codes plus the logged tail, or None when there are none or they
+        cannot be read, or were saved before the index kept codes (the caller rebuilds them from
+        the vector file)."""
+        for _ in range(2):  # a writer that saved in between removes the codes file the postings named
+            index = cls._load(directory, dim)
+            if index is not None:
+                return index
+        return None
+
+    @classmethod
+    def _load(cls, directory: Path, dim: int) -> CandidateIndex | None:
         try:
             with np.load(directory / FILE_NAME, allow_pickle=False) as saved:
                 arrays = {name: saved[name] for name in saved.files}
             trained_pages, base_pages, high_water, log_id = (int(value) for value in arrays["header"])
-            index = cls(Codebook(arrays["centroids"]), trained_pages)
-            if index.codebook.dim != dim or len(arrays["pointers"]) != CELLS + 1:
+            codebook = Codebook(arrays["centroids"])
+            if codebook.dim != dim or len(arrays["pointers"]) != CELLS + 1:
                 return None
+            residual_centroids = arrays["residual_centroids"]
+            subquantizers = coding.subquantizers(dim)
+            if residual_centroids.shape != (subquantizers, 1 << coding.BITS, dim // subquantizers):
+                return None
+            codes = VectorCodes(arrays["centroids"], residual_centroids)
+            index = cls(codebook, codes, trained_pages)
+            index._map_codes(directory / _codes_name(log_id))
             index.pointers, index.ids = arrays["pointers"], arrays["ids"]
             index.base_pages, index.high_water, index.log_id = base_pages, high_water, log_id
             if "estimate" in arrays:  # saved before recall estimates existed: none (the default depth)
                 rerank, recall, top1, queries, pages, sample = arrays["estimate"].tolist()
                 index.recall_estimate = RecallEstimate(int(rerank), recall, top1, int(queries), int(pages), int(sample))
-        except (OSError, KeyError, ValueError, zipfile.BadZipFile, EOFError):
+        except (OSError, KeyError, ValueError, zipfile.BadZipFile, EOFError):  # FileNotFoundError: lost codes
             return None
-        for page_id, cells in _read_log(directory / LOG_NAME, log_id):
-            index.put(page_id, cells)
+        for page_id, page_codes in _read_log(directory / LOG_NAME, log_id, codes.code_size):
+            index.put([page_id], [page_codes])
         return index
 
 
-_LOG_MAGIC = b"DQCLOG01"
+_LOG_MAGIC = b"DQCLOG02"
 _LOG_HEADER = struct.Struct("<8sq")  # magic, the log id of the postings it extends
-_RECORD = struct.Struct("<qI")  # page id, number of cells; then that many uint16 cells
+_RECORD = struct.Struct("<qI")  # page id, number of vectors; then that many standalone codes
+_MAX_PAGE_VECTORS = 1 << 20  # a record claiming more is torn or not ours
 
 
-def _read_log(path: Path, log_id: int) -> Iterator[tuple[int, np.ndarray]]:
+def _codes_name(log_id: int | str) -> str:
+    """The file of the base codes saved with the postings whose log id is `log_id`."""
+    return f"candidates-codes-{log_id}.npy"
+
+
+def _code_records(code_size: int) -> np.dtype:
+    """A saved base code: its vector's page id, then its standalone code."""
+    return np.dtype([("page", "<i4"), ("code", "u1", (code_size,))])
+
+
+def _read_log(path: Path, log_id: int, code_size: int) -> Iterator[tuple[int, np.ndarray]]:
     """The whole records of a log that belongs to the postings with `log_id` (a torn end is ignored)."""
     try:
         data = path.read_bytes()
@@ -301,10 +427,11 @@ def _read_log(path: Path, log_id: int) -> Iterator[tuple[int, np.ndarray]]:
     position = _LOG_HEADER.size
     while position + _RECORD.size <= len(data):
         page_id, count = _RECORD.unpack_from(data, position)
-        end = position + _RECORD.size + 2 * count
-        if end > len(data) or count > CELLS:
+        end = position + _RECORD.size + code_size * count
+        if end > len(data) or count > _MAX_PAGE_VECTORS:
             return
-        yield page_id, np.frombuffer(data, dtype="<u2", count=count, offset=position + _RECORD.size).astype(np.uint16)
+        codes = np.frombuffer(data, dtype=np.uint8, count=code_size * count, offset=position + _RECORD.size)
+        yield page_id, codes.reshape(count, code_size)
         position = end
 
 

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from docqa import DocIndex
 from docqa.index import candidate_stage
 from docqa.index import candidates as stage
+from docqa.index import codes as codes_module
 from docqa.index import search as scoring
 from docqa.index.candidates import CELLS, LOG_NAME, CandidateIndex, Codebook
 from docqa.index.search import brute_force_top_k, page_scores, two_stage_top_k
@@ -78,7 +79,8 @@ def test_codebook_assigns_each_half_to_its_nearest_centroid():
     rng = np.random.default_rng(1)
     vectors = _normalised(rng, 3000, 16)
     codebook = Codebook.train(vectors)
-    cells = np.concatenate(codebook.page_cells([vector[None] for vector in vectors[:200]])).astype(np.int64)
+    decoded, cells = codebook.vector_cells([vector[None] for vector in vectors[:200]])
+    assert np.array_equal(decoded, vectors[:200])
     for half in (0, 1):
         part = vectors[:200, half * 8 : (half + 1) * 8]
         distances = ((part[:, None, :] - codebook.centroids[half][None]) ** 2).sum(axis=2)
@@ -92,26 +94,45 @@ def test_codebook_assigns_each_half_to_its_nearest_centroid():
     assert scores.shape == (3, CELLS) and np.isclose(scores[0, cells[0]], vectors[0] @ centroid, atol=1e-5)
 
 
-def _approximate_by_definition(candidates: CandidateIndex, query: np.ndarray, page_cells: dict) -> dict:
+def _page_cells(codebook, pages: list[np.ndarray]) -> list[np.ndarray]:
+    """Each page's sorted distinct cells."""
+    _, cells = codebook.vector_cells(pages)
+    bounds = np.cumsum([0, *(len(page) for page in pages)])
+    return [np.unique(cells[low:high]) for low, high in zip(bounds[:-1], bounds[1:])]
+
+
+def _approximate_by_definition(candidates: CandidateIndex, query: np.ndarray, pages: dict) -> dict:
     """Per query token: cells walked best first while the pages having them (postings entries)
     stay within the budget; a page scores the best walked cell it has, else the best cell not
-    walked; summed over tokens."""
+    walked; then raised to the coded similarity (cell centroid plus decoded residual) of each of
+    its vectors in the token's PROBED_CELLS best cells (these pages have fewer such vectors than
+    PER_TOKEN_HITS, so every one counts); summed over tokens."""
+    page_cells = {
+        page_id: cells for page_id, cells in zip(pages, _page_cells(candidates.codebook, list(pages.values())))
+    }
+    vectors, cells = candidates.codebook.vector_cells(list(pages.values()))
+    coded = candidates.codes.decode(candidates.codes.encode(vectors, cells))
+    owners = np.repeat(list(pages), [len(page) for page in pages.values()])
     cell_pages = {}
-    for cells in page_cells.values():
-        for cell in cells:
+    for cells_of_page in page_cells.values():
+        for cell in cells_of_page:
             cell_pages[int(cell)] = cell_pages.get(int(cell), 0) + 1
-    totals = dict.fromkeys(page_cells, 0.0)
-    for token in candidates.codebook.scores(query):
-        ranked = np.argsort(-token, kind="stable")
+    totals = dict.fromkeys(pages, 0.0)
+    for token, token_scores in zip(query, candidates.codebook.scores(query)):
+        ranked = np.argsort(-token_scores, kind="stable")
         walked, seen = [], 0
         for cell in ranked[: stage.MAX_WALKED_CELLS]:
             seen += cell_pages.get(int(cell), 0)
             if walked and seen > stage.WALK_BUDGET:
                 break
             walked.append(int(cell))
-        floor = token[ranked[len(walked)]]
-        for page_id, cells in page_cells.items():
-            totals[page_id] += max([floor, *(token[c] for c in cells if int(c) in set(walked))])
+        floor = token_scores[ranked[len(walked)]]
+        probed = np.isin(cells, ranked[: codes_module.PROBED_CELLS])
+        assert probed.sum() < codes_module.PER_TOKEN_HITS
+        for page_id, cells_of_page in page_cells.items():
+            raised = coded[probed & (owners == page_id)] @ token
+            walk = max([floor, *(token_scores[c] for c in cells_of_page if int(c) in set(walked))])
+            totals[page_id] += max([walk, *raised])
     return totals
 
 
@@ -127,21 +148,23 @@ def test_candidate_scores_follow_their_definition_in_postings_and_tail(tmp_path,
     candidates.add(list(range(1, 51)), pages[:50])
     candidates.rebuild(np.arange(1, 51))  # pages 1-50 in the postings
     candidates.add(list(range(51, 81)), pages[50:])  # pages 51-80 in the tail
-    cells = dict(zip(range(1, 81), candidates.codebook.page_cells(pages)))
+    by_id = dict(zip(range(1, 81), pages))
+    cells = dict(zip(range(1, 81), _page_cells(candidates.codebook, pages)))
     for _ in range(5):
         query = _normalised(rng, 6, 16)
         live = np.arange(1, 81)
-        expected = _approximate_by_definition(candidates, query, cells)
-        np.testing.assert_allclose(candidates.approximate_scores(query, live), [expected[i] for i in live], atol=1e-5)
+        expected = _approximate_by_definition(candidates, query, by_id)
+        # fast-scan sums 8-bit look-up tables: coded similarities within ~1e-2 of the float ones
+        np.testing.assert_allclose(candidates.approximate_scores(query, live), [expected[i] for i in live], atol=0.05)
         per_token = candidates.token_scores(query, live)  # each row: that token alone, by the definition
         for row, token in zip(per_token, query):
-            alone = _approximate_by_definition(candidates, token[None], cells)
-            np.testing.assert_allclose(row, [alone[i] for i in live], atol=1e-5)
+            alone = _approximate_by_definition(candidates, token[None], by_id)
+            np.testing.assert_allclose(row, [alone[i] for i in live], atol=0.02)
 
     candidates.rebuild(np.arange(1, 81))
     candidates.save(tmp_path)
     candidates.add([81], [pages[0]])
-    candidates.log(tmp_path, [81], [cells[1]])
+    candidates.log(tmp_path, [81], candidates.encode([pages[0]]))
     loaded = CandidateIndex.load(tmp_path, 16)
     assert loaded.high_water == 81 and np.array_equal(loaded.tail[81], cells[1])
     query = _normalised(rng, 4, 16)
@@ -150,6 +173,84 @@ def test_candidate_scores_follow_their_definition_in_postings_and_tail(tmp_path,
         candidates.approximate_scores(query, np.arange(1, 82)),
         atol=1e-6,
     )
+
+
+@pytest.mark.parametrize("dim, vectors", [(16, 4000), (128, 30000), (40, 3000)])
+def test_codes_are_packed_as_faiss_packs_its_own(dim, vectors):
+    """The fast-scan index built from standalone codes (packed by codes.py) answers exactly as one
+    FAISS filled itself from the float vectors (its own encoding and block packing)."""
+    import faiss
+
+    rng = np.random.default_rng(dim)
+    x = _normalised(rng, vectors, dim)
+    codebook = Codebook.train(x)
+    decoded, cells = codebook.vector_cells([x])
+    codes = codes_module.VectorCodes.train(codebook.centroids, decoded, cells)
+    page_ids = rng.integers(0, 500, len(x))
+    ours = codes.searchable(codes.encode(decoded, cells), page_ids)
+    theirs = codes.searchable(np.zeros((0, codes.code_size), np.uint8), [])
+    theirs.index.add_with_ids(x, page_ids.astype(np.int64))  # FAISS assigns cells with the same centroids
+    query = x[:6] + 0.1 * _normalised(rng, 6, dim)
+    scores = codebook.scores(query)
+    probed = np.argsort(-scores, axis=1)[:, : codes_module.PROBED_CELLS]
+    probed_scores = np.take_along_axis(scores, probed, axis=1)
+    found, similarities = ours.hits(query, probed, probed_scores)
+    expected, expected_similarities = theirs.hits(query, probed, probed_scores)
+    assert (found >= 0).any() and faiss.downcast_index(theirs.index).ntotal == len(x)
+    np.testing.assert_array_equal(found, expected)
+    np.testing.assert_allclose(similarities, expected_similarities, atol=1e-6)
+    assert np.array_equal(codes_module.cells_of(codes.encode(decoded, cells)), cells)
+
+
+def test_a_rebuild_drops_the_codes_of_removed_pages_and_hits_skip_them(tmp_path):
+    """Removed pages' coded vectors go at the next rebuild, and until then no hit raises a page the
+    caller did not ask for (its column is absent, the other columns are as before)."""
+    rng = np.random.default_rng(8)
+    pages = [_normalised(rng, int(rng.integers(5, 30)), 16) for _ in range(60)]
+    candidates = CandidateIndex.train(pages)
+    candidates.add(list(range(1, 41)), pages[:40])
+    candidates.rebuild(np.arange(1, 41))
+    candidates.add(list(range(41, 61)), pages[40:])  # in the tail
+    removed = [3, 17, 45, 58]
+    live = np.array([page for page in range(1, 61) if page not in removed])
+    query = np.concatenate([pages[2][:4], pages[44][:4]])  # tokens of removed pages: their best hits are those
+    before = candidates.token_scores(query, live)
+    candidates.rebuild(live)
+    assert set(candidates.base_code_pages.tolist()) == set(live.tolist()) and candidates.tail_codes == {}
+    assert len(candidates.base_codes) == sum(len(pages[page - 1]) for page in live)
+    np.testing.assert_allclose(candidates.token_scores(query, live), before, atol=1e-6)
+    candidates.save(tmp_path)
+    loaded = CandidateIndex.load(tmp_path, 16)
+    np.testing.assert_array_equal(loaded.base_codes, candidates.base_codes)
+    np.testing.assert_allclose(loaded.token_scores(query, live), before, atol=1e-6)
+
+
+def test_a_candidate_index_saved_before_codes_or_damaged_is_rebuilt(tmp_path):
+    """A candidates.npz without codes (saved by an older docqa), or with codes that do not fit,
+    loads as lost: None, so the caller rebuilds it from the vector file."""
+    rng = np.random.default_rng(9)
+    pages = [_normalised(rng, 20, 16) for _ in range(10)]
+    candidates = CandidateIndex.train(pages)
+    candidates.add(list(range(1, 11)), pages)
+    candidates.rebuild(np.arange(1, 11))
+    candidates.save(tmp_path)
+    with np.load(tmp_path / stage.FILE_NAME) as saved:
+        arrays = {name: saved[name] for name in saved.files}
+    old = {name: arrays[name] for name in ("centroids", "pointers", "ids", "header")}
+    np.savez(tmp_path / stage.FILE_NAME, **old)
+    assert CandidateIndex.load(tmp_path, 16) is None
+    # damaged: a quantizer that does not fit the vectors; codes of another size; no codes file
+    np.savez(tmp_path / stage.FILE_NAME, **{**arrays, "residual_centroids": np.zeros((3, 16, 5), np.float32)})
+    assert CandidateIndex.load(tmp_path, 16) is None
+    np.savez(tmp_path / stage.FILE_NAME, **arrays)
+    (codes_file,) = tmp_path.glob("candidates-codes-*.npy")
+    saved_codes = codes_file.read_bytes()
+    np.save(codes_file, np.zeros(3, dtype=[("page", "<i4"), ("code", "u1", (5,))]))
+    assert CandidateIndex.load(tmp_path, 16) is None
+    codes_file.unlink()
+    assert CandidateIndex.load(tmp_path, 16) is None
+    codes_file.write_bytes(saved_codes)
+    assert CandidateIndex.load(tmp_path, 16) is not None
 
 
 def test_pages_removed_from_the_tail_are_left_out():
@@ -171,8 +272,7 @@ def test_torn_or_foreign_logs_are_ignored(tmp_path):
     candidates.add(list(range(1, 11)), pages)
     candidates.rebuild(np.arange(1, 11))
     candidates.save(tmp_path)
-    cells = candidates.codebook.page_cells(pages[:2])
-    candidates.log(tmp_path, [11, 12], cells)
+    candidates.log(tmp_path, [11, 12], candidates.encode(pages[:2]))
     log = tmp_path / LOG_NAME
     log.write_bytes(log.read_bytes()[:-3])  # the second record torn by a crash
     assert list(CandidateIndex.load(tmp_path, 16).tail) == [11]
@@ -270,7 +370,7 @@ def test_cells_assigned_beside_the_writer_are_those_of_the_stored_values(tmp_pat
             assert index.storage.candidate_stage.in_memory.high_water == table.page_ids.max()
         candidates = index.storage.candidate_stage.caught_up(table, index.vectors)
         stored = index.vectors.read(table.offsets, table.counts)
-        expected = dict(zip(table.page_ids.tolist(), candidates.codebook.page_cells(stored)))
+        expected = dict(zip(table.page_ids.tolist(), _page_cells(candidates.codebook, stored)))
         held = _cells_by_page(candidates)
         assert {page: held.get(page) for page in expected} == {page: set(c.tolist()) for page, c in expected.items()}
 
