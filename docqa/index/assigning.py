@@ -1,10 +1,11 @@
 """Coding of committed pages (each vector's cell and residual code) on a worker thread.
 
 Coding a page's vectors (two FAISS nearest-centroid searches for the cells, then a product
-quantizer's codes of the residuals) is most of what adding a page costs on one core. A writer hands each batch of committed pages to one worker thread and goes on
-storing the next pages while FAISS works (it releases the GIL), so adding runs on two cores; when the
-worker falls behind (another process has the second core, or storing is quicker than assigning), the
-writer assigns the next batch itself instead of waiting. Results come back in the order the batches
+quantizer's codes of the residuals) is most of what adding a page costs on one core. A writer hands
+each batch of committed pages to one worker thread and goes on storing the next pages while FAISS
+works (it releases the GIL), so adding runs on two cores; when the worker falls behind (another
+process has the second core, or storing is quicker than coding), the writer codes the next batch
+itself instead of waiting. Results come back in the order the batches
 went in (the candidate index's high-water mark relies on it); the writer applies them to the
 candidate index itself, so the index is only ever changed by the writer's thread.
 

@@ -343,6 +343,21 @@ def small_training(monkeypatch):
     monkeypatch.setattr(scoring, "RERANK_PAGES", 4)
 
 
+def test_vectors_of_odd_dimension_are_searched_exactly(tmp_path, small_training):
+    """The codebook splits vectors into two halves: an odd dimension gets no candidate stage, and
+    every search scores every page."""
+    rng = np.random.default_rng(11)
+    index = DocIndex.open(tmp_path / "index", create=True)
+    pages = [_normalised(rng, 6, 7) for _ in range(30)]
+    for number, page in enumerate(pages):
+        index.add_embeddings(f"/docs/{number}.pdf", [page])
+    query = _normalised(rng, 3, 7)
+    assert index.storage.candidate_stage.caught_up(index.store.page_table(), index.vectors) is None
+    fast = [(hit.path, round(hit.score, 4)) for hit in index.search_embeddings(query, k=5)]
+    assert fast == [(hit.path, round(hit.score, 4)) for hit in index.search_embeddings(query, k=5, exact=True)]
+    index.close()
+
+
 def _cells_by_page(candidates: CandidateIndex) -> dict[int, set[int]]:
     """Each page's cells as the candidate index holds them (postings and tail)."""
     cells: dict[int, set[int]] = {}
