@@ -25,7 +25,7 @@ PAGE_TOKENS = 12
 OTHER_TOKENS = 6
 QUERY_NOISE = 1.0  # per dimension, times the vectors' norm / sqrt(dim)
 SAMPLE_PAGES = 1024  # bounds the estimate's cost: ~3 s on a busy 2-core machine
-DEPTH_MULTIPLES = (0.25, 0.5, 1, 2, 4)  # rerank depths tried: these times search.RERANK_PAGES
+DEPTH_MULTIPLES = (1, 2, 3)  # rerank depths tried: these times search.RERANK_PAGES
 TARGET_RECALL = 0.97  # the issue's target is 0.95: the margin covers the estimate's own noise
 REESTIMATE_GROWTH = 4  # measured again when the postings are saved after the index has grown 4-fold
 K = 10
@@ -69,7 +69,7 @@ def estimate(table, candidates, vectors, seed: int = 0) -> RecallEstimate | None
     queries = pseudo_queries([page for page in source_pages if len(page)], rng)
     exact = [brute_force_top_k(query, K, sample, vectors) for query in queries]
     measured = []
-    for depth in [int(multiple * search.RERANK_PAGES) for multiple in DEPTH_MULTIPLES]:
+    for depth in [multiple * search.RERANK_PAGES for multiple in DEPTH_MULTIPLES]:
         scaled = max(4 * K, int(round(depth * share)))
         recalls, firsts = [], []
         for query, truth in zip(queries, exact):
