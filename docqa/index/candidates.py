@@ -127,6 +127,25 @@ class Codebook:
             return np.zeros((0, 2 * half), dtype=np.float32), np.zeros(0, dtype=np.int64)
         return np.concatenate([halves[0], halves[1]], axis=1), self._assign_halves(halves[0], halves[1])
 
+    def nearest_cells(self, query: np.ndarray, count: int) -> np.ndarray:
+        """(query tokens, count): each token's `count` nearest cell centroids (Euclidean), nearest
+        first. A cell's distance is the sum of its halves' distances, so the nearest `count` cells
+        pair centroids among each half's nearest `count` (FAISS's multi-index search, exactly)."""
+        count = min(count, CELLS)
+        half = self.centroids.shape[2]
+        per_half = min(count, HALF_CENTROIDS)
+        nearest = []
+        for part, centroids in zip((query[:, :half], query[:, half:]), self.centroids):
+            distances = (centroids * centroids).sum(axis=1)[None, :] - 2 * part @ centroids.T  # less ||q||^2
+            best = np.argsort(distances, axis=1, kind="stable")[:, :per_half]
+            nearest.append((best, np.take_along_axis(distances, best, axis=1)))
+        (first, first_distances), (second, second_distances) = nearest
+        pairs = (first_distances[:, :, None] + second_distances[:, None, :]).reshape(len(query), -1)
+        order = np.argsort(pairs, axis=1, kind="stable")[:, :count]
+        return (first[:, :, None] * HALF_CENTROIDS + second[:, None, :]).reshape(len(query), -1)[
+            np.arange(len(query))[:, None], order
+        ]
+
     def scores(self, query: np.ndarray) -> np.ndarray:
         """(query tokens, CELLS): each token's dot product with each cell's centroid."""
         half = self.centroids.shape[2]
@@ -270,14 +289,10 @@ class CandidateIndex:
         size = int(max(page_ids.max(initial=0), self.ids.max(initial=0), self.high_water)) + 1
         best = np.empty(size, dtype=np.float32)
         per_token = np.empty((len(scores), len(page_ids)), dtype=np.float32)
-        probed = np.empty((len(scores), PROBED_CELLS), dtype=np.int64)  # the cells whose codes are looked up
-        ranking = max(MAX_WALKED_CELLS, PROBED_CELLS)  # cells ranked per token: walked, probed, the floor
         for token, token_scores in enumerate(scores):
-            ranked = np.argpartition(-token_scores, ranking)[: ranking + 1]
+            ranked = np.argpartition(-token_scores, MAX_WALKED_CELLS)[: MAX_WALKED_CELLS + 1]
             ranked = ranked[np.argsort(-token_scores[ranked], kind="stable")]
-            probed[token] = ranked[:PROBED_CELLS]
-            walkable = ranked[:MAX_WALKED_CELLS]
-            lengths = sum(pointers[walkable + 1] - pointers[walkable] for pointers, _ in postings)
+            lengths = sum(pointers[ranked[:-1] + 1] - pointers[ranked[:-1]] for pointers, _ in postings)
             walked = ranked[: max(1, int(np.searchsorted(np.cumsum(lengths), WALK_BUDGET, "right")))]
             best.fill(token_scores[ranked[len(walked)]])  # the best cell not walked
             for pointers, ids in postings:
@@ -288,6 +303,9 @@ class CandidateIndex:
             per_token[token] = best[page_ids]
         position = np.full(size, -1, dtype=np.int64)  # page id -> its column (-1: not asked for, or removed)
         position[page_ids] = np.arange(len(page_ids))
+        # Codes are looked up in the cells nearest the token, not those of the best centroid score: a
+        # loose cell (a small centroid, vectors far from it) scores low but can hold the best vectors.
+        probed = self.codebook.nearest_cells(query, PROBED_CELLS)
         probed_scores = np.take_along_axis(scores, probed, axis=1)
         for search in self._code_searches():
             hit_pages, similarities = search.hits(query, probed, probed_scores)

@@ -8,9 +8,10 @@ last (benchmarks/results/search.md, "A second estimate that finds page-own conte
 vector is also kept as a standalone code: its cell number (2 bytes), then a 4-bit product-quantised
 code of its residual from the cell's centroid (one sub-quantizer per 4 dimensions: 16 bytes for
 128 dimensions). Codes are searched through a FAISS IVF-PQ fast-scan index over the same 65,536
-cells, built from them: per query token, the coded vectors of its PROBED_CELLS best cells (their
-centroid scores are the walk's) are scored by inner product with 8-bit look-up tables, and the
-PER_TOKEN_HITS best raise their pages' scores for that token to the coded similarity.
+cells, built from them: per query token, the coded vectors of its PROBED_CELLS nearest cells (by
+Euclidean distance to the centroid, as an inverted multi-index probes; their centroid scores are
+the walk's) are scored by inner product with 8-bit look-up tables, and the PER_TOKEN_HITS best
+raise their pages' scores for that token to the coded similarity.
 
 FAISS's own `add_sa_codes` does not pack codes into the fast-scan block layout (it copies them as
 they are, so searches read garbage), so `searchable` packs them itself, a whole list at a time.
@@ -24,7 +25,7 @@ import faiss
 import numpy as np
 
 PER_TOKEN_HITS = 256  # coded vectors that raise their pages' scores, per query token
-PROBED_CELLS = 64  # the best cells per query token whose coded vectors are scored
+PROBED_CELLS = 64  # the nearest cells per query token whose coded vectors are scored
 DIMS_PER_SUBQUANTIZER = 4
 BITS = 4  # 16 centroids per sub-quantizer: the fast-scan kernels' size
 BLOCK_VECTORS = 32  # fast-scan packs codes in blocks of this many vectors

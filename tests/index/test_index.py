@@ -87,6 +87,17 @@ def test_codebook_assigns_each_half_to_its_nearest_centroid():
         got = cells // stage.HALF_CENTROIDS if half == 0 else cells % stage.HALF_CENTROIDS
         assert np.array_equal(got, distances.argmin(axis=1))
     scores = codebook.scores(vectors[:3])
+    centroids = np.concatenate(  # every cell's centroid, in cell order
+        [
+            np.repeat(codebook.centroids[0], stage.HALF_CENTROIDS, axis=0),
+            np.tile(codebook.centroids[1], (stage.HALF_CENTROIDS, 1)),
+        ],
+        axis=1,
+    )
+    for count in (64, 300):  # fewer than a half's centroids: the nearest pair among each half's nearest
+        for token, nearest in zip(vectors[:3], codebook.nearest_cells(vectors[:3], count)):
+            distances = ((centroids - token) ** 2).sum(axis=1)
+            np.testing.assert_allclose(distances[nearest], np.sort(distances)[:count], atol=1e-5)  # nearest first
     half_count = stage.HALF_CENTROIDS
     centroid = np.concatenate(
         [codebook.centroids[0][cells[0] // half_count], codebook.centroids[1][cells[0] % half_count]]
@@ -105,7 +116,7 @@ def _approximate_by_definition(candidates: CandidateIndex, query: np.ndarray, pa
     """Per query token: cells walked best first while the pages having them (postings entries)
     stay within the budget; a page scores the best walked cell it has, else the best cell not
     walked; then raised to the coded similarity (cell centroid plus decoded residual) of each of
-    its vectors in the token's PROBED_CELLS best cells (these pages have fewer such vectors than
+    its vectors in the PROBED_CELLS cells nearest the token (these pages have fewer such vectors than
     PER_TOKEN_HITS, so every one counts); summed over tokens."""
     page_cells = {
         page_id: cells for page_id, cells in zip(pages, _page_cells(candidates.codebook, list(pages.values())))
@@ -117,6 +128,8 @@ def _approximate_by_definition(candidates: CandidateIndex, query: np.ndarray, pa
     for cells_of_page in page_cells.values():
         for cell in cells_of_page:
             cell_pages[int(cell)] = cell_pages.get(int(cell), 0) + 1
+    half_norms = (candidates.codebook.centroids**2).sum(axis=2)
+    centroid_norms = (half_norms[0][:, None] + half_norms[1][None, :]).reshape(-1)
     totals = dict.fromkeys(pages, 0.0)
     for token, token_scores in zip(query, candidates.codebook.scores(query)):
         ranked = np.argsort(-token_scores, kind="stable")
@@ -127,7 +140,8 @@ def _approximate_by_definition(candidates: CandidateIndex, query: np.ndarray, pa
                 break
             walked.append(int(cell))
         floor = token_scores[ranked[len(walked)]]
-        probed = np.isin(cells, ranked[: codes_module.PROBED_CELLS])
+        distances = centroid_norms - 2 * token_scores  # to each cell's centroid, less ||token||^2
+        probed = np.isin(cells, np.argsort(distances, kind="stable")[: codes_module.PROBED_CELLS])
         assert probed.sum() < codes_module.PER_TOKEN_HITS
         for page_id, cells_of_page in page_cells.items():
             raised = coded[probed & (owners == page_id)] @ token
