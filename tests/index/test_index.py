@@ -239,15 +239,20 @@ def test_a_rebuild_drops_the_codes_of_removed_pages_and_hits_skip_them(tmp_path)
     np.testing.assert_allclose(loaded.token_scores(query, live), before, atol=1e-6)
 
 
-def test_a_candidate_index_saved_before_codes_or_damaged_is_rebuilt(tmp_path):
-    """A candidates.npz without codes (saved by an older docqa), or with codes that do not fit,
-    loads as lost: None, so the caller rebuilds it from the vector file."""
-    rng = np.random.default_rng(9)
+def _saved_candidates(folder, rng) -> tuple[CandidateIndex, list[np.ndarray]]:
+    """A candidate index of 10 random pages of 20 vectors, saved in `folder`; and the pages."""
     pages = [_normalised(rng, 20, 16) for _ in range(10)]
     candidates = CandidateIndex.train(pages)
     candidates.add(list(range(1, 11)), pages)
     candidates.rebuild(np.arange(1, 11))
-    candidates.save(tmp_path)
+    candidates.save(folder)
+    return candidates, pages
+
+
+def test_a_candidate_index_saved_before_codes_or_damaged_is_rebuilt(tmp_path):
+    """A candidates.npz without codes (saved by an older docqa), or with codes that do not fit,
+    loads as lost: None, so the caller rebuilds it from the vector file."""
+    _saved_candidates(tmp_path, np.random.default_rng(9))
     with np.load(tmp_path / stage.FILE_NAME) as saved:
         arrays = {name: saved[name] for name in saved.files}
     old = {name: arrays[name] for name in ("centroids", "pointers", "ids", "header")}
@@ -280,12 +285,7 @@ def test_pages_removed_from_the_tail_are_left_out():
 
 
 def test_torn_or_foreign_logs_are_ignored(tmp_path):
-    rng = np.random.default_rng(3)
-    pages = [_normalised(rng, 20, 16) for _ in range(10)]
-    candidates = CandidateIndex.train(pages)
-    candidates.add(list(range(1, 11)), pages)
-    candidates.rebuild(np.arange(1, 11))
-    candidates.save(tmp_path)
+    candidates, pages = _saved_candidates(tmp_path, np.random.default_rng(3))
     candidates.log(tmp_path, [11, 12], candidates.encode(pages[:2]))
     log = tmp_path / LOG_NAME
     log.write_bytes(log.read_bytes()[:-3])  # the second record torn by a crash
