@@ -254,8 +254,8 @@ class CandidateIndex:
         self._tail_postings = None
 
     def _rebuild_codes(self, keep: np.ndarray) -> None:
-        """Fold the tail's codes into the base codes, dropping pages whose `keep` is false (sorted by
-        cell, as the fast-scan index lists them)."""
+        """Fold the tail's codes into the base codes, dropping pages whose `keep` is false (in the
+        order of the fast-scan index's lists, so building it, and saving, finds them sorted)."""
         kept = keep[self.base_code_pages]
         tail = [(page_id, codes) for page_id, codes in self.tail_codes.items() if keep[page_id]]
         codes = np.concatenate([self.base_codes[kept], *(page_codes for _, page_codes in tail)])
@@ -265,7 +265,7 @@ class CandidateIndex:
                 *(np.full(len(page_codes), page_id, dtype=np.int32) for page_id, page_codes in tail),
             ]
         )
-        order = np.argsort(coding.cells_of(codes), kind="stable")
+        order = np.argsort(coding.list_numbers(codes), kind="stable")
         self.base_codes, self.base_code_pages = codes[order], owners[order]
         self.tail_codes = {}
         self._base_search = self._tail_search = None

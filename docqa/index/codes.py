@@ -49,10 +49,10 @@ def faiss_cells(cells: np.ndarray) -> np.ndarray:
 
 def cells_of(codes: np.ndarray) -> np.ndarray:
     """The cell (candidate-index numbering) of each standalone code."""
-    return faiss_cells(_list_numbers(codes))
+    return faiss_cells(list_numbers(codes))
 
 
-def _list_numbers(codes: np.ndarray) -> np.ndarray:
+def list_numbers(codes: np.ndarray) -> np.ndarray:
     """The FAISS list number each standalone code starts with."""
     return np.ascontiguousarray(codes[:, :CELL_BYTES]).view("<u2")[:, 0].astype(np.int64)
 
@@ -109,7 +109,7 @@ class VectorCodes:
         index.is_trained = True
         if len(codes) == 0:
             return CodeSearch(index, quantizer)
-        lists = _list_numbers(codes)
+        lists = list_numbers(codes)
         order = np.argsort(lists, kind="stable")
         lists, ids = lists[order], np.ascontiguousarray(np.asarray(page_ids, dtype=np.int64)[order])
         blocks, starts = _packed_blocks(np.ascontiguousarray(codes[order, CELL_BYTES:]), lists, index.M2)
