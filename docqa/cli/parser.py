@@ -163,8 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--rerank",
         type=positive_int,
         metavar="N",
-        help="fast mode: rerank the candidate "
-        "stage's best N pages (default 1536; more finds more of the exact top k, slower)",
+        help="fast mode: rerank the candidate stage's best N pages (default: the depth the index chose "
+        "from its own recall estimate, see info; more finds more of the exact top k, slower)",
     )
     _add_filter_options(search)
     _add_shard_options(search)

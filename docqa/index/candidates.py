@@ -129,22 +129,19 @@ class Codebook:
 
     def nearest_cells(self, query: np.ndarray, count: int) -> np.ndarray:
         """(query tokens, count): each token's `count` nearest cell centroids (Euclidean), nearest
-        first. A cell's distance is the sum of its halves' distances, so the nearest `count` cells
-        pair centroids among each half's nearest `count` (FAISS's multi-index search, exactly)."""
-        count = min(count, CELLS)
+        first (FAISS's multi-index search, exactly)."""
         half = self.centroids.shape[2]
-        per_half = min(count, HALF_CENTROIDS)
-        nearest = []
-        for part, centroids in zip((query[:, :half], query[:, half:]), self.centroids):
-            distances = (centroids * centroids).sum(axis=1)[None, :] - 2 * part @ centroids.T  # less ||q||^2
-            best = np.argsort(distances, axis=1, kind="stable")[:, :per_half]
-            nearest.append((best, np.take_along_axis(distances, best, axis=1)))
-        (first, first_distances), (second, second_distances) = nearest
-        pairs = (first_distances[:, :, None] + second_distances[:, None, :]).reshape(len(query), -1)
-        order = np.argsort(pairs, axis=1, kind="stable")[:, :count]
-        return (first[:, :, None] * HALF_CENTROIDS + second[:, None, :]).reshape(len(query), -1)[
-            np.arange(len(query))[:, None], order
+        distances = [
+            (centroids * centroids).sum(axis=1)[None, :] - 2 * part @ centroids.T  # less ||q||^2
+            for part, centroids in zip((query[:, :half], query[:, half:]), self.centroids)
         ]
+        return _lowest_cells(distances[0], distances[1], count)
+
+    def best_cells(self, query: np.ndarray, count: int) -> np.ndarray:
+        """(query tokens, count): each token's `count` cells with the best centroid scores
+        (`scores`), best first."""
+        half = self.centroids.shape[2]
+        return _lowest_cells(-(query[:, :half] @ self.centroids[0].T), -(query[:, half:] @ self.centroids[1].T), count)
 
     def scores(self, query: np.ndarray) -> np.ndarray:
         """(query tokens, CELLS): each token's dot product with each cell's centroid."""
@@ -289,9 +286,9 @@ class CandidateIndex:
         size = int(max(page_ids.max(initial=0), self.ids.max(initial=0), self.high_water)) + 1
         best = np.empty(size, dtype=np.float32)
         per_token = np.empty((len(scores), len(page_ids)), dtype=np.float32)
-        for token, token_scores in enumerate(scores):
-            ranked = np.argpartition(-token_scores, MAX_WALKED_CELLS)[: MAX_WALKED_CELLS + 1]
-            ranked = ranked[np.argsort(-token_scores[ranked], kind="stable")]
+        for token, (token_scores, ranked) in enumerate(
+            zip(scores, self.codebook.best_cells(query, MAX_WALKED_CELLS + 1))
+        ):
             lengths = sum(pointers[ranked[:-1] + 1] - pointers[ranked[:-1]] for pointers, _ in postings)
             walked = ranked[: max(1, int(np.searchsorted(np.cumsum(lengths), WALK_BUDGET, "right")))]
             best.fill(token_scores[ranked[len(walked)]])  # the best cell not walked
@@ -451,6 +448,30 @@ def _read_log(path: Path, log_id: int, code_size: int) -> Iterator[tuple[int, np
         codes = np.frombuffer(data, dtype=np.uint8, count=code_size * count, offset=position + _RECORD.size)
         yield page_id, codes.reshape(count, code_size)
         position = end
+
+
+def _lowest_cells(first: np.ndarray, second: np.ndarray, count: int) -> np.ndarray:
+    """Per row, the `count` cells with the lowest sum of their halves' values (`first` and `second`:
+    rows x HALF_CENTROIDS each), lowest first. A cell whose halves rank i-th and
+    j-th (from 1) in their half has at least i * j cells as low, so only pairs with i * j <= count
+    are compared: about count * ln(HALF_CENTROIDS) of them instead of all CELLS."""
+    count = min(count, CELLS)
+    per_half = min(count, HALF_CENTROIDS)
+    rows = np.arange(len(first))[:, None]
+    halves = []
+    for values in (first, second):
+        order = np.argsort(values, axis=1, kind="stable")[:, :per_half]
+        halves.append((order, np.take_along_axis(values, order, axis=1)))
+    (first_order, first_values), (second_order, second_values) = halves
+    ranks = np.arange(1, per_half + 1)
+    i, j = np.nonzero(ranks[:, None] * ranks[None, :] <= count)  # the pairs that can be among them
+    sums = first_values[:, i] + second_values[:, j]
+    if count < sums.shape[1]:
+        chosen = np.argpartition(sums, count - 1, axis=1)[:, :count]
+        chosen = np.take_along_axis(chosen, np.argsort(np.take_along_axis(sums, chosen, axis=1), axis=1), axis=1)
+    else:
+        chosen = np.argsort(sums, axis=1, kind="stable")
+    return first_order[rows, i[chosen]] * HALF_CENTROIDS + second_order[rows, j[chosen]]
 
 
 def _ranges(starts: np.ndarray, stops: np.ndarray) -> np.ndarray:

@@ -24,8 +24,8 @@ from typing import Any
 import faiss
 import numpy as np
 
-PER_TOKEN_HITS = 256  # coded vectors that raise their pages' scores, per query token
-PROBED_CELLS = 64  # the nearest cells per query token whose coded vectors are scored
+PER_TOKEN_HITS = 4096  # coded vectors that raise their pages' scores, per query token
+PROBED_CELLS = 256  # the nearest cells per query token whose coded vectors are scored
 DIMS_PER_SUBQUANTIZER = 4
 BITS = 4  # 16 centroids per sub-quantizer: the fast-scan kernels' size
 BLOCK_VECTORS = 32  # fast-scan packs codes in blocks of this many vectors

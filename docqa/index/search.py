@@ -25,7 +25,7 @@ from .vectors import VectorFile
 
 _CHUNK_ROWS = 1 << 14  # vector rows scored per product: buffers of ~10 MB, which stay in cache
 _SHAPE_STEP = 1 << 10  # smaller buffers are a multiple of this many rows
-RERANK_PAGES = 1536  # pages scored in bfloat16 after the candidate stage; see README for the trade-off
+RERANK_PAGES = 512  # pages scored in bfloat16 after the candidate stage; see README for the trade-off
 RESCORE_PAGES = 64  # the best of those (at least 4 k) rescored exactly
 
 

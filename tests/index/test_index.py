@@ -98,6 +98,9 @@ def test_codebook_assigns_each_half_to_its_nearest_centroid():
         for token, nearest in zip(vectors[:3], codebook.nearest_cells(vectors[:3], count)):
             distances = ((centroids - token) ** 2).sum(axis=1)
             np.testing.assert_allclose(distances[nearest], np.sort(distances)[:count], atol=1e-5)  # nearest first
+    for count in (64, 2049):  # the walk's cells: the best centroid scores, best first
+        for token_scores, best in zip(scores, codebook.best_cells(vectors[:3], count)):
+            np.testing.assert_allclose(token_scores[best], -np.sort(-token_scores)[:count], atol=1e-5)
     half_count = stage.HALF_CENTROIDS
     centroid = np.concatenate(
         [codebook.centroids[0][cells[0] // half_count], codebook.centroids[1][cells[0] % half_count]]
