@@ -265,6 +265,7 @@ def docqa_serve(
         "latencies_s": latencies,
         "results": results,
         "recall_estimate": stats.get("recall_estimate"),
+        "rerank": stats.get("rerank"),
         "rss_anon_growth_bytes": rss_anon_bytes() - baseline,
         "peak_rss_bytes": peak_rss_bytes(),
     }
@@ -747,10 +748,14 @@ def run_family(
                             return None, ""
                     else:
                         served = in_fresh_process(docqa_serve, str(folder), queries, exact, args.budget, rerank)
-                    plain = options and not exact and rerank is None and not capped
-                    note = json.dumps(options) if plain else ""
+                    plain = not exact and rerank is None and not capped
+                    notes = [json.dumps(options)] if options and plain else []
                     if served.get("recall_estimate") is not None and plain:
-                        note += f"; index's own recall estimate {served['recall_estimate']:.3f}"
+                        notes.append(
+                            f"depth chosen {served['rerank']:,}, the index's own recall estimate there"
+                            f" {served['recall_estimate']:.3f}"
+                        )
+                    note = "; ".join(notes)
                     return {**built, **served}, note
 
                 if "docqa" in args.methods:
