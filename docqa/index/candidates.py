@@ -82,6 +82,7 @@ class Codebook:
             index = faiss.IndexFlatL2(half.shape[1])
             index.add(half)
             self._halves.append(index)
+        self._half_norms = (self.centroids * self.centroids).sum(axis=2)  # (2, HALF_CENTROIDS) squared norms
 
     @property
     def dim(self) -> int:
@@ -127,28 +128,29 @@ class Codebook:
             return np.zeros((0, 2 * half), dtype=np.float32), np.zeros(0, dtype=np.int64)
         return np.concatenate([halves[0], halves[1]], axis=1), self._assign_halves(halves[0], halves[1])
 
-    def nearest_cells(self, query: np.ndarray, count: int) -> np.ndarray:
+    def half_scores(self, query: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Each query token's dot products with each half's centroids: (tokens, HALF_CENTROIDS)
+        twice, what `scores`, `best_cells` and `nearest_cells` are computed from."""
+        half = self.centroids.shape[2]
+        return query[:, :half] @ self.centroids[0].T, query[:, half:] @ self.centroids[1].T
+
+    def nearest_cells(self, halves: tuple[np.ndarray, np.ndarray], count: int) -> np.ndarray:
         """(query tokens, count): each token's `count` nearest cell centroids (Euclidean), nearest
-        first (FAISS's multi-index search, exactly)."""
-        half = self.centroids.shape[2]
-        distances = [
-            (centroids * centroids).sum(axis=1)[None, :] - 2 * part @ centroids.T  # less ||q||^2
-            for part, centroids in zip((query[:, :half], query[:, half:]), self.centroids)
-        ]
-        return _lowest_cells(distances[0], distances[1], count)
+        first (FAISS's multi-index search, exactly), from the tokens' `half_scores`."""
+        (first, second), norms = halves, self._half_norms
+        return _lowest_cells(norms[0] - 2 * first, norms[1] - 2 * second, count)  # distances less ||q||^2
 
-    def best_cells(self, query: np.ndarray, count: int) -> np.ndarray:
+    def best_cells(self, halves: tuple[np.ndarray, np.ndarray], count: int) -> np.ndarray:
         """(query tokens, count): each token's `count` cells with the best centroid scores
-        (`scores`), best first."""
-        half = self.centroids.shape[2]
-        return _lowest_cells(-(query[:, :half] @ self.centroids[0].T), -(query[:, half:] @ self.centroids[1].T), count)
+        (`scores`), best first, from the tokens' `half_scores`."""
+        first, second = halves
+        return _lowest_cells(-first, -second, count)
 
-    def scores(self, query: np.ndarray) -> np.ndarray:
-        """(query tokens, CELLS): each token's dot product with each cell's centroid."""
-        half = self.centroids.shape[2]
-        first = query[:, :half] @ self.centroids[0].T
-        second = query[:, half:] @ self.centroids[1].T
-        return (first[:, :, None] + second[:, None, :]).reshape(len(query), CELLS)
+    def scores(self, halves: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+        """(query tokens, CELLS): each token's dot product with each cell's centroid, from the
+        tokens' `half_scores`."""
+        first, second = halves
+        return (first[:, :, None] + second[:, None, :]).reshape(len(first), CELLS)
 
 
 class CandidateIndex:
@@ -277,7 +279,8 @@ class CandidateIndex:
         float32, the walk's score raised by the token's best coded vectors (codes.py). Its column
         sums are `approximate_scores`."""
         query = np.asarray(query, dtype=np.float32)
-        scores = self.codebook.scores(query)
+        halves = self.codebook.half_scores(query)  # the walk's, the probes' and the hits' centroid scores
+        scores = self.codebook.scores(halves)
         page_ids = np.asarray(page_ids, dtype=np.int64)
         if self._tail_postings is None:
             tail_ids = np.fromiter(self.tail, dtype=np.int64, count=len(self.tail))
@@ -287,7 +290,7 @@ class CandidateIndex:
         best = np.empty(size, dtype=np.float32)
         per_token = np.empty((len(scores), len(page_ids)), dtype=np.float32)
         for token, (token_scores, ranked) in enumerate(
-            zip(scores, self.codebook.best_cells(query, MAX_WALKED_CELLS + 1))
+            zip(scores, self.codebook.best_cells(halves, MAX_WALKED_CELLS + 1))
         ):
             lengths = sum(pointers[ranked[:-1] + 1] - pointers[ranked[:-1]] for pointers, _ in postings)
             walked = ranked[: max(1, int(np.searchsorted(np.cumsum(lengths), WALK_BUDGET, "right")))]
@@ -302,7 +305,7 @@ class CandidateIndex:
         position[page_ids] = np.arange(len(page_ids))
         # Codes are looked up in the cells nearest the token, not those of the best centroid score: a
         # loose cell (a small centroid, vectors far from it) scores low but can hold the best vectors.
-        probed = self.codebook.nearest_cells(query, PROBED_CELLS)
+        probed = self.codebook.nearest_cells(halves, PROBED_CELLS)
         probed_scores = np.take_along_axis(scores, probed, axis=1)
         for search in self._code_searches():
             hit_pages, similarities = search.hits(query, probed, probed_scores)

@@ -86,7 +86,8 @@ def test_codebook_assigns_each_half_to_its_nearest_centroid():
         distances = ((part[:, None, :] - codebook.centroids[half][None]) ** 2).sum(axis=2)
         got = cells // stage.HALF_CENTROIDS if half == 0 else cells % stage.HALF_CENTROIDS
         assert np.array_equal(got, distances.argmin(axis=1))
-    scores = codebook.scores(vectors[:3])
+    halves = codebook.half_scores(vectors[:3])
+    scores = codebook.scores(halves)
     centroids = np.concatenate(  # every cell's centroid, in cell order
         [
             np.repeat(codebook.centroids[0], stage.HALF_CENTROIDS, axis=0),
@@ -95,11 +96,11 @@ def test_codebook_assigns_each_half_to_its_nearest_centroid():
         axis=1,
     )
     for count in (64, 300):  # fewer than a half's centroids: the nearest pair among each half's nearest
-        for token, nearest in zip(vectors[:3], codebook.nearest_cells(vectors[:3], count)):
+        for token, nearest in zip(vectors[:3], codebook.nearest_cells(halves, count)):
             distances = ((centroids - token) ** 2).sum(axis=1)
             np.testing.assert_allclose(distances[nearest], np.sort(distances)[:count], atol=1e-5)  # nearest first
     for count in (64, 2049):  # the walk's cells: the best centroid scores, best first
-        for token_scores, best in zip(scores, codebook.best_cells(vectors[:3], count)):
+        for token_scores, best in zip(scores, codebook.best_cells(halves, count)):
             np.testing.assert_allclose(token_scores[best], -np.sort(-token_scores)[:count], atol=1e-5)
     half_count = stage.HALF_CENTROIDS
     centroid = np.concatenate(
@@ -134,7 +135,7 @@ def _approximate_by_definition(candidates: CandidateIndex, query: np.ndarray, pa
     half_norms = (candidates.codebook.centroids**2).sum(axis=2)
     centroid_norms = (half_norms[0][:, None] + half_norms[1][None, :]).reshape(-1)
     totals = dict.fromkeys(pages, 0.0)
-    for token, token_scores in zip(query, candidates.codebook.scores(query)):
+    for token, token_scores in zip(query, candidates.codebook.scores(candidates.codebook.half_scores(query))):
         ranked = np.argsort(-token_scores, kind="stable")
         walked, seen = [], 0
         for cell in ranked[: stage.MAX_WALKED_CELLS]:
@@ -208,7 +209,7 @@ def test_codes_are_packed_as_faiss_packs_its_own(dim, vectors):
     theirs = codes.searchable(np.zeros((0, codes.code_size), np.uint8), [])
     theirs.index.add_with_ids(x, page_ids.astype(np.int64))  # FAISS assigns cells with the same centroids
     query = x[:6] + 0.1 * _normalised(rng, 6, dim)
-    scores = codebook.scores(query)
+    scores = codebook.scores(codebook.half_scores(query))
     probed = np.argsort(-scores, axis=1)[:, : codes_module.PROBED_CELLS]
     probed_scores = np.take_along_axis(scores, probed, axis=1)
     found, similarities = ours.hits(query, probed, probed_scores)
